@@ -1,0 +1,30 @@
+//! A local Event Hubs-compatible endpoint: the peer for hubroute's source, its tests, benchmarks and
+//! quick start, faithful enough that the official Azure SDKs work against it unchanged.
+//!
+//! * `server`: the AMQP 1.0 listener (fe2o3-amqp acceptor) with SASL ANONYMOUS/PLAIN/MSSBCBS, the `$cbs`
+//!   node verifying SAS tokens, `$management` reads, producer links and consumer links with Event Hubs
+//!   semantics (selector-filter start positions, link credit, owner levels, the five-receiver limit).
+//! * `store`: partitions as append-only logs with retention, optionally on disk.
+//! * `config_file`: Microsoft's Event Hubs emulator `Config.json`.
+//! * `ingress`: IoT Hub-style HTTP device ingress stamping IoT Hub's annotations.
+//! * `simulate`: the device simulator and load generator.
+//!
+//! The emulator shares only `hubroute-protocol` with the engine: it is a peer, not a mock of our client.
+
+mod config;
+mod config_file;
+mod error;
+mod ingress;
+mod server;
+pub mod simulate;
+mod store;
+
+pub use config::{
+    DEFAULT_CONSUMER_GROUP, DEFAULT_KEY_NAME, DEFAULT_KEY_VALUE, EmulatorConfig, HubConfig,
+    Retention, TlsFiles,
+};
+pub use config_file::load_config_file;
+pub use error::{Error, Result};
+pub use ingress::{EventPublisher, MAX_D2C_MESSAGE_BYTES, serve_ingress};
+pub use server::{Emulator, EventToPublish, PublishTarget, RunningEmulator};
+pub use store::PublishedPosition;

@@ -1,0 +1,177 @@
+//! Who a connection is: SASL (ANONYMOUS, PLAIN, MSSBCBS) and the SAS tokens it put on `$cbs`.
+//!
+//! fe2o3-amqp's acceptor calls a `SaslAcceptor` during the handshake but hands nothing back, so each
+//! connection gets its own acceptor sharing an `Arc<Mutex<ConnectionAuth>>` with the connection task.
+//! A link to an entity is allowed when the connection authenticated with the key over SASL PLAIN, or
+//! holds an unexpired token whose audience covers the entity's path. Audiences are compared by path only:
+//! clients name the emulator's host in many ways (`localhost`, `127.0.0.1`, with or without the port).
+
+use std::sync::{Arc, Mutex};
+
+use fe2o3_amqp::acceptor::SaslAcceptor;
+use fe2o3_amqp::acceptor::sasl_acceptor::SaslServerFrame;
+use fe2o3_amqp_types::primitives::{Array, Symbol};
+use fe2o3_amqp_types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
+use hubroute_protocol::{SasKey, SasToken};
+
+/// The SASL mechanisms offered, as Event Hubs (and Microsoft's emulator) offer them.
+const MECHANISMS: [&str; 3] = ["ANONYMOUS", "PLAIN", "MSSBCBS"];
+
+/// What a connection has proven.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionAuth {
+    /// SASL PLAIN with the key itself: every entity.
+    key_holder: bool,
+    /// `(audience path, expiry)` of accepted tokens.
+    tokens: Vec<(String, i64)>,
+}
+
+/// The path of an audience or address, lower-cased, without scheme, host and surrounding slashes.
+pub(crate) fn audience_path(uri: &str) -> String {
+    let path = match uri.split_once("://") {
+        Some((_, rest)) => rest.split_once('/').map_or("", |(_, path)| path),
+        None => uri,
+    };
+    path.trim_matches('/').to_ascii_lowercase()
+}
+
+impl ConnectionAuth {
+    /// Records an accepted token.
+    pub(crate) fn add_token(&mut self, token: &SasToken) {
+        self.tokens
+            .push((audience_path(&token.resource_uri), token.expiry));
+    }
+
+    /// Whether the connection may use `entity_path` (e.g. `hub/ConsumerGroups/$Default/Partitions/0`).
+    pub(crate) fn authorizes(&self, entity_path: &str, now: i64) -> bool {
+        if self.key_holder {
+            return true;
+        }
+        let target = audience_path(entity_path);
+        self.tokens.iter().any(|(audience, expiry)| {
+            *expiry > now
+                && (audience.is_empty()
+                    || target == *audience
+                    || target.starts_with(&format!("{audience}/")))
+        })
+    }
+}
+
+/// Verifies a token string against the key and returns it parsed, or the CBS status and description.
+pub(crate) fn verify_token(key: &SasKey, token: &str, now: i64) -> Result<SasToken, (i32, String)> {
+    let parsed = SasToken::parse(token).map_err(|error| (400, error.to_string()))?;
+    key.verify(&parsed, now)
+        .map_err(|error| (401, error.to_string()))?;
+    Ok(parsed)
+}
+
+/// The per-connection SASL acceptor.
+#[derive(Debug, Clone)]
+pub(crate) struct EventHubsSasl {
+    key: SasKey,
+    auth: Arc<Mutex<ConnectionAuth>>,
+}
+
+impl EventHubsSasl {
+    pub(crate) fn new(key: SasKey, auth: Arc<Mutex<ConnectionAuth>>) -> Self {
+        Self { key, auth }
+    }
+
+    fn plain(&self, response: &[u8]) -> SaslCode {
+        let mut fields = response.split(|byte| *byte == 0);
+        let (Some(_authzid), Some(user), Some(password)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            return SaslCode::Auth;
+        };
+        let (Ok(user), Ok(password)) = (std::str::from_utf8(user), std::str::from_utf8(password))
+        else {
+            return SaslCode::Auth;
+        };
+        let mut auth = self
+            .auth
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if user == self.key.name && password == self.key.expose_secret() {
+            auth.key_holder = true;
+            return SaslCode::Ok;
+        }
+        match verify_token(&self.key, password, chrono::Utc::now().timestamp()) {
+            Ok(token) => {
+                auth.add_token(&token);
+                SaslCode::Ok
+            }
+            Err(_) => SaslCode::Auth,
+        }
+    }
+}
+
+impl SaslAcceptor for EventHubsSasl {
+    fn mechanisms(&self) -> Array<Symbol> {
+        Array::from(
+            MECHANISMS
+                .iter()
+                .map(|m| Symbol::from(*m))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn on_init(&mut self, init: SaslInit) -> SaslServerFrame {
+        let code = match init.mechanism.as_str() {
+            "ANONYMOUS" | "MSSBCBS" => SaslCode::Ok,
+            "PLAIN" => init
+                .initial_response
+                .as_ref()
+                .map_or(SaslCode::Auth, |response| self.plain(response)),
+            _ => SaslCode::Auth,
+        };
+        SaslServerFrame::Outcome(SaslOutcome {
+            code,
+            additional_data: None,
+        })
+    }
+
+    fn on_response(&mut self, _response: SaslResponse) -> SaslServerFrame {
+        SaslServerFrame::Outcome(SaslOutcome {
+            code: SaslCode::Sys,
+            additional_data: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_authorize_their_path_and_below_until_they_expire() {
+        let key = SasKey::new("root", "secret");
+        let token =
+            verify_token(&key, key.sign("sb://localhost:5673/hub", 100).as_str(), 10).unwrap();
+        let mut auth = ConnectionAuth::default();
+        auth.add_token(&token);
+        assert!(auth.authorizes("hub/ConsumerGroups/$Default/Partitions/0", 10));
+        assert!(auth.authorizes("amqp://127.0.0.1:5673/HUB", 10));
+        assert!(!auth.authorizes("hub2", 10));
+        assert!(!auth.authorizes("hub", 100));
+        assert_eq!(verify_token(&key, "garbage", 10).unwrap_err().0, 400);
+        let wrong = SasKey::new("root", "other").sign("sb://h/hub", 100);
+        assert_eq!(verify_token(&key, wrong.as_str(), 10).unwrap_err().0, 401);
+    }
+
+    #[test]
+    fn sasl_plain_accepts_the_key_or_a_token() {
+        let key = SasKey::new("root", "secret");
+        let auth = Arc::new(Mutex::new(ConnectionAuth::default()));
+        let sasl = EventHubsSasl::new(key.clone(), auth.clone());
+        assert_eq!(sasl.plain(b"\0root\0secret"), SaslCode::Ok);
+        assert!(auth.lock().unwrap().authorizes("anything", 0));
+        let fresh = EventHubsSasl::new(key.clone(), Arc::default());
+        assert_eq!(fresh.plain(b"\0root\0wrong"), SaslCode::Auth);
+        let token = key.sign("sb://h/hub", i64::MAX);
+        assert_eq!(
+            fresh.plain(format!("\0x\0{}", token.as_str()).as_bytes()),
+            SaslCode::Ok
+        );
+    }
+}

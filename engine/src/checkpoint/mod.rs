@@ -1,0 +1,114 @@
+//! Checkpoint stores: where each partition's committed position is kept, so a restarted source
+//! resumes exactly after the last event every destination committed.
+//!
+//! A checkpoint is `(offset, sequence number)` of the last committed event of one partition of one
+//! consumer group. The source resumes *exclusively* after its sequence number (`>`), so a checkpoint
+//! never causes a duplicate or a gap. Two stores exist: [`FileCheckpointStore`] (the default: one small
+//! file per partition, replaced atomically) and [`ObjectStoreCheckpointStore`] (blob names and metadata
+//! of the official Azure SDKs, so hubroute and an official event processor can hand a consumer group
+//! over to each other without reprocessing).
+
+mod file;
+mod object_store;
+
+pub use file::FileCheckpointStore;
+pub use object_store::ObjectStoreCheckpointStore;
+
+use std::fmt::Debug;
+
+use crate::Result;
+
+/// Identifies one partition of one consumer group, as the official SDKs do.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CheckpointKey {
+    /// Host name of the namespace, e.g. `iothub-ns-x.servicebus.windows.net`.
+    pub fully_qualified_namespace: String,
+    /// Event hub name.
+    pub event_hub: String,
+    /// Consumer group, e.g. `$Default`.
+    pub consumer_group: String,
+    /// Partition id.
+    pub partition: String,
+}
+
+impl CheckpointKey {
+    /// The SDK blob name `{fqns}/{eventhub}/{consumergroup}/checkpoint/{partition}`, lower-cased.
+    pub fn blob_name(&self) -> String {
+        format!(
+            "{}/{}/{}/checkpoint/{}",
+            self.fully_qualified_namespace, self.event_hub, self.consumer_group, self.partition
+        )
+        .to_lowercase()
+    }
+}
+
+/// The position of the last committed event of a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Which partition.
+    pub key: CheckpointKey,
+    /// `x-opt-offset` of the last committed event (opaque).
+    pub offset: String,
+    /// `x-opt-sequence-number` of the last committed event; the source resumes after it.
+    pub sequence_number: i64,
+}
+
+/// Durable storage of checkpoints.
+///
+/// Contract: `save` is durable when it returns (a crash afterwards still loads it) and replaces the
+/// previous checkpoint of the same key atomically (a reader sees the old or the new one, never a mix).
+/// Callers only ever move a partition's checkpoint forward; stores do not enforce it. `load` returns
+/// `None` when the partition has no checkpoint yet.
+#[async_trait::async_trait]
+pub trait CheckpointStore: Send + Sync + Debug {
+    /// The checkpoint of `key`, if any.
+    async fn load(&self, key: &CheckpointKey) -> Result<Option<Checkpoint>>;
+    /// Stores `checkpoint`, replacing the previous one of its key.
+    async fn save(&self, checkpoint: &Checkpoint) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn key(partition: &str) -> CheckpointKey {
+        CheckpointKey {
+            fully_qualified_namespace: "NS.servicebus.windows.net".to_owned(),
+            event_hub: "MyHub".to_owned(),
+            consumer_group: "$Default".to_owned(),
+            partition: partition.to_owned(),
+        }
+    }
+
+    /// The conformance checks every store passes.
+    pub(crate) async fn conformance(store: &dyn CheckpointStore) {
+        assert_eq!(store.load(&key("0")).await.unwrap(), None);
+        let first = Checkpoint {
+            key: key("0"),
+            offset: "120".to_owned(),
+            sequence_number: 3,
+        };
+        store.save(&first).await.unwrap();
+        assert_eq!(store.load(&key("0")).await.unwrap(), Some(first));
+        let second = Checkpoint {
+            key: key("0"),
+            offset: "4096".to_owned(),
+            sequence_number: 41,
+        };
+        store.save(&second).await.unwrap();
+        assert_eq!(store.load(&key("0")).await.unwrap(), Some(second));
+        assert_eq!(
+            store.load(&key("1")).await.unwrap(),
+            None,
+            "partitions are independent"
+        );
+    }
+
+    #[test]
+    fn blob_name_follows_the_sdk_layout_lower_cased() {
+        assert_eq!(
+            key("7").blob_name(),
+            "ns.servicebus.windows.net/myhub/$default/checkpoint/7"
+        );
+    }
+}

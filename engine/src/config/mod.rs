@@ -1,0 +1,430 @@
+//! The engine's one TOML configuration file: source, checkpoints, endpoints, routes, fallback and
+//! enrichments, validated the way IoT Hub validates a hub's routing settings.
+//!
+//! Parsing is serde with `deny_unknown_fields` everywhere, so a typo is an error with a line and
+//! column rather than a silently ignored key. Route conditions are kept as [`Spanned`] strings so
+//! that a condition that does not compile is reported at its position in the file. Every default
+//! lives in [`defaults`]; every limit in [`limits`] (IoT Hub's, or higher where noted).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hubroute_sinks::SinkConfig;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::source::SourceConfig;
+use crate::{Error, Result};
+
+/// Limits on a routing configuration. IoT Hub's values, except where a comment says otherwise.
+pub mod limits {
+    /// Routes per hub (IoT Hub: 100).
+    pub const MAX_ROUTES: usize = 100;
+    /// Custom endpoints per hub (IoT Hub: 10 per endpoint type; we allow 10 of any type each, 40).
+    pub const MAX_ENDPOINTS: usize = 40;
+    /// Enrichments per hub (IoT Hub: 10, S1 and higher).
+    pub const MAX_ENRICHMENTS: usize = 10;
+    /// Characters in a route condition (IoT Hub: 1024).
+    pub const MAX_CONDITION_CHARS: usize = 1024;
+    /// Characters in an enrichment key or value (IoT Hub: 128 / 512).
+    pub const MAX_ENRICHMENT_KEY_CHARS: usize = 128;
+    /// Characters in an enrichment value (IoT Hub: 512).
+    pub const MAX_ENRICHMENT_VALUE_CHARS: usize = 512;
+}
+
+/// Default values of optional fields, in one place.
+mod defaults {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use toml::Spanned;
+
+    pub(super) fn hub_name() -> String {
+        "hub".to_owned()
+    }
+    pub(super) fn checkpoint_dir() -> PathBuf {
+        PathBuf::from("checkpoints")
+    }
+    pub(super) fn checkpoint_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub(super) fn queue_capacity() -> usize {
+        16
+    }
+    pub(super) fn condition() -> Spanned<String> {
+        Spanned::new(0..0, "true".to_owned())
+    }
+    pub(super) fn enabled() -> bool {
+        true
+    }
+}
+
+/// Endpoint names IoT Hub reserves: `events` is the built-in endpoint, `fileNotifications` and
+/// `$default` are taken by the service.
+const RESERVED_ENDPOINT_NAMES: [&str; 4] = [
+    "events",
+    "fileNotifications",
+    "$default",
+    "operationsMonitoringEvents",
+];
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// The IoT hub name, the value of the `$iothubname` enrichment (default `hub`).
+    #[serde(default = "defaults::hub_name")]
+    pub hub_name: String,
+    /// Where events are read from (see [`SourceConfig`]).
+    pub source: SourceConfig,
+    /// Where checkpoints are stored and how often they are written.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    /// Custom endpoints, each a sink.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointConfig>,
+    /// Routes, evaluated in no particular order: a message goes to every matching route's endpoint.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// The fallback route, for device messages that matched no route.
+    #[serde(default)]
+    pub fallback: Option<FallbackConfig>,
+    /// Message enrichments, applied per endpoint after routing.
+    #[serde(default)]
+    pub enrichments: Vec<EnrichmentConfig>,
+}
+
+/// Checkpoint storage.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Directory of the file checkpoint store (default `checkpoints`).
+    #[serde(default = "defaults::checkpoint_dir")]
+    pub dir: PathBuf,
+    /// How often advanced checkpoints are written (default 5 s); they are also written on shutdown.
+    #[serde(default = "defaults::checkpoint_interval", with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            dir: defaults::checkpoint_dir(),
+            interval: defaults::checkpoint_interval(),
+        }
+    }
+}
+
+/// What the router does when an endpoint's queue is full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FullPolicy {
+    /// Wait for room: backpressure reaches the source and AMQP credit stops (no loss; a stalled
+    /// endpoint stalls every endpoint of the partition, as in IoT Hub).
+    #[default]
+    Block,
+    /// Dead-letter the rows that do not fit, so other endpoints keep flowing (no loss, but the rows
+    /// must be replayed from the dead-letter store).
+    DeadLetter,
+}
+
+/// One custom endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Batches that may wait for this endpoint's sink; bounds memory per endpoint (default 16).
+    #[serde(default = "defaults::queue_capacity")]
+    pub queue_capacity: usize,
+    /// What to do when the queue is full (default `block`).
+    #[serde(default)]
+    pub full_policy: FullPolicy,
+    /// The sink; its `name` is the endpoint name routes refer to.
+    pub sink: SinkConfig,
+}
+
+impl EndpointConfig {
+    /// The endpoint name.
+    pub fn name(&self) -> &str {
+        self.sink.name()
+    }
+}
+
+/// The kind of event a route reads, as IoT Hub names its data sources.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+pub enum RouteSource {
+    /// Device-to-cloud telemetry (`iothub-message-source: Telemetry`).
+    #[default]
+    DeviceMessages,
+    /// Twin change notifications (`twinChangeEvents`).
+    TwinChangeEvents,
+    /// Device created/deleted (`deviceLifecycleEvents`).
+    DeviceLifecycleEvents,
+    /// Device connected/disconnected (`deviceConnectionStateEvents`).
+    DeviceConnectionStateEvents,
+    /// Job lifecycle (`jobLifecycleEvents`).
+    DeviceJobLifecycleEvents,
+}
+
+impl RouteSource {
+    /// The `iothub-message-source` value of messages from this source.
+    pub fn message_source(self) -> &'static str {
+        match self {
+            Self::DeviceMessages => "Telemetry",
+            Self::TwinChangeEvents => "twinChangeEvents",
+            Self::DeviceLifecycleEvents => "deviceLifecycleEvents",
+            Self::DeviceConnectionStateEvents => "deviceConnectionStateEvents",
+            Self::DeviceJobLifecycleEvents => "jobLifecycleEvents",
+        }
+    }
+}
+
+/// One route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Route name, unique, `^[A-Za-z0-9-._]{1,64}$`.
+    pub name: String,
+    /// Which messages the route sees (default `DeviceMessages`).
+    #[serde(default)]
+    pub source: RouteSource,
+    /// IoT Hub routing query (default `true`).
+    #[serde(default = "defaults::condition")]
+    pub condition: Spanned<String>,
+    /// The one endpoint matching messages go to.
+    pub endpoint: String,
+    /// Disabled routes are kept but never match (default true).
+    #[serde(default = "defaults::enabled")]
+    pub enabled: bool,
+}
+
+/// The fallback route: device messages that matched no route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackConfig {
+    /// Whether the fallback route is active (default true).
+    #[serde(default = "defaults::enabled")]
+    pub enabled: bool,
+    /// Condition on top of "matched no route" (default `true`).
+    #[serde(default = "defaults::condition")]
+    pub condition: Spanned<String>,
+    /// Where unmatched messages go.
+    pub endpoint: String,
+}
+
+/// One message enrichment: an application property added to messages sent to `endpoints`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichmentConfig {
+    /// Application property name.
+    pub key: String,
+    /// A static string, `$iothubname`, or `$twin.<path>` (resolved from the message's twin, else
+    /// the literal string, as IoT Hub does).
+    pub value: String,
+    /// Endpoints whose messages get the property.
+    pub endpoints: Vec<String>,
+}
+
+/// A loaded configuration and the text it came from, for positions in later errors.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The parsed configuration.
+    pub config: EngineConfig,
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// The file's text.
+    pub text: String,
+}
+
+impl LoadedConfig {
+    /// Reads, parses and validates `path` (everything except compiling conditions, see
+    /// [`crate::routing::RoutingTable::compile`]).
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            file: path.display().to_string(),
+            line: 0,
+            column: 0,
+            problem: format!("cannot read the file: {e}"),
+        })?;
+        Self::parse(path, text)
+    }
+
+    /// Parses and validates `text` as if read from `path`.
+    pub fn parse(path: &Path, text: String) -> Result<Self> {
+        let config: EngineConfig = toml::from_str(&text).map_err(|e| {
+            let start = e.span().map_or(0, |s| s.start);
+            position_error(path, &text, start, e.message().to_owned())
+        })?;
+        let loaded = Self {
+            config,
+            path: path.to_owned(),
+            text,
+        };
+        loaded.validate()?;
+        Ok(loaded)
+    }
+
+    /// An error at byte `offset` of the file.
+    pub(crate) fn error_at(&self, offset: usize, problem: String) -> Error {
+        position_error(&self.path, &self.text, offset, problem)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let c = &self.config;
+        let whole = |problem: String| self.error_at(0, problem);
+        if c.routes.len() > limits::MAX_ROUTES {
+            return Err(whole(format!(
+                "{} routes; the limit is {}",
+                c.routes.len(),
+                limits::MAX_ROUTES
+            )));
+        }
+        if c.endpoints.len() > limits::MAX_ENDPOINTS {
+            return Err(whole(format!(
+                "{} endpoints; the limit is {}",
+                c.endpoints.len(),
+                limits::MAX_ENDPOINTS
+            )));
+        }
+        if c.enrichments.len() > limits::MAX_ENRICHMENTS {
+            return Err(whole(format!(
+                "{} enrichments; the limit is {}",
+                c.enrichments.len(),
+                limits::MAX_ENRICHMENTS
+            )));
+        }
+        let mut endpoints = HashSet::new();
+        for endpoint in &c.endpoints {
+            let name = endpoint.name();
+            check_name("endpoint", name).map_err(&whole)?;
+            if RESERVED_ENDPOINT_NAMES
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(name))
+            {
+                return Err(whole(format!(
+                    "endpoint name `{name}` is reserved by IoT Hub; pick another"
+                )));
+            }
+            if !endpoints.insert(name) {
+                return Err(whole(format!(
+                    "two endpoints are named `{name}`; endpoint names must be unique"
+                )));
+            }
+            if endpoint.queue_capacity == 0 {
+                return Err(whole(format!(
+                    "endpoint `{name}`: queue_capacity must be at least 1"
+                )));
+            }
+        }
+        let known = |endpoint: &str, user: &str| {
+            if endpoints.contains(endpoint) {
+                Ok(())
+            } else {
+                Err(whole(format!(
+                    "{user} refers to endpoint `{endpoint}`, which is not defined; add an [[endpoints]] \
+                     entry whose sink name is `{endpoint}` (defined: {})",
+                    sorted(&endpoints)
+                )))
+            }
+        };
+        let mut routes = HashSet::new();
+        for route in &c.routes {
+            check_name("route", &route.name).map_err(&whole)?;
+            if !routes.insert(route.name.as_str()) {
+                return Err(whole(format!(
+                    "two routes are named `{}`; route names must be unique",
+                    route.name
+                )));
+            }
+            known(&route.endpoint, &format!("route `{}`", route.name))?;
+            self.check_condition(&route.condition)?;
+        }
+        if let Some(fallback) = &c.fallback {
+            known(&fallback.endpoint, "the fallback route")?;
+            self.check_condition(&fallback.condition)?;
+        }
+        let mut keys = HashSet::new();
+        for enrichment in &c.enrichments {
+            let key = enrichment.key.as_str();
+            if key.is_empty() || key.chars().count() > limits::MAX_ENRICHMENT_KEY_CHARS {
+                return Err(whole(format!(
+                    "enrichment key `{key}` must have 1 to {} characters",
+                    limits::MAX_ENRICHMENT_KEY_CHARS
+                )));
+            }
+            if enrichment.value.chars().count() > limits::MAX_ENRICHMENT_VALUE_CHARS {
+                return Err(whole(format!(
+                    "enrichment `{key}`: the value exceeds {} characters",
+                    limits::MAX_ENRICHMENT_VALUE_CHARS
+                )));
+            }
+            if !keys.insert(key) {
+                return Err(whole(format!(
+                    "two enrichments have the key `{key}`; keys must be unique"
+                )));
+            }
+            if enrichment.endpoints.is_empty() {
+                return Err(whole(format!("enrichment `{key}` names no endpoints")));
+            }
+            for endpoint in &enrichment.endpoints {
+                known(endpoint, &format!("enrichment `{key}`"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_condition(&self, condition: &Spanned<String>) -> Result<()> {
+        let chars = condition.get_ref().chars().count();
+        if chars > limits::MAX_CONDITION_CHARS {
+            return Err(self.error_at(
+                condition.span().start,
+                format!(
+                    "the condition has {chars} characters; the limit is {}",
+                    limits::MAX_CONDITION_CHARS
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn sorted(names: &HashSet<&str>) -> String {
+    let mut names: Vec<_> = names.iter().copied().collect();
+    names.sort_unstable();
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// IoT Hub's rule for route and endpoint names: `^[A-Za-z0-9-._]{1,64}$`.
+fn check_name(kind: &str, name: &str) -> std::result::Result<(), String> {
+    let valid = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{kind} name `{name}` is invalid: use 1 to 64 letters, digits, `-`, `.` or `_`"
+        ))
+    }
+}
+
+/// Converts a byte offset of `text` to a 1-based line and column.
+fn position_error(path: &Path, text: &str, offset: usize, problem: String) -> Error {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Error::Config {
+        file: path.display().to_string(),
+        line,
+        column,
+        problem,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,142 @@
+//! Table-driven tests of configuration parsing and validation.
+
+use super::*;
+
+const SOURCE: &str = r#"
+[source]
+connection_string = "Endpoint=sb://127.0.0.1:5673/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=c2VjcmV0;EntityPath=hub"
+"#;
+
+fn endpoints(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| {
+            format!(
+                "[[endpoints]]\n[endpoints.sink]\ntype = \"webhook\"\nname = \"{n}\"\nurl = \"http://127.0.0.1:1/x\"\n"
+            )
+        })
+        .collect()
+}
+
+pub(crate) fn parse(body: &str) -> Result<LoadedConfig> {
+    LoadedConfig::parse(Path::new("hubroute.toml"), format!("{SOURCE}{body}"))
+}
+
+#[test]
+fn valid_configuration_parses_with_defaults() {
+    let text = format!(
+        "{}[[routes]]\nname = \"hot\"\ncondition = \"temp > 30\"\nendpoint = \"a\"\n[fallback]\nendpoint = \"a\"\n",
+        endpoints(&["a"])
+    );
+    let loaded = parse(&text).expect("valid");
+    let config = &loaded.config;
+    assert_eq!(config.hub_name, "hub");
+    assert_eq!(config.checkpoint, CheckpointConfig::default());
+    assert_eq!(config.endpoints[0].queue_capacity, 16);
+    assert_eq!(config.endpoints[0].full_policy, FullPolicy::Block);
+    assert_eq!(config.routes[0].source, RouteSource::DeviceMessages);
+    assert!(config.routes[0].enabled);
+    assert_eq!(config.routes[0].condition.get_ref(), "temp > 30");
+    assert_eq!(
+        config
+            .fallback
+            .as_ref()
+            .map(|f| f.condition.get_ref().as_str()),
+        Some("true")
+    );
+}
+
+#[test]
+fn invalid_configurations_say_what_and_where() {
+    let cases: &[(String, &str, usize)] = &[
+        (
+            format!("{}bogus = 1\n", endpoints(&["a"])),
+            "unknown field `bogus`",
+            0,
+        ),
+        (endpoints(&["a", "a"]), "two endpoints are named `a`", 0),
+        (endpoints(&["events"]), "is reserved", 0),
+        (endpoints(&["a b"]), "name `a b` is invalid", 0),
+        (
+            format!(
+                "{}[[routes]]\nname = \"r\"\nendpoint = \"b\"\n",
+                endpoints(&["a"])
+            ),
+            "refers to endpoint `b`, which is not defined",
+            0,
+        ),
+        (
+            format!(
+                "{}[[routes]]\nname = \"r\"\nendpoint = \"a\"\n[[routes]]\nname = \"r\"\nendpoint = \"a\"\n",
+                endpoints(&["a"])
+            ),
+            "two routes are named `r`",
+            0,
+        ),
+        (
+            format!(
+                "{}[[routes]]\nname = \"r\"\nsource = \"Nope\"\nendpoint = \"a\"\n",
+                endpoints(&["a"])
+            ),
+            "unknown variant `Nope`",
+            0,
+        ),
+        (
+            format!(
+                "{}[[enrichments]]\nkey = \"k\"\nvalue = \"v\"\nendpoints = [\"zz\"]\n",
+                endpoints(&["a"])
+            ),
+            "enrichment `k` refers to endpoint `zz`",
+            0,
+        ),
+        (
+            format!(
+                "{}[[routes]]\nname = \"r\"\nendpoint = \"a\"\ncondition = \"{}\"\n",
+                endpoints(&["a"]),
+                "a".repeat(limits::MAX_CONDITION_CHARS + 1)
+            ),
+            "the limit is 1024",
+            12,
+        ),
+    ];
+    for (text, expected, line) in cases {
+        let error = parse(text).expect_err(expected).to_string();
+        assert!(error.contains(expected), "{expected:?} not in {error}");
+        assert!(error.starts_with("hubroute.toml:"), "{error}");
+        if *line > 0 {
+            assert!(
+                error.starts_with(&format!("hubroute.toml:{line}:")),
+                "{error}"
+            );
+        }
+    }
+}
+
+#[test]
+fn too_many_routes_are_rejected() {
+    let routes: String = (0..=limits::MAX_ROUTES)
+        .map(|i| format!("[[routes]]\nname = \"r{i}\"\nendpoint = \"a\"\n"))
+        .collect();
+    let error = parse(&format!("{}{routes}", endpoints(&["a"]))).expect_err("too many");
+    assert!(
+        error.to_string().contains("101 routes; the limit is 100"),
+        "{error}"
+    );
+}
+
+#[test]
+fn positions_are_one_based_lines_and_columns() {
+    let cases = [
+        ("abc", 0, (1, 1)),
+        ("ab\ncd", 4, (2, 2)),
+        ("a\n\nxyz", 5, (3, 3)),
+    ];
+    for (text, offset, (line, column)) in cases {
+        match position_error(Path::new("f"), text, offset, String::new()) {
+            Error::Config {
+                line: l, column: c, ..
+            } => assert_eq!((l, c), (line, column), "{text:?}"),
+            other => panic!("unexpected {other}"),
+        }
+    }
+}

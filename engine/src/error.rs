@@ -1,0 +1,106 @@
+//! The engine crate's one error type. Variants carry the context a user needs to act.
+
+/// Errors from the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A protocol string (connection string, token, filter) is invalid.
+    #[error(transparent)]
+    Protocol(#[from] hubroute_protocol::Error),
+    /// The source configuration is inconsistent.
+    #[error("invalid source configuration: {problem}")]
+    SourceConfig {
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+    /// The AMQP connection to the event hub could not be opened or was lost (retryable).
+    #[error(
+        "cannot reach the event hub at {endpoint}: {problem}; check the Endpoint of the connection \
+         string, the network and that the service (or `hubroute emulator`) is running"
+    )]
+    Connect {
+        /// `host:port`.
+        endpoint: String,
+        /// What failed.
+        problem: String,
+    },
+    /// The service refused the credentials (not retried).
+    #[error(
+        "the event hub rejected the credentials for {audience}: {problem}; check SharedAccessKeyName / \
+         SharedAccessKey (the policy needs Listen rights) or renew the SharedAccessSignature"
+    )]
+    Unauthorized {
+        /// The token audience, e.g. `sb://host/hub`.
+        audience: String,
+        /// The service's reason.
+        problem: String,
+    },
+    /// A `$management` request failed or returned something unexpected.
+    #[error("reading the event hub `{event_hub}` via $management failed: {problem}")]
+    Management {
+        /// Event hub name.
+        event_hub: String,
+        /// What failed.
+        problem: String,
+    },
+    /// The service closed a partition link or connection with an AMQP error.
+    #[error("partition {partition}: the service reported {condition}: {description}")]
+    Amqp {
+        /// Partition id.
+        partition: String,
+        /// The AMQP error condition, e.g. `com.microsoft:server-busy`.
+        condition: String,
+        /// The service's description.
+        description: String,
+    },
+    /// The start position is outside the retained stream (not retried).
+    #[error(
+        "partition {partition}: start position `{position}` is out of range: {description}; the \
+         checkpoint is probably older than the event hub's retention. Set `out_of_range = \"earliest\"` \
+         to restart from the oldest retained event, or delete the checkpoint"
+    )]
+    PositionOutOfRange {
+        /// Partition id.
+        partition: String,
+        /// The filter expression that was refused.
+        position: String,
+        /// The service's description.
+        description: String,
+    },
+    /// An AMQP message lacks what every Event Hubs event carries (not retried: the stream is not Event Hubs).
+    #[error("partition {partition}: cannot decode an event: {problem}")]
+    Decode {
+        /// Partition id.
+        partition: String,
+        /// What is missing or malformed.
+        problem: String,
+    },
+    /// Reading or writing a checkpoint failed.
+    #[error("checkpoint `{location}`: {problem}")]
+    Checkpoint {
+        /// File path or blob name.
+        location: String,
+        /// What failed.
+        problem: String,
+    },
+    /// The configuration file is invalid.
+    #[error("{file}:{line}:{column}: {problem}")]
+    Config {
+        /// The configuration file.
+        file: String,
+        /// 1-based line (0 when the whole file is concerned).
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+    /// A route condition failed to evaluate on a batch.
+    #[error("evaluating routes failed: {0}")]
+    Routing(#[from] hubroute_queries::Error),
+    /// A batch is not in the message schema.
+    #[error("a batch is not a message batch: {0}")]
+    Message(#[from] hubroute_message::Error),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,195 @@
+//! Table-driven tests of routing semantics: dedupe per endpoint, route sources, disabled routes,
+//! the fallback route and enrichments.
+
+use std::path::Path;
+
+use hubroute_message::{AppPropertyValue, Message, MessageBatchBuilder, MessageColumns};
+
+use super::*;
+
+const CONFIG: &str = r#"
+hub_name = "my-hub"
+[source]
+connection_string = "Endpoint=sb://127.0.0.1:5673/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=c2VjcmV0;EntityPath=hub"
+
+[[endpoints]]
+sink = { type = "webhook", name = "a", url = "http://127.0.0.1:1/a" }
+[[endpoints]]
+sink = { type = "webhook", name = "b", url = "http://127.0.0.1:1/b" }
+[[endpoints]]
+sink = { type = "webhook", name = "c", url = "http://127.0.0.1:1/c" }
+[[endpoints]]
+sink = { type = "webhook", name = "fb", url = "http://127.0.0.1:1/fb" }
+
+[[routes]]
+name = "hot"
+condition = "level = 'hot' OR level = 'critical'"
+endpoint = "a"
+[[routes]]
+name = "critical-a"
+condition = "level = 'critical'"
+endpoint = "a"
+[[routes]]
+name = "critical-c"
+condition = "level = 'critical'"
+endpoint = "c"
+[[routes]]
+name = "twin"
+source = "TwinChangeEvents"
+endpoint = "b"
+[[routes]]
+name = "off"
+enabled = false
+endpoint = "c"
+
+[fallback]
+condition = "level <> 'ignore'"
+endpoint = "fb"
+
+[[enrichments]]
+key = "hub"
+value = "$iothubname"
+endpoints = ["a"]
+[[enrichments]]
+key = "location"
+value = "$twin.tags.location"
+endpoints = ["a"]
+"#;
+
+fn table() -> RoutingTable {
+    let loaded = LoadedConfig::parse(Path::new("t.toml"), CONFIG.to_owned()).expect("valid config");
+    RoutingTable::compile(&loaded).expect("routes compile")
+}
+
+fn message(level: Option<&str>, source: &str, twin: Option<&str>) -> Message {
+    let mut m = Message::telemetry("{}");
+    m.system.message_source = Some(source.to_owned());
+    if let Some(level) = level {
+        m.application_properties
+            .push(("level".to_owned(), AppPropertyValue::from(level)));
+    }
+    m.twin = twin.map(str::to_owned);
+    m
+}
+
+#[test]
+fn rows_reach_each_matching_endpoint_once() {
+    // (level, source, endpoints)
+    let cases: &[(Option<&str>, &str, &[&str])] = &[
+        (Some("hot"), "Telemetry", &["a"]),
+        (Some("critical"), "Telemetry", &["a", "c"]),
+        (Some("cold"), "Telemetry", &["fb"]),
+        (Some("ignore"), "Telemetry", &[]),
+        (Some("critical"), "twinChangeEvents", &["b"]),
+        (None, "Telemetry", &[]),
+        (Some("cold"), "deviceLifecycleEvents", &[]),
+    ];
+    let table = table();
+    let messages: Vec<Message> = cases.iter().map(|(l, s, _)| message(*l, s, None)).collect();
+    let batch = MessageBatchBuilder::batch_of(&messages).expect("batch");
+    let routed = table.route(&batch).expect("route");
+    for (row, (level, source, expected)) in cases.iter().enumerate() {
+        let got: Vec<&str> = table
+            .endpoints()
+            .iter()
+            .zip(&routed.rows)
+            .filter(|(_, rows)| rows.contains(&u32::try_from(row).expect("small")))
+            .map(|(e, _)| e.as_str())
+            .collect();
+        assert_eq!(&got, expected, "row {row}: {level:?} from {source}");
+    }
+    assert_eq!(routed.matched, vec![2, 1, 1, 1, 0]);
+    assert_eq!(routed.fallback, 1);
+    assert_eq!(
+        routed.undefined[0], 1,
+        "the message without `level` is undefined for `hot`"
+    );
+}
+
+#[test]
+fn explain_names_routes_endpoints_and_fallback() {
+    let table = table();
+    let cases = [
+        (
+            Some("critical"),
+            vec!["hot", "critical-a", "critical-c"],
+            false,
+            vec!["a", "c"],
+        ),
+        (Some("cold"), vec![], true, vec!["fb"]),
+        (Some("ignore"), vec![], false, vec![]),
+    ];
+    for (level, routes, fallback, endpoints) in cases {
+        let explanation = table
+            .explain(&message(level, "Telemetry", None))
+            .expect("explain");
+        assert_eq!(explanation.routes, routes, "{level:?}");
+        assert_eq!(explanation.fallback, fallback, "{level:?}");
+        assert_eq!(explanation.endpoints, endpoints, "{level:?}");
+    }
+}
+
+#[test]
+fn enrichments_apply_per_endpoint_with_twin_fallback_to_literal() {
+    let table = table();
+    let messages = [
+        message(
+            Some("hot"),
+            "Telemetry",
+            Some(r#"{"tags":{"location":"lab"}}"#),
+        ),
+        message(Some("hot"), "Telemetry", None),
+        message(Some("hot"), "Telemetry", Some(r#"{"tags":{}}"#)),
+    ];
+    let batch = MessageBatchBuilder::batch_of(&messages).expect("batch");
+    let enriched = table.rows_for(0, &batch, &[0, 1, 2]).expect("enrich");
+    let columns = MessageColumns::try_new(&enriched).expect("schema");
+    let expected = ["lab", "$twin.tags.location", "$twin.tags.location"];
+    for (row, location) in expected.iter().enumerate() {
+        let props = columns.message(row).application_properties;
+        let get = |k: &str| {
+            props
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            get("hub"),
+            Some(AppPropertyValue::from("my-hub")),
+            "row {row}"
+        );
+        assert_eq!(
+            get("location"),
+            Some(AppPropertyValue::from(*location)),
+            "row {row}"
+        );
+        assert_eq!(
+            get("level"),
+            Some(AppPropertyValue::from("hot")),
+            "row {row}"
+        );
+    }
+    let plain = table.rows_for(1, &batch, &[1]).expect("no enrichment");
+    assert_eq!(plain.num_rows(), 1);
+    let props = MessageColumns::try_new(&plain)
+        .expect("schema")
+        .message(0)
+        .application_properties;
+    assert_eq!(props.len(), 1, "endpoint b has no enrichments: {props:?}");
+}
+
+#[test]
+fn condition_errors_point_into_the_file() {
+    let text = CONFIG.replace(
+        "condition = \"level = 'critical'\"\nendpoint = \"c\"",
+        "condition = \"level = = 1\"\nendpoint = \"c\"",
+    );
+    let loaded = LoadedConfig::parse(Path::new("t.toml"), text).expect("parses");
+    let error = RoutingTable::compile(&loaded)
+        .expect_err("bad condition")
+        .to_string();
+    assert!(
+        error.starts_with("t.toml:25:13: route `critical-c`: the condition does not compile"),
+        "{error}"
+    );
+}

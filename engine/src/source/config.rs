@@ -1,0 +1,301 @@
+//! [`SourceConfig`]: what to read and how, with every default in one place.
+//!
+//! The connection string is parsed when the configuration is loaded (a typo fails at start-up, not at
+//! the first reconnect) and kept as a [`ConnectionString`], whose `Debug` masks the key.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use hubroute_protocol::{ConnectionString, EventPosition, PositionKind};
+use serde::{Deserialize, Deserializer};
+
+/// Where a partition starts when it has no checkpoint. A checkpoint always wins.
+///
+/// TOML: `start = "earliest"`, `start = "latest"`, `start = { offset = "1024" }`,
+/// `start = { sequence_number = 42 }`, `start = { enqueued_time = "2024-05-01T00:00:00Z" }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum StartPosition {
+    /// The oldest retained event.
+    #[default]
+    Earliest,
+    /// Only events enqueued after the receiver attaches.
+    Latest,
+    /// The event at this offset and everything after it (inclusive).
+    Offset(String),
+    /// The event with this sequence number and everything after it (inclusive).
+    SequenceNumber(i64),
+    /// Events enqueued strictly after this time.
+    EnqueuedTime(DateTime<Utc>),
+}
+
+impl StartPosition {
+    /// The selector-filter position this start means.
+    pub fn event_position(&self) -> EventPosition {
+        match self {
+            Self::Earliest => EventPosition::earliest(),
+            Self::Latest => EventPosition::latest(),
+            Self::Offset(offset) => EventPosition {
+                kind: PositionKind::Offset(offset.clone()),
+                inclusive: true,
+            },
+            Self::SequenceNumber(n) => EventPosition {
+                kind: PositionKind::SequenceNumber(*n),
+                inclusive: true,
+            },
+            Self::EnqueuedTime(time) => EventPosition {
+                kind: PositionKind::EnqueuedTime(time.timestamp_millis()),
+                inclusive: false,
+            },
+        }
+    }
+}
+
+/// What to do when the service refuses a start position as out of range (typically a checkpoint
+/// older than the retention period).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutOfRangePolicy {
+    /// Stop the partition with [`crate::Error::PositionOutOfRange`]: events were lost, a human decides.
+    #[default]
+    Fail,
+    /// Log a warning and restart the partition from the oldest retained event.
+    Earliest,
+}
+
+fn connection_string<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<ConnectionString, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    ConnectionString::parse(&text).map_err(serde::de::Error::custom)
+}
+
+/// Configuration of an [`super::EventHubSource`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Event Hubs connection string (for IoT Hub: the built-in endpoint's "Event Hub-compatible
+    /// endpoint"). A secret: never logged.
+    #[serde(deserialize_with = "connection_string")]
+    pub connection_string: ConnectionString,
+    /// Event hub name; defaults to the connection string's `EntityPath`.
+    #[serde(default)]
+    pub event_hub: Option<String>,
+    /// Consumer group.
+    #[serde(default = "defaults::consumer_group")]
+    pub consumer_group: String,
+    /// Partitions to read; `None` reads every partition the service reports.
+    #[serde(default)]
+    pub partitions: Option<Vec<String>>,
+    /// Start position of partitions without a checkpoint.
+    #[serde(default)]
+    pub start: StartPosition,
+    /// Per-partition start positions, overriding `start`.
+    #[serde(default)]
+    pub partition_start: BTreeMap<String, StartPosition>,
+    /// AMQP link credit per partition: at most this many events are in flight towards a partition
+    /// receiver that has not yet appended them, which bounds memory when downstream stalls.
+    #[serde(default = "defaults::prefetch")]
+    pub prefetch: u32,
+    /// A batch is cut at this many rows.
+    #[serde(default = "defaults::batch_max_rows")]
+    pub batch_max_rows: usize,
+    /// A batch is cut once its bodies reach this many bytes.
+    #[serde(default = "defaults::batch_max_bytes")]
+    pub batch_max_bytes: usize,
+    /// A non-empty batch is cut at most this long after its first row arrived.
+    #[serde(default = "defaults::batch_linger", with = "humantime_serde")]
+    pub batch_linger: Duration,
+    /// Owner level (`com.microsoft:epoch`) of the receivers; `None` attaches non-exclusive receivers.
+    #[serde(default = "defaults::owner_level")]
+    pub owner_level: Option<i64>,
+    /// Reaction to an out-of-range start position.
+    #[serde(default)]
+    pub out_of_range: OutOfRangePolicy,
+    /// Lifetime of the SAS tokens signed from the key; they are renewed at 80 % of it.
+    #[serde(default = "defaults::token_lifetime", with = "humantime_serde")]
+    pub token_lifetime: Duration,
+    /// Upper bound of the reconnect backoff.
+    #[serde(default = "defaults::max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub(super) fn consumer_group() -> String {
+        hubroute_protocol::address::DEFAULT_CONSUMER_GROUP.to_owned()
+    }
+    pub(super) fn prefetch() -> u32 {
+        300
+    }
+    pub(super) fn batch_max_rows() -> usize {
+        8192
+    }
+    pub(super) fn batch_max_bytes() -> usize {
+        16 * 1024 * 1024
+    }
+    pub(super) fn batch_linger() -> Duration {
+        Duration::from_millis(20)
+    }
+    #[expect(
+        clippy::unnecessary_wraps,
+        reason = "serde default functions return the field's type"
+    )]
+    pub(super) fn owner_level() -> Option<i64> {
+        Some(0)
+    }
+    pub(super) fn token_lifetime() -> Duration {
+        Duration::from_secs(3600)
+    }
+    pub(super) fn max_backoff() -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+impl SourceConfig {
+    /// A configuration with every default, reading `connection_string`.
+    pub fn new(connection_string: ConnectionString) -> Self {
+        Self {
+            connection_string,
+            event_hub: None,
+            consumer_group: defaults::consumer_group(),
+            partitions: None,
+            start: StartPosition::default(),
+            partition_start: BTreeMap::new(),
+            prefetch: defaults::prefetch(),
+            batch_max_rows: defaults::batch_max_rows(),
+            batch_max_bytes: defaults::batch_max_bytes(),
+            batch_linger: defaults::batch_linger(),
+            owner_level: defaults::owner_level(),
+            out_of_range: OutOfRangePolicy::default(),
+            token_lifetime: defaults::token_lifetime(),
+            max_backoff: defaults::max_backoff(),
+        }
+    }
+
+    /// The start position of `partition` when it has no checkpoint.
+    pub fn start_of(&self, partition: &str) -> &StartPosition {
+        self.partition_start.get(partition).unwrap_or(&self.start)
+    }
+
+    /// The event hub to read: `event_hub`, else the connection string's `EntityPath`.
+    pub fn event_hub_name(&self) -> crate::Result<&str> {
+        self.event_hub
+            .as_deref()
+            .or(self.connection_string.entity_path.as_deref())
+            .ok_or_else(|| crate::Error::SourceConfig {
+                problem: "no event hub name: add EntityPath=<hub> to the connection string or set `event_hub`"
+                    .to_owned(),
+            })
+    }
+
+    pub(crate) fn validate(&self) -> crate::Result<()> {
+        let problem = |problem: &str| {
+            Err(crate::Error::SourceConfig {
+                problem: problem.to_owned(),
+            })
+        };
+        if self.prefetch == 0 {
+            return problem("prefetch must be at least 1");
+        }
+        if self.batch_max_rows == 0 || self.batch_max_bytes == 0 {
+            return problem("batch_max_rows and batch_max_bytes must be at least 1");
+        }
+        if self.token_lifetime < Duration::from_secs(60) {
+            return problem("token_lifetime must be at least 60s");
+        }
+        self.event_hub_name().map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CS: &str = "Endpoint=sb://127.0.0.1:5673;SharedAccessKeyName=k;SharedAccessKey=s3cr3t;EntityPath=hub;UseDevelopmentEmulator=true";
+
+    #[test]
+    fn parses_toml_with_defaults_and_masks_the_key() {
+        let config: SourceConfig = toml::from_str(&format!(
+            "connection_string = \"{CS}\"\nstart = {{ sequence_number = 5 }}\n\
+             partition_start = {{ \"1\" = \"latest\" }}\nbatch_linger = \"50ms\""
+        ))
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.event_hub_name().unwrap(), "hub");
+        assert_eq!(config.prefetch, 300);
+        assert_eq!(config.owner_level, Some(0));
+        assert_eq!(config.batch_linger, Duration::from_millis(50));
+        assert_eq!(config.start_of("0"), &StartPosition::SequenceNumber(5));
+        assert_eq!(config.start_of("1"), &StartPosition::Latest);
+        assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn start_positions_map_to_sdk_filters() {
+        let time = DateTime::parse_from_rfc3339("2023-11-14T22:13:20Z")
+            .unwrap()
+            .to_utc();
+        let cases = [
+            (
+                StartPosition::Earliest,
+                "amqp.annotation.x-opt-offset > '-1'",
+            ),
+            (
+                StartPosition::Latest,
+                "amqp.annotation.x-opt-offset > '@latest'",
+            ),
+            (
+                StartPosition::Offset("12".into()),
+                "amqp.annotation.x-opt-offset >= '12'",
+            ),
+            (
+                StartPosition::SequenceNumber(7),
+                "amqp.annotation.x-opt-sequence-number >= '7'",
+            ),
+            (
+                StartPosition::EnqueuedTime(time),
+                "amqp.annotation.x-opt-enqueued-time > '1700000000000'",
+            ),
+        ];
+        for (start, filter) in cases {
+            assert_eq!(
+                start.event_position().to_filter_expression(),
+                filter,
+                "{start:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_bad_configurations_with_the_reason() {
+        let no_hub = CS.replace(";EntityPath=hub", "");
+        let cases = [
+            (
+                format!("connection_string = \"{no_hub}\""),
+                "no event hub name",
+            ),
+            (
+                format!("connection_string = \"{CS}\"\nprefetch = 0"),
+                "prefetch",
+            ),
+            (
+                format!("connection_string = \"{CS}\"\nbogus = 1"),
+                "unknown field `bogus`",
+            ),
+            (
+                "connection_string = \"Endpoint=x\"".to_owned(),
+                "invalid Event Hubs connection string",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = match toml::from_str::<SourceConfig>(&text) {
+                Ok(config) => config.validate().unwrap_err().to_string(),
+                Err(error) => error.to_string(),
+            };
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! One authenticated AMQP connection to an event hub: transport (TLS or plain), SASL ANONYMOUS, a
+//! session, and claims-based security (`$cbs` `put-token`) with renewal; plus the `$management` READ
+//! that lists partition ids.
+//!
+//! Each partition receiver owns one [`HubConnection`], so a fault (or a stolen link) on one partition
+//! never disturbs another and reconnects stay per partition. Tokens signed from the key live
+//! `token_lifetime` and are renewed at 80 % of it on the same connection; a given
+//! `SharedAccessSignature` is sent as is and cannot be renewed. Token text is never logged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fe2o3_amqp::connection::ConnectionHandle;
+use fe2o3_amqp::sasl_profile::SaslProfile;
+use fe2o3_amqp::session::SessionHandle;
+use fe2o3_amqp::{Connection, Session};
+use fe2o3_amqp_cbs::client::CbsClient;
+use fe2o3_amqp_cbs::token::CbsToken;
+use fe2o3_amqp_management::client::MgmtClient;
+use fe2o3_amqp_management::error::Error as ManagementError;
+use fe2o3_amqp_management::{Request, Response};
+use fe2o3_amqp_types::messaging::{ApplicationProperties, Message};
+use fe2o3_amqp_types::primitives::{SimpleValue, Timestamp, Value};
+use hubroute_protocol::{ConnectionString, SasToken, cbs, management};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::{Error, Result};
+
+/// How long opening the transport, SASL and the AMQP handshake may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long closing a connection may take before it is abandoned.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where a token comes from.
+#[derive(Debug)]
+enum Credentials {
+    /// Signed from the key, renewed before expiry.
+    Key { lifetime: Duration },
+    /// Given in the connection string.
+    Signature(SasToken),
+}
+
+/// An open, authenticated connection with one session.
+#[derive(Debug)]
+pub(crate) struct HubConnection {
+    connection: ConnectionHandle<()>,
+    pub(crate) session: SessionHandle<()>,
+    cbs: CbsClient,
+    connection_string: ConnectionString,
+    credentials: Credentials,
+    audience: String,
+    /// When the token must be renewed; `None` for a given signature.
+    pub(crate) renew_at: Option<Instant>,
+}
+
+fn endpoint(connection_string: &ConnectionString) -> String {
+    format!(
+        "{}:{}",
+        connection_string.host,
+        connection_string.effective_port()
+    )
+}
+
+fn connect_error(connection_string: &ConnectionString, problem: impl std::fmt::Display) -> Error {
+    Error::Connect {
+        endpoint: endpoint(connection_string),
+        problem: problem.to_string(),
+    }
+}
+
+fn tls_connector() -> Result<tokio_rustls::TlsConnector, rustls::Error> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+async fn open_transport(connection_string: &ConnectionString) -> Result<ConnectionHandle<()>> {
+    let host = connection_string.host.as_str();
+    let fail = |problem: String| connect_error(connection_string, problem);
+    let stream = TcpStream::connect((host, connection_string.effective_port()))
+        .await
+        .map_err(|error| fail(format!("TCP connect failed: {error}")))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|error| fail(error.to_string()))?;
+    let builder = Connection::builder()
+        .container_id(format!("hubroute-{}", uuid::Uuid::new_v4()))
+        .hostname(host)
+        .scheme("amqp")
+        .sasl_profile(SaslProfile::Anonymous);
+    let opened = if connection_string.uses_tls() {
+        let server_name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|error| fail(format!("`{host}` is not a valid TLS server name: {error}")))?;
+        let connector =
+            tls_connector().map_err(|error| fail(format!("TLS setup failed: {error}")))?;
+        let tls = connector
+            .connect(server_name, stream)
+            .await
+            .map_err(|error| fail(format!("TLS handshake failed: {error}")))?;
+        builder.open_with_stream(tls).await
+    } else {
+        builder.open_with_stream(stream).await
+    };
+    opened.map_err(|error| fail(format!("AMQP open failed: {error}")))
+}
+
+impl HubConnection {
+    /// Connects and authorises the connection for `event_hub`.
+    pub(crate) async fn open(
+        connection_string: &ConnectionString,
+        event_hub: &str,
+        token_lifetime: Duration,
+    ) -> Result<Self> {
+        let credentials = match (
+            &connection_string.key,
+            &connection_string.shared_access_signature,
+        ) {
+            (_, Some(signature)) => Credentials::Signature(SasToken::parse(signature)?),
+            (Some(_), None) => Credentials::Key {
+                lifetime: token_lifetime,
+            },
+            (None, None) => {
+                return Err(Error::SourceConfig {
+                    problem: "the connection string has neither a key nor a signature".to_owned(),
+                });
+            }
+        };
+        let opening = async {
+            let mut connection = open_transport(connection_string).await?;
+            let mut session = Session::begin(&mut connection).await.map_err(|error| {
+                connect_error(connection_string, format!("AMQP begin failed: {error}"))
+            })?;
+            let cbs = CbsClient::attach(&mut session).await.map_err(|error| {
+                connect_error(connection_string, format!("attaching $cbs failed: {error}"))
+            })?;
+            Ok::<_, Error>((connection, session, cbs))
+        };
+        let (connection, session, cbs) = tokio::time::timeout(OPEN_TIMEOUT, opening)
+            .await
+            .map_err(|_| {
+                connect_error(
+                    connection_string,
+                    format!("no AMQP handshake within {OPEN_TIMEOUT:?}"),
+                )
+            })??;
+        let mut hub = Self {
+            connection,
+            session,
+            cbs,
+            connection_string: connection_string.clone(),
+            credentials,
+            audience: connection_string.audience(event_hub),
+            renew_at: None,
+        };
+        hub.put_token().await?;
+        Ok(hub)
+    }
+
+    /// A token for the audience and the instant it should be renewed at.
+    fn token(&self) -> Result<(SasToken, Option<Instant>)> {
+        match &self.credentials {
+            Credentials::Signature(token) => Ok((token.clone(), None)),
+            Credentials::Key { lifetime } => {
+                let key =
+                    self.connection_string
+                        .key
+                        .as_ref()
+                        .ok_or_else(|| Error::SourceConfig {
+                            problem: "the connection string has no SharedAccessKey".to_owned(),
+                        })?;
+                let seconds = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX);
+                let expiry = chrono::Utc::now().timestamp().saturating_add(seconds);
+                Ok((
+                    key.sign(&self.audience, expiry),
+                    Some(Instant::now() + lifetime.mul_f64(0.8)),
+                ))
+            }
+        }
+    }
+
+    /// Sends (or renews) the token on `$cbs`.
+    pub(crate) async fn put_token(&mut self) -> Result<()> {
+        let (token, renew_at) = self.token()?;
+        let expiry = Timestamp::from_milliseconds(token.expiry.saturating_mul(1000));
+        let cbs_token = CbsToken::new(token.as_str(), cbs::SAS_TOKEN_TYPE, Some(expiry));
+        match self.cbs.put_token(self.audience.as_str(), cbs_token).await {
+            Ok(()) => {
+                self.renew_at = renew_at;
+                Ok(())
+            }
+            Err(ManagementError::Status(status)) => Err(Error::Unauthorized {
+                audience: self.audience.clone(),
+                problem: format!(
+                    "put-token returned status {}{}",
+                    status.code.0,
+                    status
+                        .description
+                        .map(|d| format!(" ({d})"))
+                        .unwrap_or_default()
+                ),
+            }),
+            Err(error) => Err(connect_error(
+                &self.connection_string,
+                format!("put-token failed: {error}"),
+            )),
+        }
+    }
+
+    /// Partition ids of `event_hub`, from a `$management` READ of `com.microsoft:eventhub`.
+    pub(crate) async fn partition_ids(&mut self, event_hub: &str) -> Result<Vec<String>> {
+        let failure = |problem: String| Error::Management {
+            event_hub: event_hub.to_owned(),
+            problem,
+        };
+        let (token, _) = self.token()?;
+        let mut client = MgmtClient::builder()
+            .client_node_addr(format!("hubroute-mgmt-{}", uuid::Uuid::new_v4().simple()))
+            .attach(&mut self.session)
+            .await
+            .map_err(|error| failure(format!("attaching $management failed: {error}")))?;
+        let request = ReadEventHub {
+            name: event_hub.to_owned(),
+            security_token: token.as_str().to_owned(),
+        };
+        let response = tokio::time::timeout(OPEN_TIMEOUT, client.call(request)).await;
+        let _ = tokio::time::timeout(OPEN_TIMEOUT, client.close()).await;
+        let Ok(response) = response else {
+            return Err(failure(format!(
+                "no $management response within {OPEN_TIMEOUT:?}"
+            )));
+        };
+        match response {
+            Ok(info) => Ok(info.partition_ids),
+            Err(ManagementError::Status(status)) if matches!(status.code.0.get(), 401 | 403) => {
+                Err(Error::Unauthorized {
+                    audience: self.audience.clone(),
+                    problem: format!("$management returned {}", status.code.0),
+                })
+            }
+            Err(error) => Err(failure(error.to_string())),
+        }
+    }
+
+    /// Closes the connection politely, giving up after a while: errors are irrelevant at that point
+    /// and a dead peer must not stall a reconnect.
+    pub(crate) async fn close(mut self) {
+        let closing = async {
+            let _ = self.session.end().await;
+            let _ = self.connection.close().await;
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+    }
+}
+
+/// `READ com.microsoft:eventhub`.
+struct ReadEventHub {
+    name: String,
+    security_token: String,
+}
+
+/// The part of the event hub description the source needs.
+struct EventHubInfo {
+    partition_ids: Vec<String>,
+}
+
+impl Request for ReadEventHub {
+    const OPERATION: &'static str = management::READ;
+    type Response = EventHubInfo;
+    type Body = Value;
+
+    fn manageable_entity_type(&mut self) -> Option<String> {
+        Some(management::EVENT_HUB_TYPE.to_owned())
+    }
+
+    fn encode_application_properties(&mut self) -> Option<ApplicationProperties> {
+        Some(
+            ApplicationProperties::builder()
+                .insert("name", SimpleValue::String(std::mem::take(&mut self.name)))
+                .insert(
+                    management::SECURITY_TOKEN,
+                    SimpleValue::String(std::mem::take(&mut self.security_token)),
+                )
+                .build(),
+        )
+    }
+
+    fn encode_body(self) -> Self::Body {
+        Value::Null
+    }
+}
+
+impl Response for EventHubInfo {
+    const STATUS_CODE: u16 = 200;
+    type Body = Value;
+    type Error = ManagementError;
+
+    fn decode_message(message: Message<Self::Body>) -> Result<Self, Self::Error> {
+        let Value::Map(map) = message.body else {
+            return Err(ManagementError::DecodeError(None));
+        };
+        let ids = map
+            .get(&Value::String("partition_ids".to_owned()))
+            .or_else(|| map.get(&Value::Symbol("partition_ids".into())));
+        let items: Vec<&Value> = match ids {
+            Some(Value::Array(array)) => array.0.iter().collect(),
+            Some(Value::List(list)) => list.iter().collect(),
+            _ => return Err(ManagementError::DecodeError(None)),
+        };
+        let partition_ids = items
+            .into_iter()
+            .map(|item| match item {
+                Value::String(id) => Some(id.clone()),
+                Value::Symbol(id) => Some(id.as_str().to_owned()),
+                _ => None,
+            })
+            .collect::<Option<Vec<String>>>()
+            .ok_or(ManagementError::DecodeError(None))?;
+        Ok(Self { partition_ids })
+    }
+}

@@ -1,0 +1,117 @@
+//! One configuration type for every sink, tagged by `type`, and [`build_sink`] to turn it into a
+//! running [`Sink`]. The engine's configuration embeds a list of these, one per endpoint.
+
+use serde::Deserialize;
+
+use crate::{
+    AckSender, ParquetSink, ParquetSinkConfig, PostgresSink, PostgresSinkConfig, Result, Sink,
+    SqliteSink, SqliteSinkConfig, WebhookSink, WebhookSinkConfig,
+};
+
+/// An endpoint's sink configuration: `type = "parquet" | "webhook" | "postgres" | "sqlite"` plus
+/// that sink's fields.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SinkConfig {
+    /// Parquet files on an object store.
+    Parquet(ParquetSinkConfig),
+    /// HTTP POST of JSON batches.
+    Webhook(WebhookSinkConfig),
+    /// A PostgreSQL table, loaded with binary COPY.
+    Postgres(PostgresSinkConfig),
+    /// A table in an SQLite database file.
+    Sqlite(SqliteSinkConfig),
+}
+
+impl SinkConfig {
+    /// The endpoint name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Parquet(c) => &c.name,
+            Self::Webhook(c) => &c.name,
+            Self::Postgres(c) => &c.name,
+            Self::Sqlite(c) => &c.name,
+        }
+    }
+}
+
+/// Builds the sink `config` describes; it sends one [`crate::Ack`] per ticket on `acks`.
+pub fn build_sink(config: SinkConfig, acks: AckSender) -> Result<Box<dyn Sink>> {
+    Ok(match config {
+        SinkConfig::Parquet(c) => Box::new(ParquetSink::new(c, acks)?),
+        SinkConfig::Webhook(c) => Box::new(WebhookSink::new(c, acks)?),
+        SinkConfig::Postgres(c) => Box::new(PostgresSink::new(c, acks)?),
+        SinkConfig::Sqlite(c) => Box::new(SqliteSink::new(c, acks)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sink_configs_parse_by_type_and_reject_unknown_fields() {
+        let cases = [
+            (
+                r#"{"type":"parquet","name":"lake","store":{"kind":"local","root":"/tmp/l"},"max_file_age":"5s"}"#,
+                Ok("lake"),
+            ),
+            (
+                r#"{"type":"webhook","name":"hook","url":"http://127.0.0.1:1/x","linger":"10ms"}"#,
+                Ok("hook"),
+            ),
+            (
+                r#"{"type":"webhook","name":"hook","url":"http://x","lingr":"10ms"}"#,
+                Err("unknown field `lingr`"),
+            ),
+            (
+                r#"{"type":"postgres","name":"pg","dbname":"test","table":{"name":"m"}}"#,
+                Ok("pg"),
+            ),
+            (
+                r#"{"type":"sqlite","name":"lite","path":"/tmp/m.db","table":{"name":"m","columns":[{"name":"t","source":"$.t","type":"double"}]}}"#,
+                Ok("lite"),
+            ),
+            (
+                r#"{"type":"kafka","name":"k"}"#,
+                Err("unknown variant `kafka`"),
+            ),
+        ];
+        for (json, expected) in cases {
+            let parsed = serde_json::from_str::<SinkConfig>(json);
+            match (parsed, expected) {
+                (Ok(config), Ok(name)) => assert_eq!(config.name(), name),
+                (Err(error), Err(message)) => {
+                    assert!(error.to_string().contains(message), "{json}: {error}");
+                }
+                (parsed, expected) => panic!("{json}: {parsed:?}, expected {expected:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn build_sink_builds_each_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (acks, _rx) = tokio::sync::mpsc::channel(1);
+        let configs = [
+            SinkConfig::Parquet(ParquetSinkConfig::new(
+                "lake",
+                crate::ObjectStoreConfig::Local {
+                    root: dir.path().to_owned(),
+                },
+            )),
+            SinkConfig::Webhook(WebhookSinkConfig::new("hook", "http://127.0.0.1:9/x")),
+        ];
+        for config in configs {
+            let name = config.name().to_owned();
+            let sink = build_sink(config, acks.clone()).unwrap();
+            assert_eq!(sink.name(), name);
+        }
+        let bad = SinkConfig::Webhook(WebhookSinkConfig::new("hook", "not a url"));
+        let error = build_sink(bad, acks).unwrap_err();
+        assert!(
+            error.to_string().contains("url `not a url` is invalid"),
+            "{error}"
+        );
+    }
+}

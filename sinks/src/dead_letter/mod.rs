@@ -1,0 +1,408 @@
+//! The dead-letter store: rows a sink reported as permanently failed, kept as JSON Lines on an object
+//! store with everything needed to understand and replay them.
+//!
+//! Each [`DeadLetterStore::write`] call puts one object,
+//! `<prefix>/<sink>/<YYYY>/<MM>/<DD>/<HH>/<unix ms>-<uuid>.jsonl`, with one [`DeadLetter`] per line.
+//! A `put` is atomic on every backend, so a reader never sees a partial file, and the engine may
+//! advance its checkpoint past failed rows once `write` returned. JSON Lines (not Parquet) because dead
+//! letters are few, read by people and by `jq`, and appended in small groups.
+//!
+//! Replay: [`DeadLetterStore::read_all`] returns the records; [`DeadLetter::to_batch`] rebuilds a
+//! message batch (original positions, properties and body) to feed back through a sink.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray};
+use arrow::record_batch::RecordBatch;
+use base64::Engine as _;
+use bytes::Bytes;
+use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
+use futures::TryStreamExt as _;
+use hubroute_message::{MessageBatchBuilder, MessageColumns, MessageRef, SystemProperties};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt as _};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, FailedRow, ObjectStoreConfig, Result};
+
+/// Where dead letters go.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// The object store (default: local directory `hubroute-data`).
+    #[serde(default)]
+    pub store: ObjectStoreConfig,
+    /// Path prefix inside the store (default `dead-letters`).
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+}
+
+fn default_prefix() -> String {
+    "dead-letters".to_owned()
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        Self {
+            store: ObjectStoreConfig::default(),
+            prefix: default_prefix(),
+        }
+    }
+}
+
+/// One application property as stored in the batch: canonical value and AMQP type name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterProperty {
+    /// Property name.
+    pub name: String,
+    /// Canonical string value (`None` for AMQP null).
+    pub value: Option<String>,
+    /// AMQP type name when not a string.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub type_name: Option<String>,
+}
+
+/// One permanently failed message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeadLetter {
+    /// The endpoint that rejected it.
+    pub sink: String,
+    /// The route that sent it there, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// What the destination said.
+    pub error: String,
+    /// When it was dead-lettered.
+    pub failed_at: DateTime<Utc>,
+    /// Original position: event hub.
+    pub event_hub: String,
+    /// Original position: partition.
+    pub partition: String,
+    /// Original position: sequence number.
+    pub sequence_number: i64,
+    /// Original position: offset.
+    pub offset: String,
+    /// `x-opt-enqueued-time`.
+    pub enqueued_time: DateTime<Utc>,
+    /// `x-opt-partition-key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_key: Option<String>,
+    /// IoT Hub system properties.
+    pub system_properties: SystemProperties,
+    /// Application properties in wire order.
+    pub properties: Vec<DeadLetterProperty>,
+    /// The body, standard base64.
+    pub body: String,
+    /// Twin JSON, when the engine knew it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub twin: Option<String>,
+}
+
+impl DeadLetter {
+    /// Dead letters for the `failed` rows of `batch` (message schema).
+    pub fn from_failed_rows(
+        sink: &str,
+        route: Option<&str>,
+        batch: &RecordBatch,
+        failed: &[FailedRow],
+    ) -> Result<Vec<Self>> {
+        let view = MessageColumns::try_new(batch)?;
+        let failed_at = Utc::now();
+        failed
+            .iter()
+            .map(|failure| {
+                if failure.row >= view.len() {
+                    return Err(Error::Config {
+                        sink: sink.to_owned(),
+                        problem: format!(
+                            "failed row {} is outside a batch of {} rows (a sink bug)",
+                            failure.row,
+                            view.len()
+                        ),
+                    });
+                }
+                let message = view.message(failure.row);
+                let types = property_types(&view, failure.row);
+                let properties = view
+                    .application_properties_of(failure.row)
+                    .map(|(name, value)| DeadLetterProperty {
+                        name: name.to_owned(),
+                        value: value.map(str::to_owned),
+                        type_name: types
+                            .iter()
+                            .find(|(typed, _)| typed == name)
+                            .map(|(_, t)| t.clone()),
+                    })
+                    .collect();
+                Ok(Self {
+                    sink: sink.to_owned(),
+                    route: route.map(str::to_owned),
+                    error: failure.error.clone(),
+                    failed_at,
+                    event_hub: message.event_hub,
+                    partition: message.partition,
+                    sequence_number: message.sequence_number,
+                    offset: message.offset,
+                    enqueued_time: message.enqueued_time,
+                    partition_key: message.partition_key,
+                    system_properties: message.system,
+                    properties,
+                    body: base64::engine::general_purpose::STANDARD.encode(&message.body),
+                    twin: message.twin,
+                })
+            })
+            .collect()
+    }
+
+    /// Rebuilds a message batch from dead letters, for replay.
+    pub fn to_batch(records: &[Self]) -> Result<RecordBatch> {
+        let mut builder = MessageBatchBuilder::new();
+        for record in records {
+            let body = base64::engine::general_purpose::STANDARD
+                .decode(&record.body)
+                .map_err(|e| Error::Config {
+                    sink: record.sink.clone(),
+                    problem: format!(
+                        "dead letter {}/{}/{} has a body that is not base64: {e}",
+                        record.event_hub, record.partition, record.sequence_number
+                    ),
+                })?;
+            for property in &record.properties {
+                builder.append_application_property(
+                    &property.name,
+                    property.value.as_deref(),
+                    property.type_name.as_deref(),
+                );
+            }
+            let system = &record.system_properties;
+            builder.append(&MessageRef {
+                event_hub: &record.event_hub,
+                partition: &record.partition,
+                sequence_number: record.sequence_number,
+                offset: &record.offset,
+                enqueued_time_ms: record.enqueued_time.timestamp_millis(),
+                partition_key: record.partition_key.as_deref(),
+                message_id: system.message_id.as_deref(),
+                correlation_id: system.correlation_id.as_deref(),
+                user_id: system.user_id.as_deref(),
+                content_type: system.content_type.as_deref(),
+                content_encoding: system.content_encoding.as_deref(),
+                iothub_enqueued_time_ms: system.iothub_enqueued_time.map(|t| t.timestamp_millis()),
+                connection_device_id: system.connection_device_id.as_deref(),
+                connection_module_id: system.connection_module_id.as_deref(),
+                connection_auth_method: system.connection_auth_method.as_deref(),
+                connection_auth_generation_id: system.connection_device_generation_id.as_deref(),
+                message_source: system.message_source.as_deref(),
+                dt_dataschema: system.dt_dataschema.as_deref(),
+                dt_subject: system.dt_subject.as_deref(),
+                body: &body,
+                twin: record.twin.as_deref(),
+            });
+        }
+        Ok(builder.finish()?)
+    }
+}
+
+/// `(name, AMQP type name)` of the non-string application properties of `row`.
+fn property_types(view: &MessageColumns<'_>, row: usize) -> Vec<(String, String)> {
+    let entries = view.application_property_types.value(row);
+    let names = entries.column(0).as_string::<i32>();
+    let types = entries.column(1).as_string::<i32>();
+    (0..names.len())
+        .map(|i| (names.value(i).to_owned(), types.value(i).to_owned()))
+        .collect()
+}
+
+/// Writes and reads dead letters. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct DeadLetterStore {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+}
+
+impl DeadLetterStore {
+    /// Builds the store from `config`.
+    pub fn new(config: &DeadLetterConfig) -> Result<Self> {
+        let store = config.store.build("dead-letters")?;
+        Ok(Self::with_store(store, &config.prefix))
+    }
+
+    /// Uses an existing object store, under `prefix`.
+    pub fn with_store(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
+        Self {
+            store,
+            prefix: Path::from(prefix),
+        }
+    }
+
+    /// Stores `records` in one new object; returns its path (`None` when there is nothing to
+    /// write). A retryable error ([`Error::is_retryable`]) can be retried with the same records.
+    pub async fn write(&self, records: &[DeadLetter]) -> Result<Option<Path>> {
+        let Some(first) = records.first() else {
+            return Ok(None);
+        };
+        let mut body = Vec::new();
+        for record in records {
+            serde_json::to_writer(&mut body, record).map_err(|source| Error::Json {
+                what: format!("dead letter for sink `{}`", record.sink),
+                source,
+            })?;
+            body.push(b'\n');
+        }
+        let now = Utc::now();
+        let path = self.prefix.clone().join(first.sink.as_str()).join(format!(
+            "{:04}/{:02}/{:02}/{:02}/{}-{}.jsonl",
+            now.year(),
+            now.month(),
+            now.day(),
+            now.hour(),
+            now.timestamp_millis(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let path = Path::parse(path.as_ref()).map_err(|e| Error::Config {
+            sink: first.sink.clone(),
+            problem: format!("dead-letter path `{path}` is invalid: {e}"),
+        })?;
+        self.store
+            .put(&path, Bytes::from(body).into())
+            .await
+            .map_err(|source| Error::ObjectStore {
+                sink: first.sink.clone(),
+                operation: "upload",
+                path: path.to_string(),
+                source: Box::new(source),
+            })?;
+        tracing::warn!(
+            sink = %first.sink,
+            %path,
+            count = records.len(),
+            failed_at = %now.to_rfc3339_opts(SecondsFormat::Millis, true),
+            "dead-lettered messages"
+        );
+        Ok(Some(path))
+    }
+
+    /// Convenience for the engine: dead-letters the `failed` rows of an acked ticket's `batch`.
+    pub async fn write_failed(
+        &self,
+        sink: &str,
+        route: Option<&str>,
+        batch: &RecordBatch,
+        failed: &[FailedRow],
+    ) -> Result<Option<Path>> {
+        self.write(&DeadLetter::from_failed_rows(sink, route, batch, failed)?)
+            .await
+    }
+
+    /// Every dead letter under the prefix, oldest object first.
+    pub async fn read_all(&self) -> Result<Vec<DeadLetter>> {
+        let object_error = |operation, path: &Path, source| Error::ObjectStore {
+            sink: "dead-letters".to_owned(),
+            operation,
+            path: path.to_string(),
+            source: Box::new(source),
+        };
+        let mut objects: Vec<_> = self
+            .store
+            .list(Some(&self.prefix))
+            .try_collect()
+            .await
+            .map_err(|e| object_error("list", &self.prefix, e))?;
+        objects.sort_by(|a, b| a.location.cmp(&b.location));
+        let mut records = Vec::new();
+        for object in objects {
+            let read = self.store.get(&object.location).await;
+            let bytes = match read {
+                Ok(result) => result.bytes().await,
+                Err(e) => Err(e),
+            }
+            .map_err(|e| object_error("read", &object.location, e))?;
+            for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                records.push(serde_json::from_slice(line).map_err(|source| Error::Json {
+                    what: format!("dead letter in `{}`", object.location),
+                    source,
+                })?);
+            }
+        }
+        Ok(records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hubroute_message::{AppPropertyValue, Message};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn failed_rows_round_trip_through_the_store_and_replay_as_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeadLetterStore::new(&DeadLetterConfig {
+            store: ObjectStoreConfig::Local {
+                root: dir.path().to_owned(),
+            },
+            prefix: "dl".into(),
+        })
+        .unwrap();
+        let mut messages: Vec<Message> = (0..3)
+            .map(|i| {
+                let mut m = Message::telemetry(vec![0xff, i]);
+                m.sequence_number = i64::from(i);
+                m.enqueued_time = DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
+                m
+            })
+            .collect();
+        messages[2].application_properties = vec![
+            ("n".into(), AppPropertyValue::Long(5)),
+            ("s".into(), AppPropertyValue::from("x")),
+        ];
+        let batch = MessageBatchBuilder::batch_of(&messages).unwrap();
+        let failed = [
+            FailedRow {
+                row: 0,
+                error: "HTTP 400: bad".into(),
+            },
+            FailedRow {
+                row: 2,
+                error: "HTTP 400: bad".into(),
+            },
+        ];
+        let records = DeadLetter::from_failed_rows("hook", Some("r1"), &batch, &failed).unwrap();
+        let path = store
+            .write_failed("hook", Some("r1"), &batch, &failed)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(path.as_ref().starts_with("dl/hook/"), "{path}");
+        assert_eq!(store.write(&[]).await.unwrap(), None);
+
+        let mut read = store.read_all().await.unwrap();
+        assert!(read.iter().all(|r| r.failed_at <= Utc::now()));
+        for (r, expected) in read.iter_mut().zip(&records) {
+            r.failed_at = expected.failed_at;
+        }
+        assert_eq!(read, records);
+        assert_eq!(read[1].sequence_number, 2);
+        assert_eq!(read[1].route.as_deref(), Some("r1"));
+
+        let replay = DeadLetter::to_batch(&read).unwrap();
+        let view = MessageColumns::try_new(&replay).unwrap();
+        assert_eq!(view.message(0), messages[0]);
+        assert_eq!(view.message(1), messages[2]);
+    }
+
+    #[test]
+    fn a_row_outside_the_batch_is_reported() {
+        let batch = MessageBatchBuilder::batch_of(&[Message::telemetry("x")]).unwrap();
+        let failed = [FailedRow {
+            row: 5,
+            error: "e".into(),
+        }];
+        let error = DeadLetter::from_failed_rows("s", None, &batch, &failed)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("outside"), "{error}");
+    }
+}

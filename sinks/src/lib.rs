@@ -1,0 +1,30 @@
+//! Destinations for routed messages: Parquet on object storage, PostgreSQL, SQLite, webhooks, and the
+//! dead-letter store, all behind one [`Sink`] contract.
+//!
+//! This crate knows nothing of SQL route conditions or AMQP: it receives Arrow batches of the message
+//! schema (`hubroute-message`) and reports, per ticket, when rows are committed.
+
+mod config;
+mod dead_letter;
+mod error;
+mod object_store_config;
+mod parquet;
+mod postgres;
+mod sink;
+mod sqlite;
+mod table;
+mod webhook;
+
+pub use config::{SinkConfig, build_sink};
+pub use dead_letter::{DeadLetter, DeadLetterConfig, DeadLetterProperty, DeadLetterStore};
+pub use error::{Error, Result};
+pub use object_store_config::{ObjectStoreConfig, Secret};
+pub use parquet::{Compression, ParquetSink, ParquetSinkConfig, TypedColumn, TypedColumnType};
+pub use postgres::{PostgresSink, PostgresSinkConfig};
+pub(crate) use sink::AckLedger;
+pub use sink::{
+    Ack, AckSender, FailedRow, FlushReason, RetryPolicy, Sink, SinkBatch, Ticket, drive_sink,
+};
+pub use sqlite::{SqliteSink, SqliteSinkConfig};
+pub use table::{ColumnMapping, SqlType, TableConfig};
+pub use webhook::{SignatureConfig, WebhookFormat, WebhookSink, WebhookSinkConfig};

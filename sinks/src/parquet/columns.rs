@@ -1,0 +1,285 @@
+//! The schema of the Parquet files: every column of the message schema, then the configured typed
+//! columns computed from JSON bodies.
+//!
+//! Keeping the raw message columns means a file is a lossless copy of what the hub delivered (body as
+//! bytes, properties as maps); typed columns are a convenience for query engines and never replace
+//! the raw body. Each body is parsed once per row, whatever the number of typed columns.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
+    TimestampMillisecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use hubroute_message::{MessageColumns, message_schema, timestamp_type};
+use serde_json::Value;
+
+use super::config::{TypedColumn, TypedColumnType};
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// A parsed `$.a.b[2]` path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct JsonPath(Vec<Step>);
+
+impl JsonPath {
+    fn parse(path: &str) -> Option<Self> {
+        let mut rest = path.strip_prefix('$').unwrap_or(path);
+        let mut steps = Vec::new();
+        while !rest.is_empty() {
+            if let Some(after) = rest.strip_prefix('[') {
+                let close = after.find(']')?;
+                steps.push(Step::Index(after[..close].parse().ok()?));
+                rest = &after[close + 1..];
+            } else {
+                let after = rest.strip_prefix('.').unwrap_or(rest);
+                let end = after.find(['.', '[']).unwrap_or(after.len());
+                if end == 0 {
+                    return None;
+                }
+                steps.push(Step::Key(after[..end].to_owned()));
+                rest = &after[end..];
+            }
+        }
+        (!steps.is_empty()).then_some(Self(steps))
+    }
+
+    fn get<'v>(&self, mut value: &'v Value) -> Option<&'v Value> {
+        for step in &self.0 {
+            value = match step {
+                Step::Key(key) => value.get(key)?,
+                Step::Index(index) => value.get(index)?,
+            };
+        }
+        Some(value)
+    }
+}
+
+#[derive(Debug)]
+struct Extractor {
+    path: JsonPath,
+    data_type: TypedColumnType,
+}
+
+/// The file schema and how to compute its extra columns.
+#[derive(Debug)]
+pub(crate) struct FileSchema {
+    schema: SchemaRef,
+    extractors: Vec<Extractor>,
+}
+
+impl FileSchema {
+    pub(crate) fn new(sink: &str, columns: &[TypedColumn]) -> Result<Self> {
+        let base = message_schema();
+        let mut fields: Vec<Field> = base.fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut extractors = Vec::with_capacity(columns.len());
+        for column in columns {
+            if fields.iter().any(|f| f.name() == &column.name) {
+                return Err(Error::Config {
+                    sink: sink.to_owned(),
+                    problem: format!(
+                        "typed column `{}` clashes with another column; choose another name",
+                        column.name
+                    ),
+                });
+            }
+            let path = JsonPath::parse(&column.path).ok_or_else(|| Error::Config {
+                sink: sink.to_owned(),
+                problem: format!(
+                    "typed column `{}`: `{}` is not a JSON path like `$.a.b[0]`",
+                    column.name, column.path
+                ),
+            })?;
+            let data_type = match column.data_type {
+                TypedColumnType::Utf8 => DataType::Utf8,
+                TypedColumnType::Int64 => DataType::Int64,
+                TypedColumnType::Float64 => DataType::Float64,
+                TypedColumnType::Boolean => DataType::Boolean,
+                TypedColumnType::Timestamp => timestamp_type(),
+            };
+            fields.push(Field::new(&column.name, data_type, true));
+            extractors.push(Extractor {
+                path,
+                data_type: column.data_type,
+            });
+        }
+        Ok(Self {
+            schema: Arc::new(Schema::new(fields)),
+            extractors,
+        })
+    }
+
+    pub(crate) fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    /// `batch` (message schema) with the typed columns appended.
+    pub(crate) fn project(&self, batch: &RecordBatch, sink: &str) -> Result<RecordBatch> {
+        if self.extractors.is_empty() {
+            return Ok(batch.clone());
+        }
+        let view = MessageColumns::try_new(batch)?;
+        let mut builders: Vec<Box<dyn ArrayBuilder>> = self
+            .extractors
+            .iter()
+            .map(|e| -> Box<dyn ArrayBuilder> {
+                match e.data_type {
+                    TypedColumnType::Utf8 => Box::new(StringBuilder::new()),
+                    TypedColumnType::Int64 => Box::new(Int64Builder::new()),
+                    TypedColumnType::Float64 => Box::new(Float64Builder::new()),
+                    TypedColumnType::Boolean => Box::new(BooleanBuilder::new()),
+                    TypedColumnType::Timestamp => {
+                        Box::new(TimestampMillisecondBuilder::new().with_timezone("UTC"))
+                    }
+                }
+            })
+            .collect();
+        for row in 0..view.len() {
+            let body: Option<Value> = serde_json::from_slice(view.body.value(row)).ok();
+            for (extractor, builder) in self.extractors.iter().zip(&mut builders) {
+                let value = body.as_ref().and_then(|b| extractor.path.get(b));
+                append(extractor.data_type, builder.as_mut(), value);
+            }
+        }
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        columns.extend(builders.iter_mut().map(|b| b.finish()));
+        RecordBatch::try_new(self.schema(), columns).map_err(|source| Error::Arrow {
+            sink: sink.to_owned(),
+            source,
+        })
+    }
+}
+
+fn append(data_type: TypedColumnType, builder: &mut dyn ArrayBuilder, value: Option<&Value>) {
+    let any = builder.as_any_mut();
+    match data_type {
+        TypedColumnType::Utf8 => {
+            let b = any.downcast_mut::<StringBuilder>().expect("builder type");
+            match value {
+                Some(Value::String(s)) => b.append_value(s),
+                Some(Value::Null) | None => b.append_null(),
+                Some(other) => b.append_value(other.to_string()),
+            }
+        }
+        TypedColumnType::Int64 => any
+            .downcast_mut::<Int64Builder>()
+            .expect("builder type")
+            .append_option(value.and_then(Value::as_i64)),
+        TypedColumnType::Float64 => any
+            .downcast_mut::<Float64Builder>()
+            .expect("builder type")
+            .append_option(value.and_then(Value::as_f64)),
+        TypedColumnType::Boolean => any
+            .downcast_mut::<BooleanBuilder>()
+            .expect("builder type")
+            .append_option(value.and_then(Value::as_bool)),
+        TypedColumnType::Timestamp => {
+            let millis = value.and_then(|v| match v {
+                Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+                    .ok()
+                    .map(|t| t.timestamp_millis()),
+                other => other.as_i64(),
+            });
+            any.downcast_mut::<TimestampMillisecondBuilder>()
+                .expect("builder type")
+                .append_option(millis);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float64Type, Int64Type, TimestampMillisecondType};
+    use hubroute_message::{Message, MessageBatchBuilder};
+
+    use super::*;
+
+    fn column(name: &str, path: &str, data_type: TypedColumnType) -> TypedColumn {
+        TypedColumn {
+            name: name.into(),
+            path: path.into(),
+            data_type,
+        }
+    }
+
+    #[test]
+    fn json_paths_parse() {
+        let cases = [
+            (
+                "$.a.b",
+                Some(vec![Step::Key("a".into()), Step::Key("b".into())]),
+            ),
+            (
+                "a[2].c",
+                Some(vec![
+                    Step::Key("a".into()),
+                    Step::Index(2),
+                    Step::Key("c".into()),
+                ]),
+            ),
+            ("$", None),
+            ("$.a..b", None),
+            ("$.a[x]", None),
+        ];
+        for (path, expected) in cases {
+            assert_eq!(JsonPath::parse(path).map(|p| p.0), expected, "{path}");
+        }
+    }
+
+    #[test]
+    fn typed_columns_are_extracted_from_json_bodies_and_null_otherwise() {
+        let schema = FileSchema::new(
+            "lake",
+            &[
+                column("t", "$.temperature", TypedColumnType::Float64),
+                column("n", "$.readings[1]", TypedColumnType::Int64),
+                column("id", "$.device.id", TypedColumnType::Utf8),
+                column("at", "$.at", TypedColumnType::Timestamp),
+            ],
+        )
+        .unwrap();
+        let batch = MessageBatchBuilder::batch_of(&[
+            Message::telemetry(
+                r#"{"temperature":21.5,"readings":[1,7],"device":{"id":"p-1"},"at":"2026-01-01T00:00:00Z"}"#,
+            ),
+            Message::telemetry("not json"),
+            Message::telemetry(r#"{"temperature":"hot","device":{"id":5},"at":1000}"#),
+        ])
+        .unwrap();
+        let out = schema.project(&batch, "lake").unwrap();
+        assert_eq!(out.num_columns(), batch.num_columns() + 4);
+        let t = out
+            .column_by_name("t")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        assert_eq!((t.value(0), t.is_null(1), t.is_null(2)), (21.5, true, true));
+        let n = out.column_by_name("n").unwrap().as_primitive::<Int64Type>();
+        assert_eq!((n.value(0), n.is_null(2)), (7, true));
+        let id = out.column_by_name("id").unwrap().as_string::<i32>();
+        assert_eq!(
+            (id.value(0), id.is_null(1), id.value(2)),
+            ("p-1", true, "5")
+        );
+        let at = out
+            .column_by_name("at")
+            .unwrap()
+            .as_primitive::<TimestampMillisecondType>();
+        assert_eq!((at.value(0), at.value(2)), (1_767_225_600_000, 1000));
+    }
+
+    #[test]
+    fn a_typed_column_may_not_shadow_a_message_column() {
+        let error = FileSchema::new("lake", &[column("body", "$.x", TypedColumnType::Utf8)])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("clashes"), "{error}");
+    }
+}

@@ -1,0 +1,546 @@
+//! The Parquet sink: one open file per partition, encoded in memory as rows arrive, uploaded when it
+//! reaches `max_file_bytes` or `max_file_age`, and committed when the upload completes.
+//!
+//! Encoding (typed-column extraction, Parquet encoding, compression, the footer) runs on tokio's
+//! blocking pool, one batch at a time per partition, so partitions encode in parallel and the async
+//! runtime stays free for network I/O and acks.
+//!
+//! # Why encode in memory and upload at the end
+//!
+//! A file must never be visible half-written under its final name, and an upload that fails must be
+//! retried without losing rows. Encoding into an in-memory Parquet buffer gives both: the finished
+//! buffer (compressed, so roughly the file size) is uploaded in one `put` or, above 8 MiB, as a
+//! multipart upload whose parts become visible only at `complete` (Azure block list commit, S3
+//! `CompleteMultipartUpload`, local filesystem: a staged `path#n` file renamed into place). A failed
+//! upload is aborted and retried from the same buffer with capped exponential backoff, forever if
+//! the error is retryable. A permanent error (missing container, denied access) fails the file's rows
+//! so that the engine dead-letters them.
+//!
+//! # Memory and backpressure
+//!
+//! Memory is bounded by `max_file_bytes` per open file plus `max_concurrent_uploads` finished
+//! buffers. Rolling a file waits for an upload slot, so a slow store makes `write` wait.
+//!
+//! # File layout
+//!
+//! Columns are the message schema of `hubroute-message` (see its `columns` module: event hub,
+//! partition, sequence number, offset, enqueued time, system properties, `application_properties` as
+//! a `map<string,string>` of canonical values, `application_property_types`, `body` as binary, twin),
+//! followed by the configured typed columns. Rows of a file belong to one partition, in write order.
+//! Files of one partition may finish uploading out of order (`max_concurrent_uploads > 1`); their
+//! names carry the first sequence number. The sink is not idempotent: a replay after a crash writes
+//! the replayed rows into a new file.
+
+mod columns;
+mod config;
+mod path;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, UInt32Array};
+use arrow::compute::take_record_batch;
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use hubroute_message::columns as message_columns;
+use object_store::path::Path;
+use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression as ParquetCompression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+pub use config::{Compression, ParquetSinkConfig, TypedColumn, TypedColumnType};
+
+use self::columns::FileSchema;
+use self::path::{FileName, PathTemplate};
+use crate::error::object_store_error_is_retryable;
+use crate::{
+    AckLedger, AckSender, Error, FailedRow, FlushReason, Result, RetryPolicy, Sink, SinkBatch,
+    Ticket,
+};
+
+/// Files larger than this are uploaded as multipart uploads in parts of this size.
+const PART_BYTES: usize = 8 * 1024 * 1024;
+
+/// Rows per row group: small enough to keep the in-progress row group a fraction of the file.
+const ROW_GROUP_ROWS: usize = 65_536;
+
+/// Which rows of a ticket's batch a file holds.
+#[derive(Debug)]
+enum RowSet {
+    /// Rows `0..n`: the whole batch belonged to one partition.
+    All(usize),
+    /// These row indices.
+    Some(Vec<u32>),
+}
+
+impl RowSet {
+    fn rows(&self) -> Vec<usize> {
+        match self {
+            Self::All(n) => (0..*n).collect(),
+            Self::Some(rows) => rows.iter().map(|&r| r as usize).collect(),
+        }
+    }
+}
+
+type Writer = Box<ArrowWriter<Vec<u8>>>;
+
+/// A partition's file being filled. Its writer is either here (idle) or on the blocking pool
+/// encoding a batch: batches of different partitions encode in parallel, off the async runtime.
+#[derive(Debug)]
+struct OpenFile {
+    /// `Some` while idle; exactly one of `writer` and `encoding` is `Some`.
+    writer: Option<Writer>,
+    /// The encoding in progress. Awaited through `&mut`, so a cancelled `write` leaves it in place.
+    encoding: Option<JoinHandle<(Writer, Result<()>)>>,
+    event_hub: String,
+    opened_at: Instant,
+    opened_wall: DateTime<Utc>,
+    first_sequence_number: Option<i64>,
+    tickets: Vec<(Ticket, RowSet)>,
+}
+
+impl OpenFile {
+    /// Waits for the batch being encoded, if any, and returns the idle writer.
+    async fn settle(&mut self) -> Result<&mut Writer> {
+        if let Some(encoding) = &mut self.encoding {
+            let (writer, result) = match encoding.await {
+                Ok(done) => done,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            };
+            self.encoding = None;
+            self.writer = Some(writer);
+            result?;
+        }
+        Ok(self.writer.as_mut().expect("a settled file has its writer"))
+    }
+
+    /// Starts encoding `batch` on the blocking pool. The file must be settled.
+    fn encode(&mut self, batch: RecordBatch, schema: Arc<FileSchema>, sink: Arc<str>) {
+        let mut writer = self.writer.take().expect("encode follows settle");
+        self.encoding = Some(tokio::task::spawn_blocking(move || {
+            let result = schema.project(&batch, &sink).and_then(|projected| {
+                writer.write(&projected).map_err(|source| Error::Parquet {
+                    sink: sink.to_string(),
+                    path: "(open file)".to_owned(),
+                    source: Box::new(source),
+                })
+            });
+            (writer, result)
+        }));
+    }
+}
+
+/// What one upload task needs.
+#[derive(Debug)]
+struct Upload {
+    sink: Arc<str>,
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    /// The file's writer; the upload task writes the footer off the runtime.
+    writer: Writer,
+    tickets: Vec<(Ticket, RowSet)>,
+    ledger: AckLedger,
+    retry: RetryPolicy,
+    /// Held until the upload settles: bounds uploads in flight.
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Writes routed messages as Parquet files on an object store. See the module documentation.
+#[derive(Debug)]
+pub struct ParquetSink {
+    name: Arc<str>,
+    config: ParquetSinkConfig,
+    store: Arc<dyn ObjectStore>,
+    template: PathTemplate,
+    schema: Arc<FileSchema>,
+    properties: WriterProperties,
+    ledger: AckLedger,
+    open: BTreeMap<String, OpenFile>,
+    /// Partitions seen without an open file: (event hub, when the last file was rolled), for
+    /// `write_empty_files`.
+    idle: BTreeMap<String, (String, Instant)>,
+    uploads: JoinSet<Result<()>>,
+    /// One permit per upload in flight; rolling a file waits for one (backpressure).
+    upload_slots: Arc<Semaphore>,
+}
+
+impl ParquetSink {
+    /// Builds the sink and its object store from `config`.
+    pub fn new(config: ParquetSinkConfig, acks: AckSender) -> Result<Self> {
+        let store = config.store.build(&config.name)?;
+        Self::with_store(config, store, acks)
+    }
+
+    /// Builds the sink over an existing store (`config.store` is ignored): for custom or
+    /// instrumented stores.
+    pub fn with_store(
+        config: ParquetSinkConfig,
+        store: Arc<dyn ObjectStore>,
+        acks: AckSender,
+    ) -> Result<Self> {
+        let template = PathTemplate::parse(&config.name, &config.path_template)?;
+        let schema = Arc::new(FileSchema::new(&config.name, &config.columns)?);
+        if config.max_concurrent_uploads == 0 || config.max_file_bytes == 0 {
+            return Err(Error::Config {
+                sink: config.name,
+                problem: "max_concurrent_uploads and max_file_bytes must be at least 1".to_owned(),
+            });
+        }
+        let compression = match config.compression {
+            Compression::Zstd => ParquetCompression::ZSTD(ZstdLevel::default()),
+            Compression::Snappy => ParquetCompression::SNAPPY,
+            Compression::None => ParquetCompression::UNCOMPRESSED,
+        };
+        let properties = WriterProperties::builder()
+            .set_compression(compression)
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .build();
+        Ok(Self {
+            name: config.name.as_str().into(),
+            ledger: AckLedger::new(&config.name, acks),
+            upload_slots: Arc::new(Semaphore::new(config.max_concurrent_uploads)),
+            config,
+            store,
+            template,
+            schema,
+            properties,
+            open: BTreeMap::new(),
+            idle: BTreeMap::new(),
+            uploads: JoinSet::new(),
+        })
+    }
+
+    fn parquet_error(&self, path: &str, source: parquet::errors::ParquetError) -> Error {
+        Error::Parquet {
+            sink: self.name.to_string(),
+            path: path.to_owned(),
+            source: Box::new(source),
+        }
+    }
+
+    fn open_file(&self, event_hub: &str) -> Result<OpenFile> {
+        let writer = ArrowWriter::try_new(
+            Vec::new(),
+            self.schema.schema(),
+            Some(self.properties.clone()),
+        )
+        .map_err(|e| self.parquet_error("(new file)", e))?;
+        Ok(OpenFile {
+            writer: Some(Box::new(writer)),
+            encoding: None,
+            event_hub: event_hub.to_owned(),
+            opened_at: Instant::now(),
+            opened_wall: Utc::now(),
+            first_sequence_number: None,
+            tickets: Vec::new(),
+        })
+    }
+
+    /// Appends one partition's rows of a ticket to that partition's file. A file that reached
+    /// `max_file_bytes` with its previous batch is rolled first, so files overshoot the limit by at
+    /// most one batch.
+    async fn append(
+        &mut self,
+        ticket: Ticket,
+        partition: &str,
+        batch: RecordBatch,
+        rows: RowSet,
+    ) -> Result<()> {
+        let event_hub = batch
+            .column_by_name(message_columns::EVENT_HUB)
+            .map(|c| c.as_string::<i32>().value(0).to_owned())
+            .unwrap_or_default();
+        let first_sequence_number = batch
+            .column_by_name(message_columns::SEQUENCE_NUMBER)
+            .map(|c| c.as_primitive::<arrow::datatypes::Int64Type>().value(0));
+        if let Some(file) = self.open.get_mut(partition) {
+            let writer = file.settle().await?;
+            let size = writer.bytes_written() + writer.in_progress_size();
+            if size as u64 >= self.config.max_file_bytes {
+                self.roll(partition).await?;
+            }
+        }
+        if !self.open.contains_key(partition) {
+            let file = self.open_file(&event_hub)?;
+            self.open.insert(partition.to_owned(), file);
+            self.idle.remove(partition);
+        }
+        let file = self.open.get_mut(partition).expect("inserted above");
+        file.settle().await?;
+        file.first_sequence_number = file.first_sequence_number.or(first_sequence_number);
+        self.ledger.add_part(ticket);
+        file.tickets.push((ticket, rows));
+        file.encode(batch, Arc::clone(&self.schema), Arc::clone(&self.name));
+        Ok(())
+    }
+
+    /// Closes the partition's file (or writes an empty one) and starts its upload. Cancel-safe:
+    /// every await comes before the file leaves `open`.
+    async fn roll(&mut self, partition: &str) -> Result<()> {
+        let slot = Arc::clone(&self.upload_slots)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        if let Some(file) = self.open.get_mut(partition) {
+            file.settle().await?;
+        }
+        let (file, empty) = match self.open.remove(partition) {
+            Some(file) => (file, false),
+            None => {
+                let Some((event_hub, _)) = self.idle.get(partition).cloned() else {
+                    return Ok(());
+                };
+                (self.open_file(&event_hub)?, true)
+            }
+        };
+        let OpenFile {
+            writer,
+            event_hub,
+            opened_wall,
+            first_sequence_number,
+            tickets,
+            ..
+        } = file;
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        let path = self.template.render(&FileName {
+            iothub: self.config.iothub.as_deref().unwrap_or(&event_hub),
+            partition,
+            opened: opened_wall,
+            endpoint: &self.name,
+            first_sequence_number: (!empty).then_some(first_sequence_number).flatten(),
+            unique: &unique[..12],
+        })?;
+        self.idle
+            .insert(partition.to_owned(), (event_hub, Instant::now()));
+        self.uploads.spawn(
+            Upload {
+                sink: Arc::clone(&self.name),
+                store: Arc::clone(&self.store),
+                path,
+                writer: writer.expect("settled above"),
+                tickets,
+                ledger: self.ledger.clone(),
+                retry: self.config.retry,
+                _slot: slot,
+            }
+            .run(),
+        );
+        self.reap()
+    }
+
+    /// Surfaces the outcome of finished upload tasks (only a closed ack channel is an error).
+    fn reap(&mut self) -> Result<()> {
+        while let Some(done) = self.uploads.try_join_next() {
+            finished(done)?;
+        }
+        Ok(())
+    }
+}
+
+fn finished(done: Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
+    match done {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Ok(()),
+    }
+}
+
+impl Upload {
+    async fn run(self) -> Result<()> {
+        let mut writer = self.writer;
+        let finished = tokio::task::spawn_blocking(move || {
+            writer.finish()?;
+            Ok::<_, parquet::errors::ParquetError>(Bytes::from(std::mem::take(writer.inner_mut())))
+        })
+        .await;
+        let bytes = match finished {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(error)) => {
+                let error = format!("encoding {} failed: {error}", self.path);
+                return settle_all(&self.ledger, self.tickets, Some(error)).await;
+            }
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        let mut attempt = 0;
+        let outcome = loop {
+            match put(self.store.as_ref(), &self.path, &bytes).await {
+                Ok(()) => break None,
+                Err(error) if object_store_error_is_retryable(&error) => {
+                    let delay = self.retry.delay(attempt, None);
+                    tracing::warn!(sink = %self.sink, path = %self.path, %error, ?delay, "upload failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt = attempt.saturating_add(1);
+                }
+                Err(error) => {
+                    tracing::error!(sink = %self.sink, path = %self.path, %error, "upload failed permanently");
+                    break Some(format!("upload of {} failed: {error}", self.path));
+                }
+            }
+        };
+        settle_all(&self.ledger, self.tickets, outcome).await
+    }
+}
+
+/// Settles every ticket part of a file: committed, or each row failed with `error`.
+async fn settle_all(
+    ledger: &AckLedger,
+    tickets: Vec<(Ticket, RowSet)>,
+    error: Option<String>,
+) -> Result<()> {
+    for (ticket, rows) in tickets {
+        let failed = match &error {
+            None => Vec::new(),
+            Some(error) => rows
+                .rows()
+                .into_iter()
+                .map(|row| FailedRow {
+                    row,
+                    error: error.clone(),
+                })
+                .collect(),
+        };
+        ledger.settle(ticket, failed).await?;
+    }
+    Ok(())
+}
+
+/// Uploads `bytes` to `path` so that the object appears complete or not at all.
+async fn put(store: &dyn ObjectStore, path: &Path, bytes: &Bytes) -> object_store::Result<()> {
+    if bytes.len() <= PART_BYTES {
+        store.put(path, bytes.clone().into()).await?;
+        return Ok(());
+    }
+    let mut upload = store.put_multipart(path).await?;
+    let result = put_parts(upload.as_mut(), bytes).await;
+    if result.is_err()
+        && let Err(error) = upload.abort().await
+    {
+        tracing::warn!(%path, %error, "aborting a failed multipart upload failed");
+    }
+    result
+}
+
+async fn put_parts(upload: &mut dyn MultipartUpload, bytes: &Bytes) -> object_store::Result<()> {
+    let parts: Vec<_> = (0..bytes.len())
+        .step_by(PART_BYTES)
+        .map(|start| {
+            let end = (start + PART_BYTES).min(bytes.len());
+            upload.put_part(bytes.slice(start..end).into())
+        })
+        .collect();
+    futures::future::try_join_all(parts).await?;
+    upload.complete().await?;
+    Ok(())
+}
+
+/// Splits a batch by partition: `(partition, rows, which rows)`; no copy when it has one partition.
+fn split_by_partition(
+    batch: &RecordBatch,
+    sink: &str,
+) -> Result<Vec<(String, RecordBatch, RowSet)>> {
+    let partitions = batch
+        .column_by_name(message_columns::PARTITION)
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or(hubroute_message::Error::NotAMessageBatch {
+            column: message_columns::PARTITION,
+            problem: "is missing or not a string".to_owned(),
+        })?;
+    let first = partitions.value(0);
+    if (1..partitions.len()).all(|i| partitions.value(i) == first) {
+        return Ok(vec![(
+            first.to_owned(),
+            batch.clone(),
+            RowSet::All(batch.num_rows()),
+        )]);
+    }
+    let mut groups: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for i in 0..partitions.len() {
+        let row = u32::try_from(i).expect("batches hold fewer than 2^32 rows");
+        groups.entry(partitions.value(i)).or_default().push(row);
+    }
+    groups
+        .into_iter()
+        .map(|(partition, rows)| {
+            let indices = UInt32Array::from(rows.clone());
+            let part = take_record_batch(batch, &indices).map_err(|source| Error::Arrow {
+                sink: sink.to_owned(),
+                source,
+            })?;
+            Ok((partition.to_owned(), part, RowSet::Some(rows)))
+        })
+        .collect()
+}
+
+#[async_trait]
+impl Sink for ParquetSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn idempotent(&self) -> bool {
+        false
+    }
+
+    async fn write(&mut self, batch: SinkBatch) -> Result<()> {
+        let SinkBatch { ticket, batch } = batch;
+        self.ledger.open(ticket);
+        if batch.num_rows() > 0 {
+            for (partition, part, rows) in split_by_partition(&batch, &self.name)? {
+                self.append(ticket, &partition, part, rows).await?;
+            }
+        }
+        self.ledger.settle(ticket, Vec::new()).await?;
+        self.reap()
+    }
+
+    fn flush_deadline(&self) -> Option<Instant> {
+        let age = self.config.max_file_age;
+        let open = self.open.values().map(|f| f.opened_at + age);
+        let idle = self
+            .idle
+            .values()
+            .filter(|_| self.config.write_empty_files)
+            .map(|(_, rolled)| *rolled + age);
+        open.chain(idle).min()
+    }
+
+    async fn flush(&mut self, reason: FlushReason) -> Result<()> {
+        let now = Instant::now();
+        let age = self.config.max_file_age;
+        let due: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, f)| reason == FlushReason::Shutdown || f.opened_at + age <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for partition in due {
+            self.roll(&partition).await?;
+        }
+        if reason == FlushReason::Deadline && self.config.write_empty_files {
+            let quiet: Vec<String> = self
+                .idle
+                .iter()
+                .filter(|(p, (_, rolled))| !self.open.contains_key(*p) && *rolled + age <= now)
+                .map(|(p, _)| p.clone())
+                .collect();
+            for partition in quiet {
+                self.roll(&partition).await?;
+            }
+        }
+        if reason == FlushReason::Shutdown {
+            while let Some(done) = self.uploads.join_next().await {
+                finished(done)?;
+            }
+        }
+        self.reap()
+    }
+}
+
+#[cfg(test)]
+mod tests;

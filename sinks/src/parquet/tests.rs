@@ -1,0 +1,482 @@
+//! Unit tests of the Parquet sink: rolling, layout, typed columns, failures, and readability by the
+//! parquet crate and by pyarrow (an independent reader), against the local filesystem, memory and
+//! Azurite.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{Float64Type, Int64Type};
+use futures::TryStreamExt as _;
+use hubroute_message::{Message, MessageBatchBuilder};
+use object_store::memory::InMemory;
+use object_store::{ObjectStoreExt as _, PutPayload, PutResult};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::{Ack, ObjectStoreConfig};
+
+fn messages(
+    partition: &str,
+    sequence_numbers: std::ops::Range<i64>,
+    body_len: usize,
+) -> Vec<Message> {
+    sequence_numbers
+        .map(|n| {
+            let mut m = Message::telemetry(format!(
+                r#"{{"temperature":{n}.5,"pad":"{}"}}"#,
+                "x".repeat(body_len)
+            ));
+            m.partition = partition.to_owned();
+            m.sequence_number = n;
+            m.offset = (n * 100).to_string();
+            m
+        })
+        .collect()
+}
+
+fn sink_batch(ticket: Ticket, messages: &[Message]) -> SinkBatch {
+    SinkBatch {
+        ticket,
+        batch: MessageBatchBuilder::batch_of(messages).unwrap(),
+    }
+}
+
+async fn files(store: &dyn ObjectStore) -> Vec<(Path, Bytes)> {
+    let mut metas: Vec<_> = store.list(None).try_collect().await.unwrap();
+    metas.sort_by(|a, b| a.location.cmp(&b.location));
+    let mut out = Vec::new();
+    for meta in metas {
+        let bytes = store
+            .get(&meta.location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        out.push((meta.location, bytes));
+    }
+    out
+}
+
+fn read(bytes: &Bytes) -> Vec<RecordBatch> {
+    ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
+        .unwrap()
+        .build()
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn sequence_numbers(batches: &[RecordBatch]) -> Vec<i64> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            b.column_by_name("sequence_number")
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect()
+}
+
+async fn acks_for(rx: &mut mpsc::Receiver<Ack>, count: usize) -> Vec<Ack> {
+    let mut acks = Vec::new();
+    while acks.len() < count {
+        let ack = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("an ack within 20 s")
+            .expect("the sink keeps the ack channel open");
+        acks.push(ack);
+    }
+    acks.sort_by_key(|a| a.ticket);
+    acks
+}
+
+fn python() -> PathBuf {
+    std::env::var_os("HUBROUTE_PYTHON").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"),
+        PathBuf::from,
+    )
+}
+
+/// Reads files with pyarrow: `(rows, column names, sorted sequence numbers)`.
+fn read_with_pyarrow(paths: &[PathBuf]) -> serde_json::Value {
+    let script = "import sys, json, pyarrow.parquet as pq, pyarrow as pa\n\
+        t = pa.concat_tables([pq.read_table(p) for p in sys.argv[1:]])\n\
+        print(json.dumps({'rows': t.num_rows, 'columns': t.column_names, \
+        'seq': sorted(t.column('sequence_number').to_pylist()), \
+        'temperature': sorted(t.column('temperature').to_pylist())}))";
+    let output = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .args(paths)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e}; run .ci/test (or python3 -m venv .venv && .venv/bin/pip install pyarrow)",
+                python().display()
+            )
+        });
+    assert!(
+        output.status.success(),
+        "pyarrow could not read the files (install it: .venv/bin/pip install pyarrow): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn temperature_column() -> TypedColumn {
+    TypedColumn {
+        name: "temperature".into(),
+        path: "$.temperature".into(),
+        data_type: TypedColumnType::Float64,
+    }
+}
+
+#[tokio::test]
+async fn files_roll_by_size_and_are_readable_by_parquet_and_pyarrow() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let mut config =
+        ParquetSinkConfig::new("lake", ObjectStoreConfig::Local { root: root.clone() });
+    config.max_file_bytes = 4_000;
+    config.columns = vec![temperature_column()];
+    config.iothub = Some("myhub".into());
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut sink = ParquetSink::new(config, tx).unwrap();
+    for ticket in 0..3 {
+        let start = i64::try_from(ticket).unwrap() * 40;
+        sink.write(sink_batch(ticket, &messages("1", start..start + 40, 200)))
+            .await
+            .unwrap();
+    }
+    sink.flush(FlushReason::Shutdown).await.unwrap();
+    let acks = acks_for(&mut rx, 3).await;
+    assert!(acks.iter().all(|a| a.failed.is_empty()), "{acks:?}");
+
+    let store = ObjectStoreConfig::Local { root: root.clone() }
+        .build("t")
+        .unwrap();
+    let stored = files(store.as_ref()).await;
+    assert!(
+        stored.len() >= 3,
+        "expected size rolls, got {} files",
+        stored.len()
+    );
+    for (path, _) in &stored {
+        let name = path.as_ref();
+        assert!(name.starts_with("myhub/1/"), "{name}");
+        assert!(name.ends_with(".parquet") && !name.contains('#'), "{name}");
+    }
+    let batches: Vec<RecordBatch> = stored.iter().flat_map(|(_, b)| read(b)).collect();
+    let mut seq = sequence_numbers(&batches);
+    seq.sort_unstable();
+    assert_eq!(seq, (0..120).collect::<Vec<_>>());
+    let temperature = batches[0]
+        .column_by_name("temperature")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    assert_eq!(temperature.value(0), 0.5);
+
+    let paths: Vec<PathBuf> = stored.iter().map(|(p, _)| root.join(p.as_ref())).collect();
+    let independent = read_with_pyarrow(&paths);
+    assert_eq!(independent["rows"], 120);
+    assert_eq!(
+        independent["seq"],
+        serde_json::json!((0..120).collect::<Vec<_>>())
+    );
+    let columns = independent["columns"].as_array().unwrap();
+    assert_eq!(columns.first().unwrap(), "event_hub");
+    assert_eq!(columns.last().unwrap(), "temperature");
+    assert!(columns.iter().any(|c| c == "application_properties"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn files_roll_by_age_and_only_then_are_acked() {
+    let store = Arc::new(InMemory::new());
+    let mut config = ParquetSinkConfig::new("lake", ObjectStoreConfig::default());
+    config.max_file_age = Duration::from_secs(5);
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut sink = ParquetSink::with_store(config, store.clone(), tx).unwrap();
+    assert_eq!(sink.flush_deadline(), None);
+    let start = Instant::now();
+    sink.write(sink_batch(1, &messages("0", 0..10, 10)))
+        .await
+        .unwrap();
+    tokio::time::advance(Duration::from_secs(2)).await;
+    sink.write(sink_batch(2, &messages("0", 10..20, 10)))
+        .await
+        .unwrap();
+    assert_eq!(sink.flush_deadline(), Some(start + Duration::from_secs(5)));
+    sink.flush(FlushReason::Deadline).await.unwrap();
+    tokio::task::yield_now().await;
+    assert!(rx.try_recv().is_err(), "acked before the file was uploaded");
+    assert!(files(store.as_ref()).await.is_empty());
+
+    tokio::time::advance(Duration::from_secs(3)).await;
+    sink.flush(FlushReason::Deadline).await.unwrap();
+    let acks = acks_for(&mut rx, 2).await;
+    assert_eq!(acks.iter().map(|a| a.ticket).collect::<Vec<_>>(), [1, 2]);
+    let stored = files(store.as_ref()).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        sequence_numbers(&read(&stored[0].1)),
+        (0..20).collect::<Vec<_>>()
+    );
+    assert_eq!(sink.flush_deadline(), None);
+}
+
+#[tokio::test]
+async fn a_batch_spanning_partitions_is_split_into_one_file_per_partition() {
+    let store = Arc::new(InMemory::new());
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut sink = ParquetSink::with_store(
+        ParquetSinkConfig::new("lake", ObjectStoreConfig::default()),
+        store.clone(),
+        tx,
+    )
+    .unwrap();
+    let mut rows = messages("0", 0..2, 1);
+    rows.extend(messages("1", 2..3, 1));
+    rows.extend(messages("0", 3..4, 1));
+    sink.write(sink_batch(9, &rows)).await.unwrap();
+    sink.write(sink_batch(10, &[])).await.unwrap();
+    sink.flush(FlushReason::Shutdown).await.unwrap();
+    let acks = acks_for(&mut rx, 2).await;
+    assert_eq!(acks.iter().map(|a| a.ticket).collect::<Vec<_>>(), [9, 10]);
+    let stored = files(store.as_ref()).await;
+    let by_partition: Vec<(String, Vec<i64>)> = stored
+        .iter()
+        .map(|(p, b)| {
+            (
+                p.as_ref().split('/').nth(1).unwrap().to_owned(),
+                sequence_numbers(&read(b)),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_partition,
+        [("0".to_owned(), vec![0, 1, 3]), ("1".to_owned(), vec![2])]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn empty_files_are_written_for_quiet_partitions_only_when_asked() {
+    for write_empty_files in [false, true] {
+        let store = Arc::new(InMemory::new());
+        let mut config = ParquetSinkConfig::new("lake", ObjectStoreConfig::default());
+        config.max_file_age = Duration::from_secs(60);
+        config.write_empty_files = write_empty_files;
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut sink = ParquetSink::with_store(config, store.clone(), tx).unwrap();
+        sink.write(sink_batch(1, &messages("3", 0..1, 1)))
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            tokio::time::advance(Duration::from_secs(60)).await;
+            sink.flush(FlushReason::Deadline).await.unwrap();
+        }
+        sink.flush(FlushReason::Shutdown).await.unwrap();
+        acks_for(&mut rx, 1).await;
+        let stored = files(store.as_ref()).await;
+        let empty: Vec<_> = stored
+            .iter()
+            .filter(|(p, _)| p.as_ref().contains("-empty-"))
+            .collect();
+        assert_eq!(empty.len(), usize::from(write_empty_files), "{stored:?}");
+        for (_, bytes) in empty {
+            assert_eq!(
+                read(bytes).iter().map(RecordBatch::num_rows).sum::<usize>(),
+                0
+            );
+        }
+    }
+}
+
+/// A store whose uploads fail with `PermissionDenied`.
+#[derive(Debug)]
+struct DeniedStore(InMemory);
+
+impl std::fmt::Display for DeniedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeniedStore")
+    }
+}
+
+#[async_trait]
+impl ObjectStore for DeniedStore {
+    async fn put_opts(
+        &self,
+        path: &Path,
+        _: PutPayload,
+        _: object_store::PutOptions,
+    ) -> object_store::Result<PutResult> {
+        Err(object_store::Error::PermissionDenied {
+            path: path.to_string(),
+            source: "container policy forbids writes".into(),
+        })
+    }
+    async fn put_multipart_opts(
+        &self,
+        path: &Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.0.put_multipart_opts(path, opts).await
+    }
+    async fn get_opts(
+        &self,
+        path: &Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        self.0.get_opts(path, options).await
+    }
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
+        self.0.delete_stream(locations)
+    }
+    fn list(
+        &self,
+        prefix: Option<&Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.0.list(prefix)
+    }
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.0.list_with_delimiter(prefix).await
+    }
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.0.copy_opts(from, to, options).await
+    }
+}
+
+#[tokio::test]
+async fn a_permanent_upload_error_fails_every_row_of_the_file() {
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut sink = ParquetSink::with_store(
+        ParquetSinkConfig::new("lake", ObjectStoreConfig::default()),
+        Arc::new(DeniedStore(InMemory::new())),
+        tx,
+    )
+    .unwrap();
+    sink.write(sink_batch(4, &messages("0", 0..3, 1)))
+        .await
+        .unwrap();
+    sink.flush(FlushReason::Shutdown).await.unwrap();
+    let ack = acks_for(&mut rx, 1).await.remove(0);
+    assert_eq!(
+        ack.failed.iter().map(|f| f.row).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    assert!(
+        ack.failed[0].error.contains("forbids writes"),
+        "{:?}",
+        ack.failed[0]
+    );
+}
+
+/// Creates a container in the Azurite instance `.ci/run` starts, through the Azure SDK in the venv.
+fn create_azurite_container(name: &str) {
+    let script = format!(
+        "from azure.eventhub.extensions.checkpointstoreblob._vendor.storage.blob import BlobServiceClient\n\
+         from azure.core.exceptions import ResourceExistsError\n\
+         c = BlobServiceClient.from_connection_string('DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;\
+AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;\
+BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;')\n\
+         try:\n    c.create_container('{name}')\nexcept ResourceExistsError:\n    pass\n"
+    );
+    let output = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e}; run .ci/test to create the venv",
+                python().display()
+            )
+        });
+    assert!(
+        output.status.success(),
+        "cannot create container `{name}` in Azurite at 127.0.0.1:10000 (start it with .ci/test, or \
+         .ci/node_modules/.bin/azurite-blob --blobHost 127.0.0.1 --blobPort 10000 --location /tmp/azurite \
+         --skipApiVersionCheck --loose &): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn files_are_uploaded_to_azure_blob_including_multipart() {
+    let container = format!("parquet-{}", uuid::Uuid::new_v4().simple());
+    create_azurite_container(&container);
+    let store_config = ObjectStoreConfig::Azure {
+        account: None,
+        container,
+        access_key: None,
+        use_emulator: true,
+        endpoint: None,
+    };
+    let mut config = ParquetSinkConfig::new("lake", store_config.clone());
+    config.compression = Compression::None;
+    config.path_template = "{endpoint}/{iothub}/{partition}/{YYYY}/{MM}/{DD}/{HH}/{mm}".into();
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut sink = ParquetSink::new(config, tx).unwrap();
+    sink.write(sink_batch(1, &messages("0", 0..5, 10)))
+        .await
+        .unwrap();
+    sink.flush(FlushReason::Shutdown).await.unwrap();
+    // Over PART_BYTES of incompressible bodies: a multipart (block list) upload.
+    let big: Vec<Message> = (0..9_i64)
+        .map(|n| {
+            let mut m = Message::telemetry(
+                (0..1_100_000_u32)
+                    .map(|i| u8::try_from((i.wrapping_mul(2_654_435_761) >> 13) & 0xff).unwrap())
+                    .collect::<Vec<u8>>(),
+            );
+            m.partition = "1".into();
+            m.sequence_number = 100 + n;
+            m
+        })
+        .collect();
+    sink.write(sink_batch(2, &big)).await.unwrap();
+    sink.flush(FlushReason::Shutdown).await.unwrap();
+    let acks = acks_for(&mut rx, 2).await;
+    assert!(acks.iter().all(|a| a.failed.is_empty()), "{acks:?}");
+
+    let store = store_config.build("t").unwrap();
+    let stored = files(store.as_ref()).await;
+    assert_eq!(
+        stored.len(),
+        2,
+        "{:?}",
+        stored.iter().map(|(p, _)| p).collect::<Vec<_>>()
+    );
+    assert!(
+        stored[0].0.as_ref().starts_with("lake/hub/0/"),
+        "{}",
+        stored[0].0
+    );
+    assert!(
+        stored[1].1.len() > PART_BYTES,
+        "the second file is multipart-sized"
+    );
+    assert_eq!(
+        sequence_numbers(&read(&stored[0].1)),
+        (0..5).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        sequence_numbers(&read(&stored[1].1)),
+        (100..109).collect::<Vec<_>>()
+    );
+}

@@ -1,0 +1,409 @@
+//! Tests of the PostgreSQL sink against the real server at 127.0.0.1:5432 (user `postgres`, trust
+//! auth, database `test`). Each test uses its own table and drops it afterwards.
+
+use std::time::Duration;
+
+use hubroute_message::{Message, MessageBatchBuilder};
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::{Ack, ColumnMapping, TableConfig};
+
+const START_POSTGRES: &str = "PostgreSQL is not reachable at 127.0.0.1:5432 (user postgres, database test); \
+     start PostgreSQL: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
+
+async fn admin() -> Client {
+    let (client, connection) =
+        tokio_postgres::connect("host=127.0.0.1 port=5432 user=postgres dbname=test", NoTls)
+            .await
+            .unwrap_or_else(|error| panic!("{START_POSTGRES}: {error}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// A unique table name, dropped when the guard goes.
+struct TestTable {
+    name: String,
+}
+
+impl TestTable {
+    async fn new(test: &str) -> Self {
+        let name = format!("hr_sinksb_{test}_{}", uuid::Uuid::new_v4().simple());
+        admin()
+            .await
+            .batch_execute(&format!("DROP TABLE IF EXISTS \"{name}\""))
+            .await
+            .unwrap();
+        Self { name }
+    }
+
+    async fn count(&self) -> i64 {
+        admin()
+            .await
+            .query_one(&format!("SELECT count(*) FROM \"{}\"", self.name), &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    async fn drop_table(self) {
+        admin()
+            .await
+            .batch_execute(&format!("DROP TABLE IF EXISTS \"{}\"", self.name))
+            .await
+            .unwrap();
+    }
+}
+
+fn config(sink: &str, table: TableConfig) -> PostgresSinkConfig {
+    let mut config = PostgresSinkConfig::new(sink, table);
+    config.dbname = "test".into();
+    config.linger = Duration::from_millis(10);
+    config.retry = crate::RetryPolicy {
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+    };
+    config
+}
+
+fn messages(partition: &str, sequence_numbers: Range<i64>, body: &str) -> Vec<Message> {
+    sequence_numbers
+        .map(|n| {
+            let mut message = Message::telemetry(body.replace("{n}", &n.to_string()));
+            message.partition = partition.into();
+            message.sequence_number = n;
+            message.offset = (n * 100).to_string();
+            message
+        })
+        .collect()
+}
+
+fn batch(ticket: u64, messages: &[Message]) -> SinkBatch {
+    SinkBatch {
+        ticket,
+        batch: MessageBatchBuilder::batch_of(messages).unwrap(),
+    }
+}
+
+async fn run(config: PostgresSinkConfig, batches: Vec<SinkBatch>) -> Vec<Ack> {
+    let (acks, mut received) = mpsc::channel(64);
+    let mut sink = PostgresSink::new(config, acks).unwrap();
+    let tickets = batches.len();
+    for batch in batches {
+        sink.write(batch).await.unwrap();
+    }
+    sink.flush(FlushReason::Shutdown).await.unwrap();
+    let mut all = Vec::new();
+    while let Ok(ack) = received.try_recv() {
+        all.push(ack);
+    }
+    assert_eq!(all.len(), tickets, "one ack per ticket: {all:?}");
+    all.sort_by_key(|a| a.ticket);
+    all
+}
+
+#[tokio::test]
+async fn default_table_is_created_and_replayed_duplicates_are_absorbed() {
+    let table = TestTable::new("replay").await;
+    let first = vec![
+        batch(1, &messages("0", 0..50, r#"{"n":{n}}"#)),
+        batch(2, &messages("1", 0..30, "raw\u{1}{n}")),
+    ];
+    let acks = run(config("pg", TableConfig::new(&table.name)), first.clone()).await;
+    assert!(acks.iter().all(|a| a.failed.is_empty()), "{acks:?}");
+    assert_eq!(table.count().await, 80);
+
+    // A restart replays an overlapping range: only the new rows are added.
+    let replay = vec![
+        batch(3, &messages("0", 25..60, r#"{"n":{n}}"#)),
+        first[1].clone(),
+    ];
+    let acks = run(config("pg", TableConfig::new(&table.name)), replay).await;
+    assert!(acks.iter().all(|a| a.failed.is_empty()), "{acks:?}");
+    assert_eq!(table.count().await, 90);
+
+    let row = admin()
+        .await
+        .query_one(
+            &format!(
+                "SELECT \"offset\", body_json->>'n', body_bytes, application_properties::text \
+                 FROM \"{}\" WHERE partition = '0' AND sequence_number = 7",
+                table.name
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "700");
+    assert_eq!(row.get::<_, String>(1), "7");
+    assert_eq!(row.get::<_, Option<Vec<u8>>>(2), None);
+    assert_eq!(row.get::<_, String>(3), "{}");
+    let raw: Vec<u8> = admin()
+        .await
+        .query_one(
+            &format!(
+                "SELECT body_bytes FROM \"{}\" WHERE partition = '1' AND sequence_number = 3",
+                table.name
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(raw, b"raw\x013");
+    table.drop_table().await;
+}
+
+#[tokio::test]
+async fn a_bad_row_is_isolated_with_its_sqlstate_and_the_rest_commits() {
+    let table = TestTable::new("badrow").await;
+    admin()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE \"{}\" (event_hub text NOT NULL, partition text NOT NULL, \
+             sequence_number bigint NOT NULL, temperature double precision CHECK (temperature < 100), \
+             device text NOT NULL, UNIQUE (event_hub, partition, sequence_number))",
+            table.name
+        ))
+        .await
+        .unwrap();
+    let mapping = TableConfig {
+        name: table.name.clone(),
+        create: false,
+        columns: vec![
+            ColumnMapping {
+                name: "temperature".into(),
+                source: "$.t".into(),
+                sql_type: SqlType::Double,
+            },
+            ColumnMapping {
+                name: "device".into(),
+                source: "$.d".into(),
+                sql_type: SqlType::Text,
+            },
+        ],
+    };
+    let bodies = [
+        r#"{"t":20,"d":"a"}"#,
+        r#"{"t":"warm","d":"b"}"#,
+        r#"{"t":150,"d":"c"}"#,
+        r#"{"t":21}"#,
+        r#"{"t":22,"d":"e"}"#,
+        r#"{"t":23,"d":"f"}"#,
+    ];
+    let rows: Vec<Message> = bodies
+        .iter()
+        .enumerate()
+        .map(|(n, body)| {
+            let mut message = Message::telemetry(*body);
+            message.sequence_number = i64::try_from(n).unwrap();
+            message
+        })
+        .collect();
+    let acks = run(config("pg", mapping), vec![batch(9, &rows)]).await;
+    let failed: Vec<(usize, &str)> = acks[0]
+        .failed
+        .iter()
+        .map(|f| (f.row, &f.error[..5]))
+        .collect();
+    assert_eq!(
+        failed,
+        [(1, "22P02"), (2, "23514"), (3, "23502")],
+        "{acks:?}"
+    );
+    assert_eq!(table.count().await, 3);
+    table.drop_table().await;
+}
+
+#[tokio::test]
+async fn columns_of_another_type_are_filled_through_assignment_casts() {
+    let table = TestTable::new("casts").await;
+    admin()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE \"{}\" (event_hub varchar(20), partition text, sequence_number bigint, \
+             temperature numeric(5, 1), UNIQUE (event_hub, partition, sequence_number))",
+            table.name
+        ))
+        .await
+        .unwrap();
+    let mapping = TableConfig {
+        name: table.name.clone(),
+        create: false,
+        columns: vec![ColumnMapping {
+            name: "temperature".into(),
+            source: "$.t".into(),
+            sql_type: SqlType::Double,
+        }],
+    };
+    let rows = messages("0", 0..3, r#"{"t":2{n}.25}"#);
+    let acks = run(config("pg", mapping.clone()), vec![batch(1, &rows)]).await;
+    assert!(acks[0].failed.is_empty(), "{acks:?}");
+    let acks = run(config("pg", mapping), vec![batch(2, &rows)]).await;
+    assert!(acks[0].failed.is_empty(), "{acks:?}");
+    let stored: String = admin()
+        .await
+        .query_one(
+            &format!(
+                "SELECT string_agg(temperature::text, ',' ORDER BY sequence_number) FROM \"{}\"",
+                table.name
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, "20.3,21.3,22.3");
+    table.drop_table().await;
+}
+
+#[tokio::test]
+async fn a_lost_connection_is_reopened_and_no_row_is_lost() {
+    let table = TestTable::new("reconnect").await;
+    let sink_name = format!("reconnect-{}", uuid::Uuid::new_v4().simple());
+    let (acks, mut received) = mpsc::channel(64);
+    let mut sink =
+        PostgresSink::new(config(&sink_name, TableConfig::new(&table.name)), acks).unwrap();
+    sink.write(batch(1, &messages("0", 0..10, "{}")))
+        .await
+        .unwrap();
+    sink.flush(FlushReason::Deadline).await.unwrap();
+    received.recv().await.unwrap();
+    let killed: bool = admin()
+        .await
+        .query_one(
+            "SELECT bool_or(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+            &[&format!("hubroute {sink_name}")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed, "the sink's connection was not found");
+    sink.write(batch(2, &messages("0", 10..20, "{}")))
+        .await
+        .unwrap();
+    sink.flush(FlushReason::Shutdown).await.unwrap();
+    let ack = received.recv().await.unwrap();
+    assert_eq!(
+        ack,
+        Ack {
+            ticket: 2,
+            failed: vec![]
+        }
+    );
+    assert_eq!(table.count().await, 20);
+    table.drop_table().await;
+}
+
+#[tokio::test]
+async fn write_blocks_while_the_table_is_locked_and_nothing_is_acked() {
+    let table = TestTable::new("blocked").await;
+    let mut config = config("pg", TableConfig::new(&table.name));
+    config.batch_max_rows = 1;
+    let (acks, mut received) = mpsc::channel(64);
+    let mut sink = PostgresSink::new(config, acks).unwrap();
+    sink.write(batch(1, &messages("0", 0..1, "{}")))
+        .await
+        .unwrap();
+    sink.flush(FlushReason::Shutdown).await.unwrap();
+    received.recv().await.unwrap();
+
+    let mut locker = admin().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute(&format!(
+        "LOCK TABLE \"{}\" IN ACCESS EXCLUSIVE MODE",
+        table.name
+    ))
+    .await
+    .unwrap();
+    // One batch in the writer (blocked on the lock), one in the channel, the third write waits.
+    sink.write(batch(2, &messages("0", 1..2, "{}")))
+        .await
+        .unwrap();
+    sink.write(batch(3, &messages("0", 2..3, "{}")))
+        .await
+        .unwrap();
+    let third = tokio::time::timeout(
+        Duration::from_millis(300),
+        sink.write(batch(4, &messages("0", 3..4, "{}"))),
+    )
+    .await;
+    assert!(
+        third.is_err(),
+        "write did not block while the table was locked"
+    );
+    assert!(
+        received.try_recv().is_err(),
+        "acked while the table was locked"
+    );
+    lock.commit().await.unwrap();
+
+    sink.write(batch(4, &messages("0", 3..4, "{}")))
+        .await
+        .unwrap();
+    sink.flush(FlushReason::Shutdown).await.unwrap();
+    let mut tickets: Vec<u64> = std::iter::from_fn(|| received.try_recv().ok())
+        .map(|a| a.ticket)
+        .collect();
+    tickets.sort_unstable();
+    assert_eq!(tickets, [2, 3, 4]);
+    assert_eq!(table.count().await, 4);
+    table.drop_table().await;
+}
+
+#[tokio::test]
+async fn a_table_without_the_unique_key_stops_the_sink_with_advice() {
+    let table = TestTable::new("nokey").await;
+    admin()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE \"{}\" (event_hub text, partition text, sequence_number bigint)",
+            table.name
+        ))
+        .await
+        .unwrap();
+    let mapping = TableConfig {
+        name: table.name.clone(),
+        create: false,
+        columns: vec![],
+    };
+    let mut mapping_config = config("pg", mapping);
+    mapping_config.table.columns = vec![ColumnMapping {
+        name: "partition_key".into(),
+        source: "partition_key".into(),
+        sql_type: SqlType::Text,
+    }];
+    admin()
+        .await
+        .batch_execute(&format!(
+            "ALTER TABLE \"{}\" ADD COLUMN partition_key text",
+            table.name
+        ))
+        .await
+        .unwrap();
+    let (acks, _received) = mpsc::channel(4);
+    let mut sink = PostgresSink::new(mapping_config, acks).unwrap();
+    sink.write(batch(1, &messages("0", 0..2, "{}")))
+        .await
+        .unwrap();
+    let error = sink.flush(FlushReason::Shutdown).await.unwrap_err();
+    assert!(!error.is_retryable());
+    let text = error.to_string();
+    assert!(
+        text.contains("42P10")
+            && text.contains("unique constraint on (event_hub, partition, sequence_number)"),
+        "{text}"
+    );
+    table.drop_table().await;
+}
+
+#[test]
+fn the_password_is_masked_in_debug_output() {
+    let json = r#"{"name":"pg","password":"hunter2","table":{"name":"t"}}"#;
+    let config: PostgresSinkConfig = serde_json::from_str(json).unwrap();
+    assert_eq!(
+        config.password.as_ref().map(|p| p.expose()),
+        Some("hunter2")
+    );
+    assert!(!format!("{config:?}").contains("hunter2"));
+}

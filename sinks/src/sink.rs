@@ -1,0 +1,113 @@
+//! The `Sink` contract: how the engine hands batches to a destination and learns when they are safe.
+//!
+//! # Contract
+//!
+//! * **Input.** [`Sink::write`] receives a [`SinkBatch`]: a message batch (schema of
+//!   `hubroute-message`) holding only the rows routed to this endpoint, tagged with a [`Ticket`].
+//! * **Backpressure.** `write` resolves once the sink has *buffered* the batch. A sink whose buffer is
+//!   full (slow backend, retries in progress, too many requests in flight) does not resolve `write`
+//!   until it has room. The engine never calls `write` concurrently, so a pending `write` stops the
+//!   endpoint queue, which stops the router, which stops AMQP credit. Sinks never buffer without bound.
+//!   A started `write` must be driven to completion (it is not cancel-safe: a dropped `write` can
+//!   leave its ticket unacked until a restart replays it); [`drive_sink`] does so.
+//! * **Commit.** A row is *committed* when it is durable at the destination: a Parquet file containing
+//!   it has been completely uploaded under its final name; the database transaction containing it has
+//!   committed; the webhook answered 2xx. For every ticket the sink sends exactly one [`Ack`] on the
+//!   [`AckSender`] it was built with, after *every* row of that ticket is either committed or listed in
+//!   [`Ack::failed`] as permanently failed. Acks may arrive in any order relative to tickets.
+//! * **Permanent failures.** A row that can never be delivered (constraint violation, 4xx) is reported in
+//!   `Ack::failed` with its error; the engine dead-letters it. Retryable errors are retried inside the
+//!   sink (capped exponential backoff) and never surface as row failures; while retrying, `write`
+//!   blocks once the buffer is full.
+//! * **Ordering.** Within an endpoint, rows of one partition are delivered in the order written, except
+//!   where a retry re-sends an earlier batch. There is no ordering across partitions.
+//! * **Idempotency.** Delivery is at-least-once: after a crash the engine replays from the last
+//!   checkpoint, so a sink can see rows again. [`Sink::idempotent`] says whether the sink absorbs
+//!   duplicates (keyed by event hub, partition and sequence number) or may store them twice.
+//! * **Time.** Sinks that linger or roll files by time report their next deadline through
+//!   [`Sink::flush_deadline`]; the driver calls [`Sink::flush`] with [`FlushReason::Deadline`] then.
+//! * **Shutdown.** [`Sink::flush`] with [`FlushReason::Shutdown`] delivers everything buffered and returns
+//!   after all acks for written tickets have been sent (or the error that prevented it).
+//!
+//! [`RetryPolicy`] is the one retry policy of all sinks (capped exponential backoff with jitter) and
+//! [`drive_sink`] the loop that runs a sink; `ledger` keeps per-ticket bookkeeping for sinks that split
+//! one ticket over several deliveries.
+
+use std::fmt;
+
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::Result;
+
+mod backoff;
+mod driver;
+mod ledger;
+
+pub use backoff::RetryPolicy;
+pub use driver::drive_sink;
+pub(crate) use ledger::AckLedger;
+
+/// Identifies one `write` call; echoed back in its [`Ack`].
+pub type Ticket = u64;
+
+/// A batch of messages for one endpoint.
+#[derive(Debug, Clone)]
+pub struct SinkBatch {
+    /// Echoed in the ack.
+    pub ticket: Ticket,
+    /// Rows of the message schema, only those routed to this endpoint (enrichments already applied).
+    pub batch: RecordBatch,
+}
+
+/// One row that can never be delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedRow {
+    /// Row index within the ticket's batch.
+    pub row: usize,
+    /// What the destination said, e.g. `23505 unique_violation: ...` or `HTTP 400: ...`.
+    pub error: String,
+}
+
+/// The final outcome of one ticket: every row not in `failed` is committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    /// The ticket of the `write` this answers.
+    pub ticket: Ticket,
+    /// Rows permanently failed, to be dead-lettered by the engine.
+    pub failed: Vec<FailedRow>,
+}
+
+/// Where a sink sends its acks. Bounded: the engine drains it continuously.
+pub type AckSender = mpsc::Sender<Ack>;
+
+/// Why [`Sink::flush`] is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushReason {
+    /// [`Sink::flush_deadline`] has passed.
+    Deadline,
+    /// The engine is stopping: deliver everything buffered, then return.
+    Shutdown,
+}
+
+/// A destination for routed messages. See the module documentation for the contract.
+#[async_trait]
+pub trait Sink: Send + fmt::Debug {
+    /// The endpoint name, for logs and metrics.
+    fn name(&self) -> &str;
+
+    /// Whether duplicates of a row (same event hub, partition, sequence number) are absorbed.
+    fn idempotent(&self) -> bool;
+
+    /// Buffers `batch`; resolves only when the sink has room (backpressure). An error here is fatal
+    /// for the sink (it could not even buffer), not a row failure.
+    async fn write(&mut self, batch: SinkBatch) -> Result<()>;
+
+    /// When the sink next wants [`Sink::flush`] called with [`FlushReason::Deadline`], if ever.
+    fn flush_deadline(&self) -> Option<Instant>;
+
+    /// Delivers what is due (`Deadline`) or everything (`Shutdown`).
+    async fn flush(&mut self, reason: FlushReason) -> Result<()>;
+}

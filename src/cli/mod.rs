@@ -1,0 +1,67 @@
+//! Argument parsing and dispatch for every subcommand.
+
+mod check;
+mod emulator;
+mod route;
+mod simulate;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// IoT Hub message routing as an open, fast engine you run yourself.
+#[derive(Debug, Parser)]
+#[command(name = "hubroute", version, about)]
+pub(crate) struct Cli {
+    /// Log output format (level and filters come from `RUST_LOG`, default `info`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve a local Event Hubs-compatible endpoint (AMQP 1.0) with IoT Hub-style device ingress.
+    Emulator(emulator::EmulatorArgs),
+    /// Simulate a fleet of devices sending telemetry to an Event Hubs endpoint.
+    Simulate(simulate::SimulateArgs),
+    /// Work with route conditions.
+    #[command(subcommand)]
+    Route(route::RouteCommand),
+    /// Validate a configuration file and compile every route.
+    Check(check::CheckArgs),
+}
+
+/// Installs the global `tracing` subscriber writing to stderr.
+pub(crate) fn init_tracing(format: LogFormat) {
+    // fe2o3-amqp reports ordinary peer disconnects at ERROR; its logs are opt-in through RUST_LOG.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fe2o3_amqp=off"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Runs the parsed command and returns the process exit code.
+pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Emulator(args) => emulator::run(args),
+        Command::Simulate(args) => simulate::run(args),
+        Command::Route(command) => route::run(command),
+        Command::Check(args) => Ok(check::run(&args)),
+    }
+}

@@ -1,0 +1,202 @@
+//! `hubroute route ...`: evaluate route conditions by hand, like `az iot hub message-route test`.
+//!
+//! `route test` builds a one-message batch and runs the same evaluator the engine runs, so what it
+//! prints is exactly what routing would do. Where the route comes from is a group of options
+//! (`--condition` today) so that other sources, such as a route of a config file, slot in beside it.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use hubroute_message::{AppPropertyValue, Message, SystemProperties};
+
+/// `hubroute route` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum RouteCommand {
+    /// Evaluate one condition against one message; prints `true`, `false` or `undefined`.
+    ///
+    /// Exits 0 after printing the result, 2 if the condition has a syntax or type error.
+    Test(TestArgs),
+}
+
+/// Arguments of `hubroute route test`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TestArgs {
+    #[command(flatten)]
+    route: RouteSource,
+    #[command(flatten)]
+    message: MessageArgs,
+}
+
+/// Where the condition under test comes from (exactly one).
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+struct RouteSource {
+    /// The route condition, e.g. `$body.temperature > 30 AND severity = 'high'`; it may start with
+    /// `-` (`-5 < $body.x`).
+    #[arg(long, allow_hyphen_values = true)]
+    condition: Option<String>,
+}
+
+/// The message to evaluate against.
+#[derive(Debug, clap::Args)]
+struct MessageArgs {
+    /// Message body (raw text, usually JSON). Body queries also need contentType
+    /// `application/json` and contentEncoding `utf-8` in `--system-properties`.
+    #[arg(long, default_value = "")]
+    body: String,
+    /// Application properties as a JSON object; non-string values keep their AMQP type
+    /// (conditions see their canonical string).
+    #[arg(long, value_name = "JSON_OBJECT")]
+    app_properties: Option<String>,
+    /// System properties as a JSON object keyed by query keyword: contentType, contentEncoding,
+    /// messageId, correlationId, connectionDeviceId, connectionModuleId, iothubEnqueuedTime, ...
+    #[arg(long, value_name = "JSON_OBJECT")]
+    system_properties: Option<String>,
+    /// Device or module twin as JSON, for `$twin` queries.
+    #[arg(long, value_name = "JSON")]
+    twin: Option<String>,
+}
+
+fn app_property(value: &serde_json::Value) -> AppPropertyValue {
+    match value {
+        serde_json::Value::String(s) => AppPropertyValue::String(s.clone()),
+        serde_json::Value::Bool(b) => AppPropertyValue::Bool(*b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => AppPropertyValue::Long(i),
+            None => AppPropertyValue::Double(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        serde_json::Value::Null => AppPropertyValue::Null,
+        other => AppPropertyValue::String(other.to_string()),
+    }
+}
+
+impl MessageArgs {
+    fn message(&self) -> anyhow::Result<Message> {
+        let mut message = Message::telemetry(self.body.clone().into_bytes());
+        if let Some(json) = &self.system_properties {
+            message.system = serde_json::from_str::<SystemProperties>(json)
+                .context("--system-properties must be a JSON object of system properties")?;
+        }
+        if let Some(json) = &self.app_properties {
+            let object: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(json).context("--app-properties must be a JSON object")?;
+            message.application_properties = object
+                .iter()
+                .map(|(name, value)| (name.clone(), app_property(value)))
+                .collect();
+        }
+        message.twin.clone_from(&self.twin);
+        Ok(message)
+    }
+}
+
+pub(crate) fn run(command: RouteCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        RouteCommand::Test(args) => test(&args),
+    }
+}
+
+/// The condition's truth for the message, or why the condition does not compile.
+fn outcome(
+    args: &TestArgs,
+) -> anyhow::Result<Result<hubroute_queries::Truth, hubroute_queries::Error>> {
+    let message = args.message.message()?;
+    let condition = args.route.condition.as_deref().unwrap_or_default();
+    let compiled = match hubroute_queries::compile(condition) {
+        Ok(compiled) => compiled,
+        Err(error) => return Ok(Err(error)),
+    };
+    let truth = compiled
+        .evaluate_message(&message)
+        .context("evaluating the condition")?;
+    Ok(Ok(truth))
+}
+
+fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
+    match outcome(args)? {
+        Ok(truth) => {
+            println!("{truth}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprintln!("error: invalid route condition: {error}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Harness {
+        #[command(subcommand)]
+        command: RouteCommand,
+    }
+
+    fn run_args(args: &[&str]) -> String {
+        let harness =
+            Harness::try_parse_from(["route", "test"].iter().chain(args)).expect("arguments parse");
+        let RouteCommand::Test(args) = harness.command;
+        match outcome(&args).expect("message arguments are valid") {
+            Ok(truth) => truth.to_string(),
+            Err(error) => format!("error: {}", error.to_string().lines().next().unwrap_or("")),
+        }
+    }
+
+    #[test]
+    fn route_test_prints_the_evaluators_verdict() {
+        let json = r#"{"contentType":"application/json","contentEncoding":"utf-8"}"#;
+        let cases: [(&[&str], &str); 8] = [
+            (&["--condition", "true"], "true"),
+            (&["--condition", "-5 < 3"], "true"),
+            (&["--condition", ""], "true"),
+            (&["--condition", "missing = 'x'"], "undefined"),
+            (
+                &[
+                    "--condition",
+                    "$body.t > 30",
+                    "--body",
+                    r#"{"t":31}"#,
+                    "--system-properties",
+                    json,
+                ],
+                "true",
+            ),
+            (
+                &["--condition", "$body.t > 30", "--body", r#"{"t":31}"#],
+                "undefined",
+            ),
+            (
+                &[
+                    "--condition",
+                    "as_number(severity) <= 2",
+                    "--app-properties",
+                    r#"{"severity":"3"}"#,
+                ],
+                "false",
+            ),
+            (
+                &["--condition", "severity <= 2"],
+                "error: line 1, column 13: cannot compare a string (`severity`) with a number (`2`) using `<=`: IoT Hub never converts types",
+            ),
+        ];
+        for (args, expected) in cases {
+            assert_eq!(run_args(args), expected, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn twin_queries_read_the_twin_argument() {
+        let args = [
+            "--condition",
+            "$twin.tags.floor = '1'",
+            "--twin",
+            r#"{"tags":{"Floor":"1"}}"#,
+        ];
+        assert_eq!(run_args(&args), "true");
+    }
+}

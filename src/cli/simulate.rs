@@ -1,0 +1,115 @@
+//! `hubroute simulate`: drives `hubroute_emulator::simulate` from the command line, printing a
+//! progress line on stderr once per second and a summary on stdout.
+
+use std::{num::NonZeroU32, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use hubroute_emulator::simulate::{
+    Rate, Simulation, SimulationConfig, SimulationTarget, StopAfter,
+};
+use hubroute_protocol::ConnectionString;
+
+/// Arguments of `hubroute simulate`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SimulateArgs {
+    /// Event Hubs connection string with `EntityPath`, e.g. the one `hubroute emulator` prints.
+    #[arg(
+        long,
+        env = "HUBROUTE_SIMULATE_CONNECTION_STRING",
+        hide_env_values = true,
+        required_unless_present = "http",
+        conflicts_with = "http"
+    )]
+    connection_string: Option<String>,
+    /// Send through the emulator's HTTP device ingress instead, e.g. `http://127.0.0.1:8088`.
+    #[arg(long)]
+    http: Option<String>,
+    /// Send every event to this partition instead of partitioning by device id (AMQP only).
+    #[arg(long, conflicts_with = "http")]
+    partition: Option<String>,
+    /// Number of simulated devices.
+    #[arg(long, default_value = "100")]
+    devices: NonZeroU32,
+    /// Target rate in events per second across all devices.
+    #[arg(long, default_value = "1000", conflicts_with = "max")]
+    rate: NonZeroU32,
+    /// Send as fast as the target acknowledges.
+    #[arg(long)]
+    max: bool,
+    /// Stop after this many events (default 10000 unless `--duration` is given).
+    #[arg(long, conflicts_with = "duration")]
+    events: Option<u64>,
+    /// Stop after this long, e.g. `30s` or `2m`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Seed of all generated values: one seed, one byte-identical stream.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Events sent but not yet acknowledged before waiting (pipelining depth).
+    #[arg(long, default_value_t = 256)]
+    max_in_flight: usize,
+}
+
+pub(crate) fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    let target = match (args.connection_string, args.http) {
+        (Some(text), None) => SimulationTarget::Amqp {
+            connection_string: ConnectionString::parse(&text)?,
+            partition: args.partition,
+        },
+        (None, Some(base_url)) => SimulationTarget::Http { base_url },
+        _ => anyhow::bail!("give exactly one of --connection-string and --http"),
+    };
+    let config = SimulationConfig {
+        target,
+        devices: args.devices,
+        rate: if args.max {
+            Rate::Max
+        } else {
+            Rate::PerSecond(args.rate)
+        },
+        stop: match (args.events, args.duration) {
+            (_, Some(duration)) => StopAfter::Duration(duration),
+            (events, None) => StopAfter::Events(events.unwrap_or(10_000)),
+        },
+        seed: args.seed,
+        max_in_flight: args.max_in_flight,
+    };
+    tokio::runtime::Runtime::new()
+        .context("starting the async runtime")?
+        .block_on(simulate(config))
+}
+
+async fn simulate(config: SimulationConfig) -> anyhow::Result<ExitCode> {
+    let simulation = Simulation::new(config);
+    let progress = simulation.progress();
+    let reporter = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        ticker.tick().await;
+        let mut last = 0;
+        loop {
+            ticker.tick().await;
+            let sent = progress.sent();
+            eprintln!(
+                "simulate: {} events/s, {sent} sent, {} errors",
+                sent - last,
+                progress.errors()
+            );
+            last = sent;
+        }
+    });
+    let report = simulation.run().await;
+    reporter.abort();
+    let report = report?;
+    println!(
+        "sent {} events in {:.2} s ({:.0} events/s), {} errors",
+        report.sent,
+        report.elapsed.as_secs_f64(),
+        report.events_per_second(),
+        report.errors
+    );
+    Ok(if report.errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,22 @@
+//! The `hubroute` binary: a thin command-line shell over the workspace crates.
+//!
+//! Each subcommand lives in its own module under `cli/` and only parses arguments, wires crates
+//! together and reports; all behaviour lives in the library crates so tests can drive it directly.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    cli::init_tracing(args.log_format);
+    match cli::run(args) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Architecture invariants checked mechanically from `cargo metadata` (as DataFusion's CI does): the layer
+//! crates depend on each other only in the directions ARCHITECTURE.md allows.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+/// Workspace crates each may depend on (normal and build dependencies; dev-dependencies may use more).
+const ALLOWED: &[(&str, &[&str])] = &[
+    ("hubroute-message", &[]),
+    ("hubroute-protocol", &[]),
+    ("hubroute-queries", &["hubroute-message"]),
+    ("hubroute-sinks", &["hubroute-message"]),
+    (
+        "hubroute-emulator",
+        &["hubroute-protocol", "hubroute-message"],
+    ),
+    (
+        "hubroute-engine",
+        &[
+            "hubroute-message",
+            "hubroute-protocol",
+            "hubroute-queries",
+            "hubroute-sinks",
+        ],
+    ),
+];
+
+fn workspace_dependencies() -> BTreeMap<String, BTreeSet<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("metadata is JSON");
+    let packages = metadata["packages"].as_array().expect("packages");
+    let ours: BTreeSet<String> = packages
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect();
+    packages
+        .iter()
+        .map(|package| {
+            let deps = package["dependencies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["kind"].as_str() != Some("dev"))
+                .map(|d| d["name"].as_str().unwrap().to_owned())
+                .filter(|name| ours.contains(name))
+                .collect();
+            (package["name"].as_str().unwrap().to_owned(), deps)
+        })
+        .collect()
+}
+
+#[test]
+fn layer_crates_only_depend_downwards() {
+    let graph = workspace_dependencies();
+    for (krate, allowed) in ALLOWED {
+        let actual = graph
+            .get(*krate)
+            .unwrap_or_else(|| panic!("{krate} is not in the workspace"));
+        let allowed: BTreeSet<String> = allowed.iter().map(|s| (*s).to_owned()).collect();
+        let forbidden: Vec<&String> = actual.difference(&allowed).collect();
+        assert!(
+            forbidden.is_empty(),
+            "{krate} depends on {forbidden:?}; ARCHITECTURE.md allows only {allowed:?}"
+        );
+    }
+}
+
+#[test]
+fn queries_and_sinks_know_no_amqp_and_no_sql_driver() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    for (krate, banned) in [
+        (
+            "hubroute-queries",
+            &["fe2o3-amqp", "tokio-postgres", "rusqlite", "reqwest"][..],
+        ),
+        (
+            "hubroute-sinks",
+            &["fe2o3-amqp", "datafusion-physical-expr", "datafusion-expr"][..],
+        ),
+        (
+            "hubroute-message",
+            &["fe2o3-amqp", "tokio", "datafusion-common"][..],
+        ),
+    ] {
+        let output = Command::new(&cargo)
+            .args([
+                "tree",
+                "--offline",
+                "-e",
+                "normal",
+                "--prefix",
+                "none",
+                "-p",
+                krate,
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("cargo tree runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let tree = String::from_utf8_lossy(&output.stdout);
+        for name in banned {
+            assert!(
+                !tree
+                    .lines()
+                    .any(|line| line.starts_with(&format!("{name} v"))),
+                "{krate} must not depend on {name}, even transitively"
+            );
+        }
+    }
+}

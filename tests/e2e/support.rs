@@ -1,0 +1,324 @@
+//! Shared helpers of the end-to-end tests: locating peers (the `hubroute` binary, Python with the
+//! official Azure SDK), running the emulator as a child process, and reading events back with a
+//! plain fe2o3-amqp receiver.
+//!
+//! A missing peer is a failure with instructions, never a skip.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use fe2o3_amqp::{
+    Connection, Receiver, Session,
+    connection::ConnectionHandle,
+    sasl_profile::SaslProfile,
+    session::SessionHandle,
+    types::{
+        messaging::{Body, Message, Source},
+        primitives::{Symbol, Timestamp, Value},
+    },
+};
+use fe2o3_amqp_cbs::{client::CbsClient, token::CbsToken};
+use hubroute_protocol::{ConnectionString, EventPosition, cbs, link};
+use serde_amqp::{described::Described, descriptor::Descriptor};
+
+/// The workspace root.
+pub(crate) fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `hubroute` binary under test.
+pub(crate) fn hubroute() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hubroute"))
+}
+
+/// Python with the official Azure SDK: `$HUBROUTE_PYTHON`, else `<workspace>/.venv/bin/python`.
+/// Panics with instructions when it or `azure-eventhub` is missing.
+pub(crate) fn python() -> PathBuf {
+    let python = std::env::var_os("HUBROUTE_PYTHON")
+        .map_or_else(|| workspace_root().join(".venv/bin/python"), PathBuf::from);
+    let probe = Command::new(&python)
+        .args(["-c", "import azure.eventhub"])
+        .output();
+    match probe {
+        Ok(output) if output.status.success() => python,
+        Ok(output) => panic!(
+            "{} cannot import azure.eventhub ({}): run .ci/test (it creates .venv)",
+            python.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ),
+        Err(error) => panic!(
+            "no Python at {} ({error}): run .ci/test (it creates .venv), or set HUBROUTE_PYTHON",
+            python.display()
+        ),
+    }
+}
+
+/// Longest a Python fidelity script may run before the test fails (the SDK retries silently).
+const PYTHON_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Runs `tests/e2e/python/<script>` with `args` and returns its stdout; panics with its stderr if it
+/// fails or runs longer than three minutes.
+pub(crate) fn run_python(script: &str, args: &[&str]) -> String {
+    let path = workspace_root().join("tests/e2e/python").join(script);
+    let stdout = tempfile::tempfile().expect("temp file for stdout");
+    let stderr = tempfile::tempfile().expect("temp file for stderr");
+    let mut child = Command::new(python())
+        .arg(&path)
+        .args(args)
+        .stdout(stdout.try_clone().expect("clone stdout file"))
+        .stderr(stderr.try_clone().expect("clone stderr file"))
+        .spawn()
+        .unwrap_or_else(|error| panic!("running {}: {error}", path.display()));
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for Python") {
+            break Some(status);
+        }
+        if started.elapsed() > PYTHON_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let read = |mut file: std::fs::File| {
+        use std::io::{Read as _, Seek as _};
+        let mut text = String::new();
+        file.rewind().expect("rewind");
+        file.read_to_string(&mut text).expect("read Python output");
+        text
+    };
+    let (stdout, stderr) = (read(stdout), read(stderr));
+    let tail: String = stderr
+        .lines()
+        .rev()
+        .take(40)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n");
+    match status {
+        Some(status) if status.success() => stdout,
+        Some(status) => {
+            panic!("{script} failed ({status}):\nstdout: {stdout}\nstderr (tail): {tail}")
+        }
+        None => panic!(
+            "{script} did not finish within {PYTHON_TIMEOUT:?}:\nstdout: {stdout}\nstderr (tail): {tail}"
+        ),
+    }
+}
+
+/// A `hubroute emulator` child process, killed on drop.
+#[derive(Debug)]
+pub(crate) struct EmulatorProcess {
+    child: Child,
+    /// The connection strings it printed, one per event hub, in order.
+    pub(crate) connection_strings: Vec<String>,
+    /// Base URL of its HTTP device ingress, e.g. `http://127.0.0.1:41234`.
+    pub(crate) ingress_url: String,
+}
+
+impl EmulatorProcess {
+    /// Starts `hubroute emulator --listen 127.0.0.1:0 --http 127.0.0.1:0 <args>` and waits until it
+    /// has printed `hubs` connection strings and its ingress address.
+    pub(crate) fn start(args: &[&str], hubs: usize) -> Self {
+        let mut child = hubroute()
+            .args([
+                "emulator",
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            // fe2o3-amqp logs every peer disconnect as an error; keep the test output readable.
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,fe2o3_amqp=off".to_owned()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning `hubroute emulator`");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (lines_tx, lines) = mpsc::sync_channel(16);
+        // Keeps draining stdout after start-up so the child never blocks on (or dies of) a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
+        });
+        let mut process = Self {
+            child,
+            connection_strings: Vec::new(),
+            ingress_url: String::new(),
+        };
+        while process.connection_strings.len() < hubs || process.ingress_url.is_empty() {
+            let line = lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "`hubroute emulator {}` printed {:?} and no ingress address within 60 s",
+                        args.join(" "),
+                        process.connection_strings
+                    )
+                });
+            if line.starts_with("Endpoint=") {
+                process.connection_strings.push(line);
+            } else if let Some(rest) = line.strip_prefix("Device ingress: ") {
+                let url = rest.split("/devices").next().unwrap_or(rest);
+                url.clone_into(&mut process.ingress_url);
+            }
+        }
+        process
+    }
+}
+
+impl Drop for EmulatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A connection authorised for one event hub through CBS, as the SDKs do in emulator mode.
+#[derive(Debug)]
+pub(crate) struct EventHubConnection {
+    connection: ConnectionHandle<()>,
+    session: SessionHandle<()>,
+    hub: String,
+}
+
+impl EventHubConnection {
+    /// Connects with SASL ANONYMOUS and puts a SAS token signed with the connection string's key.
+    pub(crate) async fn open(connection_string: &str) -> Self {
+        let cs = ConnectionString::parse(connection_string).expect("a valid connection string");
+        let hub = cs
+            .entity_path
+            .clone()
+            .expect("EntityPath in the connection string");
+        let mut connection = Connection::builder()
+            .container_id(format!("e2e-{}", uuid::Uuid::new_v4()))
+            .sasl_profile(SaslProfile::Anonymous)
+            .open(format!("amqp://{}:{}", cs.host, cs.effective_port()).as_str())
+            .await
+            .expect("connecting to the emulator");
+        let mut session = Session::begin(&mut connection).await.expect("session");
+        let mut cbs_client = CbsClient::attach(&mut session).await.expect("$cbs link");
+        let audience = cs.audience(&hub);
+        let expiry = chrono::Utc::now().timestamp() + 3600;
+        let token = cs.key.as_ref().expect("a key").sign(&audience, expiry);
+        cbs_client
+            .put_token(
+                audience.as_str(),
+                CbsToken::new(
+                    token.as_str(),
+                    cbs::SAS_TOKEN_TYPE,
+                    Timestamp::from_milliseconds(expiry * 1000),
+                ),
+            )
+            .await
+            .expect("CBS put-token");
+        cbs_client.close().await.expect("closing $cbs");
+        Self {
+            connection,
+            session,
+            hub,
+        }
+    }
+
+    /// Attaches a receiver to `<hub>/ConsumerGroups/<group>/Partitions/<partition>` from the start.
+    pub(crate) async fn receiver(
+        &mut self,
+        consumer_group: &str,
+        partition: &str,
+    ) -> Result<Receiver, fe2o3_amqp::link::ReceiverAttachError> {
+        let address = format!(
+            "{}/ConsumerGroups/{consumer_group}/Partitions/{partition}",
+            self.hub
+        );
+        let filter = Described {
+            descriptor: Descriptor::Code(link::SELECTOR_FILTER_CODE),
+            value: Value::String(EventPosition::earliest().to_filter_expression()),
+        };
+        Receiver::builder()
+            .name(format!("e2e-receiver-{}", uuid::Uuid::new_v4()))
+            .source(
+                Source::builder()
+                    .address(address)
+                    .add_to_filter(Symbol::from(link::SELECTOR_FILTER_KEY), filter)
+                    .build(),
+            )
+            .attach(&mut self.session)
+            .await
+    }
+
+    /// Reads a partition from the start until `expected` events arrived (then one more second, to
+    /// catch surplus events); panics after 30 s without progress.
+    pub(crate) async fn read_partition(
+        &mut self,
+        consumer_group: &str,
+        partition: &str,
+        expected: usize,
+    ) -> Vec<Message<Body<Value>>> {
+        let mut receiver = self
+            .receiver(consumer_group, partition)
+            .await
+            .unwrap_or_else(|error| panic!("attaching to partition {partition}: {error}"));
+        let mut events = Vec::new();
+        loop {
+            let wait = if events.len() >= expected {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_secs(30)
+            };
+            match tokio::time::timeout(wait, receiver.recv::<Body<Value>>()).await {
+                Ok(delivery) => {
+                    let delivery = delivery.expect("receiving");
+                    receiver.accept(&delivery).await.expect("accepting");
+                    events.push(delivery.into_message());
+                }
+                Err(_) if events.len() >= expected => break,
+                Err(_) => panic!(
+                    "partition {partition}: {} of {expected} events after 30 s of silence",
+                    events.len()
+                ),
+            }
+        }
+        let _ = receiver.close().await;
+        events
+    }
+
+    /// Closes session and connection.
+    pub(crate) async fn close(mut self) {
+        let _ = self.session.end().await;
+        let _ = self.connection.close().await;
+    }
+}
+
+/// A message annotation by key.
+pub(crate) fn annotation<'m>(message: &'m Message<Body<Value>>, key: &str) -> Option<&'m Value> {
+    message
+        .message_annotations
+        .as_ref()?
+        .0
+        .iter()
+        .find_map(|(k, v)| {
+            (k == &fe2o3_amqp::types::messaging::annotations::OwnedKey::from(key)).then_some(v)
+        })
+}
+
+/// An application property by name, as a string.
+pub(crate) fn app_property(message: &Message<Body<Value>>, name: &str) -> Option<String> {
+    let value = message.application_properties.as_ref()?.0.get(name)?;
+    match value {
+        fe2o3_amqp::types::primitives::SimpleValue::String(s) => Some(s.clone()),
+        other => Some(format!("{other:?}")),
+    }
+}
