@@ -97,6 +97,46 @@ pub enum Error {
     /// A route condition failed to evaluate on a batch.
     #[error("evaluating routes failed: {0}")]
     Routing(#[from] hubroute_queries::Error),
+    /// A sink could not be built or stopped with a fatal error.
+    #[error("endpoint `{endpoint}`: {source}")]
+    Sink {
+        /// The endpoint name.
+        endpoint: String,
+        /// The sink's error.
+        source: Box<hubroute_sinks::Error>,
+    },
+    /// The dead-letter store could not be set up.
+    #[error("dead-letter store: {0}")]
+    DeadLetters(Box<hubroute_sinks::Error>),
+    /// The HTTP server of `/metrics`, `/healthz` and `/routes` could not start.
+    #[error(
+        "cannot listen on {address} for /metrics: {problem}; set `service.listen` to a free address \
+         (port 0 picks one)"
+    )]
+    Listen {
+        /// The configured address.
+        address: std::net::SocketAddr,
+        /// What failed.
+        problem: String,
+    },
+    /// An endpoint's sink stopped while the router still had rows for it.
+    #[error("endpoint `{endpoint}` stopped: {problem}")]
+    EndpointStopped {
+        /// The endpoint name.
+        endpoint: String,
+        /// Why, as far as known.
+        problem: String,
+    },
+    /// A reloaded configuration changes something only a restart can apply.
+    #[error(
+        "{file}: the new configuration changes {what}; restart hubroute to apply it (routes, fallback and enrichments reload live)"
+    )]
+    ReloadNeedsRestart {
+        /// The configuration file.
+        file: String,
+        /// What changed.
+        what: &'static str,
+    },
     /// A batch is not in the message schema.
     #[error("a batch is not a message batch: {0}")]
     Message(#[from] hubroute_message::Error),

@@ -83,35 +83,16 @@ async fn serve(config: EmulatorConfig, http: SocketAddr) -> anyhow::Result<ExitC
 
     let emulator = Arc::new(emulator);
     let publisher: Arc<dyn EventPublisher> = Arc::clone(&emulator) as Arc<dyn EventPublisher>;
-    let ingress = serve_ingress(listener, publisher, hub_names[0].clone(), shutdown_signal());
+    let ingress = serve_ingress(
+        listener,
+        publisher,
+        hub_names[0].clone(),
+        super::shutdown_signal(),
+    );
     ingress.await.context("serving the HTTP device ingress")?;
     tracing::info!("stopping");
     let emulator = Arc::try_unwrap(emulator)
         .map_err(|_| anyhow::anyhow!("the HTTP device ingress still holds the emulator"))?;
     emulator.shutdown().await.context("stopping the emulator")?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM; stop with Ctrl-C");
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }

@@ -2,7 +2,9 @@
 
 mod check;
 mod emulator;
+mod quickstart;
 mod route;
+mod run;
 mod simulate;
 
 use std::process::ExitCode;
@@ -40,6 +42,10 @@ enum Command {
     Route(route::RouteCommand),
     /// Validate a configuration file and compile every route.
     Check(check::CheckArgs),
+    /// Run the routing engine: read the source, route, deliver to every endpoint.
+    Run(run::RunArgs),
+    /// Try hubroute with nothing installed: emulator, simulated devices, example routes and sinks.
+    Quickstart(quickstart::QuickstartArgs),
 }
 
 /// Installs the global `tracing` subscriber writing to stderr.
@@ -63,5 +69,31 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Simulate(args) => simulate::run(args),
         Command::Route(command) => route::run(command),
         Command::Check(args) => Ok(check::run(&args)),
+        Command::Run(args) => run::run(&args),
+        Command::Quickstart(args) => quickstart::run(args),
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; stop with Ctrl-C");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
     }
 }

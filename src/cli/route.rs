@@ -1,20 +1,25 @@
 //! `hubroute route ...`: evaluate route conditions by hand, like `az iot hub message-route test`.
 //!
 //! `route test` builds a one-message batch and runs the same evaluator the engine runs, so what it
-//! prints is exactly what routing would do. Where the route comes from is a group of options
-//! (`--condition` today) so that other sources, such as a route of a config file, slot in beside it.
+//! prints is exactly what routing would do. The route comes from `--condition` (prints the truth
+//! value) or from a whole configuration with `--config` and `--message FILE` (prints the routes and
+//! endpoints the message reaches, fallback included, through the engine's own routing table).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use hubroute_engine::config::LoadedConfig;
+use hubroute_engine::routing::RoutingTable;
 use hubroute_message::{AppPropertyValue, Message, SystemProperties};
 
 /// `hubroute route` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum RouteCommand {
-    /// Evaluate one condition against one message; prints `true`, `false` or `undefined`.
+    /// Evaluate one condition against one message (prints `true`, `false` or `undefined`), or a
+    /// whole configuration (prints the matching routes and the endpoints reached).
     ///
-    /// Exits 0 after printing the result, 2 if the condition has a syntax or type error.
+    /// Exits 0 after printing the result, 2 if the condition or configuration is invalid.
     Test(TestArgs),
 }
 
@@ -35,6 +40,9 @@ struct RouteSource {
     /// `-` (`-5 < $body.x`).
     #[arg(long, allow_hyphen_values = true)]
     condition: Option<String>,
+    /// A configuration file: test every route, the fallback and enrichments of it.
+    #[arg(long, requires = "message_file")]
+    config: Option<PathBuf>,
 }
 
 /// The message to evaluate against.
@@ -55,6 +63,24 @@ struct MessageArgs {
     /// Device or module twin as JSON, for `$twin` queries.
     #[arg(long, value_name = "JSON")]
     twin: Option<String>,
+    /// The message as a JSON file: `{"body": ..., "appProperties": {...}, "systemProperties":
+    /// {...}, "twin": {...}}` (a string body is taken as is, any other JSON value as its text).
+    #[arg(long = "message", value_name = "FILE", conflicts_with_all = ["body", "app_properties", "system_properties", "twin"])]
+    message_file: Option<PathBuf>,
+}
+
+/// The JSON file of `--message`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct MessageFile {
+    #[serde(default)]
+    body: Option<serde_json::Value>,
+    #[serde(default)]
+    app_properties: Option<serde_json::Value>,
+    #[serde(default)]
+    system_properties: Option<serde_json::Value>,
+    #[serde(default)]
+    twin: Option<serde_json::Value>,
 }
 
 fn app_property(value: &serde_json::Value) -> AppPropertyValue {
@@ -72,6 +98,26 @@ fn app_property(value: &serde_json::Value) -> AppPropertyValue {
 
 impl MessageArgs {
     fn message(&self) -> anyhow::Result<Message> {
+        if let Some(path) = &self.message_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the message file {}", path.display()))?;
+            let file: MessageFile = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a message file", path.display()))?;
+            let text_of = |value: Option<serde_json::Value>| {
+                value.map(|v| match v {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                })
+            };
+            return Self {
+                body: text_of(file.body).unwrap_or_default(),
+                app_properties: text_of(file.app_properties),
+                system_properties: text_of(file.system_properties),
+                twin: text_of(file.twin),
+                message_file: None,
+            }
+            .message();
+        }
         let mut message = Message::telemetry(self.body.clone().into_bytes());
         if let Some(json) = &self.system_properties {
             message.system = serde_json::from_str::<SystemProperties>(json)
@@ -112,7 +158,36 @@ fn outcome(
     Ok(Ok(truth))
 }
 
+/// Which routes and endpoints the message reaches under the configuration at `path`.
+fn explain(path: &std::path::Path, message: &Message) -> anyhow::Result<ExitCode> {
+    let table = match LoadedConfig::load(path).and_then(|loaded| RoutingTable::compile(&loaded)) {
+        Ok(table) => table,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let explanation = table.explain(message).context("evaluating the routes")?;
+    let list = |names: &[String]| {
+        if names.is_empty() {
+            "(none)".to_owned()
+        } else {
+            names.join(", ")
+        }
+    };
+    println!("routes: {}", list(&explanation.routes));
+    println!(
+        "fallback: {}",
+        if explanation.fallback { "yes" } else { "no" }
+    );
+    println!("endpoints: {}", list(&explanation.endpoints));
+    Ok(ExitCode::SUCCESS)
+}
+
 fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
+    if let Some(config) = &args.route.config {
+        return explain(config, &args.message.message()?);
+    }
     match outcome(args)? {
         Ok(truth) => {
             println!("{truth}");

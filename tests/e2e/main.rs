@@ -7,6 +7,7 @@
 
 mod crate_graph;
 mod emulator;
+mod engine;
 mod pipeline;
 mod source;
 mod support;

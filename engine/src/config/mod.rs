@@ -10,7 +10,9 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hubroute_sinks::SinkConfig;
+use std::net::SocketAddr;
+
+use hubroute_sinks::{DeadLetterConfig, SinkConfig};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -58,6 +60,18 @@ mod defaults {
     pub(super) fn enabled() -> bool {
         true
     }
+    pub(super) fn listen() -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], 9464))
+    }
+    pub(super) fn drain_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub(super) fn stall_after() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub(super) fn dead_after() -> Duration {
+        Duration::from_secs(3600)
+    }
 }
 
 /// Endpoint names IoT Hub reserves: `events` is the built-in endpoint, `fileNotifications` and
@@ -93,6 +107,42 @@ pub struct EngineConfig {
     /// Message enrichments, applied per endpoint after routing.
     #[serde(default)]
     pub enrichments: Vec<EnrichmentConfig>,
+    /// Where permanently failed messages are kept (default: JSONL under `hubroute-data/dead-letters`).
+    #[serde(default)]
+    pub dead_letters: DeadLetterConfig,
+    /// The HTTP server of `/metrics`, `/healthz` and `/routes`, and shutdown and health timing.
+    #[serde(default)]
+    pub service: ServiceConfig,
+}
+
+/// How the running service is observed and stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Address of the HTTP server (default `127.0.0.1:9464`, Prometheus' customary exporter port;
+    /// port 0 picks a free one).
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    /// How long a graceful shutdown waits for in-flight batches to commit (default 30 s).
+    #[serde(default = "defaults::drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// An endpoint with a batch uncommitted for this long is unhealthy (default 30 s).
+    #[serde(default = "defaults::stall_after", with = "humantime_serde")]
+    pub stall_after: Duration,
+    /// An endpoint failing continuously for this long is dead (default 1 h, IoT Hub's retry period).
+    #[serde(default = "defaults::dead_after", with = "humantime_serde")]
+    pub dead_after: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            listen: defaults::listen(),
+            drain_timeout: defaults::drain_timeout(),
+            stall_after: defaults::stall_after(),
+            dead_after: defaults::dead_after(),
+        }
+    }
 }
 
 /// Checkpoint storage.
@@ -246,11 +296,13 @@ impl LoadedConfig {
             column: 0,
             problem: format!("cannot read the file: {e}"),
         })?;
-        Self::parse(path, text)
+        Self::parse(path, &text)
     }
 
-    /// Parses and validates `text` as if read from `path`.
-    pub fn parse(path: &Path, text: String) -> Result<Self> {
+    /// Parses and validates `text` as if read from `path`, after replacing every `${NAME}` with the
+    /// environment variable `NAME` (how secrets stay out of the file).
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        let text = expand_environment(path, text)?;
         let config: EngineConfig = toml::from_str(&text).map_err(|e| {
             let start = e.span().map_or(0, |s| s.start);
             position_error(path, &text, start, e.message().to_owned())
@@ -386,6 +438,72 @@ impl LoadedConfig {
         }
         Ok(())
     }
+}
+
+/// Replaces `${NAME}` with the value of the environment variable `NAME`; an unset variable is an
+/// error at its position. Comments are left alone. Values may hold secrets: they are never echoed
+/// in errors.
+fn expand_environment(path: &Path, text: &str) -> Result<String> {
+    let mut expanded = String::with_capacity(text.len());
+    let mut line_start = 0;
+    for line in text.split_inclusive('\n') {
+        let code = &line[..comment_start(line)];
+        let mut rest = code;
+        while let Some(start) = rest.find("${") {
+            expanded.push_str(&rest[..start]);
+            let offset = line_start + (code.len() - rest.len()) + start;
+            let after = &rest[start + 2..];
+            let at = |problem: String| position_error(path, text, offset, problem);
+            let name_len =
+                after.find('}').ok_or_else(|| {
+                    at("`${` opens an environment variable reference that is never closed with `}`"
+                    .to_owned())
+                })?;
+            let name = &after[..name_len];
+            let valid = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(at(format!(
+                    "`${{{name}}}` is not a valid environment variable name"
+                )));
+            }
+            let value = std::env::var(name).map_err(|_| {
+                at(format!(
+                    "environment variable `{name}` is not set; export it or write the value in the file"
+                ))
+            })?;
+            expanded.push_str(&value);
+            rest = &after[name_len + 1..];
+        }
+        expanded.push_str(rest);
+        expanded.push_str(&line[code.len()..]);
+        line_start += line.len();
+    }
+    Ok(expanded)
+}
+
+/// Byte index where the comment of a TOML line starts (its length if none): the first `#` outside
+/// a basic (`"…"`) or literal (`'…'`) string.
+fn comment_start(line: &str) -> usize {
+    let mut quote = None;
+    let mut escaped = false;
+    for (index, c) in line.char_indices() {
+        match (quote, c) {
+            (Some('"'), '\\') if !escaped => {
+                escaped = true;
+                continue;
+            }
+            (Some(open), c) if c == open && !escaped => quote = None,
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '#') => return index,
+            _ => {}
+        }
+        escaped = false;
+    }
+    line.len()
 }
 
 fn sorted(names: &HashSet<&str>) -> String {

@@ -19,7 +19,7 @@ fn endpoints(names: &[&str]) -> String {
 }
 
 pub(crate) fn parse(body: &str) -> Result<LoadedConfig> {
-    LoadedConfig::parse(Path::new("hubroute.toml"), format!("{SOURCE}{body}"))
+    LoadedConfig::parse(Path::new("hubroute.toml"), &format!("{SOURCE}{body}"))
 }
 
 #[test]
@@ -138,5 +138,33 @@ fn positions_are_one_based_lines_and_columns() {
             } => assert_eq!((l, c), (line, column), "{text:?}"),
             other => panic!("unexpected {other}"),
         }
+    }
+}
+
+#[test]
+fn environment_variables_are_expanded_and_a_missing_one_is_located() {
+    let home = std::env::var("HOME").expect("tests run with HOME set");
+    let top =
+        |line: &str| LoadedConfig::parse(Path::new("hubroute.toml"), &format!("{line}\n{SOURCE}"));
+    let loaded = top("hub_name = \"${HOME}\" # not ${EXPANDED} in a comment").expect("expanded");
+    assert_eq!(loaded.config.hub_name, home);
+    let loaded =
+        top("hub_name = 'a#${HOME}' # \"${NOR_HERE}").expect("a # in a string is no comment");
+    assert_eq!(loaded.config.hub_name, format!("a#{home}"));
+
+    let cases = [
+        (
+            "hub_name = \"${HUBROUTE_TEST_NEVER_SET}\"",
+            "hubroute.toml:1:13: environment variable `HUBROUTE_TEST_NEVER_SET` is not set",
+        ),
+        (
+            "hub_name = \"${1x}\"",
+            "hubroute.toml:1:13: `${1x}` is not a valid",
+        ),
+        ("hub_name = \"${open\"", "hubroute.toml:1:13: `${` opens"),
+    ];
+    for (body, expected) in cases {
+        let error = top(body).unwrap_err().to_string();
+        assert!(error.starts_with(expected), "{body}: {error}");
     }
 }

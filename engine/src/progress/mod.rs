@@ -97,6 +97,13 @@ impl PartitionProgress {
         }
     }
 
+    /// Marks the committed position as not yet saved again, after saving `failed` did not work.
+    /// A newer committed position wins: it is the one the next call to `take_checkpoint` returns.
+    pub fn restore_checkpoint(&mut self, failed: Position) {
+        self.committed.get_or_insert(failed);
+        self.dirty = true;
+    }
+
     fn advance(&mut self) {
         while self.pending.front().is_some_and(|b| b.outstanding == 0) {
             if let Some(done) = self.pending.pop_front() {

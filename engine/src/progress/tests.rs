@@ -82,3 +82,23 @@ proptest! {
         prop_assert_eq!(progress.in_flight() == 0, remaining.is_empty() && progress.committed().is_some());
     }
 }
+
+#[test]
+fn a_checkpoint_that_failed_to_save_is_offered_again() {
+    let mut progress = PartitionProgress::default();
+    let batch = progress.push(position(9), 1);
+    progress.ack(batch);
+    let taken = progress.take_checkpoint().expect("moved");
+    assert_eq!(progress.take_checkpoint(), None, "taken once");
+    progress.restore_checkpoint(taken.clone());
+    assert_eq!(progress.take_checkpoint(), Some(taken));
+    let later = progress.push(position(19), 1);
+    progress.ack(later);
+    progress.take_checkpoint();
+    progress.restore_checkpoint(position(9));
+    assert_eq!(
+        progress.take_checkpoint(),
+        Some(position(19)),
+        "a newer committed position wins over the failed one"
+    );
+}

@@ -57,7 +57,7 @@ endpoints = ["a"]
 "#;
 
 fn table() -> RoutingTable {
-    let loaded = LoadedConfig::parse(Path::new("t.toml"), CONFIG.to_owned()).expect("valid config");
+    let loaded = LoadedConfig::parse(Path::new("t.toml"), CONFIG).expect("valid config");
     RoutingTable::compile(&loaded).expect("routes compile")
 }
 
@@ -184,7 +184,7 @@ fn condition_errors_point_into_the_file() {
         "condition = \"level = 'critical'\"\nendpoint = \"c\"",
         "condition = \"level = = 1\"\nendpoint = \"c\"",
     );
-    let loaded = LoadedConfig::parse(Path::new("t.toml"), text).expect("parses");
+    let loaded = LoadedConfig::parse(Path::new("t.toml"), &text).expect("parses");
     let error = RoutingTable::compile(&loaded)
         .expect_err("bad condition")
         .to_string();

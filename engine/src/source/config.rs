@@ -72,7 +72,7 @@ fn connection_string<'de, D: Deserializer<'de>>(
 }
 
 /// Configuration of an [`super::EventHubSource`].
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Event Hubs connection string (for IoT Hub: the built-in endpoint's "Event Hub-compatible

@@ -1,0 +1,130 @@
+//! The operator's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (200 while no endpoint
+//! is dead and the engine runs, 503 otherwise) and `/routes` (JSON summary of routes and endpoints).
+
+use std::sync::{Arc, PoisonError};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::{Shared, lock};
+use crate::health::HealthStatus;
+
+/// Serves until `shutdown` is cancelled.
+pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/routes", get(routes))
+        .with_state(shared);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(error) = served {
+        tracing::warn!(%error, "the /metrics server stopped");
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    shared.refresh_endpoints();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shared.metrics.encode(),
+    )
+        .into_response()
+}
+
+fn endpoint_summaries(shared: &Shared) -> Vec<serde_json::Value> {
+    let now = Instant::now();
+    let ago = |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t).as_secs_f64());
+    shared
+        .endpoints
+        .iter()
+        .map(|e| {
+            let health = lock(&e.health);
+            json!({
+                "name": e.name,
+                "type": e.kind,
+                "status": health.status(now).as_str(),
+                "last_error": health.last_error(),
+                "seconds_since_success": ago(health.last_success()),
+                "seconds_since_failure": ago(health.last_failure()),
+                "delivered": shared.metrics.endpoint_delivered(&e.name),
+            })
+        })
+        .collect()
+}
+
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    let now = Instant::now();
+    let fatal = lock(&shared.fatal).clone();
+    let dead: Vec<String> = shared
+        .endpoints
+        .iter()
+        .filter(|e| lock(&e.health).status(now) == HealthStatus::Dead)
+        .map(|e| e.name.clone())
+        .collect();
+    let healthy = fatal.is_none() && dead.is_empty();
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if healthy { "ok" } else { "failing" },
+        "fatal_error": fatal,
+        "dead_endpoints": dead,
+        "endpoints": endpoint_summaries(&shared),
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+async fn routes(State(shared): State<Arc<Shared>>) -> Response {
+    let loaded = shared
+        .config
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let config = &loaded.config;
+    let routes: Vec<_> = config
+        .routes
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.name,
+                "source": r.source.message_source(),
+                "condition": r.condition.get_ref(),
+                "endpoint": r.endpoint,
+                "enabled": r.enabled,
+                "matched": shared.metrics.route_matched(&r.name),
+            })
+        })
+        .collect();
+    let fallback = config.fallback.as_ref().map(|f| {
+        json!({
+            "enabled": f.enabled,
+            "condition": f.condition.get_ref(),
+            "endpoint": f.endpoint,
+            "matched": shared.metrics.fallback_matched.get(),
+        })
+    });
+    axum::Json(json!({
+        "hub_name": shared.hub_name,
+        "event_hub": shared.event_hub,
+        "partitions": shared.partitions.iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
+        "routes": routes,
+        "fallback": fallback,
+        "endpoints": endpoint_summaries(&shared),
+        "events_routed": shared.metrics.events_routed(),
+    }))
+    .into_response()
+}

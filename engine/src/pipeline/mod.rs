@@ -1,0 +1,812 @@
+//! The running engine: it wires the source, the routing table and the sinks together and owns the
+//! at-least-once bookkeeping between them.
+//!
+//! ```text
+//!  partition receiver ──(bounded, 2)──► router ──(bounded, queue_capacity)──► endpoint sink
+//!   (AMQP credit only        │  route + rows_for on            (drive_sink)       │
+//!    while there is room)    │  the blocking pool                                  │ acks
+//!                            ▼                                                    ▼
+//!                  PartitionProgress ◄──────────── ack collector (dead-letters failed rows)
+//!                            │
+//!                            ▼ periodically and at shutdown
+//!                     CheckpointStore
+//! ```
+//!
+//! Every queue is bounded, so a slow sink fills its queue, blocks the router of each partition that
+//! routes to it, which stops asking its receiver for batches, which stops granting AMQP credit.
+//! A source batch becomes one ticket per endpoint that receives rows of it; the partition's
+//! checkpoint moves past the batch only when every ticket of it (and of every earlier batch) is
+//! acked — committed or dead-lettered. The routing table sits behind a lock that routers read once
+//! per batch, so a reload swaps it between batches, never within one.
+
+mod http;
+mod metrics;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use arrow::record_batch::RecordBatch;
+use hubroute_message::MessageColumns;
+use hubroute_sinks::{
+    Ack, DeadLetter, DeadLetterStore, FailedRow, SinkBatch, Ticket, build_sink, drive_sink,
+};
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::{Checkpoint, CheckpointStore, FileCheckpointStore};
+use crate::config::{FullPolicy, LoadedConfig};
+use crate::health::{EndpointHealth, HealthPolicy, HealthStatus};
+use crate::progress::{BatchId, PartitionProgress, Position};
+use crate::routing::RoutingTable;
+use crate::source::{EventHubSource, PartitionOutcome, SourceBatch};
+use crate::{Error, Result};
+pub use metrics::Metrics;
+use metrics::{endpoint_labels, partition_labels, route_labels};
+
+/// Source batches a router may hold per partition beyond the one it is routing.
+const SOURCE_QUEUE: usize = 2;
+/// Acks a sink may send before the collector drains them.
+const ACK_QUEUE: usize = 256;
+/// How often health, queue depths and stalls are refreshed.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+/// Cap of the backoff between attempts to write dead letters.
+const DEAD_LETTER_MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// One endpoint as the running engine sees it.
+#[derive(Debug)]
+struct EndpointState {
+    name: String,
+    kind: &'static str,
+    policy: FullPolicy,
+    /// Weak, so that the engine's own view never keeps the queue open at shutdown.
+    queue: mpsc::WeakSender<SinkBatch>,
+    health: Mutex<EndpointHealth>,
+}
+
+/// One partition as the running engine sees it.
+#[derive(Debug)]
+struct PartitionState {
+    id: String,
+    progress: Mutex<PartitionProgress>,
+}
+
+/// A ticket between routing and its ack.
+#[derive(Debug)]
+struct InFlight {
+    partition: usize,
+    batch: BatchId,
+    endpoint: usize,
+    rows: RecordBatch,
+    routed_at: Instant,
+}
+
+/// State shared by every task of the engine and its HTTP server.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    config_path: PathBuf,
+    hub_name: String,
+    event_hub: String,
+    config: RwLock<LoadedConfig>,
+    table: RwLock<Arc<RoutingTable>>,
+    endpoints: Vec<EndpointState>,
+    partitions: Vec<PartitionState>,
+    in_flight: Mutex<HashMap<Ticket, InFlight>>,
+    next_ticket: AtomicU64,
+    metrics: Metrics,
+    dead_letters: DeadLetterStore,
+    checkpoints: Arc<dyn CheckpointStore>,
+    source: EventHubSource,
+    stall_after: Duration,
+    /// The first fatal error, which stops the engine.
+    fatal: Mutex<Option<String>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Events read and routed.
+    pub events_routed: u64,
+    /// Per partition, the sequence number of the last checkpoint written (if any).
+    pub checkpoints: Vec<(String, Option<i64>)>,
+}
+
+/// A started engine. Dropping it does not stop it; call [`RunningEngine::shutdown`].
+#[derive(Debug)]
+pub struct RunningEngine {
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    http_addr: SocketAddr,
+    task: JoinHandle<Result<RunSummary>>,
+}
+
+impl RunningEngine {
+    /// Compiles every route, connects to the source, builds every sink and starts routing.
+    /// Everything a user can get wrong (routes, sinks, credentials, the address to listen on) is
+    /// reported here, before a single event is read.
+    pub async fn start(loaded: LoadedConfig) -> Result<Self> {
+        let table = RoutingTable::compile(&loaded)?;
+        let config = &loaded.config;
+        let dead_letters = DeadLetterStore::new(&config.dead_letters)
+            .map_err(|e| Error::DeadLetters(Box::new(e)))?;
+        let checkpoints: Arc<dyn CheckpointStore> =
+            Arc::new(FileCheckpointStore::new(&config.checkpoint.dir));
+        let listener = tokio::net::TcpListener::bind(config.service.listen)
+            .await
+            .map_err(|e| Error::Listen {
+                address: config.service.listen,
+                problem: e.to_string(),
+            })?;
+        let http_addr = listener.local_addr().map_err(|e| Error::Listen {
+            address: config.service.listen,
+            problem: e.to_string(),
+        })?;
+
+        let mut queues = Vec::new();
+        let mut sinks = Vec::new();
+        let mut endpoints = Vec::new();
+        let health_policy = HealthPolicy {
+            dead_after: config.service.dead_after,
+            ..HealthPolicy::default()
+        };
+        for endpoint in &config.endpoints {
+            let (acks, ack_receiver) = mpsc::channel(ACK_QUEUE);
+            let sink = build_sink(endpoint.sink.clone(), acks).map_err(|source| Error::Sink {
+                endpoint: endpoint.name().to_owned(),
+                source: Box::new(source),
+            })?;
+            let (queue, batches) = mpsc::channel(endpoint.queue_capacity);
+            endpoints.push(EndpointState {
+                name: endpoint.name().to_owned(),
+                kind: sink_kind(&endpoint.sink),
+                policy: endpoint.full_policy,
+                queue: queue.downgrade(),
+                health: Mutex::new(EndpointHealth::new(health_policy)),
+            });
+            queues.push(queue);
+            sinks.push((sink, batches, ack_receiver));
+        }
+
+        let source =
+            EventHubSource::connect(config.source.clone(), Arc::clone(&checkpoints)).await?;
+        let partitions = source
+            .partitions()
+            .iter()
+            .map(|id| PartitionState {
+                id: id.clone(),
+                progress: Mutex::new(PartitionProgress::default()),
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            config_path: loaded.path.clone(),
+            hub_name: config.hub_name.clone(),
+            event_hub: source.event_hub().to_owned(),
+            table: RwLock::new(Arc::new(table)),
+            endpoints,
+            partitions,
+            in_flight: Mutex::new(HashMap::new()),
+            next_ticket: AtomicU64::new(0),
+            metrics: Metrics::default(),
+            dead_letters,
+            checkpoints,
+            source,
+            stall_after: config.service.stall_after,
+            fatal: Mutex::new(None),
+            config: RwLock::new(loaded.clone()),
+        });
+        let shutdown = CancellationToken::new();
+        let drain_timeout = loaded.config.service.drain_timeout;
+        let checkpoint_interval = loaded.config.checkpoint.interval;
+        tokio::spawn(http::serve(listener, Arc::clone(&shared), shutdown.clone()));
+        let task = tokio::spawn(run(
+            Arc::clone(&shared),
+            queues,
+            sinks,
+            shutdown.clone(),
+            drain_timeout,
+            checkpoint_interval,
+        ));
+        tracing::info!(
+            event_hub = %shared.event_hub,
+            partitions = shared.partitions.len(),
+            endpoints = shared.endpoints.len(),
+            %http_addr,
+            "hubroute engine started"
+        );
+        Ok(Self {
+            shared,
+            shutdown,
+            http_addr,
+            task,
+        })
+    }
+
+    /// The address of the `/metrics`, `/healthz` and `/routes` server.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The engine's metrics (for a progress line).
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Endpoint names with their current health.
+    pub fn endpoint_health(&self) -> Vec<(String, HealthStatus)> {
+        let now = Instant::now();
+        self.shared
+            .endpoints
+            .iter()
+            .map(|e| (e.name.clone(), lock(&e.health).status(now)))
+            .collect()
+    }
+
+    /// Sum over partitions of the sequence numbers covered by committed checkpoints positions
+    /// (`None` for a partition with nothing committed yet).
+    pub fn committed_positions(&self) -> Vec<(String, Option<i64>)> {
+        self.shared
+            .partitions
+            .iter()
+            .map(|p| {
+                let committed = lock(&p.progress).committed().map(|c| c.sequence_number);
+                (p.id.clone(), committed)
+            })
+            .collect()
+    }
+
+    /// Whether the engine stopped on its own (a fatal error, or every partition ended).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// A handle that reloads the configuration of this engine (for a signal or file watcher).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Stops reading, drains in-flight batches (up to the configured drain timeout), writes the
+    /// final checkpoints and returns what the run did, or the error that stopped it.
+    pub async fn shutdown(self) -> Result<RunSummary> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the engine stops by itself (a fatal error) or through a clone of its token.
+    pub async fn wait(self) -> Result<RunSummary> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(join) => Err(Error::EndpointStopped {
+                endpoint: "engine".to_owned(),
+                problem: format!("the engine task panicked: {join}"),
+            }),
+        }
+    }
+
+    /// A token that stops the engine when cancelled (e.g. from a signal handler).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Reloads a running engine's configuration file.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    shared: Arc<Shared>,
+}
+
+impl Reloader {
+    /// Re-reads the configuration file and, if it is valid and changes only routes, the fallback or
+    /// enrichments, swaps the routing table between batches. On error the running table stays.
+    pub fn reload(&self) -> Result<()> {
+        let outcome = self.shared.reload();
+        let label = if outcome.is_ok() {
+            "applied"
+        } else {
+            "rejected"
+        };
+        self.shared
+            .metrics
+            .config_reloads
+            .get_or_create(&vec![("outcome", label.to_owned())])
+            .inc();
+        outcome
+    }
+
+    /// The configuration file being watched.
+    pub fn path(&self) -> &std::path::Path {
+        &self.shared.config_path
+    }
+}
+
+fn sink_kind(config: &hubroute_sinks::SinkConfig) -> &'static str {
+    use hubroute_sinks::SinkConfig;
+    match config {
+        SinkConfig::Parquet(_) => "parquet",
+        SinkConfig::Webhook(_) => "webhook",
+        SinkConfig::Postgres(_) => "postgres",
+        SinkConfig::Sqlite(_) => "sqlite",
+    }
+}
+
+type SinkParts = (
+    Box<dyn hubroute_sinks::Sink>,
+    mpsc::Receiver<SinkBatch>,
+    mpsc::Receiver<Ack>,
+);
+
+/// The engine's main task: starts every other task, waits for them and writes the last
+/// checkpoints.
+async fn run(
+    shared: Arc<Shared>,
+    queues: Vec<mpsc::Sender<SinkBatch>>,
+    sinks: Vec<SinkParts>,
+    shutdown: CancellationToken,
+    drain_timeout: Duration,
+    checkpoint_interval: Duration,
+) -> Result<RunSummary> {
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut aborts: Vec<AbortHandle> = Vec::new();
+    let mut sink_tasks = JoinSet::new();
+    for (index, (sink, batches, acks)) in sinks.into_iter().enumerate() {
+        let name = shared.endpoints[index].name.clone();
+        let stop = shutdown.clone();
+        let for_sink = Arc::clone(&shared);
+        aborts.push(sink_tasks.spawn(async move {
+            if let Err(error) = drive_sink(sink, batches).await {
+                for_sink.fail(format!("endpoint `{name}`: {error}"), &stop);
+            }
+        }));
+        aborts.push(tasks.spawn(collect_acks(Arc::clone(&shared), acks)));
+    }
+    let mut routers = JoinSet::new();
+    for (index, partition) in shared.partitions.iter().enumerate() {
+        let (downstream, batches) = mpsc::channel(SOURCE_QUEUE);
+        let receiver = shared
+            .source
+            .spawn(&partition.id, downstream, shutdown.clone());
+        aborts.push(routers.spawn(route_partition(
+            Arc::clone(&shared),
+            index,
+            batches,
+            receiver,
+            queues.clone(),
+            shutdown.clone(),
+        )));
+    }
+    drop(queues);
+    let housekeeping_done = CancellationToken::new();
+    let housekeeping = tokio::spawn(housekeeping(
+        Arc::clone(&shared),
+        checkpoint_interval,
+        housekeeping_done.clone(),
+    ));
+
+    let pipeline = async {
+        while routers.join_next().await.is_some() {}
+        // Routers held the last queue senders: the sinks now see their input close and flush.
+        while sink_tasks.join_next().await.is_some() {}
+        while tasks.join_next().await.is_some() {}
+    };
+    tokio::pin!(pipeline);
+    tokio::select! {
+        () = &mut pipeline => {}
+        () = shutdown.cancelled() => {
+            tracing::info!(timeout = ?drain_timeout, "shutting down: draining in-flight batches");
+            if tokio::time::timeout(drain_timeout, &mut pipeline).await.is_err() {
+                let pending = lock(&shared.in_flight).len();
+                tracing::warn!(
+                    pending,
+                    "drain timeout reached; uncommitted batches will be read again after a restart"
+                );
+                aborts.iter().for_each(AbortHandle::abort);
+            }
+        }
+    }
+    housekeeping_done.cancel();
+    let _ = housekeeping.await;
+    shared.write_checkpoints().await;
+    let summary = RunSummary {
+        events_routed: shared.metrics.events_routed(),
+        checkpoints: shared
+            .partitions
+            .iter()
+            .map(|p| {
+                let committed = lock(&p.progress).committed().map(|c| c.sequence_number);
+                (p.id.clone(), committed)
+            })
+            .collect(),
+    };
+    match lock(&shared.fatal).take() {
+        Some(problem) => Err(Error::EndpointStopped {
+            endpoint: "engine".to_owned(),
+            problem,
+        }),
+        None => Ok(summary),
+    }
+}
+
+/// Routes the batches of one partition until its receiver ends.
+async fn route_partition(
+    shared: Arc<Shared>,
+    partition: usize,
+    mut batches: mpsc::Receiver<SourceBatch>,
+    receiver: JoinHandle<Result<PartitionOutcome>>,
+    queues: Vec<mpsc::Sender<SinkBatch>>,
+    shutdown: CancellationToken,
+) {
+    let id = shared.partitions[partition].id.clone();
+    while let Some(batch) = batches.recv().await {
+        if let Err(error) = shared.route_batch(partition, batch, &queues).await {
+            shared.fail(format!("partition {id}: {error}"), &shutdown);
+            break;
+        }
+    }
+    drop(batches);
+    match receiver.await {
+        Ok(Ok(PartitionOutcome::Stopped | PartitionOutcome::DownstreamClosed)) => {}
+        Ok(Ok(PartitionOutcome::OwnershipLost { description })) => {
+            tracing::warn!(partition = %id, %description, "another reader took this partition");
+        }
+        Ok(Err(error)) => shared.fail(format!("partition {id}: {error}"), &shutdown),
+        Err(join) => shared.fail(format!("partition {id}: receiver task: {join}"), &shutdown),
+    }
+}
+
+impl Shared {
+    fn fail(&self, problem: String, shutdown: &CancellationToken) {
+        tracing::error!(%problem, "stopping the engine");
+        lock(&self.fatal).get_or_insert(problem);
+        shutdown.cancel();
+    }
+
+    fn table(&self) -> Arc<RoutingTable> {
+        Arc::clone(&self.table.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Routes one source batch and hands its rows to the endpoint queues.
+    async fn route_batch(
+        self: &Arc<Self>,
+        partition: usize,
+        source: SourceBatch,
+        queues: &[mpsc::Sender<SinkBatch>],
+    ) -> Result<()> {
+        let table = self.table();
+        let rows = source.batch.num_rows() as u64;
+        let batch = source.batch.clone();
+        let routing = Arc::clone(&table);
+        let (routed, parts) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let routed = routing.route(&batch)?;
+            let parts = routed
+                .rows
+                .iter()
+                .enumerate()
+                .filter(|(_, rows)| !rows.is_empty())
+                .map(|(endpoint, rows)| Ok((endpoint, routing.rows_for(endpoint, &batch, rows)?)))
+                .collect::<Result<Vec<_>>>()?;
+            Ok((routed, parts))
+        })
+        .await
+        .map_err(|join| Error::EndpointStopped {
+            endpoint: "router".to_owned(),
+            problem: format!("routing panicked: {join}"),
+        })??;
+
+        let metrics = &self.metrics;
+        metrics.events_routed.inc_by(rows);
+        metrics
+            .partition_events
+            .get_or_create(&partition_labels(&source.partition))
+            .inc_by(rows);
+        for (name, (matched, undefined)) in table
+            .route_names()
+            .zip(routed.matched.iter().zip(&routed.undefined))
+        {
+            metrics
+                .route_matched
+                .get_or_create(&route_labels(name))
+                .inc_by(*matched as u64);
+            metrics
+                .route_undefined
+                .get_or_create(&route_labels(name))
+                .inc_by(*undefined as u64);
+        }
+        metrics.fallback_matched.inc_by(routed.fallback as u64);
+        if let Ok(columns) = MessageColumns::try_new(&source.batch)
+            && let Some(newest) = columns.enqueued_time.iter().flatten().max()
+        {
+            let age_ms = chrono::Utc::now().timestamp_millis() - newest;
+            metrics
+                .partition_lag_seconds
+                .get_or_create(&partition_labels(&source.partition))
+                .set(age_ms.max(0) as f64 / 1000.0);
+        }
+
+        let position = Position {
+            sequence_number: source.last_sequence_number,
+            offset: source.last_offset.clone(),
+        };
+        let batch_id = lock(&self.partitions[partition].progress).push(position, parts.len());
+        for (endpoint, rows) in parts {
+            let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+            lock(&self.in_flight).insert(
+                ticket,
+                InFlight {
+                    partition,
+                    batch: batch_id,
+                    endpoint,
+                    rows: rows.clone(),
+                    routed_at: Instant::now(),
+                },
+            );
+            let state = &self.endpoints[endpoint];
+            let item = SinkBatch {
+                ticket,
+                batch: rows,
+            };
+            let stopped = |problem: &str| Error::EndpointStopped {
+                endpoint: state.name.clone(),
+                problem: problem.to_owned(),
+            };
+            match state.policy {
+                FullPolicy::Block => queues[endpoint]
+                    .send(item)
+                    .await
+                    .map_err(|_| stopped("its sink task ended"))?,
+                FullPolicy::DeadLetter => match queues[endpoint].try_send(item) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        return Err(stopped("its sink task ended"));
+                    }
+                    Err(mpsc::error::TrySendError::Full(item)) => {
+                        let failed: Vec<FailedRow> = (0..item.batch.num_rows())
+                            .map(|row| FailedRow {
+                                row,
+                                error: "endpoint queue full (full_policy = \"dead_letter\")"
+                                    .to_owned(),
+                            })
+                            .collect();
+                        self.settle(Ack { ticket, failed }).await;
+                    }
+                },
+            }
+        }
+        self.update_uncommitted(partition);
+        Ok(())
+    }
+
+    fn update_uncommitted(&self, partition: usize) {
+        let state = &self.partitions[partition];
+        let in_flight = lock(&state.progress).in_flight();
+        self.metrics
+            .partition_uncommitted_batches
+            .get_or_create(&partition_labels(&state.id))
+            .set(in_flight as i64);
+    }
+
+    /// Applies one ack: dead-letters its failed rows, updates metrics and health, and releases the
+    /// ticket from its partition's progress.
+    async fn settle(&self, ack: Ack) {
+        let Some(in_flight) = lock(&self.in_flight).remove(&ack.ticket) else {
+            tracing::warn!(
+                ticket = ack.ticket,
+                "an ack for an unknown ticket was ignored"
+            );
+            return;
+        };
+        let endpoint = &self.endpoints[in_flight.endpoint];
+        let labels = endpoint_labels(&endpoint.name);
+        let total = in_flight.rows.num_rows();
+        let failed = ack.failed.len();
+        if failed > 0 {
+            self.dead_letter(&endpoint.name, &in_flight.rows, &ack.failed)
+                .await;
+            self.metrics
+                .endpoint_failed
+                .get_or_create(&labels)
+                .inc_by(failed as u64);
+            self.metrics
+                .endpoint_dead_lettered
+                .get_or_create(&labels)
+                .inc_by(failed as u64);
+        }
+        let delivered = total - failed.min(total);
+        self.metrics
+            .endpoint_delivered
+            .get_or_create(&labels)
+            .inc_by(delivered as u64);
+        if delivered > 0 {
+            self.observe_commit_latency(&labels, &in_flight.rows, &ack.failed);
+        }
+        {
+            let mut health = lock(&endpoint.health);
+            let now = Instant::now();
+            match ack.failed.first() {
+                Some(first) if delivered == 0 => health.record_failure(now, &first.error),
+                _ => health.record_success(now),
+            }
+        }
+        lock(&self.partitions[in_flight.partition].progress).ack(in_flight.batch);
+        self.update_uncommitted(in_flight.partition);
+    }
+
+    fn observe_commit_latency(
+        &self,
+        labels: &metrics::Labels,
+        rows: &RecordBatch,
+        failed: &[FailedRow],
+    ) {
+        let Ok(columns) = MessageColumns::try_new(rows) else {
+            return;
+        };
+        let histogram = self.metrics.endpoint_commit_latency.get_or_create(labels);
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut failed_rows = failed.iter().map(|f| f.row).peekable();
+        for (row, enqueued) in columns.enqueued_time.iter().enumerate() {
+            if failed_rows.peek() == Some(&row) {
+                failed_rows.next();
+                continue;
+            }
+            if let Some(enqueued) = enqueued {
+                histogram.observe((now_ms - enqueued).max(0) as f64 / 1000.0);
+            }
+        }
+    }
+
+    /// Writes dead letters, retrying until the store takes them: the checkpoint must not move past
+    /// rows that are neither committed nor dead-lettered.
+    async fn dead_letter(&self, endpoint: &str, rows: &RecordBatch, failed: &[FailedRow]) {
+        let records = match DeadLetter::from_failed_rows(endpoint, None, rows, failed) {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::error!(%endpoint, %error, "cannot describe failed rows as dead letters");
+                return;
+            }
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.dead_letters.write(&records).await {
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::error!(%endpoint, %error, retry_in = ?backoff, "writing dead letters failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(DEAD_LETTER_MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Writes the checkpoints of every partition whose committed position moved.
+    async fn write_checkpoints(&self) {
+        for partition in &self.partitions {
+            let Some(position) = lock(&partition.progress).take_checkpoint() else {
+                continue;
+            };
+            let checkpoint = Checkpoint {
+                key: self.source.checkpoint_key(&partition.id),
+                offset: position.offset.clone(),
+                sequence_number: position.sequence_number,
+            };
+            match self.checkpoints.save(&checkpoint).await {
+                Ok(()) => {
+                    self.metrics
+                        .partition_checkpoint_sequence_number
+                        .get_or_create(&partition_labels(&partition.id))
+                        .set(position.sequence_number);
+                    tracing::debug!(partition = %partition.id, sequence_number = position.sequence_number, "checkpoint written");
+                }
+                Err(error) => {
+                    tracing::warn!(partition = %partition.id, %error, "writing a checkpoint failed; retrying at the next interval");
+                    lock(&partition.progress).restore_checkpoint(position);
+                }
+            }
+        }
+    }
+
+    /// Refreshes queue depths and health, and marks endpoints whose oldest batch is stalled.
+    fn refresh_endpoints(&self) {
+        let now = Instant::now();
+        let mut oldest: HashMap<usize, Instant> = HashMap::new();
+        for in_flight in lock(&self.in_flight).values() {
+            oldest
+                .entry(in_flight.endpoint)
+                .and_modify(|t| *t = (*t).min(in_flight.routed_at))
+                .or_insert(in_flight.routed_at);
+        }
+        for (index, endpoint) in self.endpoints.iter().enumerate() {
+            let labels = endpoint_labels(&endpoint.name);
+            let depth = endpoint
+                .queue
+                .upgrade()
+                .map_or(0, |q| q.max_capacity() - q.capacity());
+            self.metrics
+                .endpoint_queue_depth
+                .get_or_create(&labels)
+                .set(depth as i64);
+            let mut health = lock(&endpoint.health);
+            if let Some(since) = oldest.get(&index)
+                && now.saturating_duration_since(*since) >= self.stall_after
+            {
+                health.record_failure(
+                    now,
+                    &format!(
+                        "a batch has waited {:?} for a commit; the sink is retrying (see its log)",
+                        now.saturating_duration_since(*since)
+                    ),
+                );
+            }
+            let current = health.status(now);
+            for status in [
+                HealthStatus::Unknown,
+                HealthStatus::Healthy,
+                HealthStatus::Degraded,
+                HealthStatus::Unhealthy,
+                HealthStatus::Dead,
+            ] {
+                let mut labels = labels.clone();
+                labels.push(("status", status.as_str().to_owned()));
+                self.metrics
+                    .endpoint_health
+                    .get_or_create(&labels)
+                    .set(i64::from(status == current));
+            }
+        }
+    }
+
+    fn reload(&self) -> Result<()> {
+        let loaded = LoadedConfig::load(&self.config_path)?;
+        let table = RoutingTable::compile(&loaded)?;
+        let file = self.config_path.display().to_string();
+        {
+            let running = self.config.read().unwrap_or_else(PoisonError::into_inner);
+            let (old, new) = (&running.config, &loaded.config);
+            let unchanged = [
+                (old.source == new.source, "the source"),
+                (old.endpoints == new.endpoints, "the endpoints"),
+                (old.checkpoint == new.checkpoint, "the checkpoint settings"),
+                (
+                    old.dead_letters == new.dead_letters,
+                    "the dead-letter store",
+                ),
+                (old.service == new.service, "the service settings"),
+                (old.hub_name == new.hub_name, "hub_name"),
+            ];
+            if let Some((_, what)) = unchanged.iter().find(|(same, _)| !same) {
+                return Err(Error::ReloadNeedsRestart { file, what });
+            }
+        }
+        *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = loaded;
+        tracing::info!(%file, "configuration reloaded: new routes apply from the next batch");
+        Ok(())
+    }
+}
+
+/// Drains the acks of one endpoint until its sink is gone.
+async fn collect_acks(shared: Arc<Shared>, mut acks: mpsc::Receiver<Ack>) {
+    while let Some(ack) = acks.recv().await {
+        shared.settle(ack).await;
+    }
+}
+
+/// Writes checkpoints every `interval` and refreshes endpoint health every second, until `done`.
+async fn housekeeping(shared: Arc<Shared>, interval: Duration, done: CancellationToken) {
+    let mut checkpoints = tokio::time::interval(interval);
+    let mut refresh = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    loop {
+        tokio::select! {
+            () = done.cancelled() => return,
+            _ = checkpoints.tick() => shared.write_checkpoints().await,
+            _ = refresh.tick() => shared.refresh_endpoints(),
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! `hubroute quickstart`: the whole product on one machine with nothing installed.
+//!
+//! It starts the embedded Event Hubs emulator, a built-in webhook receiver and a simulated device
+//! fleet, writes an example configuration (hot temperatures to SQLite, everything to Parquet on
+//! local disk, high-severity messages to the webhook) and runs the real engine on it, showing a
+//! live progress line. After `--events N` are committed by every endpoint, or on Ctrl-C, it
+//! prints where the data landed and how to query it.
+
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use hubroute_emulator::simulate::{
+    Rate, Simulation, SimulationConfig, SimulationTarget, StopAfter,
+};
+use hubroute_emulator::{Emulator, EmulatorConfig};
+use hubroute_engine::config::LoadedConfig;
+use hubroute_engine::pipeline::RunningEngine;
+use hubroute_protocol::ConnectionString;
+use tokio::io::AsyncWriteExt as _;
+
+/// Routes of the example configuration, in the order the progress line shows them.
+const ROUTES: [&str; 3] = ["archive", "hot-temperature", "high-severity"];
+/// The SQLite table of hot-temperature alerts.
+const ALERTS_TABLE: &str = "hot_temperature";
+
+/// Arguments of `hubroute quickstart`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct QuickstartArgs {
+    /// Stop after this many events are committed by every endpoint (default: run until Ctrl-C).
+    #[arg(long)]
+    events: Option<u64>,
+    /// Simulated events per second across the fleet; 0 sends as fast as the emulator accepts.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Simulated devices.
+    #[arg(long, default_value = "100")]
+    devices: NonZeroU32,
+    /// Where the configuration, checkpoints and routed data are written.
+    #[arg(long, default_value = "hubroute-quickstart")]
+    dir: PathBuf,
+}
+
+pub(crate) fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Runtime::new()
+        .context("starting the async runtime")?
+        .block_on(quickstart(args))
+}
+
+async fn quickstart(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let dir = args
+        .dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", args.dir.display()))?;
+
+    let emulator = Emulator::start(EmulatorConfig {
+        amqp_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..EmulatorConfig::default()
+    })
+    .await
+    .context("starting the embedded emulator")?;
+    let connection_string = emulator.connection_string("hub");
+    let receiver = WebhookReceiver::start(dir.join("webhook.jsonl")).await?;
+    let config_path = dir.join("hubroute.toml");
+    std::fs::write(
+        &config_path,
+        example_config(&dir, &connection_string, receiver.addr),
+    )
+    .with_context(|| format!("writing {}", config_path.display()))?;
+    let loaded = LoadedConfig::load(&config_path)?;
+    let engine = RunningEngine::start(loaded).await?;
+
+    let simulation = Simulation::new(SimulationConfig {
+        target: SimulationTarget::Amqp {
+            connection_string: ConnectionString::parse(&connection_string)?,
+            partition: None,
+        },
+        devices: args.devices,
+        rate: NonZeroU32::new(args.rate).map_or(Rate::Max, Rate::PerSecond),
+        stop: args
+            .events
+            .map_or(StopAfter::Duration(Duration::MAX), StopAfter::Events),
+        seed: 0,
+        max_in_flight: 256,
+    });
+    let sent = simulation.progress();
+    let fleet = tokio::spawn(async move { simulation.run().await });
+    eprintln!(
+        "hubroute quickstart: emulator at {}, config {}, metrics http://{}/metrics; Ctrl-C to stop",
+        emulator.amqp_addr(),
+        config_path.display(),
+        engine.http_addr()
+    );
+
+    let started = Instant::now();
+    let interactive = std::io::stderr().is_terminal();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let stop = super::shutdown_signal();
+    tokio::pin!(stop);
+    let mut last_print = Instant::now();
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            _ = tick.tick() => {}
+        }
+        let committed = committed_events(&engine);
+        let line = progress_line(&engine, committed, sent.sent(), &receiver, started);
+        if interactive {
+            eprint!("\r{line}\x1b[K");
+        } else if last_print.elapsed() >= Duration::from_secs(5) {
+            eprintln!("{line}");
+            last_print = Instant::now();
+        }
+        if engine.is_finished() {
+            break;
+        }
+        if args.events.is_some_and(|n| committed >= n) {
+            break;
+        }
+    }
+    if interactive {
+        eprintln!();
+    }
+    fleet.abort();
+    let summary = engine.shutdown().await?;
+    emulator.shutdown().await.context("stopping the emulator")?;
+    let delivered_to_hook = receiver.received.load(Ordering::Relaxed);
+    print_summary(&dir, &config_path, summary.events_routed, delivered_to_hook);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Events below every partition's committed position (sequence numbers start at 0).
+fn committed_events(engine: &RunningEngine) -> u64 {
+    engine
+        .committed_positions()
+        .iter()
+        .filter_map(|(_, committed)| *committed)
+        .map(|sequence_number| u64::try_from(sequence_number + 1).unwrap_or(0))
+        .sum()
+}
+
+fn progress_line(
+    engine: &RunningEngine,
+    committed: u64,
+    sent: u64,
+    receiver: &WebhookReceiver,
+    started: Instant,
+) -> String {
+    let metrics = engine.metrics();
+    let routed = metrics.events_routed();
+    let rate = routed as f64 / started.elapsed().as_secs_f64().max(0.001);
+    let routes: Vec<String> = ROUTES
+        .iter()
+        .map(|r| format!("{r} {}", metrics.route_matched(r)))
+        .collect();
+    let health: Vec<String> = engine
+        .endpoint_health()
+        .iter()
+        .map(|(name, status)| format!("{name} {}", status.as_str()))
+        .collect();
+    format!(
+        "sent {sent} | routed {routed} ({rate:.0}/s) | committed {committed} (lag {}) | {} | {} | webhook got {}",
+        routed.saturating_sub(committed),
+        routes.join(", "),
+        health.join(", "),
+        receiver.received.load(Ordering::Relaxed),
+    )
+}
+
+fn print_summary(dir: &Path, config: &Path, routed: u64, webhook: u64) {
+    let lake = dir.join("lake");
+    let files = count_files(&lake, "parquet");
+    let db = dir.join("alerts.db");
+    println!("routed {routed} events; the data landed in:");
+    println!(
+        "  Parquet (route archive):      {} ({files} files)",
+        lake.display()
+    );
+    println!(
+        "      query: duckdb -c \"SELECT count(*) FROM '{}/**/*.parquet'\"",
+        lake.display()
+    );
+    println!(
+        "  SQLite (route hot-temperature): {} table {ALERTS_TABLE}",
+        db.display()
+    );
+    println!(
+        "      query: sqlite3 {} \"SELECT count(*), max(body) FROM {ALERTS_TABLE}\"",
+        db.display()
+    );
+    println!(
+        "  Webhook (route high-severity): {webhook} messages, saved to {}",
+        dir.join("webhook.jsonl").display()
+    );
+    println!(
+        "  checkpoints: {}; dead letters: {}",
+        dir.join("checkpoints").display(),
+        dir.join("dead-letters").display()
+    );
+    println!(
+        "run the same routes against your own hub: edit {} and `hubroute run --config {}`",
+        config.display(),
+        config.display()
+    );
+}
+
+fn count_files(dir: &Path, extension: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| {
+            let path = entry.path();
+            if path.is_dir() {
+                count_files(&path, extension)
+            } else {
+                usize::from(path.extension().is_some_and(|e| e == extension))
+            }
+        })
+        .sum()
+}
+
+/// The example configuration, pointing at the embedded emulator and the built-in receiver.
+fn example_config(dir: &Path, connection_string: &str, webhook: SocketAddr) -> String {
+    let dir = dir.display();
+    format!(
+        r#"# Written by `hubroute quickstart`: the embedded emulator, three routes, three kinds of sink.
+hub_name = "quickstart-hub"
+
+[source]
+connection_string = "{connection_string}"
+start = "earliest"
+
+[checkpoint]
+dir = "{dir}/checkpoints"
+interval = "1s"
+
+[dead_letters]
+store = {{ kind = "local", root = "{dir}" }}
+
+[service]
+listen = "127.0.0.1:0"
+drain_timeout = "10s"
+
+[[endpoints]]
+sink = {{ type = "parquet", name = "lake", store = {{ kind = "local", root = "{dir}/lake" }}, max_file_age = "5s" }}
+
+[[endpoints]]
+sink = {{ type = "sqlite", name = "alerts-db", path = "{dir}/alerts.db", table = {{ name = "{ALERTS_TABLE}" }} }}
+
+[[endpoints]]
+sink = {{ type = "webhook", name = "alerts-hook", url = "http://{webhook}/alerts", linger = "50ms" }}
+
+[[routes]]
+name = "archive"
+condition = "true"
+endpoint = "lake"
+
+[[routes]]
+name = "hot-temperature"
+condition = "$body.temperature > 30"
+endpoint = "alerts-db"
+
+[[routes]]
+name = "high-severity"
+condition = "severity = 'high'"
+endpoint = "alerts-hook"
+
+[[enrichments]]
+key = "hub"
+value = "$iothubname"
+endpoints = ["alerts-hook"]
+"#
+    )
+}
+
+/// The built-in webhook endpoint: counts the messages of every JSON array POSTed to it and appends
+/// them, one per line, to a file.
+struct WebhookReceiver {
+    addr: SocketAddr,
+    received: Arc<AtomicU64>,
+}
+
+impl WebhookReceiver {
+    async fn start(path: PathBuf) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .context("starting the built-in webhook receiver")?;
+        let addr = listener.local_addr()?;
+        let file = tokio::fs::File::create(&path)
+            .await
+            .with_context(|| format!("creating {}", path.display()))?;
+        let file = Arc::new(tokio::sync::Mutex::new(file));
+        let received = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&received);
+        let app = axum::Router::new().route(
+            "/alerts",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let file = Arc::clone(&file);
+                let counter = Arc::clone(&counter);
+                async move {
+                    let Ok(events) = serde_json::from_slice::<Vec<serde_json::Value>>(&body) else {
+                        return axum::http::StatusCode::BAD_REQUEST;
+                    };
+                    let mut lines = Vec::new();
+                    for event in &events {
+                        lines.extend_from_slice(event.to_string().as_bytes());
+                        lines.push(b'\n');
+                    }
+                    if file.lock().await.write_all(&lines).await.is_err() {
+                        return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    counter.fetch_add(events.len() as u64, Ordering::Relaxed);
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::warn!(%error, "the built-in webhook receiver stopped");
+            }
+        });
+        Ok(Self { addr, received })
+    }
+}

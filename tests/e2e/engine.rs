@@ -1,0 +1,766 @@
+//! End-to-end tests of the routing engine as a service: the emulator feeds simulated device
+//! telemetry, the engine routes it into real sinks (Parquet on local disk, PostgreSQL, an HTTP
+//! webhook server in this test), and every count is checked against an independent computation
+//! of IoT Hub's routing decisions over the same deterministic messages.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray};
+use hubroute_emulator::simulate::{
+    DeviceMessage, Rate, Simulation, SimulationConfig, SimulationTarget, StopAfter,
+    TelemetryGenerator,
+};
+use hubroute_emulator::{Emulator, EmulatorConfig, RunningEmulator};
+use hubroute_engine::config::LoadedConfig;
+use hubroute_engine::pipeline::RunningEngine;
+use hubroute_protocol::ConnectionString;
+
+const DEVICES: u32 = 50;
+
+/// The HTTP endpoint of the webhook routes: records every message it accepts and can be told to
+/// hang (a stalled sink) until released.
+#[derive(Clone)]
+struct Hook {
+    addr: SocketAddr,
+    received: Arc<Mutex<Vec<serde_json::Value>>>,
+    stalled: Arc<AtomicBool>,
+}
+
+impl Hook {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hook = Self {
+            addr: listener.local_addr().unwrap(),
+            received: Arc::default(),
+            stalled: Arc::default(),
+        };
+        let state = hook.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let state = state.clone();
+                async move {
+                    while state.stalled.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    let events: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+                    state.received.lock().unwrap().extend(events);
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        hook
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    fn message_ids(&self) -> Vec<String> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                e["systemProperties"]["messageId"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+}
+
+async fn emulator() -> RunningEmulator {
+    Emulator::start(EmulatorConfig {
+        amqp_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..EmulatorConfig::default()
+    })
+    .await
+    .expect("the emulator starts")
+}
+
+/// Sends `events` simulated device messages (seed 7, [`DEVICES`] devices) at full speed.
+async fn simulate(emulator: &RunningEmulator, events: u64) {
+    let report = Simulation::new(SimulationConfig {
+        target: SimulationTarget::Amqp {
+            connection_string: ConnectionString::parse(&emulator.connection_string("hub")).unwrap(),
+            partition: None,
+        },
+        devices: NonZeroU32::new(DEVICES).unwrap(),
+        rate: Rate::Max,
+        stop: StopAfter::Events(events),
+        seed: 7,
+        max_in_flight: 256,
+    })
+    .run()
+    .await
+    .expect("the simulation runs");
+    assert_eq!((report.sent, report.errors), (events, 0));
+}
+
+/// The same messages the simulation sends, generated again for the independent computation.
+fn messages(events: u64) -> Vec<(DeviceMessage, serde_json::Value)> {
+    let mut generator = TelemetryGenerator::new(7, NonZeroU32::new(DEVICES).unwrap());
+    (0..events)
+        .map(|_| {
+            let message = generator.next_message();
+            let body = serde_json::from_slice(&message.body).unwrap();
+            (message, body)
+        })
+        .collect()
+}
+
+fn property<'a>(message: &'a DeviceMessage, name: &str) -> Option<&'a str> {
+    message
+        .properties
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn ids(selected: impl Iterator<Item = String>) -> BTreeSet<String> {
+    selected.collect()
+}
+
+fn load(dir: &Path, text: &str) -> LoadedConfig {
+    let path = dir.join("hubroute.toml");
+    std::fs::write(&path, text).unwrap();
+    LoadedConfig::load(&path).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// Committed events over all partitions (sequence numbers start at 0).
+fn committed(engine: &RunningEngine) -> u64 {
+    engine
+        .committed_positions()
+        .iter()
+        .filter_map(|(_, c)| *c)
+        .map(|c| u64::try_from(c + 1).unwrap())
+        .sum()
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < timeout,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `message_id` of every row of every Parquet file under `dir`.
+fn parquet_message_ids(dir: &Path) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                let file = std::fs::File::open(&path).unwrap();
+                let reader =
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                        .unwrap()
+                        .build()
+                        .unwrap();
+                for batch in reader {
+                    let batch = batch.unwrap();
+                    let column = batch
+                        .column_by_name("message_id")
+                        .unwrap()
+                        .as_string::<i32>();
+                    ids.extend((0..column.len()).map(|i| column.value(i).to_owned()));
+                }
+            }
+        }
+    }
+    ids
+}
+
+async fn postgres() -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=test",
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("PostgreSQL at 127.0.0.1:5432 (user postgres, database test): run .ci/test");
+    tokio::spawn(connection);
+    client
+}
+
+async fn pg_message_ids(client: &tokio_postgres::Client, table: &str) -> Vec<String> {
+    client
+        .query(&format!("SELECT message_id FROM \"{table}\""), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+fn unique_table(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The realistic route set of the main test; `{…}` placeholders are filled per test.
+fn routing_config(dir: &Path, connection_string: &str, table: &str, hook: &str) -> String {
+    let dir = dir.display();
+    format!(
+        r#"
+hub_name = "plant-hub"
+
+[source]
+connection_string = "{connection_string}"
+batch_max_rows = 512
+batch_linger = "10ms"
+
+[checkpoint]
+dir = "{dir}/checkpoints"
+interval = "200ms"
+
+[dead_letters]
+store = {{ kind = "local", root = "{dir}" }}
+
+[service]
+listen = "127.0.0.1:0"
+
+[[endpoints]]
+sink = {{ type = "parquet", name = "lake", store = {{ kind = "local", root = "{dir}/lake" }}, max_file_age = "300ms" }}
+
+[[endpoints]]
+queue_capacity = 4
+sink = {{ type = "postgres", name = "alerts-db", dbname = "test", linger = "10ms", table = {{ name = "{table}", columns = [{{ name = "message_id", source = "message_id", type = "text" }}, {{ name = "temperature", source = "$.temperature", type = "double" }}] }} }}
+
+[[endpoints]]
+sink = {{ type = "webhook", name = "ops-hook", url = "{hook}", linger = "10ms" }}
+
+# Hot readings and alarms both go to the database: a message matching both lands there once.
+[[routes]]
+name = "hot"
+condition = "$body.temperature > 30"
+endpoint = "alerts-db"
+
+[[routes]]
+name = "alarms"
+condition = "$body.status = 'alarm'"
+endpoint = "alerts-db"
+
+[[routes]]
+name = "high-severity"
+condition = "severity = 'high'"
+endpoint = "ops-hook"
+
+[[routes]]
+name = "line-one"
+condition = "$body.location.line = 'line-1'"
+endpoint = "lake"
+
+[[routes]]
+name = "disabled"
+condition = "true"
+endpoint = "ops-hook"
+enabled = false
+
+[fallback]
+endpoint = "lake"
+
+[[enrichments]]
+key = "hub"
+value = "$iothubname"
+endpoints = ["ops-hook"]
+
+[[enrichments]]
+key = "site"
+value = "$twin.tags.site"
+endpoints = ["ops-hook"]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_messages_reach_exactly_the_endpoints_iot_hub_would_choose() {
+    const EVENTS: u64 = 4000;
+    let emulator = emulator().await;
+    let hook = Hook::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let table = unique_table("routed");
+    let loaded = load(
+        dir.path(),
+        &routing_config(
+            dir.path(),
+            &emulator.connection_string("hub"),
+            &table,
+            &hook.url(),
+        ),
+    );
+    let engine = RunningEngine::start(loaded)
+        .await
+        .expect("the engine starts");
+    simulate(&emulator, EVENTS).await;
+    wait_until("every event is committed", Duration::from_secs(60), || {
+        committed(&engine) == EVENTS
+    })
+    .await;
+
+    // The independent computation: IoT Hub's semantics written out by hand.
+    let all = messages(EVENTS);
+    let hot = |b: &serde_json::Value| b["temperature"].as_f64().unwrap() > 30.0;
+    let alarm = |b: &serde_json::Value| b["status"] == "alarm";
+    let high = |m: &DeviceMessage| property(m, "severity") == Some("high");
+    let line_one = |b: &serde_json::Value| b["location"]["line"] == "line-1";
+    let expected_db = ids(all
+        .iter()
+        .filter(|(_, b)| hot(b) || alarm(b))
+        .map(|(m, _)| m.message_id.clone()));
+    let expected_hook = ids(all
+        .iter()
+        .filter(|(m, _)| high(m))
+        .map(|(m, _)| m.message_id.clone()));
+    let matched_none = |(m, b): &&(DeviceMessage, serde_json::Value)| {
+        !(hot(b) || alarm(b) || high(m) || line_one(b))
+    };
+    let expected_lake = ids(all
+        .iter()
+        .filter(|(_, b)| line_one(b))
+        .chain(all.iter().filter(matched_none))
+        .map(|(m, _)| m.message_id.clone()));
+    assert!(expected_db.len() > 100 && expected_hook.len() > 20 && expected_lake.len() > 1000);
+
+    let metrics = reqwest::get(format!("http://{}/metrics", engine.http_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let routes: serde_json::Value = reqwest::get(format!("http://{}/routes", engine.http_addr()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let health = reqwest::get(format!("http://{}/healthz", engine.http_addr()))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let summary = engine.shutdown().await.expect("a clean shutdown");
+    assert_eq!(summary.events_routed, EVENTS);
+
+    let pg = postgres().await;
+    let db_rows = pg_message_ids(&pg, &table).await;
+    assert_eq!(
+        db_rows.len(),
+        expected_db.len(),
+        "one row per message, deduplicated"
+    );
+    assert_eq!(ids(db_rows.into_iter()), expected_db);
+    let hook_ids = hook.message_ids();
+    assert_eq!(hook_ids.len(), expected_hook.len());
+    assert_eq!(ids(hook_ids.into_iter()), expected_hook);
+    let lake_ids = parquet_message_ids(&dir.path().join("lake"));
+    assert_eq!(lake_ids.len(), expected_lake.len());
+    assert_eq!(ids(lake_ids.into_iter()), expected_lake);
+
+    for event in hook.received.lock().unwrap().iter() {
+        assert_eq!(event["properties"]["hub"], "plant-hub");
+        assert_eq!(
+            event["properties"]["site"], "$twin.tags.site",
+            "without twin state the literal is kept, as IoT Hub does"
+        );
+        assert_eq!(event["properties"]["severity"], "high");
+    }
+    let fallback = all.iter().filter(matched_none).count();
+    for line in [
+        format!(
+            "hubroute_route_matched_total{{route=\"high-severity\"}} {}",
+            expected_hook.len()
+        ),
+        format!("hubroute_fallback_matched_total {fallback}"),
+        "hubroute_route_matched_total{route=\"disabled\"} 0".to_owned(),
+        format!("hubroute_events_routed_total {EVENTS}"),
+    ] {
+        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    }
+    assert!(metrics.contains("hubroute_endpoint_commit_latency_seconds_bucket{"));
+    assert_eq!(routes["routes"].as_array().unwrap().len(), 5);
+    assert_eq!(routes["endpoints"][1]["name"], "alerts-db");
+    assert_eq!(routes["endpoints"][1]["status"], "healthy");
+    pg.execute(&format!("DROP TABLE \"{table}\""), &[])
+        .await
+        .unwrap();
+    emulator.shutdown().await.unwrap();
+}
+
+fn single_hook_config(dir: &Path, connection_string: &str, hook: &str, condition: &str) -> String {
+    let dir = dir.display();
+    format!(
+        r#"
+[source]
+connection_string = "{connection_string}"
+prefetch = 64
+batch_max_rows = 64
+batch_linger = "5ms"
+
+[checkpoint]
+dir = "{dir}/checkpoints"
+interval = "100ms"
+
+[service]
+listen = "127.0.0.1:0"
+stall_after = "300ms"
+
+[[endpoints]]
+queue_capacity = 2
+sink = {{ type = "webhook", name = "hook", url = "{hook}", linger = "5ms", max_batch_events = 64, max_in_flight = 1 }}
+
+[[routes]]
+name = "selected"
+condition = "{condition}"
+endpoint = "hook"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_sink_holds_back_the_source_and_nothing_is_lost_when_it_recovers() {
+    const EVENTS: u64 = 5000;
+    let emulator = emulator().await;
+    simulate(&emulator, EVENTS).await;
+    let hook = Hook::start().await;
+    hook.stalled.store(true, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = load(
+        dir.path(),
+        &single_hook_config(
+            dir.path(),
+            &emulator.connection_string("hub"),
+            &hook.url(),
+            "true",
+        ),
+    );
+    let engine = RunningEngine::start(loaded).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let held = engine.metrics().events_routed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let still_held = engine.metrics().events_routed();
+    // Per partition at most: the batch in the sink, the queue (2), the router's batch, the source
+    // channel (2) and the receiver's partial batch, 64 rows each, plus 64 prefetched events.
+    let bound = 4 * (7 * 64 + 64);
+    assert!(held > 0, "routing started");
+    assert_eq!(held, still_held, "a stalled sink stops the source");
+    assert!(
+        held <= bound,
+        "{held} events routed while stalled, bound {bound}"
+    );
+    let health: serde_json::Value = reqwest::get(format!("http://{}/routes", engine.http_addr()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["endpoints"][0]["status"], "unhealthy", "{health}");
+    assert_eq!(committed(&engine), 0);
+
+    hook.stalled.store(false, Ordering::SeqCst);
+    wait_until("every event is committed", Duration::from_secs(60), || {
+        committed(&engine) == EVENTS
+    })
+    .await;
+    engine.shutdown().await.unwrap();
+    let received = hook.message_ids();
+    assert_eq!(
+        ids(received.iter().cloned()).len(),
+        EVENTS as usize,
+        "no loss"
+    );
+    emulator.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_under_traffic_switches_routes_between_batches() {
+    const EVENTS: u64 = 6000;
+    let emulator = emulator().await;
+    let hook = Hook::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let connection_string = emulator.connection_string("hub");
+    let config = |condition: &str| {
+        single_hook_config(dir.path(), &connection_string, &hook.url(), condition)
+    };
+    let loaded = load(dir.path(), &config("severity = 'high'"));
+    let engine = RunningEngine::start(loaded).await.unwrap();
+    let reloader = engine.reloader();
+    let sender = tokio::spawn({
+        let connection_string = connection_string.clone();
+        async move {
+            Simulation::new(SimulationConfig {
+                target: SimulationTarget::Amqp {
+                    connection_string: ConnectionString::parse(&connection_string).unwrap(),
+                    partition: None,
+                },
+                devices: NonZeroU32::new(DEVICES).unwrap(),
+                rate: Rate::PerSecond(NonZeroU32::new(3000).unwrap()),
+                stop: StopAfter::Events(EVENTS),
+                seed: 7,
+                max_in_flight: 64,
+            })
+            .run()
+            .await
+            .unwrap()
+        }
+    });
+    wait_until("traffic flows", Duration::from_secs(30), || {
+        engine.metrics().events_routed() > EVENTS / 3
+    })
+    .await;
+    std::fs::write(reloader.path(), config("severity = = 'x'")).unwrap();
+    let rejected = reloader.reload().unwrap_err().to_string();
+    assert!(rejected.contains("does not compile"), "{rejected}");
+    std::fs::write(reloader.path(), config("severity = 'medium'")).unwrap();
+    reloader.reload().expect("a valid reload applies");
+    assert_eq!(sender.await.unwrap().sent, EVENTS);
+    wait_until("every event is committed", Duration::from_secs(60), || {
+        committed(&engine) == EVENTS
+    })
+    .await;
+    engine.shutdown().await.unwrap();
+
+    // Per partition, messages before one switch point were routed by the old condition and all
+    // after it by the new one: no gap, no message routed by a mix.
+    let severity: HashMap<String, String> = messages(EVENTS)
+        .into_iter()
+        .map(|(m, _)| {
+            let severity = property(&m, "severity").unwrap().to_owned();
+            (m.message_id, severity)
+        })
+        .collect();
+    let mut per_partition: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+    for event in hook.received.lock().unwrap().iter() {
+        per_partition
+            .entry(event["partition"].as_str().unwrap().to_owned())
+            .or_default()
+            .push((
+                event["sequenceNumber"].as_i64().unwrap(),
+                severity[event["systemProperties"]["messageId"].as_str().unwrap()].clone(),
+            ));
+    }
+    let partitions = per_partition.len();
+    assert_eq!(partitions, 4);
+    let mut medium_seen = 0;
+    for (partition, mut delivered) in per_partition {
+        delivered.sort();
+        let switch = delivered
+            .iter()
+            .position(|(_, s)| s == "medium")
+            .unwrap_or(delivered.len());
+        assert!(
+            delivered[..switch].iter().all(|(_, s)| s == "high")
+                && delivered[switch..].iter().all(|(_, s)| s == "medium"),
+            "partition {partition}: old and new routes interleave: {delivered:?}"
+        );
+        medium_seen += delivered.len() - switch;
+    }
+    assert!(medium_seen > 0, "the new route applied");
+    emulator.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_engine_restarts_from_its_checkpoints_and_loses_nothing() {
+    const EVENTS: u64 = 20_000;
+    let emulator = emulator().await;
+    simulate(&emulator, EVENTS).await;
+    let hook = Hook::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let table = unique_table("killed");
+    let config = routing_config(
+        dir.path(),
+        &emulator.connection_string("hub"),
+        &table,
+        &hook.url(),
+    )
+    .replace("[[routes]]\nname = \"hot\"", "[[routes]]\nname = \"everything\"\ncondition = \"true\"\nendpoint = \"lake\"\n\n[[routes]]\nname = \"hot\"");
+    let path = dir.path().join("hubroute.toml");
+    std::fs::write(&path, config).unwrap();
+    let spawn = || {
+        crate::support::hubroute()
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("hubroute run starts")
+    };
+    let pg = postgres().await;
+    let count = || async {
+        pg.query_one(&format!("SELECT count(*) FROM \"{table}\""), &[])
+            .await
+            .map(|row| row.get::<_, i64>(0))
+            .unwrap_or(0)
+    };
+    let mut first = spawn();
+    let started = Instant::now();
+    while count().await < 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no rows arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill().expect("SIGKILL");
+    first.wait().unwrap();
+    let at_kill = count().await;
+
+    let mut second = spawn();
+    let expected_db = ids(messages(EVENTS)
+        .iter()
+        .filter(|(_, b)| b["temperature"].as_f64().unwrap() > 30.0 || b["status"] == "alarm")
+        .map(|(m, _)| m.message_id.clone()));
+    assert!(
+        at_kill < i64::try_from(expected_db.len()).unwrap(),
+        "killed mid-stream"
+    );
+    let started = Instant::now();
+    while count().await < i64::try_from(expected_db.len()).unwrap() {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the restart does not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lake_dir = dir.path().join("lake");
+    let started = Instant::now();
+    while ids(parquet_message_ids(&lake_dir).into_iter()).len() < EVENTS as usize {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the lake does not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let terminated = std::process::Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+    let status = second.wait().unwrap();
+    assert!(status.success(), "a graceful stop exits 0: {status}");
+
+    let db_rows = pg_message_ids(&pg, &table).await;
+    assert_eq!(
+        db_rows.len(),
+        expected_db.len(),
+        "PostgreSQL is idempotent: no duplicate"
+    );
+    assert_eq!(ids(db_rows.into_iter()), expected_db);
+    let lake = parquet_message_ids(&lake_dir);
+    assert_eq!(
+        ids(lake.iter().cloned()).len(),
+        EVENTS as usize,
+        "every message at least once"
+    );
+    let hook_ids = ids(hook.message_ids().into_iter());
+    let expected_hook = messages(EVENTS)
+        .iter()
+        .filter(|(m, _)| property(m, "severity") == Some("high"))
+        .count();
+    assert_eq!(
+        hook_ids.len(),
+        expected_hook,
+        "the webhook saw every alarm at least once"
+    );
+    pg.execute(&format!("DROP TABLE \"{table}\""), &[])
+        .await
+        .unwrap();
+    emulator.shutdown().await.unwrap();
+}
+
+#[test]
+fn route_test_with_a_config_names_the_routes_and_endpoints_a_message_reaches() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = routing_config(
+        dir.path(),
+        "Endpoint=sb://127.0.0.1:5673/;SharedAccessKeyName=k;SharedAccessKey=a2V5;EntityPath=hub",
+        "t",
+        "http://127.0.0.1:9/hook",
+    );
+    let path = dir.path().join("hubroute.toml");
+    std::fs::write(&path, config).unwrap();
+    let cases = [
+        (
+            r#"{"body":{"temperature":31,"status":"alarm","location":{"line":"line-1"}},
+                "appProperties":{"severity":"high"},
+                "systemProperties":{"contentType":"application/json","contentEncoding":"utf-8"}}"#,
+            "routes: hot, alarms, high-severity, line-one\nfallback: no\nendpoints: lake, alerts-db, ops-hook\n",
+        ),
+        (
+            r#"{"body":{"temperature":20},"systemProperties":{"contentType":"application/json","contentEncoding":"utf-8"}}"#,
+            "routes: (none)\nfallback: yes\nendpoints: lake\n",
+        ),
+        (
+            r#"{"body":{"temperature":40}}"#,
+            "routes: (none)\nfallback: yes\nendpoints: lake\n",
+        ),
+    ];
+    for (message, expected) in cases {
+        let file = dir.path().join("message.json");
+        std::fs::write(&file, message).unwrap();
+        let output = crate::support::hubroute()
+            .args(["route", "test", "--config"])
+            .arg(&path)
+            .arg("--message")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            expected,
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn quickstart_routes_live_and_reports_where_the_data_landed() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = crate::support::hubroute()
+        .args(["quickstart", "--events", "3000", "--rate", "0", "--dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("routed 3000 events"), "{stdout}");
+    assert_eq!(parquet_message_ids(&dir.path().join("lake")).len(), 3000);
+    let hook_lines = std::fs::read_to_string(dir.path().join("webhook.jsonl")).unwrap();
+    let high = messages_of_quickstart(3000)
+        .iter()
+        .filter(|m| property(m, "severity") == Some("high"))
+        .count();
+    assert_eq!(hook_lines.lines().count(), high);
+    assert!(stdout.contains(&format!("Webhook (route high-severity): {high} messages")));
+}
+
+/// The quickstart's fleet: seed 0, 100 devices.
+fn messages_of_quickstart(events: u64) -> Vec<DeviceMessage> {
+    let mut generator = TelemetryGenerator::new(0, NonZeroU32::new(100).unwrap());
+    (0..events).map(|_| generator.next_message()).collect()
+}
