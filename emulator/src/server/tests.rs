@@ -1,5 +1,6 @@
 //! The emulator through real fe2o3-amqp client links over loopback: TLS, CBS, authorisation, link
-//! credit, owner levels and the receiver limit, each as Event Hubs behaves.
+//! credit, owner levels and the receiver limit, each as Event Hubs behaves; and bad input (garbage
+//! bytes, unknown addresses, bad filters, oversize messages) answered with an AMQP error, never a crash.
 
 use fe2o3_amqp::connection::{Connection, ConnectionHandle};
 use fe2o3_amqp::sasl_profile::SaslProfile;
@@ -282,6 +283,142 @@ async fn a_sixth_receiver_without_owner_level_is_refused_and_an_owner_steals_the
         );
     }
     owner.close().await.unwrap();
+    session.end().await.unwrap();
+    connection.close().await.unwrap();
+    emulator.shutdown().await.unwrap();
+}
+
+/// Attaches a receiver to `address` with `filter` as its selector filter and returns the error the
+/// emulator answers with (the attach itself, or the first receive after it).
+async fn refusal(session: &mut SessionHandle<()>, address: &str, filter: Option<&str>) -> String {
+    let mut source = fe2o3_amqp_types::messaging::Source::builder().address(address);
+    if let Some(filter) = filter {
+        source = source.add_to_filter(
+            Symbol::from(hubroute_protocol::link::SELECTOR_FILTER_KEY),
+            serde_amqp::described::Described {
+                descriptor: serde_amqp::descriptor::Descriptor::Code(
+                    hubroute_protocol::link::SELECTOR_FILTER_CODE,
+                ),
+                value: Value::String(filter.to_owned()),
+            },
+        );
+    }
+    let attached = fe2o3_amqp::Receiver::builder()
+        .name(format!("bad-{}", uuid::Uuid::new_v4()))
+        .source(source.build())
+        .attach(session)
+        .await;
+    match attached {
+        Err(error) => format!("{error:?}"),
+        Ok(mut receiver) => {
+            let received = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                receiver.recv::<Body<Value>>(),
+            )
+            .await
+            .expect("the refusal arrives within 5 s");
+            format!(
+                "{:?}",
+                received.expect_err("no delivery from a refused link")
+            )
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_an_amqp_error_and_the_emulator_keeps_serving() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let emulator = Emulator::start(emulator_config()).await.unwrap();
+    publish_n(&emulator, "0", 1);
+
+    let mut garbage = tokio::net::TcpStream::connect(emulator.amqp_addr())
+        .await
+        .unwrap();
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        garbage.read_to_end(&mut answer),
+    )
+    .await
+    .expect("a non-AMQP peer is disconnected")
+    .ok();
+    assert!(
+        answer.is_empty() || answer.starts_with(b"AMQP"),
+        "at most a protocol header comes back: {answer:?}"
+    );
+
+    // SASL PLAIN with the root key authorises the whole namespace, so an unknown hub is not-found.
+    let mut connection = Connection::builder()
+        .container_id("bad-input")
+        .sasl_profile(SaslProfile::Plain {
+            username: crate::DEFAULT_KEY_NAME.to_owned(),
+            password: crate::DEFAULT_KEY_VALUE.to_owned(),
+        })
+        .open(format!("amqp://{}", emulator.amqp_addr()).as_str())
+        .await
+        .unwrap();
+    let mut session = Session::begin(&mut connection).await.unwrap();
+    let cases = [
+        (
+            "nohub/ConsumerGroups/$Default/Partitions/0",
+            None,
+            "not-found",
+        ),
+        (
+            "hub/ConsumerGroups/$Default/Partitions/9",
+            None,
+            "not-found",
+        ),
+        (
+            PARTITION_0,
+            Some("amqp.annotation.x-opt-offset > "),
+            "argument",
+        ),
+        (
+            PARTITION_0,
+            Some("amqp.annotation.x-opt-color = 'red'"),
+            "argument",
+        ),
+    ];
+    for (address, filter, expected) in cases {
+        let error = refusal(&mut session, address, filter).await;
+        let normalised = error.to_lowercase().replace(['-', '_'], "");
+        assert!(
+            normalised.contains(&expected.replace('-', "")),
+            "{address} {filter:?}: {error}"
+        );
+    }
+
+    let mut sender = fe2o3_amqp::Sender::attach(&mut session, "oversize", "hub/Partitions/1")
+        .await
+        .unwrap();
+    let outcome = sender
+        .send(
+            fe2o3_amqp_types::messaging::Message::builder()
+                .data(fe2o3_amqp_types::primitives::Binary::from(vec![
+                    0u8;
+                    1024 * 1024
+                        + 1
+                ]))
+                .build(),
+        )
+        .await;
+    let outcome = format!("{outcome:?}")
+        .to_lowercase()
+        .replace(['-', '_'], "");
+    assert!(outcome.contains("messagesizeexceeded"), "{outcome}");
+
+    let mut receiver = fe2o3_amqp::Receiver::attach(&mut session, "still-serving", PARTITION_0)
+        .await
+        .unwrap();
+    let delivery = receiver.recv::<Body<Value>>().await.unwrap();
+    assert!(matches!(delivery.body(), Body::Data(_)));
+    receiver.close().await.unwrap();
     session.end().await.unwrap();
     connection.close().await.unwrap();
     emulator.shutdown().await.unwrap();
