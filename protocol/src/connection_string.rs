@@ -151,12 +151,13 @@ impl ConnectionString {
         !self.use_development_emulator
     }
 
-    /// The port to connect to: the given one in emulator mode, else 5671 (TLS).
+    /// The port to connect to: the one in `Endpoint` if given (a private endpoint, a TLS proxy, the
+    /// emulator), else 5672 in emulator mode and 5671 (TLS) otherwise.
     pub fn effective_port(&self) -> u16 {
         match (self.use_development_emulator, self.port) {
-            (true, Some(port)) => port,
+            (_, Some(port)) => port,
             (true, None) => AMQP_PORT,
-            (false, _) => AMQPS_PORT,
+            (false, None) => AMQPS_PORT,
         }
     }
 
@@ -195,6 +196,12 @@ mod tests {
         assert!(!cs.uses_tls());
         assert_eq!(cs.effective_port(), 5673);
         assert_eq!(cs.audience("hub"), "sb://127.0.0.1/hub");
+        let tls_with_port = ConnectionString::parse(
+            "Endpoint=sb://localhost:5999/;SharedAccessKeyName=k;SharedAccessKey=s;EntityPath=hub",
+        )
+        .unwrap();
+        assert!(tls_with_port.uses_tls());
+        assert_eq!(tls_with_port.effective_port(), 5999);
     }
 
     #[test]

@@ -883,3 +883,51 @@ async fn a_given_shared_access_signature_authorises_the_source() {
     running.stop().await;
     emulator.shutdown().await.expect("emulator stops");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_reads_over_tls_trusting_a_configured_ca_and_refuses_an_unknown_one() {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .expect("a self-signed certificate");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_pem, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key_pem, certified.signing_key.serialize_pem()).expect("write key");
+    let emulator = start_emulator(EmulatorConfig {
+        tls: Some(hubroute_emulator::TlsFiles {
+            cert_pem: cert_pem.clone(),
+            key_pem,
+        }),
+        ..loopback()
+    })
+    .await;
+    publish(&emulator, "2", (0..5).map(|i| format!("tls-{i}")));
+    let connection_string = emulator
+        .connection_string("hub")
+        .replace("127.0.0.1", "localhost");
+    let connection_string = ConnectionString::parse(&connection_string).expect("valid");
+    assert!(connection_string.uses_tls());
+
+    let mut untrusted = SourceConfig::new(connection_string.clone());
+    untrusted.partitions = Some(vec!["2".to_owned()]);
+    let (_dir, checkpoints) = temp_checkpoints();
+    let error = EventHubSource::connect(untrusted, Arc::clone(&checkpoints))
+        .await
+        .expect_err("a self-signed certificate is not trusted by default");
+    assert!(
+        error.to_string().contains("TLS handshake failed"),
+        "{error}"
+    );
+
+    let mut trusted = SourceConfig::new(connection_string);
+    trusted.partitions = Some(vec!["2".to_owned()]);
+    trusted.batch_linger = Duration::from_millis(5);
+    trusted.tls_ca_file = Some(cert_pem);
+    let mut running = run_source(trusted, checkpoints, 4).await;
+    let got = read_exactly(running.receivers.get_mut("2").expect("partition 2"), 5).await;
+    assert_eq!(
+        got.into_iter().map(|r| r.body).collect::<Vec<_>>(),
+        (0..5).map(|i| format!("tls-{i}")).collect::<Vec<_>>()
+    );
+    running.stop().await;
+    emulator.shutdown().await.expect("emulator stops");
+}

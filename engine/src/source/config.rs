@@ -113,6 +113,10 @@ pub struct SourceConfig {
     /// Reaction to an out-of-range start position.
     #[serde(default)]
     pub out_of_range: OutOfRangePolicy,
+    /// A PEM file of CA certificates to trust for `amqps` besides the public web roots: a private
+    /// CA, a TLS-terminating proxy, or the certificate given to `hubroute emulator --tls-cert`.
+    #[serde(default)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// Lifetime of the SAS tokens signed from the key; they are renewed at 80 % of it.
     #[serde(default = "defaults::token_lifetime", with = "humantime_serde")]
     pub token_lifetime: Duration,
@@ -170,6 +174,7 @@ impl SourceConfig {
             batch_linger: defaults::batch_linger(),
             owner_level: defaults::owner_level(),
             out_of_range: OutOfRangePolicy::default(),
+            tls_ca_file: None,
             token_lifetime: defaults::token_lifetime(),
             max_backoff: defaults::max_backoff(),
         }

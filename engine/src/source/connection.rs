@@ -7,6 +7,7 @@
 //! `token_lifetime` and are renewed at 80 % of it on the same connection; a given
 //! `SharedAccessSignature` is sent as is and cannot be renewed. Token text is never logged.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,20 +70,42 @@ fn connect_error(connection_string: &ConnectionString, problem: impl std::fmt::D
     }
 }
 
-fn tls_connector() -> Result<tokio_rustls::TlsConnector, rustls::Error> {
-    let roots = rustls::RootCertStore {
+/// A TLS connector trusting the public web roots plus the certificates of `extra_ca` (PEM).
+fn tls_connector(extra_ca: Option<&Path>) -> Result<tokio_rustls::TlsConnector, String> {
+    let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    if let Some(path) = extra_ca {
+        let shown = path.display();
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read tls_ca_file {shown}: {e}"))?;
+        let mut added = 0;
+        for certificate in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let certificate =
+                certificate.map_err(|e| format!("tls_ca_file {shown} is not valid PEM: {e}"))?;
+            roots
+                .add(certificate)
+                .map_err(|e| format!("tls_ca_file {shown}: a certificate is unusable: {e}"))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!("tls_ca_file {shown} holds no PEM certificate"));
+        }
+    }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()?
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
-async fn open_transport(connection_string: &ConnectionString) -> Result<ConnectionHandle<()>> {
+async fn open_transport(
+    connection_string: &ConnectionString,
+    tls_ca_file: Option<&Path>,
+) -> Result<ConnectionHandle<()>> {
     let host = connection_string.host.as_str();
     let fail = |problem: String| connect_error(connection_string, problem);
     let stream = TcpStream::connect((host, connection_string.effective_port()))
@@ -99,8 +122,8 @@ async fn open_transport(connection_string: &ConnectionString) -> Result<Connecti
     let opened = if connection_string.uses_tls() {
         let server_name = rustls::pki_types::ServerName::try_from(host.to_owned())
             .map_err(|error| fail(format!("`{host}` is not a valid TLS server name: {error}")))?;
-        let connector =
-            tls_connector().map_err(|error| fail(format!("TLS setup failed: {error}")))?;
+        let connector = tls_connector(tls_ca_file)
+            .map_err(|error| fail(format!("TLS setup failed: {error}")))?;
         let tls = connector
             .connect(server_name, stream)
             .await
@@ -113,12 +136,10 @@ async fn open_transport(connection_string: &ConnectionString) -> Result<Connecti
 }
 
 impl HubConnection {
-    /// Connects and authorises the connection for `event_hub`.
-    pub(crate) async fn open(
-        connection_string: &ConnectionString,
-        event_hub: &str,
-        token_lifetime: Duration,
-    ) -> Result<Self> {
+    /// Connects to the endpoint of `config` and authorises the connection for `event_hub`.
+    pub(crate) async fn open(config: &super::SourceConfig, event_hub: &str) -> Result<Self> {
+        let connection_string = &config.connection_string;
+        let token_lifetime = config.token_lifetime;
         let credentials = match (
             &connection_string.key,
             &connection_string.shared_access_signature,
@@ -134,7 +155,8 @@ impl HubConnection {
             }
         };
         let opening = async {
-            let mut connection = open_transport(connection_string).await?;
+            let mut connection =
+                open_transport(connection_string, config.tls_ca_file.as_deref()).await?;
             let mut session = Session::begin(&mut connection).await.map_err(|error| {
                 connect_error(connection_string, format!("AMQP begin failed: {error}"))
             })?;

@@ -79,9 +79,7 @@ impl EventHubSource {
     ) -> Result<Self> {
         config.validate()?;
         let event_hub = config.event_hub_name()?.to_owned();
-        let mut hub =
-            HubConnection::open(&config.connection_string, &event_hub, config.token_lifetime)
-                .await?;
+        let mut hub = HubConnection::open(&config, &event_hub).await?;
         let discovered = hub.partition_ids(&event_hub).await;
         hub.close().await;
         let discovered = discovered?;

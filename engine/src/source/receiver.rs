@@ -117,11 +117,7 @@ impl PartitionReceiver {
         last_sequence_number: &mut Option<i64>,
         received: &mut bool,
     ) -> Ended {
-        let connecting = HubConnection::open(
-            &self.config.connection_string,
-            &self.event_hub,
-            self.config.token_lifetime,
-        );
+        let connecting = HubConnection::open(&self.config, &self.event_hub);
         let mut hub = tokio::select! {
             () = self.shutdown.cancelled() => return Ended::Outcome(PartitionOutcome::Stopped),
             hub = connecting => match hub {
