@@ -332,9 +332,7 @@ async fn bad_input_gets_an_amqp_error_and_the_emulator_keeps_serving() {
     let emulator = Emulator::start(emulator_config()).await.unwrap();
     publish_n(&emulator, "0", 1);
 
-    let mut garbage = tokio::net::TcpStream::connect(emulator.amqp_addr())
-        .await
-        .unwrap();
+    let mut garbage = TcpStream::connect(emulator.amqp_addr()).await.unwrap();
     garbage
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -399,7 +397,7 @@ async fn bad_input_gets_an_amqp_error_and_the_emulator_keeps_serving() {
         .unwrap();
     let outcome = sender
         .send(
-            fe2o3_amqp_types::messaging::Message::builder()
+            Message::builder()
                 .data(fe2o3_amqp_types::primitives::Binary::from(vec![
                     0u8;
                     1024 * 1024
