@@ -6,6 +6,7 @@
 # - Python: a virtualenv at .venv with the official Azure SDK packages and pyarrow (protocol and format
 #   fidelity checks run the real SDKs against our endpoints).
 # - Azurite: Azure Blob emulator from npm, installed under .ci/node_modules, listening on 127.0.0.1:10000.
+# - moto: an S3-compatible server from PyPI (in .venv), listening on 127.0.0.1:9010.
 
 HUBROUTE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HUBROUTE_STATE="${HUBROUTE_STATE:-$HUBROUTE_ROOT/.ci/state}"
@@ -73,4 +74,16 @@ ensure_azurite() {
     fi
     export HUBROUTE_AZURITE_BLOB_ENDPOINT="http://127.0.0.1:10000/devstoreaccount1"
     log "Azurite ready"
+}
+
+ensure_s3() {
+    local bin="$HUBROUTE_ROOT/.venv/bin/moto_server"
+    [[ -x "$bin" ]] || die "moto_server is missing from .venv; ensure_python installs it"
+    if ! (exec 3<>/dev/tcp/127.0.0.1/9010) 2>/dev/null; then
+        log "starting the moto S3 server on 127.0.0.1:9010"
+        nohup "$bin" -H 127.0.0.1 -p 9010 >"$HUBROUTE_STATE/moto.log" 2>&1 &
+        wait_for_port 127.0.0.1 9010 60 || die "moto did not start; see $HUBROUTE_STATE/moto.log"
+    fi
+    export HUBROUTE_S3_ENDPOINT="http://127.0.0.1:9010"
+    log "S3 (moto) ready"
 }

@@ -1,6 +1,6 @@
 //! Unit tests of the Parquet sink: rolling, layout, typed columns, failures, and readability by the
-//! parquet crate and by pyarrow (an independent reader), against the local filesystem, memory and
-//! Azurite.
+//! parquet crate and by pyarrow (an independent reader), against the local filesystem, memory,
+//! Azurite and an S3-compatible server (moto).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -16,7 +16,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::{Ack, ObjectStoreConfig};
+use crate::{Ack, ObjectStoreConfig, Secret};
 
 fn messages(
     partition: &str,
@@ -420,13 +420,53 @@ BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;')\n\
 async fn files_are_uploaded_to_azure_blob_including_multipart() {
     let container = format!("parquet-{}", uuid::Uuid::new_v4().simple());
     create_azurite_container(&container);
-    let store_config = ObjectStoreConfig::Azure {
+    small_and_multipart_files_are_uploaded(ObjectStoreConfig::Azure {
         account: None,
         container,
         access_key: None,
         use_emulator: true,
         endpoint: None,
-    };
+    })
+    .await;
+}
+
+/// Creates a bucket in the moto S3 server `.ci/test` starts, through boto3 in the venv.
+fn create_s3_bucket(name: &str) {
+    let script = format!(
+        "import boto3\n\
+         boto3.client('s3', endpoint_url='http://127.0.0.1:9010', region_name='us-east-1', \
+         aws_access_key_id='test', aws_secret_access_key='test').create_bucket(Bucket='{name}')\n"
+    );
+    let output = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}; run .ci/test", python().display()));
+    assert!(
+        output.status.success(),
+        "cannot create bucket `{name}` in the S3 server at 127.0.0.1:9010 (start it with .ci/test, or \
+         .venv/bin/moto_server -H 127.0.0.1 -p 9010 &): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn files_are_uploaded_to_s3_including_multipart() {
+    let bucket = format!("parquet-{}", uuid::Uuid::new_v4().simple());
+    create_s3_bucket(&bucket);
+    small_and_multipart_files_are_uploaded(ObjectStoreConfig::S3 {
+        bucket,
+        region: Some("us-east-1".to_owned()),
+        endpoint: Some("http://127.0.0.1:9010".to_owned()),
+        access_key_id: Some("test".to_owned()),
+        secret_access_key: Some(Secret::new("test")),
+        allow_http: true,
+    })
+    .await;
+}
+
+/// A small file and one large enough for a multipart upload land readable under their final names.
+async fn small_and_multipart_files_are_uploaded(store_config: ObjectStoreConfig) {
     let mut config = ParquetSinkConfig::new("lake", store_config.clone());
     config.compression = Compression::None;
     config.path_template = "{endpoint}/{iothub}/{partition}/{YYYY}/{MM}/{DD}/{HH}/{mm}".into();
