@@ -30,6 +30,8 @@ struct Hook {
     addr: SocketAddr,
     received: Arc<Mutex<Vec<serde_json::Value>>>,
     stalled: Arc<AtomicBool>,
+    /// Answer 400 (a permanent failure) to every request.
+    rejecting: Arc<AtomicBool>,
 }
 
 impl Hook {
@@ -39,6 +41,7 @@ impl Hook {
             addr: listener.local_addr().unwrap(),
             received: Arc::default(),
             stalled: Arc::default(),
+            rejecting: Arc::default(),
         };
         let state = hook.clone();
         let app = axum::Router::new().route(
@@ -48,6 +51,9 @@ impl Hook {
                 async move {
                     while state.stalled.load(Ordering::SeqCst) {
                         tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    if state.rejecting.load(Ordering::SeqCst) {
+                        return axum::http::StatusCode::BAD_REQUEST;
                     }
                     let events: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
                     state.received.lock().unwrap().extend(events);
@@ -484,6 +490,68 @@ async fn a_stalled_sink_holds_back_the_source_and_nothing_is_lost_when_it_recove
         ids(received.iter().cloned()).len(),
         EVENTS as usize,
         "no loss"
+    );
+    emulator.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanently_rejected_messages_are_dead_lettered_and_the_checkpoint_moves_on() {
+    const EVENTS: u64 = 600;
+    let emulator = emulator().await;
+    simulate(&emulator, EVENTS).await;
+    let hook = Hook::start().await;
+    hook.rejecting.store(true, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let config = single_hook_config(
+        dir.path(),
+        &emulator.connection_string("hub"),
+        &hook.url(),
+        "true",
+    ) + &format!(
+        "\n[dead_letters]\nstore = {{ kind = \"local\", root = \"{}\" }}\n",
+        dir.path().display()
+    );
+    let engine = RunningEngine::start(load(dir.path(), &config))
+        .await
+        .unwrap();
+    wait_until(
+        "every event is checkpointed",
+        Duration::from_secs(60),
+        || committed(&engine) == EVENTS,
+    )
+    .await;
+    let metrics = reqwest::get(format!("http://{}/metrics", engine.http_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    engine.shutdown().await.unwrap();
+    assert!(hook.message_ids().is_empty());
+    let line = format!("hubroute_endpoint_dead_lettered_total{{endpoint=\"hook\"}} {EVENTS}");
+    assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    let store = hubroute_sinks::DeadLetterStore::new(&hubroute_sinks::DeadLetterConfig {
+        store: hubroute_sinks::ObjectStoreConfig::Local {
+            root: dir.path().to_owned(),
+        },
+        prefix: "dead-letters".to_owned(),
+    })
+    .unwrap();
+    let letters = store.read_all().await.unwrap();
+    assert_eq!(letters.len(), EVENTS as usize);
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.sink == "hook" && l.error.contains("400"))
+    );
+    let positions: BTreeSet<(String, i64)> = letters
+        .iter()
+        .map(|l| (l.partition.clone(), l.sequence_number))
+        .collect();
+    assert_eq!(
+        positions.len(),
+        EVENTS as usize,
+        "each message once, with its position"
     );
     emulator.shutdown().await.unwrap();
 }

@@ -75,13 +75,16 @@ struct PartitionState {
     progress: Mutex<PartitionProgress>,
 }
 
-/// A ticket between routing and its ack.
+/// A ticket between routing and its ack. It keeps the source batch (shared by every ticket of the
+/// batch, not copied) and the row indices, enough to rebuild the endpoint's rows for dead letters.
 #[derive(Debug)]
 struct InFlight {
     partition: usize,
     batch: BatchId,
     endpoint: usize,
-    rows: RecordBatch,
+    source: RecordBatch,
+    indices: Vec<u32>,
+    table: Arc<RoutingTable>,
     routed_at: Instant,
 }
 
@@ -485,13 +488,15 @@ impl Shared {
         let batch = source.batch.clone();
         let routing = Arc::clone(&table);
         let (routed, parts) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let routed = routing.route(&batch)?;
-            let parts = routed
-                .rows
-                .iter()
+            let mut routed = routing.route(&batch)?;
+            let parts = std::mem::take(&mut routed.rows)
+                .into_iter()
                 .enumerate()
-                .filter(|(_, rows)| !rows.is_empty())
-                .map(|(endpoint, rows)| Ok((endpoint, routing.rows_for(endpoint, &batch, rows)?)))
+                .filter(|(_, indices)| !indices.is_empty())
+                .map(|(endpoint, indices)| {
+                    let rows = routing.rows_for(endpoint, &batch, &indices)?;
+                    Ok((endpoint, indices, rows))
+                })
                 .collect::<Result<Vec<_>>>()?;
             Ok((routed, parts))
         })
@@ -536,7 +541,7 @@ impl Shared {
             offset: source.last_offset.clone(),
         };
         let batch_id = lock(&self.partitions[partition].progress).push(position, parts.len());
-        for (endpoint, rows) in parts {
+        for (endpoint, indices, rows) in parts {
             let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
             lock(&self.in_flight).insert(
                 ticket,
@@ -544,7 +549,9 @@ impl Shared {
                     partition,
                     batch: batch_id,
                     endpoint,
-                    rows: rows.clone(),
+                    source: source.batch.clone(),
+                    indices,
+                    table: Arc::clone(&table),
                     routed_at: Instant::now(),
                 },
             );
@@ -605,11 +612,19 @@ impl Shared {
         };
         let endpoint = &self.endpoints[in_flight.endpoint];
         let labels = endpoint_labels(&endpoint.name);
-        let total = in_flight.rows.num_rows();
+        let total = in_flight.indices.len();
         let failed = ack.failed.len();
         if failed > 0 {
-            self.dead_letter(&endpoint.name, &in_flight.rows, &ack.failed)
-                .await;
+            match in_flight.table.rows_for(
+                in_flight.endpoint,
+                &in_flight.source,
+                &in_flight.indices,
+            ) {
+                Ok(rows) => self.dead_letter(&endpoint.name, &rows, &ack.failed).await,
+                Err(error) => {
+                    tracing::error!(endpoint = %endpoint.name, %error, "cannot rebuild failed rows for the dead-letter store");
+                }
+            }
             self.metrics
                 .endpoint_failed
                 .get_or_create(&labels)
@@ -625,7 +640,7 @@ impl Shared {
             .get_or_create(&labels)
             .inc_by(delivered as u64);
         if delivered > 0 {
-            self.observe_commit_latency(&labels, &in_flight.rows, &ack.failed);
+            self.observe_commit_latency(&labels, &in_flight, &ack.failed);
         }
         {
             let mut health = lock(&endpoint.health);
@@ -642,23 +657,22 @@ impl Shared {
     fn observe_commit_latency(
         &self,
         labels: &metrics::Labels,
-        rows: &RecordBatch,
+        in_flight: &InFlight,
         failed: &[FailedRow],
     ) {
-        let Ok(columns) = MessageColumns::try_new(rows) else {
+        let Ok(columns) = MessageColumns::try_new(&in_flight.source) else {
             return;
         };
         let histogram = self.metrics.endpoint_commit_latency.get_or_create(labels);
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let mut failed_rows = failed.iter().map(|f| f.row).peekable();
-        for (row, enqueued) in columns.enqueued_time.iter().enumerate() {
-            if failed_rows.peek() == Some(&row) {
-                failed_rows.next();
+        let mut failed_rows: Vec<usize> = failed.iter().map(|f| f.row).collect();
+        failed_rows.sort_unstable();
+        for (row, &index) in in_flight.indices.iter().enumerate() {
+            if failed_rows.binary_search(&row).is_ok() {
                 continue;
             }
-            if let Some(enqueued) = enqueued {
-                histogram.observe((now_ms - enqueued).max(0) as f64 / 1000.0);
-            }
+            let enqueued = columns.enqueued_time.value(index as usize);
+            histogram.observe((now_ms - enqueued).max(0) as f64 / 1000.0);
         }
     }
 
