@@ -37,6 +37,7 @@ use hubroute_sinks::{
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::checkpoint::{Checkpoint, CheckpointStore, FileCheckpointStore};
 use crate::config::{FullPolicy, LoadedConfig};
@@ -364,11 +365,17 @@ async fn run(
         let name = shared.endpoints[index].name.clone();
         let stop = shutdown.clone();
         let for_sink = Arc::clone(&shared);
-        aborts.push(sink_tasks.spawn(async move {
-            if let Err(error) = drive_sink(sink, batches).await {
-                for_sink.fail(format!("endpoint `{name}`: {error}"), &stop);
-            }
-        }));
+        let span = tracing::info_span!("endpoint", endpoint = %name);
+        aborts.push(
+            sink_tasks.spawn(
+                async move {
+                    if let Err(error) = drive_sink(sink, batches).await {
+                        for_sink.fail(format!("endpoint `{name}`: {error}"), &stop);
+                    }
+                }
+                .instrument(span),
+            ),
+        );
         aborts.push(tasks.spawn(collect_acks(Arc::clone(&shared), acks)));
     }
     let mut routers = JoinSet::new();
@@ -377,14 +384,20 @@ async fn run(
         let receiver = shared
             .source
             .spawn(&partition.id, downstream, shutdown.clone());
-        aborts.push(routers.spawn(route_partition(
-            Arc::clone(&shared),
-            index,
-            batches,
-            receiver,
-            queues.clone(),
-            shutdown.clone(),
-        )));
+        let span = tracing::info_span!("partition", partition = %partition.id);
+        aborts.push(
+            routers.spawn(
+                route_partition(
+                    Arc::clone(&shared),
+                    index,
+                    batches,
+                    receiver,
+                    queues.clone(),
+                    shutdown.clone(),
+                )
+                .instrument(span),
+            ),
+        );
     }
     drop(queues);
     let housekeeping_done = CancellationToken::new();
