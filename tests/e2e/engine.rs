@@ -832,3 +832,108 @@ fn messages_of_quickstart(events: u64) -> Vec<DeviceMessage> {
     let mut generator = TelemetryGenerator::new(0, NonZeroU32::new(100).unwrap());
     (0..events).map(|_| generator.next_message()).collect()
 }
+
+/// Reads `/routes` of a running engine.
+async fn routes_of(addr: &str) -> serde_json::Value {
+    reqwest::get(format!("http://{addr}/routes"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_reloads_routes_on_file_change_and_sighup_and_keeps_them_on_a_bad_file() {
+    use std::io::BufRead as _;
+
+    let emulator = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Hook::start().await;
+    let connection_string = emulator.connection_string("hub");
+    let config = |condition: &str| {
+        single_hook_config(dir.path(), &connection_string, &hook.url(), condition)
+    };
+    let path = dir.path().join("hubroute.toml");
+    std::fs::write(&path, config("severity = 'high'")).unwrap();
+    let mut child = crate::support::hubroute()
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the service logs its address").unwrap();
+        if let Some(rest) = line.split("serving http://").nth(1) {
+            break rest.split('/').next().unwrap().to_owned();
+        }
+    };
+    let condition = |routes: &serde_json::Value| routes["routes"][0]["condition"].clone();
+    assert_eq!(condition(&routes_of(&addr).await), "severity = 'high'");
+
+    // A rewrite of the file is picked up by the watcher (it polls every 2 s).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    std::fs::write(&path, config("severity = 'medium'")).unwrap();
+    let started = Instant::now();
+    while condition(&routes_of(&addr).await) != "severity = 'medium'" {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the file change was not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // An invalid file is rejected and the running routes stay.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    std::fs::write(&path, config("severity = = 'x'")).unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(condition(&routes_of(&addr).await), "severity = 'medium'");
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("hubroute_config_reloads_total{outcome=\"rejected\"} 1"),
+        "{metrics}"
+    );
+
+    // SIGHUP reloads at once: the file's modification time is put back so that the watcher sees
+    // no change and only the signal can apply the new routes.
+    let unchanged = std::fs::metadata(&path).unwrap().modified().unwrap();
+    std::fs::write(&path, config("severity = 'low'")).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(unchanged)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        condition(&routes_of(&addr).await),
+        "severity = 'medium'",
+        "no reload without a change of modification time or a signal"
+    );
+    let hangup = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hangup.success());
+    let started = Instant::now();
+    while condition(&routes_of(&addr).await) != "severity = 'low'" {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "SIGHUP did not reload"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    emulator.shutdown().await.unwrap();
+}
