@@ -36,30 +36,62 @@ struct ReplyLink {
     outbox: Outbox,
 }
 
+/// How long a request waits for the reply link its `reply-to` names: a client attaches it
+/// concurrently with its request link, so a request can arrive first.
+const REPLY_LINK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Reply links of one connection, by node.
 #[derive(Debug, Default)]
 pub(crate) struct ReplyLinks {
     next_id: std::sync::atomic::AtomicU64,
     links: Mutex<HashMap<Node, Vec<ReplyLink>>>,
+    /// Signalled whenever a reply link is registered.
+    registered: tokio::sync::Notify,
 }
 
 impl ReplyLinks {
-    fn outbox(&self, node: Node, reply_to: Option<&str>) -> Option<Outbox> {
+    /// The outbox of the reply link whose address is `reply_to` (`exact`), or else of the newest
+    /// reply link of `node`.
+    fn find(&self, node: Node, reply_to: Option<&str>, exact: bool) -> Option<Outbox> {
         let links = self
             .links
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let candidates = links.get(&node)?;
-        candidates
+        let matching = candidates
             .iter()
-            .find(|link| Some(link.address.as_str()) == reply_to)
-            .or_else(|| candidates.last())
-            .map(|link| link.outbox.clone())
+            .find(|link| Some(link.address.as_str()) == reply_to);
+        if exact {
+            matching.map(|link| link.outbox.clone())
+        } else {
+            matching
+                .or_else(|| candidates.last())
+                .map(|link| link.outbox.clone())
+        }
     }
 
-    /// Serves a reply link: forwards responses for `node` to the client until it detaches.
-    pub(crate) async fn serve(self: Arc<Self>, node: Node, address: String, mut sender: Sender) {
-        let (outbox, mut responses) = mpsc::channel(64);
+    /// Where to send the response to a request with `reply_to`: the reply link of that address,
+    /// waiting up to [`REPLY_LINK_WAIT`] for it to attach, then the newest reply link of the node
+    /// (clients that name their reply link differently).
+    async fn outbox(&self, node: Node, reply_to: Option<&str>) -> Option<Outbox> {
+        let deadline = tokio::time::Instant::now() + REPLY_LINK_WAIT;
+        while reply_to.is_some() {
+            let registered = self.registered.notified();
+            tokio::pin!(registered);
+            registered.as_mut().enable();
+            if let Some(outbox) = self.find(node, reply_to, true) {
+                return Some(outbox);
+            }
+            if tokio::time::timeout_at(deadline, registered).await.is_err() {
+                break;
+            }
+        }
+        self.find(node, reply_to, false)
+    }
+
+    /// Registers a reply link of `node` at `address`; responses for it arrive on the receiver.
+    fn register(&self, node: Node, address: String) -> (u64, mpsc::Receiver<Message<Body<Value>>>) {
+        let (outbox, responses) = mpsc::channel(64);
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -73,6 +105,13 @@ impl ReplyLinks {
                 address,
                 outbox,
             });
+        self.registered.notify_waiters();
+        (id, responses)
+    }
+
+    /// Serves a reply link: forwards responses for `node` to the client until it detaches.
+    pub(crate) async fn serve(self: Arc<Self>, node: Node, address: String, mut sender: Sender) {
+        let (id, mut responses) = self.register(node, address);
         // `send_batchable` marks transfers batchable, which makes fe2o3-amqp encode every Transfer field;
         // the Python SDK indexes the payload after the eleventh field and fails on a shortened frame.
         // Watching for the client's detach ends the link at once; otherwise a detached reply link
@@ -316,7 +355,7 @@ impl NodeContext {
             if receiver.accept(&delivery).await.is_err() {
                 break;
             }
-            match self.replies.outbox(node, reply_to.as_deref()) {
+            match self.replies.outbox(node, reply_to.as_deref()).await {
                 Some(outbox) => {
                     let _ = outbox.send(answer).await;
                 }
@@ -324,5 +363,39 @@ impl NodeContext {
             }
         }
         let _ = receiver.close().await;
+    }
+}
+
+#[cfg(test)]
+mod reply_link_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_waits_for_the_reply_link_it_names() {
+        let links = Arc::new(ReplyLinks::default());
+        let waiting = tokio::spawn({
+            let links = Arc::clone(&links);
+            async move { links.outbox(Node::Management, Some("client-b")).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (_, mut other) = links.register(Node::Management, "client-a".to_owned());
+        let (_, mut named) = links.register(Node::Management, "client-b".to_owned());
+        let outbox = waiting.await.unwrap().expect("the named link is found");
+        outbox
+            .send(response(
+                &Message::builder()
+                    .body(Body::Value(AmqpValue(Value::Null)))
+                    .build(),
+                200,
+                "OK",
+                Value::Null,
+            ))
+            .await
+            .unwrap();
+        assert!(
+            named.try_recv().is_ok(),
+            "the response reaches the named link"
+        );
+        assert!(other.try_recv().is_err(), "and not the newest other link");
     }
 }
