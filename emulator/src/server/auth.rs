@@ -174,4 +174,46 @@ mod tests {
             SaslCode::Ok
         );
     }
+
+    #[test]
+    fn sasl_mechanisms_answer_like_event_hubs() {
+        let key = SasKey::new("root", "secret");
+        let token = key.sign("sb://127.0.0.1/hub", chrono::Utc::now().timestamp() + 3600);
+        let plain = |user: &str, password: &str| Some(format!("\0{user}\0{password}"));
+        let cases = [
+            ("ANONYMOUS", None, SaslCode::Ok, false),
+            ("MSSBCBS", None, SaslCode::Ok, false),
+            ("PLAIN", plain("root", "secret"), SaslCode::Ok, true),
+            ("PLAIN", plain("root", token.as_str()), SaslCode::Ok, true),
+            ("PLAIN", plain("root", "wrong"), SaslCode::Auth, false),
+            ("PLAIN", None, SaslCode::Auth, false),
+            ("SCRAM-SHA-256", None, SaslCode::Auth, false),
+        ];
+        for (mechanism, response, expected, authorised) in cases {
+            let auth = Arc::new(Mutex::new(ConnectionAuth::default()));
+            let mut sasl = EventHubsSasl::new(key.clone(), Arc::clone(&auth));
+            let outcome = sasl.on_init(SaslInit {
+                mechanism: Symbol::from(mechanism),
+                initial_response: response
+                    .map(|r| fe2o3_amqp_types::primitives::Binary::from(r.into_bytes())),
+                hostname: None,
+            });
+            let SaslServerFrame::Outcome(outcome) = outcome else {
+                panic!("{mechanism}: a single-step outcome is expected");
+            };
+            assert_eq!(outcome.code, expected, "{mechanism}");
+            let can_read = auth.lock().unwrap().authorizes(
+                "hub/ConsumerGroups/$Default/Partitions/0",
+                chrono::Utc::now().timestamp(),
+            );
+            assert_eq!(
+                can_read, authorised,
+                "{mechanism}: links authorised by SASL alone"
+            );
+        }
+        assert_eq!(
+            EventHubsSasl::new(key, Arc::default()).mechanisms().len(),
+            3
+        );
+    }
 }
