@@ -557,6 +557,68 @@ async fn permanently_rejected_messages_are_dead_lettered_and_the_checkpoint_move
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letter_policy_keeps_a_partition_flowing_past_a_stalled_endpoint() {
+    const EVENTS: u64 = 3000;
+    let emulator = emulator().await;
+    simulate(&emulator, EVENTS).await;
+    let hook = Hook::start().await;
+    hook.stalled.store(true, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let config = single_hook_config(
+        dir.path(),
+        &emulator.connection_string("hub"),
+        &hook.url(),
+        "true",
+    )
+    .replace(
+        "queue_capacity = 2",
+        "queue_capacity = 1\nfull_policy = \"dead_letter\"",
+    ) + &format!(
+        "\n[dead_letters]\nstore = {{ kind = \"local\", root = \"{}\" }}\n",
+        dir.path().display()
+    );
+    let engine = RunningEngine::start(load(dir.path(), &config))
+        .await
+        .unwrap();
+    // With `block` a stalled endpoint stops the partition (see the stall test); with `dead_letter`
+    // routing goes on, and what does not fit the queue is dead-lettered instead.
+    wait_until("every event is routed", Duration::from_secs(60), || {
+        engine.metrics().events_routed() == EVENTS
+    })
+    .await;
+    hook.stalled.store(false, Ordering::SeqCst);
+    wait_until(
+        "every event is checkpointed",
+        Duration::from_secs(60),
+        || committed(&engine) == EVENTS,
+    )
+    .await;
+    engine.shutdown().await.unwrap();
+    let store = hubroute_sinks::DeadLetterStore::new(&hubroute_sinks::DeadLetterConfig {
+        store: hubroute_sinks::ObjectStoreConfig::Local {
+            root: dir.path().to_owned(),
+        },
+        prefix: "dead-letters".to_owned(),
+    })
+    .unwrap();
+    let letters = store.read_all().await.unwrap();
+    assert!(!letters.is_empty(), "the full queue dead-lettered rows");
+    assert!(letters.iter().all(|l| l.error.contains("queue full")));
+    let delivered = ids(hook.message_ids().into_iter());
+    let dead: BTreeSet<String> = letters
+        .iter()
+        .map(|l| l.system_properties.message_id.clone().unwrap())
+        .collect();
+    assert!(delivered.is_disjoint(&dead));
+    assert_eq!(
+        delivered.len() + dead.len(),
+        EVENTS as usize,
+        "every message is delivered or dead-lettered, none lost"
+    );
+    emulator.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_under_traffic_switches_routes_between_batches() {
     const EVENTS: u64 = 6000;
     let emulator = emulator().await;
