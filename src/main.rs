@@ -11,7 +11,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    cli::init_tracing(args.log_format);
+    cli::init_tracing(args.log_format, args.default_log_filter());
     match cli::run(args) {
         Ok(code) => code,
         Err(error) => {

@@ -48,11 +48,22 @@ enum Command {
     Quickstart(quickstart::QuickstartArgs),
 }
 
+impl Cli {
+    /// The log filter when `RUST_LOG` is unset: warnings only for the quick start, whose live
+    /// progress line would be broken up by info lines; `info` otherwise.
+    pub(crate) fn default_log_filter(&self) -> &'static str {
+        // fe2o3-amqp reports ordinary peer disconnects at ERROR; its logs are opt-in through RUST_LOG.
+        match self.command {
+            Command::Quickstart(_) => "warn,fe2o3_amqp=off",
+            _ => "info,fe2o3_amqp=off",
+        }
+    }
+}
+
 /// Installs the global `tracing` subscriber writing to stderr.
-pub(crate) fn init_tracing(format: LogFormat) {
-    // fe2o3-amqp reports ordinary peer disconnects at ERROR; its logs are opt-in through RUST_LOG.
+pub(crate) fn init_tracing(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fe2o3_amqp=off"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -106,13 +106,17 @@ async fn quickstart(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     let stop = super::shutdown_signal();
     tokio::pin!(stop);
     let mut last_print = Instant::now();
+    let (mut last_routed, mut last_tick) = (0, started);
     loop {
         tokio::select! {
             () = &mut stop => break,
             _ = tick.tick() => {}
         }
         let committed = committed_events(&engine);
-        let line = progress_line(&engine, committed, sent.sent(), &receiver, started);
+        let routed = engine.metrics().events_routed();
+        let rate = (routed - last_routed) as f64 / last_tick.elapsed().as_secs_f64().max(0.001);
+        (last_routed, last_tick) = (routed, Instant::now());
+        let line = progress_line(&engine, committed, sent.sent(), &receiver, rate);
         if interactive {
             eprint!("\r{line}\x1b[K");
         } else if last_print.elapsed() >= Duration::from_secs(5) {
@@ -152,11 +156,10 @@ fn progress_line(
     committed: u64,
     sent: u64,
     receiver: &WebhookReceiver,
-    started: Instant,
+    rate: f64,
 ) -> String {
     let metrics = engine.metrics();
     let routed = metrics.events_routed();
-    let rate = routed as f64 / started.elapsed().as_secs_f64().max(0.001);
     let routes: Vec<String> = ROUTES
         .iter()
         .map(|r| format!("{r} {}", metrics.route_matched(r)))
