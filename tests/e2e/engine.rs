@@ -163,6 +163,14 @@ async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> boo
     }
 }
 
+/// The sum of the values of every series of the Prometheus text whose line starts with `prefix`.
+fn metric_sum(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .filter(|line| line.starts_with(prefix))
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
 /// `message_id` of every row of every Parquet file under `dir`.
 fn parquet_message_ids(dir: &Path) -> Vec<String> {
     let mut ids = Vec::new();
@@ -426,6 +434,7 @@ interval = "100ms"
 [service]
 listen = "127.0.0.1:0"
 stall_after = "300ms"
+lag_interval = "200ms"
 
 [[endpoints]]
 queue_capacity = 2
@@ -478,12 +487,40 @@ async fn a_stalled_sink_holds_back_the_source_and_nothing_is_lost_when_it_recove
         .unwrap();
     assert_eq!(health["endpoints"][0]["status"], "unhealthy", "{health}");
     assert_eq!(committed(&engine), 0);
+    let lag = |engine: &RunningEngine| {
+        let addr = engine.http_addr();
+        async move {
+            let text = reqwest::get(format!("http://{addr}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            metric_sum(&text, "hubroute_partition_lag_events{")
+        }
+    };
+    let started = Instant::now();
+    while lag(&engine).await != EVENTS {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "lag shows every event uncommitted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     hook.stalled.store(false, Ordering::SeqCst);
     wait_until("every event is committed", Duration::from_secs(60), || {
         committed(&engine) == EVENTS
     })
     .await;
+    let started = Instant::now();
+    while lag(&engine).await != 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "lag returns to 0"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     engine.shutdown().await.unwrap();
     let received = hook.message_ids();
     assert_eq!(

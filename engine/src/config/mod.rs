@@ -72,6 +72,9 @@ mod defaults {
     pub(super) fn dead_after() -> Duration {
         Duration::from_secs(3600)
     }
+    pub(super) fn lag_interval() -> Duration {
+        Duration::from_secs(10)
+    }
 }
 
 /// Endpoint names IoT Hub reserves: `events` is the built-in endpoint, `fileNotifications` and
@@ -132,6 +135,10 @@ pub struct ServiceConfig {
     /// An endpoint failing continuously for this long is dead (default 1 h, IoT Hub's retry period).
     #[serde(default = "defaults::dead_after", with = "humantime_serde")]
     pub dead_after: Duration,
+    /// How often each partition's last enqueued sequence number is read from `$management` for
+    /// the `hubroute_partition_lag_events` metric (default 10 s).
+    #[serde(default = "defaults::lag_interval", with = "humantime_serde")]
+    pub lag_interval: Duration,
 }
 
 impl Default for ServiceConfig {
@@ -141,6 +148,7 @@ impl Default for ServiceConfig {
             drain_timeout: defaults::drain_timeout(),
             stall_after: defaults::stall_after(),
             dead_after: defaults::dead_after(),
+            lag_interval: defaults::lag_interval(),
         }
     }
 }

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub(crate) partition_events: Family<Labels, Counter>,
     pub(crate) partition_uncommitted_batches: Family<Labels, Gauge>,
     pub(crate) partition_lag_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub(crate) partition_lag_events: Family<Labels, Gauge>,
     pub(crate) partition_checkpoint_sequence_number: Family<Labels, Gauge>,
     pub(crate) config_reloads: Family<Labels, Counter>,
 }
@@ -60,6 +61,7 @@ impl Default for Metrics {
             partition_events: Family::default(),
             partition_uncommitted_batches: Family::default(),
             partition_lag_seconds: Family::default(),
+            partition_lag_events: Family::default(),
             partition_checkpoint_sequence_number: Family::default(),
             config_reloads: Family::default(),
         };
@@ -127,6 +129,12 @@ impl Default for Metrics {
             "partition_lag_seconds",
             "Age of the newest event read from a partition when it was routed",
             metrics.partition_lag_seconds.clone(),
+        );
+        metrics.registry.register(
+            "partition_lag_events",
+            "Events enqueued in a partition and not yet committed by every endpoint (before the \
+             first commit: every retained event)",
+            metrics.partition_lag_events.clone(),
         );
         metrics.registry.register(
             "partition_checkpoint_sequence_number",

@@ -209,6 +209,7 @@ impl RunningEngine {
         let shutdown = CancellationToken::new();
         let drain_timeout = loaded.config.service.drain_timeout;
         let checkpoint_interval = loaded.config.checkpoint.interval;
+        let lag_interval = loaded.config.service.lag_interval;
         tokio::spawn(http::serve(listener, Arc::clone(&shared), shutdown.clone()));
         let task = tokio::spawn(run(
             Arc::clone(&shared),
@@ -217,6 +218,7 @@ impl RunningEngine {
             shutdown.clone(),
             drain_timeout,
             checkpoint_interval,
+            lag_interval,
         ));
         tracing::info!(
             event_hub = %shared.event_hub,
@@ -357,6 +359,7 @@ async fn run(
     shutdown: CancellationToken,
     drain_timeout: Duration,
     checkpoint_interval: Duration,
+    lag_interval: Duration,
 ) -> Result<RunSummary> {
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut aborts: Vec<AbortHandle> = Vec::new();
@@ -404,6 +407,7 @@ async fn run(
     let housekeeping = tokio::spawn(housekeeping(
         Arc::clone(&shared),
         checkpoint_interval,
+        lag_interval,
         housekeeping_done.clone(),
     ));
 
@@ -789,6 +793,34 @@ impl Shared {
         }
     }
 
+    /// Reads each partition's retained range from the service and sets the lag in events: the
+    /// last enqueued sequence number minus the last committed one (every retained event before
+    /// the first commit).
+    async fn refresh_lag(self: Arc<Self>) {
+        let ranges = match self.source.retained_sequence_numbers().await {
+            Ok(ranges) => ranges,
+            Err(error) => {
+                tracing::debug!(%error, "reading partition lag failed; retrying at the next interval");
+                return;
+            }
+        };
+        for (id, range) in ranges {
+            let Some(state) = self.partitions.iter().find(|p| p.id == id) else {
+                continue;
+            };
+            let committed = lock(&state.progress).committed().map(|c| c.sequence_number);
+            let lag = match (range, committed) {
+                (None, _) => 0,
+                (Some((_, last)), Some(committed)) => (last - committed).max(0),
+                (Some((begin, last)), None) => last - begin + 1,
+            };
+            self.metrics
+                .partition_lag_events
+                .get_or_create(&partition_labels(&id))
+                .set(lag);
+        }
+    }
+
     fn reload(&self) -> Result<()> {
         let loaded = LoadedConfig::load(&self.config_path)?;
         let table = RoutingTable::compile(&loaded)?;
@@ -825,15 +857,32 @@ async fn collect_acks(shared: Arc<Shared>, mut acks: mpsc::Receiver<Ack>) {
     }
 }
 
-/// Writes checkpoints every `interval` and refreshes endpoint health every second, until `done`.
-async fn housekeeping(shared: Arc<Shared>, interval: Duration, done: CancellationToken) {
+/// Writes checkpoints every `interval`, refreshes endpoint health every second and partition lag
+/// every `lag_interval`, until `done`.
+async fn housekeeping(
+    shared: Arc<Shared>,
+    interval: Duration,
+    lag_interval: Duration,
+    done: CancellationToken,
+) {
     let mut checkpoints = tokio::time::interval(interval);
     let mut refresh = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    let mut lag = tokio::time::interval(lag_interval);
+    let mut lag_poll: Option<JoinHandle<()>> = None;
     loop {
         tokio::select! {
-            () = done.cancelled() => return,
+            () = done.cancelled() => break,
             _ = checkpoints.tick() => shared.write_checkpoints().await,
             _ = refresh.tick() => shared.refresh_endpoints(),
+            _ = lag.tick() => {
+                // One poll at a time: a slow service must not pile up connections.
+                if lag_poll.as_ref().is_none_or(JoinHandle::is_finished) {
+                    lag_poll = Some(tokio::spawn(Arc::clone(&shared).refresh_lag()));
+                }
+            }
         }
+    }
+    if let Some(poll) = lag_poll {
+        poll.abort();
     }
 }

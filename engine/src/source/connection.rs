@@ -238,20 +238,48 @@ impl HubConnection {
 
     /// Partition ids of `event_hub`, from a `$management` READ of `com.microsoft:eventhub`.
     pub(crate) async fn partition_ids(&mut self, event_hub: &str) -> Result<Vec<String>> {
+        let (token, _) = self.token()?;
+        let request = ReadEventHub {
+            name: event_hub.to_owned(),
+            security_token: token.as_str().to_owned(),
+        };
+        Ok(self.management(event_hub, request).await?.partition_ids)
+    }
+
+    /// The first retained and the last enqueued sequence numbers of `partition` (`None` while it
+    /// is empty), from a `$management` READ of `com.microsoft:partition`.
+    pub(crate) async fn retained_sequence_numbers(
+        &mut self,
+        event_hub: &str,
+        partition: &str,
+    ) -> Result<Option<(i64, i64)>> {
+        let (token, _) = self.token()?;
+        let request = ReadPartition {
+            name: event_hub.to_owned(),
+            partition: partition.to_owned(),
+            security_token: token.as_str().to_owned(),
+        };
+        let info = self.management(event_hub, request).await?;
+        Ok((!info.is_empty).then_some((
+            info.begin_sequence_number,
+            info.last_enqueued_sequence_number,
+        )))
+    }
+
+    /// One `$management` request/response on a fresh client link pair.
+    async fn management<R: Request>(&mut self, event_hub: &str, request: R) -> Result<R::Response>
+    where
+        R::Response: Response<Body = Value, Error = ManagementError>,
+    {
         let failure = |problem: String| Error::Management {
             event_hub: event_hub.to_owned(),
             problem,
         };
-        let (token, _) = self.token()?;
         let mut client = MgmtClient::builder()
             .client_node_addr(format!("hubroute-mgmt-{}", uuid::Uuid::new_v4().simple()))
             .attach(&mut self.session)
             .await
             .map_err(|error| failure(format!("attaching $management failed: {error}")))?;
-        let request = ReadEventHub {
-            name: event_hub.to_owned(),
-            security_token: token.as_str().to_owned(),
-        };
         let response = tokio::time::timeout(OPEN_TIMEOUT, client.call(request)).await;
         let _ = tokio::time::timeout(OPEN_TIMEOUT, client.close()).await;
         let Ok(response) = response else {
@@ -260,7 +288,7 @@ impl HubConnection {
             )));
         };
         match response {
-            Ok(info) => Ok(info.partition_ids),
+            Ok(response) => Ok(response),
             Err(ManagementError::Status(status)) if matches!(status.code.0.get(), 401 | 403) => {
                 Err(Error::Unauthorized {
                     audience: self.audience.clone(),
@@ -346,5 +374,75 @@ impl Response for EventHubInfo {
             .collect::<Option<Vec<String>>>()
             .ok_or(ManagementError::DecodeError(None))?;
         Ok(Self { partition_ids })
+    }
+}
+
+/// `READ com.microsoft:partition`.
+struct ReadPartition {
+    name: String,
+    partition: String,
+    security_token: String,
+}
+
+/// The part of the partition description the engine needs.
+struct PartitionInfo {
+    begin_sequence_number: i64,
+    last_enqueued_sequence_number: i64,
+    is_empty: bool,
+}
+
+impl Request for ReadPartition {
+    const OPERATION: &'static str = management::READ;
+    type Response = PartitionInfo;
+    type Body = Value;
+
+    fn manageable_entity_type(&mut self) -> Option<String> {
+        Some(management::PARTITION_TYPE.to_owned())
+    }
+
+    fn encode_application_properties(&mut self) -> Option<ApplicationProperties> {
+        Some(
+            ApplicationProperties::builder()
+                .insert("name", SimpleValue::String(std::mem::take(&mut self.name)))
+                .insert(
+                    "partition",
+                    SimpleValue::String(std::mem::take(&mut self.partition)),
+                )
+                .insert(
+                    management::SECURITY_TOKEN,
+                    SimpleValue::String(std::mem::take(&mut self.security_token)),
+                )
+                .build(),
+        )
+    }
+
+    fn encode_body(self) -> Self::Body {
+        Value::Null
+    }
+}
+
+impl Response for PartitionInfo {
+    const STATUS_CODE: u16 = 200;
+    type Body = Value;
+    type Error = ManagementError;
+
+    fn decode_message(message: Message<Self::Body>) -> Result<Self, Self::Error> {
+        let Value::Map(map) = message.body else {
+            return Err(ManagementError::DecodeError(None));
+        };
+        let field = |name: &str| {
+            map.get(&Value::String(name.to_owned()))
+                .or_else(|| map.get(&Value::Symbol(name.into())))
+        };
+        let number = |name: &str| match field(name) {
+            Some(Value::Long(n)) => Ok(*n),
+            Some(Value::Int(n)) => Ok(i64::from(*n)),
+            _ => Err(ManagementError::DecodeError(None)),
+        };
+        Ok(Self {
+            begin_sequence_number: number("begin_sequence_number")?,
+            last_enqueued_sequence_number: number("last_enqueued_sequence_number")?,
+            is_empty: matches!(field("is_partition_empty"), Some(Value::Bool(true))),
+        })
     }
 }

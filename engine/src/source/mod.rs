@@ -116,6 +116,32 @@ impl EventHubSource {
         self.received.load(Ordering::Relaxed)
     }
 
+    /// The first retained and last enqueued sequence numbers of each partition this source reads
+    /// (`None` for an empty partition), from one `$management` connection: what lag is measured
+    /// against.
+    pub async fn retained_sequence_numbers(&self) -> Result<Vec<(String, Option<(i64, i64)>)>> {
+        let mut hub = HubConnection::open(&self.config, &self.event_hub).await?;
+        let mut out = Vec::with_capacity(self.partitions.len());
+        let mut failure = None;
+        for partition in &self.partitions {
+            match hub
+                .retained_sequence_numbers(&self.event_hub, partition)
+                .await
+            {
+                Ok(last) => out.push((partition.clone(), last)),
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        hub.close().await;
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(out),
+        }
+    }
+
     /// The partitions this source reads.
     pub fn partitions(&self) -> &[String] {
         &self.partitions
