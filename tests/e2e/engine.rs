@@ -163,6 +163,29 @@ async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> boo
     }
 }
 
+/// `config` with its dead letters stored under `dir`.
+fn with_local_dead_letters(config: String, dir: &Path) -> String {
+    config
+        + &format!(
+            "\n[dead_letters]\nstore = {{ kind = \"local\", root = \"{}\" }}\n",
+            dir.display()
+        )
+}
+
+/// Every dead letter stored under `dir` by a configuration of [`with_local_dead_letters`].
+async fn dead_letters_in(dir: &Path) -> Vec<hubroute_sinks::DeadLetter> {
+    hubroute_sinks::DeadLetterStore::new(&hubroute_sinks::DeadLetterConfig {
+        store: hubroute_sinks::ObjectStoreConfig::Local {
+            root: dir.to_owned(),
+        },
+        prefix: "dead-letters".to_owned(),
+    })
+    .unwrap()
+    .read_all()
+    .await
+    .unwrap()
+}
+
 /// The sum of the values of every series of the Prometheus text whose line starts with `prefix`.
 fn metric_sum(text: &str, prefix: &str) -> u64 {
     text.lines()
@@ -539,14 +562,14 @@ async fn permanently_rejected_messages_are_dead_lettered_and_the_checkpoint_move
     let hook = Hook::start().await;
     hook.rejecting.store(true, Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
-    let config = single_hook_config(
+    let config = with_local_dead_letters(
+        single_hook_config(
+            dir.path(),
+            &emulator.connection_string("hub"),
+            &hook.url(),
+            "true",
+        ),
         dir.path(),
-        &emulator.connection_string("hub"),
-        &hook.url(),
-        "true",
-    ) + &format!(
-        "\n[dead_letters]\nstore = {{ kind = \"local\", root = \"{}\" }}\n",
-        dir.path().display()
     );
     let engine = RunningEngine::start(load(dir.path(), &config))
         .await
@@ -567,14 +590,7 @@ async fn permanently_rejected_messages_are_dead_lettered_and_the_checkpoint_move
     assert!(hook.message_ids().is_empty());
     let line = format!("hubroute_endpoint_dead_lettered_total{{endpoint=\"hook\"}} {EVENTS}");
     assert!(metrics.contains(&line), "{line} not in\n{metrics}");
-    let store = hubroute_sinks::DeadLetterStore::new(&hubroute_sinks::DeadLetterConfig {
-        store: hubroute_sinks::ObjectStoreConfig::Local {
-            root: dir.path().to_owned(),
-        },
-        prefix: "dead-letters".to_owned(),
-    })
-    .unwrap();
-    let letters = store.read_all().await.unwrap();
+    let letters = dead_letters_in(dir.path()).await;
     assert_eq!(letters.len(), EVENTS as usize);
     assert!(
         letters
@@ -601,18 +617,18 @@ async fn the_dead_letter_policy_keeps_a_partition_flowing_past_a_stalled_endpoin
     let hook = Hook::start().await;
     hook.stalled.store(true, Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
-    let config = single_hook_config(
+    let config = with_local_dead_letters(
+        single_hook_config(
+            dir.path(),
+            &emulator.connection_string("hub"),
+            &hook.url(),
+            "true",
+        )
+        .replace(
+            "queue_capacity = 2",
+            "queue_capacity = 1\nfull_policy = \"dead_letter\"",
+        ),
         dir.path(),
-        &emulator.connection_string("hub"),
-        &hook.url(),
-        "true",
-    )
-    .replace(
-        "queue_capacity = 2",
-        "queue_capacity = 1\nfull_policy = \"dead_letter\"",
-    ) + &format!(
-        "\n[dead_letters]\nstore = {{ kind = \"local\", root = \"{}\" }}\n",
-        dir.path().display()
     );
     let engine = RunningEngine::start(load(dir.path(), &config))
         .await
@@ -631,14 +647,7 @@ async fn the_dead_letter_policy_keeps_a_partition_flowing_past_a_stalled_endpoin
     )
     .await;
     engine.shutdown().await.unwrap();
-    let store = hubroute_sinks::DeadLetterStore::new(&hubroute_sinks::DeadLetterConfig {
-        store: hubroute_sinks::ObjectStoreConfig::Local {
-            root: dir.path().to_owned(),
-        },
-        prefix: "dead-letters".to_owned(),
-    })
-    .unwrap();
-    let letters = store.read_all().await.unwrap();
+    let letters = dead_letters_in(dir.path()).await;
     assert!(!letters.is_empty(), "the full queue dead-lettered rows");
     assert!(letters.iter().all(|l| l.error.contains("queue full")));
     let delivered = ids(hook.message_ids().into_iter());

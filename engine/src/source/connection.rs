@@ -21,7 +21,7 @@ use fe2o3_amqp_management::client::MgmtClient;
 use fe2o3_amqp_management::error::Error as ManagementError;
 use fe2o3_amqp_management::{Request, Response};
 use fe2o3_amqp_types::messaging::{ApplicationProperties, Message};
-use fe2o3_amqp_types::primitives::{SimpleValue, Timestamp, Value};
+use fe2o3_amqp_types::primitives::{OrderedMap, SimpleValue, Timestamp, Value};
 use hubroute_protocol::{ConnectionString, SasToken, cbs, management};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -356,9 +356,7 @@ impl Response for EventHubInfo {
         let Value::Map(map) = message.body else {
             return Err(ManagementError::DecodeError(None));
         };
-        let ids = map
-            .get(&Value::String("partition_ids".to_owned()))
-            .or_else(|| map.get(&Value::Symbol("partition_ids".into())));
+        let ids = body_field(&map, "partition_ids");
         let items: Vec<&Value> = match ids {
             Some(Value::Array(array)) => array.0.iter().collect(),
             Some(Value::List(list)) => list.iter().collect(),
@@ -430,10 +428,7 @@ impl Response for PartitionInfo {
         let Value::Map(map) = message.body else {
             return Err(ManagementError::DecodeError(None));
         };
-        let field = |name: &str| {
-            map.get(&Value::String(name.to_owned()))
-                .or_else(|| map.get(&Value::Symbol(name.into())))
-        };
+        let field = |name: &str| body_field(&map, name);
         let number = |name: &str| match field(name) {
             Some(Value::Long(n)) => Ok(*n),
             Some(Value::Int(n)) => Ok(i64::from(*n)),
@@ -445,4 +440,10 @@ impl Response for PartitionInfo {
             is_empty: matches!(field("is_partition_empty"), Some(Value::Bool(true))),
         })
     }
+}
+
+/// A field of a `$management` response body, keyed by string or symbol.
+fn body_field<'a>(map: &'a OrderedMap<Value, Value>, name: &str) -> Option<&'a Value> {
+    map.get(&Value::String(name.to_owned()))
+        .or_else(|| map.get(&Value::Symbol(name.into())))
 }
