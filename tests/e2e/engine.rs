@@ -665,6 +665,53 @@ async fn the_dead_letter_policy_keeps_a_partition_flowing_past_a_stalled_endpoin
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_fails_fatally_stops_the_engine_without_checkpointing_its_rows() {
+    let emulator = emulator().await;
+    simulate(&emulator, 200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+[source]
+connection_string = "{}"
+
+[checkpoint]
+dir = "{dir}/checkpoints"
+interval = "50ms"
+
+[service]
+listen = "127.0.0.1:0"
+
+[[endpoints]]
+sink = {{ type = "sqlite", name = "db", path = "{dir}/db.sqlite", linger = "5ms", table = {{ name = "absent", create = false }} }}
+
+[[routes]]
+name = "all"
+condition = "true"
+endpoint = "db"
+"#,
+        emulator.connection_string("hub"),
+        dir = dir.path().display()
+    );
+    let engine = RunningEngine::start(load(dir.path(), &config))
+        .await
+        .unwrap();
+    let error = tokio::time::timeout(Duration::from_secs(30), engine.wait())
+        .await
+        .expect("the engine stops by itself")
+        .expect_err("a fatal sink error is the engine's error");
+    assert!(error.to_string().contains("endpoint `db`"), "{error}");
+    assert!(
+        !dir.path().join("checkpoints").exists()
+            || std::fs::read_dir(dir.path().join("checkpoints"))
+                .unwrap()
+                .next()
+                .is_none(),
+        "no checkpoint moved past rows the sink never committed"
+    );
+    emulator.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_under_traffic_switches_routes_between_batches() {
     const EVENTS: u64 = 6000;
     let emulator = emulator().await;
