@@ -931,3 +931,45 @@ async fn source_reads_over_tls_trusting_a_configured_ca_and_refuses_an_unknown_o
     running.stop().await;
     emulator.shutdown().await.expect("emulator stops");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_renews_its_token_before_the_service_would_detach_the_link() {
+    let emulator = start_emulator(loopback()).await;
+    let mut config = source_config(&emulator);
+    config.partitions = Some(vec!["1".to_owned()]);
+    config.token_lifetime = Duration::from_secs(10);
+    let (_dir, checkpoints) = temp_checkpoints();
+    let source = EventHubSource::connect(config, checkpoints)
+        .await
+        .expect("source connects");
+    let shutdown = CancellationToken::new();
+    let (sender, mut receiver) = mpsc::channel(4);
+    let task = source.spawn("1", sender, shutdown.clone());
+    // Publish across the token's lifetime: the emulator, like Event Hubs, detaches a link whose
+    // token expires; renewal at 80 % keeps this one.
+    let mut published = 0;
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    while started.elapsed() < Duration::from_secs(13) {
+        publish(&emulator, "1", [format!("r{published}")]);
+        published += 1;
+        while let Ok(batch) = receiver.try_recv() {
+            got.extend(rows(&batch).into_iter().map(|r| r.body));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    got.extend(
+        read_exactly(&mut receiver, published - got.len())
+            .await
+            .into_iter()
+            .map(|r| r.body),
+    );
+    assert_eq!(
+        got,
+        (0..published).map(|i| format!("r{i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(source.reconnects(), 0, "the link outlived its first token");
+    shutdown.cancel();
+    task.await.expect("task").expect("clean stop");
+    emulator.shutdown().await.expect("emulator stops");
+}

@@ -44,16 +44,30 @@ impl ConnectionAuth {
 
     /// Whether the connection may use `entity_path` (e.g. `hub/ConsumerGroups/$Default/Partitions/0`).
     pub(crate) fn authorizes(&self, entity_path: &str, now: i64) -> bool {
+        self.authorized_until(entity_path)
+            .is_none_or(|until| until > now)
+    }
+
+    /// Until when (Unix seconds) the connection may use `entity_path`: `None` for the key holder
+    /// (no expiry), else the latest expiry of the tokens covering it (`i64::MIN` when none does).
+    /// Event Hubs detaches a link when that moment passes without a renewed token.
+    pub(crate) fn authorized_until(&self, entity_path: &str) -> Option<i64> {
         if self.key_holder {
-            return true;
+            return None;
         }
         let target = audience_path(entity_path);
-        self.tokens.iter().any(|(audience, expiry)| {
-            *expiry > now
-                && (audience.is_empty()
-                    || target == *audience
-                    || target.starts_with(&format!("{audience}/")))
-        })
+        Some(
+            self.tokens
+                .iter()
+                .filter(|(audience, _)| {
+                    audience.is_empty()
+                        || target == *audience
+                        || target.starts_with(&format!("{audience}/"))
+                })
+                .map(|(_, expiry)| *expiry)
+                .max()
+                .unwrap_or(i64::MIN),
+        )
     }
 }
 

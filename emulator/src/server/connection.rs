@@ -338,6 +338,8 @@ async fn serve_outgoing(
         consumer_group: consumer_group.clone(),
         position,
         epoch,
+        auth: Arc::clone(&state.auth),
+        entity: entity.to_string(),
     }
     .run(sender)
     .await;

@@ -28,6 +28,17 @@ pub(crate) fn link_error(condition: &str, description: impl Into<String>) -> Amq
     )
 }
 
+/// Completes when a token valid until `until` (Unix seconds) expires; never for `None`.
+async fn token_expiry(until: Option<i64>) {
+    match until {
+        Some(until) => {
+            let left = until.saturating_sub(chrono::Utc::now().timestamp()).max(0);
+            tokio::time::sleep(std::time::Duration::from_secs(left.unsigned_abs())).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Everything a consumer link needs, resolved at attach time.
 pub(crate) struct ConsumerLink {
     pub(crate) hub: Arc<Hub>,
@@ -35,6 +46,10 @@ pub(crate) struct ConsumerLink {
     pub(crate) consumer_group: String,
     pub(crate) position: EventPosition,
     pub(crate) epoch: Option<i64>,
+    /// The connection's credentials: the link ends when its token expires unrenewed.
+    pub(crate) auth: Arc<std::sync::Mutex<super::auth::ConnectionAuth>>,
+    /// The entity path the link reads, as tokens name it.
+    pub(crate) entity: String,
 }
 
 impl ConsumerLink {
@@ -76,6 +91,13 @@ impl ConsumerLink {
         }
     }
 
+    fn authorized_until(&self) -> Option<i64> {
+        self.auth
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .authorized_until(&self.entity)
+    }
+
     /// Streams events; returns the error to close the link with, if any.
     async fn stream(
         &self,
@@ -90,9 +112,20 @@ impl ConsumerLink {
         };
         let mut appended = self.partition.subscribe();
         loop {
+            let authorized_until = self.authorized_until();
+            if authorized_until.is_some_and(|until| until <= chrono::Utc::now().timestamp()) {
+                break Some(link_error(
+                    conditions::UNAUTHORIZED_ACCESS,
+                    format!(
+                        "the token for `{}` expired; put a new one on $cbs before expiry",
+                        self.entity
+                    ),
+                ));
+            }
             let events = self.partition.read_from(next, READ_CHUNK);
             if events.is_empty() {
                 tokio::select! {
+                    () = token_expiry(authorized_until) => continue,
                     changed = appended.changed() => {
                         if changed.is_err() {
                             break None;

@@ -421,3 +421,61 @@ async fn bad_input_gets_an_amqp_error_and_the_emulator_keeps_serving() {
     connection.close().await.unwrap();
     emulator.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_link_ends_when_its_token_expires_unless_a_new_token_is_put_in_time() {
+    let emulator = Emulator::start(emulator_config()).await.unwrap();
+    publish_n(&emulator, "0", 1);
+    let soon = || chrono::Utc::now().timestamp() + 2;
+
+    let (mut renewing, mut renewing_session) = connect(&emulator).await;
+    put_token(
+        &mut renewing_session,
+        &token(crate::DEFAULT_KEY_VALUE, soon()),
+    )
+    .await
+    .unwrap();
+    let mut kept = fe2o3_amqp::Receiver::attach(&mut renewing_session, "kept", PARTITION_0)
+        .await
+        .unwrap();
+    let (mut lapsing, mut lapsing_session) = connect(&emulator).await;
+    put_token(
+        &mut lapsing_session,
+        &token(crate::DEFAULT_KEY_VALUE, soon()),
+    )
+    .await
+    .unwrap();
+    let mut dropped = fe2o3_amqp::Receiver::attach(&mut lapsing_session, "dropped", PARTITION_0)
+        .await
+        .unwrap();
+    kept.recv::<Body<Value>>().await.unwrap();
+    dropped.recv::<Body<Value>>().await.unwrap();
+
+    put_token(
+        &mut renewing_session,
+        &token(crate::DEFAULT_KEY_VALUE, in_an_hour()),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    publish_n(&emulator, "0", 1);
+    kept.recv::<Body<Value>>()
+        .await
+        .expect("a renewed token keeps the link");
+    let error = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        dropped.recv::<Body<Value>>(),
+    )
+    .await
+    .expect("the expired link is closed promptly")
+    .expect_err("no delivery after expiry");
+    let error = format!("{error:?}").to_lowercase().replace(['-', '_'], "");
+    assert!(error.contains("unauthorizedaccess"), "{error}");
+
+    kept.close().await.unwrap();
+    renewing_session.end().await.unwrap();
+    renewing.close().await.unwrap();
+    let _ = lapsing_session.end().await;
+    let _ = lapsing.close().await;
+    emulator.shutdown().await.unwrap();
+}

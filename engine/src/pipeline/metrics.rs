@@ -42,6 +42,7 @@ pub struct Metrics {
     pub(crate) partition_lag_events: Family<Labels, Gauge>,
     pub(crate) partition_checkpoint_sequence_number: Family<Labels, Gauge>,
     pub(crate) config_reloads: Family<Labels, Counter>,
+    pub(crate) source_reconnects: Gauge,
 }
 
 impl Default for Metrics {
@@ -64,6 +65,7 @@ impl Default for Metrics {
             partition_lag_events: Family::default(),
             partition_checkpoint_sequence_number: Family::default(),
             config_reloads: Family::default(),
+            source_reconnects: Gauge::default(),
         };
         metrics.registry.register(
             "route_matched",
@@ -140,6 +142,11 @@ impl Default for Metrics {
             "partition_checkpoint_sequence_number",
             "Sequence number of a partition's last written checkpoint",
             metrics.partition_checkpoint_sequence_number.clone(),
+        );
+        metrics.registry.register(
+            "source_reconnects",
+            "Reconnects of the partition receivers after transient faults since start",
+            metrics.source_reconnects.clone(),
         );
         metrics.registry.register(
             "config_reloads",

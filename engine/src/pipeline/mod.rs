@@ -743,8 +743,12 @@ impl Shared {
         }
     }
 
-    /// Refreshes queue depths and health, and marks endpoints whose oldest batch is stalled.
+    /// Refreshes queue depths, health and the reconnect count, and marks endpoints whose oldest
+    /// batch is stalled.
     fn refresh_endpoints(&self) {
+        self.metrics
+            .source_reconnects
+            .set(i64::try_from(self.source.reconnects()).unwrap_or(i64::MAX));
         let now = Instant::now();
         let mut oldest: HashMap<usize, Instant> = HashMap::new();
         for in_flight in lock(&self.in_flight).values() {

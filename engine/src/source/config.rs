@@ -208,8 +208,10 @@ impl SourceConfig {
         if self.batch_max_rows == 0 || self.batch_max_bytes == 0 {
             return problem("batch_max_rows and batch_max_bytes must be at least 1");
         }
-        if self.token_lifetime < Duration::from_secs(60) {
-            return problem("token_lifetime must be at least 60s");
+        if self.token_lifetime < Duration::from_secs(10) {
+            return problem(
+                "token_lifetime must be at least 10s (tokens are renewed at 80 % of it)",
+            );
         }
         self.event_hub_name().map(|_| ())
     }

@@ -67,6 +67,8 @@ pub struct EventHubSource {
     checkpoints: Arc<dyn CheckpointStore>,
     /// Events decoded by all partition tasks since `connect`; shared with the tasks.
     received: Arc<AtomicU64>,
+    /// Reconnects after transient faults by all partition tasks; shared with the tasks.
+    reconnects: Arc<AtomicU64>,
 }
 
 impl EventHubSource {
@@ -103,6 +105,7 @@ impl EventHubSource {
             partitions,
             checkpoints,
             received: Arc::new(AtomicU64::new(0)),
+            reconnects: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -114,6 +117,11 @@ impl EventHubSource {
     /// Events decoded by every partition task so far (a counter for metrics and tests).
     pub fn events_received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
+    }
+
+    /// Reconnects after transient faults (connection loss, server busy, an expired token) so far.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
     }
 
     /// The first retained and last enqueued sequence numbers of each partition this source reads
@@ -169,6 +177,7 @@ impl EventHubSource {
         let checkpoints = Arc::clone(&self.checkpoints);
         let key = self.checkpoint_key(partition);
         let received = Arc::clone(&self.received);
+        let reconnects = Arc::clone(&self.reconnects);
         let event_hub = self.event_hub.clone();
         let partition = partition.to_owned();
         tokio::spawn(async move {
@@ -187,6 +196,7 @@ impl EventHubSource {
                 downstream,
                 shutdown,
                 received,
+                reconnects,
             }
             .run()
             .await

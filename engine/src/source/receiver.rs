@@ -51,6 +51,8 @@ pub(crate) struct PartitionReceiver {
     pub(crate) shutdown: CancellationToken,
     /// The source-wide count of decoded events.
     pub(crate) received: Arc<AtomicU64>,
+    /// The source-wide count of reconnects after transient faults.
+    pub(crate) reconnects: Arc<AtomicU64>,
 }
 
 /// How one connection's receive loop ended.
@@ -99,6 +101,7 @@ impl PartitionReceiver {
                     }
                 },
                 Ended::Fault(Fault::Transient { error, min_delay }) => {
+                    self.reconnects.fetch_add(1, Ordering::Relaxed);
                     attempt = attempt.saturating_add(1);
                     let delay = backoff(attempt, min_delay, self.config.max_backoff);
                     tracing::warn!(partition = %self.partition, %error, ?delay, attempt, "receiver failed; reconnecting");
