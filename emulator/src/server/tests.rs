@@ -479,3 +479,71 @@ async fn a_link_ends_when_its_token_expires_unless_a_new_token_is_put_in_time() 
     let _ = lapsing.close().await;
     emulator.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_flood_of_links_is_answered_and_the_emulator_keeps_serving() {
+    let emulator = Emulator::start(emulator_config()).await.unwrap();
+    publish_n(&emulator, "1", 1);
+    let (mut connection, mut session) = connect(&emulator).await;
+    // 100 refused attaches (no token) in a row on one session: each gets its error, none leaks.
+    for i in 0..100 {
+        let error = refusal(&mut session, PARTITION_0, None).await;
+        assert!(
+            error
+                .to_lowercase()
+                .replace(['-', '_'], "")
+                .contains("unauthorizedaccess"),
+            "attach {i}: {error}"
+        );
+    }
+    // 50 concurrent authorised links to one partition on one connection: each gets an answer.
+    put_token(&mut session, &token(crate::DEFAULT_KEY_VALUE, in_an_hour()))
+        .await
+        .unwrap();
+    let mut receivers = Vec::new();
+    for i in 0..50 {
+        let partition_1 = "hub/ConsumerGroups/$Default/Partitions/1";
+        match fe2o3_amqp::Receiver::attach(&mut session, format!("flood-{i}"), partition_1).await {
+            Ok(receiver) => receivers.push(receiver),
+            Err(error) => panic!("attach {i}: {error:?}"),
+        }
+    }
+    let mut delivered = 0;
+    let mut refused = 0;
+    for receiver in &mut receivers {
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            receiver.recv::<Body<Value>>(),
+        )
+        .await
+        .expect("every link hears back")
+        {
+            Ok(_) => delivered += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!(
+        (delivered, refused),
+        (5, 45),
+        "five non-epoch receivers per partition and consumer group, the rest refused"
+    );
+    let _ = session.end().await;
+    let _ = connection.close().await;
+
+    let (mut again, mut again_session) = connect(&emulator).await;
+    put_token(
+        &mut again_session,
+        &token(crate::DEFAULT_KEY_VALUE, in_an_hour()),
+    )
+    .await
+    .unwrap();
+    let mut receiver = fe2o3_amqp::Receiver::attach(&mut again_session, "after-flood", PARTITION_0)
+        .await
+        .unwrap();
+    publish_n(&emulator, "0", 1);
+    receiver.recv::<Body<Value>>().await.unwrap();
+    receiver.close().await.unwrap();
+    again_session.end().await.unwrap();
+    again.close().await.unwrap();
+    emulator.shutdown().await.unwrap();
+}
