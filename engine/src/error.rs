@@ -83,7 +83,7 @@ pub enum Error {
         problem: String,
     },
     /// The configuration file is invalid.
-    #[error("{file}:{line}:{column}: {problem}")]
+    #[error("{file}{at}: {problem}", at = position(*line, *column))]
     Config {
         /// The configuration file.
         file: String,
@@ -140,6 +140,15 @@ pub enum Error {
     /// A batch is not in the message schema.
     #[error("a batch is not a message batch: {0}")]
     Message(#[from] hubroute_message::Error),
+}
+
+/// `:line:column` of a configuration error, or nothing when it concerns the whole file (line 0).
+fn position(line: usize, column: usize) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!(":{line}:{column}")
+    }
 }
 
 /// `Result` with this crate's [`Error`].

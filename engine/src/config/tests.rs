@@ -168,3 +168,14 @@ fn environment_variables_are_expanded_and_a_missing_one_is_located() {
         assert!(error.starts_with(expected), "{body}: {error}");
     }
 }
+
+#[test]
+fn an_unreadable_file_is_named_without_a_position() {
+    let error = LoadedConfig::load(Path::new("/nonexistent/hubroute.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("/nonexistent/hubroute.toml: cannot read the file:"),
+        "{error}"
+    );
+}
