@@ -1,11 +1,13 @@
 //! Compiled conditions and their evaluation over message batches.
 //!
 //! A [`RouteSet`] holds many conditions over one shared input [`Plan`]: per batch it parses each
-//! referenced body/twin once, extracts every referenced input once, then evaluates each condition
-//! column-wise. A [`RouteCondition`] is a set of one; single-message evaluation builds a one-row
-//! batch and runs the very same code, so `route test` and the engine can never disagree.
+//! referenced body/twin once and extracts every referenced input once. The conditions themselves
+//! are interned into one [`Dag`] at compile time, so a subexpression that several routes share
+//! (`$body.status = 'alarm'`, `as_number(severity)`) is evaluated once per batch, column-wise.
+//! A [`RouteCondition`] is a set of one; single-message evaluation builds a one-row batch and runs
+//! the very same code, so `route test` and the engine can never disagree.
 
-use std::borrow::Cow;
+use std::collections::HashMap;
 
 use arrow::array::BooleanArray;
 use arrow::buffer::BooleanBuffer;
@@ -16,7 +18,7 @@ use crate::compile::{Node, Plan, lower};
 use crate::error::{Error, Result};
 use crate::extract::{extract, parse_documents};
 use crate::parser::{BinaryOp, parse};
-use crate::value::{self, Column, Val};
+use crate::value::{self, Column, Function, Val};
 
 /// The outcome of one condition for one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,27 +65,149 @@ pub struct RouteSetOutcome {
     pub undefined: Vec<usize>,
 }
 
-/// Many compiled conditions sharing input extraction.
+/// A node of the shared expression DAG; children are indices of earlier nodes.
+#[derive(Debug)]
+enum DagNode {
+    Const(Val<'static>),
+    Input(usize),
+    Negate(usize),
+    Not(usize),
+    Binary(BinaryOp, usize, usize),
+    Call(Function, Vec<usize>),
+}
+
+/// Every distinct subexpression of a route set, children before parents.
+#[derive(Debug, Default)]
+struct Dag {
+    nodes: Vec<DagNode>,
+    /// Structural key (the node's `Debug` text over child indices) → index.
+    index: HashMap<String, usize>,
+}
+
+impl Dag {
+    /// Adds `node` and its subtrees, reusing structurally equal nodes; returns its index.
+    fn intern(&mut self, node: &Node) -> usize {
+        let node = match node {
+            Node::Const(value) => DagNode::Const(value.clone()),
+            Node::Input(slot) => DagNode::Input(*slot),
+            Node::Negate(operand) => DagNode::Negate(self.intern(operand)),
+            Node::Not(operand) => DagNode::Not(self.intern(operand)),
+            Node::Binary(op, left, right) => {
+                let (left, right) = (self.intern(left), self.intern(right));
+                DagNode::Binary(*op, left, right)
+            }
+            Node::Call(function, args) => {
+                DagNode::Call(*function, args.iter().map(|a| self.intern(a)).collect())
+            }
+        };
+        let key = format!("{node:?}");
+        if let Some(&existing) = self.index.get(&key) {
+            return existing;
+        }
+        self.nodes.push(node);
+        self.index.insert(key, self.nodes.len() - 1);
+        self.nodes.len() - 1
+    }
+
+    /// Evaluates every node over `inputs`, in order; `Input` nodes borrow their input.
+    fn evaluate<'a>(&self, inputs: &[Column<'a>], rows: usize) -> Vec<Option<Column<'a>>> {
+        let mut results: Vec<Option<Column<'a>>> = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let column = evaluate_node(node, |i| column_of(&self.nodes, &results, inputs, i), rows);
+            results.push(column);
+        }
+        results
+    }
+}
+
+/// The column of node `index`: its input for an `Input` node, else its evaluated result.
+fn column_of<'r, 'a>(
+    nodes: &[DagNode],
+    results: &'r [Option<Column<'a>>],
+    inputs: &'r [Column<'a>],
+    index: usize,
+) -> &'r Column<'a> {
+    match (&nodes[index], &results[index]) {
+        (DagNode::Input(slot), _) => &inputs[*slot],
+        (_, Some(column)) => column,
+        (_, None) => unreachable!("children are evaluated before their parents"),
+    }
+}
+
+/// Evaluates one node column-wise given its children's columns (`None` for an `Input` node).
+fn evaluate_node<'r, 'a: 'r>(
+    node: &DagNode,
+    child: impl Fn(usize) -> &'r Column<'a>,
+    rows: usize,
+) -> Option<Column<'a>> {
+    Some(match node {
+        DagNode::Const(value) => Column::Scalar(value.clone()),
+        DagNode::Input(_) => return None,
+        DagNode::Negate(operand) => child(*operand).map(rows, value::negate),
+        DagNode::Not(operand) => child(*operand).not(rows),
+        DagNode::Binary(op, left, right) => {
+            let (l, r) = (child(*left), child(*right));
+            let op = *op;
+            match op {
+                BinaryOp::And => l.logic(r, rows, false),
+                BinaryOp::Or => l.logic(r, rows, true),
+                BinaryOp::Coalesce => l.zip(r, rows, value::coalesce),
+                BinaryOp::Concat => l.zip(r, rows, value::concat),
+                BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::Rem => {
+                    l.zip(r, rows, |a, b| value::arithmetic(op, a, b))
+                }
+                _ => l.zip_truths(r, rows, |a, b| value::compare(op, a, b)),
+            }
+        }
+        DagNode::Call(function, args) => {
+            let columns: Vec<&Column<'a>> = args.iter().map(|a| child(*a)).collect();
+            if columns.iter().all(|c| matches!(c, Column::Scalar(_))) {
+                let values: Vec<&Val<'a>> = columns.iter().map(|c| c.get(0)).collect();
+                Column::Scalar(value::call(*function, &values))
+            } else {
+                let mut values: Vec<&Val<'a>> = Vec::with_capacity(columns.len());
+                let mut row_result = |row: usize| {
+                    values.clear();
+                    values.extend(columns.iter().map(|c| c.get(row)));
+                    value::call(*function, &values)
+                };
+                if function.is_predicate() {
+                    Column::Truths(
+                        (0..rows)
+                            .map(|row| value::truth_byte(&row_result(row)))
+                            .collect(),
+                    )
+                } else {
+                    Column::Rows((0..rows).map(row_result).collect())
+                }
+            }
+        }
+    })
+}
+
+/// Many compiled conditions sharing input extraction and common subexpressions.
 #[derive(Debug)]
 pub struct RouteSet {
     plan: Plan,
-    /// `None` for an empty condition, which is always true.
-    routes: Vec<Option<Node>>,
+    dag: Dag,
+    /// Root node of each condition; `None` for an empty condition, which is always true.
+    routes: Vec<Option<usize>>,
 }
 
 impl RouteSet {
     /// Compiles many conditions at once; index-aligned with the input.
     pub fn compile<'a>(conditions: impl IntoIterator<Item = &'a str>) -> Result<Self> {
         let mut plan = Plan::default();
+        let mut dag = Dag::default();
         let mut routes = Vec::new();
         for (index, condition) in conditions.into_iter().enumerate() {
             let node = compile_into(condition, &mut plan).map_err(|source| Error::Route {
                 index,
                 source: Box::new(source),
             })?;
-            routes.push(node);
+            routes.push(node.map(|node| dag.intern(&node)));
         }
-        Ok(Self { plan, routes })
+        Ok(Self { plan, dag, routes })
     }
 
     /// Number of conditions.
@@ -137,9 +261,13 @@ impl RouteSet {
         let rows = columns.len();
         let documents = parse_documents(&columns, &self.plan);
         let inputs = extract(&columns, &documents, &self.plan);
+        let results = self.dag.evaluate(&inputs, rows);
         for route in &self.routes {
             match route {
-                Some(node) => each(rows, Some(&evaluate(node, &inputs, rows))),
+                Some(root) => each(
+                    rows,
+                    Some(column_of(&self.dag.nodes, &results, &inputs, *root)),
+                ),
                 None => each(rows, None),
             }
         }
@@ -164,12 +292,11 @@ pub struct RouteCondition {
 /// Errors render as `line L, column C: message`, the offending line with a caret, and a suggestion.
 pub fn compile(condition: &str) -> Result<RouteCondition> {
     let mut plan = Plan::default();
+    let mut dag = Dag::default();
     let node = compile_into(condition, &mut plan)?;
+    let routes = vec![node.map(|node| dag.intern(&node))];
     Ok(RouteCondition {
-        set: RouteSet {
-            plan,
-            routes: vec![node],
-        },
+        set: RouteSet { plan, dag, routes },
     })
 }
 
@@ -190,58 +317,6 @@ impl RouteCondition {
     }
 }
 
-/// Evaluates a node column-wise; inputs are borrowed, not copied.
-fn evaluate<'n, 'a>(node: &'n Node, inputs: &'n [Column<'a>], rows: usize) -> Cow<'n, Column<'a>> {
-    let owned = match node {
-        Node::Const(value) => Column::Scalar(value.clone()),
-        Node::Input(slot) => return Cow::Borrowed(&inputs[*slot]),
-        Node::Negate(operand) => evaluate(operand, inputs, rows).map(rows, value::negate),
-        Node::Not(operand) => evaluate(operand, inputs, rows).not(rows),
-        Node::Binary(op, left, right) => {
-            let (l, r) = (evaluate(left, inputs, rows), evaluate(right, inputs, rows));
-            let op = *op;
-            match op {
-                BinaryOp::And => l.logic(&r, rows, false),
-                BinaryOp::Or => l.logic(&r, rows, true),
-                BinaryOp::Coalesce => l.zip(&r, rows, value::coalesce),
-                BinaryOp::Concat => l.zip(&r, rows, value::concat),
-                BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::Rem => {
-                    l.zip(&r, rows, |a, b| value::arithmetic(op, a, b))
-                }
-                _ => l.zip_truths(&r, rows, |a, b| value::compare(op, a, b)),
-            }
-        }
-        Node::Call(function, args) => {
-            let columns: Vec<Cow<'n, Column<'a>>> =
-                args.iter().map(|a| evaluate(a, inputs, rows)).collect();
-            if columns
-                .iter()
-                .all(|c| matches!(c.as_ref(), Column::Scalar(_)))
-            {
-                let values: Vec<&Val<'a>> = columns.iter().map(|c| c.get(0)).collect();
-                Column::Scalar(value::call(*function, &values))
-            } else {
-                let mut values: Vec<&Val<'a>> = Vec::with_capacity(columns.len());
-                let mut row_result = |row: usize| {
-                    values.clear();
-                    values.extend(columns.iter().map(|c| c.get(row)));
-                    value::call(*function, &values)
-                };
-                if function.is_predicate() {
-                    Column::Truths(
-                        (0..rows)
-                            .map(|row| value::truth_byte(&row_result(row)))
-                            .collect(),
-                    )
-                } else {
-                    Column::Rows((0..rows).map(row_result).collect())
-                }
-            }
-        }
-    };
-    Cow::Owned(owned)
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -256,6 +331,20 @@ mod tests {
         fn shareable<T: Send + Sync>() {}
         shareable::<RouteSet>();
         shareable::<RouteCondition>();
+    }
+
+    #[test]
+    fn subexpressions_shared_by_routes_are_interned_once() {
+        let set = RouteSet::compile([
+            "$body.a = 1 AND x = 'y'",
+            "$body.a = 1 OR z = 'q'",
+            "$body.a = 1 AND x = 'y'",
+        ])
+        .expect("compiles");
+        // First route: a, 1, a = 1, x, 'y', x = 'y', AND (7). The second adds z, 'q', z = 'q', OR
+        // (4); the third is the first again (0).
+        assert_eq!(set.dag.nodes.len(), 11);
+        assert_eq!(set.routes[0], set.routes[2]);
     }
 
     #[test]
