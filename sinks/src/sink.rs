@@ -28,6 +28,8 @@
 //!   [`Sink::flush_deadline`]; the driver calls [`Sink::flush`] with [`FlushReason::Deadline`] then.
 //! * **Shutdown.** [`Sink::flush`] with [`FlushReason::Shutdown`] delivers everything buffered and returns
 //!   after all acks for written tickets have been sent (or the error that prevented it).
+//! * **Fatal errors in the background.** A sink that delivers from background tasks reports their
+//!   fatal error through [`Sink::stopped`] as soon as it happens.
 //!
 //! [`RetryPolicy`] is the one retry policy of all sinks (capped exponential backoff with jitter) and
 //! [`drive_sink`] the loop that runs a sink; `ledger` keeps per-ticket bookkeeping for sinks that split
@@ -110,4 +112,12 @@ pub trait Sink: Send + fmt::Debug {
 
     /// Delivers what is due (`Deadline`) or everything (`Shutdown`).
     async fn flush(&mut self, reason: FlushReason) -> Result<()>;
+
+    /// Completes with the error that stopped the sink's background work (fatal for the sink), so
+    /// the driver stops at once rather than at the next `write` or `flush`, which may never come.
+    /// Cancel-safe. The default, for sinks whose work all happens inside `write` and `flush`,
+    /// never completes.
+    async fn stopped(&mut self) -> crate::Error {
+        std::future::pending().await
+    }
 }

@@ -106,6 +106,10 @@ impl Sink for PostgresSink {
     async fn flush(&mut self, reason: FlushReason) -> Result<()> {
         self.inner.flush(reason).await
     }
+
+    async fn stopped(&mut self) -> Error {
+        self.inner.stopped().await
+    }
 }
 
 /// The SQL text of one table, built once.

@@ -12,7 +12,8 @@ use tokio::time::sleep_until;
 use crate::{FlushReason, Result, Sink, SinkBatch};
 
 /// Runs `sink` until `batches` is closed and drained, then flushes it with
-/// [`FlushReason::Shutdown`]. Returns the first error of `write` or `flush` (fatal for the sink).
+/// [`FlushReason::Shutdown`]. Returns the first error of `write`, `flush` or the sink's background
+/// work ([`Sink::stopped`]), all fatal for the sink.
 pub async fn drive_sink(
     mut sink: Box<dyn Sink>,
     mut batches: mpsc::Receiver<SinkBatch>,
@@ -28,6 +29,7 @@ pub async fn drive_sink(
                 Some(batch) => sink.write(batch).await?,
                 None => break,
             },
+            error = sink.stopped() => return Err(error),
         }
     }
     tracing::debug!(sink = sink.name(), "input closed; flushing");
@@ -105,5 +107,66 @@ mod tests {
         drop(tx);
         driver.await.unwrap().unwrap();
         assert_eq!(calls.lock().unwrap().last().unwrap(), "flush Shutdown");
+    }
+
+    /// Buffers writes; its background work fails right after the first write and nothing else
+    /// happens: no deadline, no further input.
+    #[derive(Debug)]
+    struct FailsInBackground {
+        trigger: Option<tokio::sync::oneshot::Sender<()>>,
+        failure: Option<tokio::sync::oneshot::Receiver<()>>,
+    }
+
+    #[async_trait]
+    impl Sink for FailsInBackground {
+        fn name(&self) -> &str {
+            "fails-in-background"
+        }
+        fn idempotent(&self) -> bool {
+            false
+        }
+        async fn write(&mut self, _batch: SinkBatch) -> Result<()> {
+            if let Some(trigger) = self.trigger.take() {
+                let _ = trigger.send(());
+            }
+            Ok(())
+        }
+        fn flush_deadline(&self) -> Option<Instant> {
+            None
+        }
+        async fn flush(&mut self, _reason: FlushReason) -> Result<()> {
+            Ok(())
+        }
+        async fn stopped(&mut self) -> crate::Error {
+            match self.failure.as_mut() {
+                Some(failure) => {
+                    let _ = failure.await;
+                    self.failure = None;
+                    crate::Error::AcksClosed {
+                        sink: "fails-in-background".to_owned(),
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_background_failure_stops_the_driver_without_waiting_for_more_input() {
+        let (trigger, failure) = tokio::sync::oneshot::channel();
+        let sink = FailsInBackground {
+            trigger: Some(trigger),
+            failure: Some(failure),
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let driver = tokio::spawn(drive_sink(Box::new(sink), rx));
+        let batch = MessageBatchBuilder::batch_of(&[Message::telemetry("x")]).unwrap();
+        tx.send(SinkBatch { ticket: 1, batch }).await.unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), driver)
+            .await
+            .expect("the driver stops while its input is still open")
+            .unwrap();
+        assert!(outcome.is_err());
+        drop(tx);
     }
 }

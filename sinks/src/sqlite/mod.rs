@@ -93,6 +93,10 @@ impl Sink for SqliteSink {
     async fn flush(&mut self, reason: FlushReason) -> Result<()> {
         self.inner.flush(reason).await
     }
+
+    async fn stopped(&mut self) -> Error {
+        self.inner.stopped().await
+    }
 }
 
 /// What the blocking task needs, shared without copying.

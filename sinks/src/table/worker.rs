@@ -160,19 +160,36 @@ impl TableSink {
 
     /// The error that stopped the writer task.
     async fn worker_error(&mut self) -> Error {
-        let stopped = |problem: String| Error::Database {
+        match self.worker.take() {
+            Some(worker) => self.explain(worker.await),
+            None => self.explain_stopped("stopped earlier after an error (see above)".into()),
+        }
+    }
+
+    /// Completes when the writer task stops, with its error (cancel-safe).
+    pub(crate) async fn stopped(&mut self) -> Error {
+        let Some(worker) = self.worker.as_mut() else {
+            return std::future::pending().await;
+        };
+        let outcome = worker.await;
+        self.worker = None;
+        self.explain(outcome)
+    }
+
+    fn explain(&self, outcome: std::result::Result<Result<()>, tokio::task::JoinError>) -> Error {
+        match outcome {
+            Ok(Err(error)) => error,
+            Ok(Ok(())) => self.explain_stopped("stopped unexpectedly".into()),
+            Err(join) => self.explain_stopped(format!("panicked: {join}")),
+        }
+    }
+
+    fn explain_stopped(&self, problem: String) -> Error {
+        Error::Database {
             sink: self.name.clone(),
             operation: "background writer",
             code: None,
             message: problem,
-        };
-        match self.worker.take() {
-            Some(worker) => match worker.await {
-                Ok(Err(error)) => error,
-                Ok(Ok(())) => stopped("stopped unexpectedly".into()),
-                Err(join) => stopped(format!("panicked: {join}")),
-            },
-            None => stopped("stopped earlier after an error (see above)".into()),
         }
     }
 }
