@@ -44,6 +44,7 @@ use tokio::time::Instant;
 
 use crate::Result;
 
+pub(crate) mod background;
 mod backoff;
 mod driver;
 mod ledger;

@@ -59,6 +59,7 @@ pub use config::{Compression, ParquetSinkConfig, TypedColumn, TypedColumnType};
 use self::columns::FileSchema;
 use self::path::{FileName, PathTemplate};
 use crate::error::object_store_error_is_retryable;
+use crate::sink::background;
 use crate::{
     AckLedger, AckSender, Error, FailedRow, FlushReason, Result, RetryPolicy, Sink, SinkBatch,
     Ticket,
@@ -337,17 +338,9 @@ impl ParquetSink {
     /// Surfaces the outcome of finished upload tasks (only a closed ack channel is an error).
     fn reap(&mut self) -> Result<()> {
         while let Some(done) = self.uploads.try_join_next() {
-            finished(done)?;
+            background::finished(done)?;
         }
         Ok(())
-    }
-}
-
-fn finished(done: Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
-    match done {
-        Ok(result) => result,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(_) => Ok(()),
     }
 }
 
@@ -535,10 +528,14 @@ impl Sink for ParquetSink {
         }
         if reason == FlushReason::Shutdown {
             while let Some(done) = self.uploads.join_next().await {
-                finished(done)?;
+                background::finished(done)?;
             }
         }
         self.reap()
+    }
+
+    async fn stopped(&mut self) -> Error {
+        background::first_failure(&mut self.uploads).await
     }
 }
 

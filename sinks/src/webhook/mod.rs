@@ -33,6 +33,7 @@ use tokio::time::Instant;
 pub use config::{SignatureConfig, WebhookFormat, WebhookSinkConfig};
 
 use crate::error::http_status_is_retryable;
+use crate::sink::background;
 use crate::{AckLedger, AckSender, Error, FailedRow, FlushReason, Result, Sink, SinkBatch, Ticket};
 
 /// The batch being filled.
@@ -170,17 +171,9 @@ impl WebhookSink {
 
     fn reap(&mut self) -> Result<()> {
         while let Some(done) = self.requests.try_join_next() {
-            finished(done)?;
+            background::finished(done)?;
         }
         Ok(())
-    }
-}
-
-fn finished(done: Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
-    match done {
-        Ok(result) => result,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(_) => Ok(()),
     }
 }
 
@@ -354,10 +347,14 @@ impl Sink for WebhookSink {
         }
         if reason == FlushReason::Shutdown {
             while let Some(done) = self.requests.join_next().await {
-                finished(done)?;
+                background::finished(done)?;
             }
         }
         self.reap()
+    }
+
+    async fn stopped(&mut self) -> Error {
+        background::first_failure(&mut self.requests).await
     }
 }
 
