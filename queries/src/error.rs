@@ -30,6 +30,14 @@ pub enum Error {
         #[from]
         source: hubroute_message::Error,
     },
+    /// DataFusion failed to plan or evaluate a compiled condition; conditions are type-checked
+    /// before they reach DataFusion, so this is a bug in hubroute, whatever the input.
+    #[error("DataFusion failed on a route condition (a hubroute bug, please report it): {source}")]
+    DataFusion {
+        /// DataFusion's error.
+        #[from]
+        source: datafusion_common::DataFusionError,
+    },
 }
 
 impl Error {
@@ -38,7 +46,7 @@ impl Error {
         match self {
             Self::Syntax(d) | Self::Type(d) => Some(d),
             Self::Route { source, .. } => source.diagnostic(),
-            Self::Batch { .. } => None,
+            Self::Batch { .. } | Self::DataFusion { .. } => None,
         }
     }
 }

@@ -1,24 +1,23 @@
 //! Compiled conditions and their evaluation over message batches.
 //!
 //! A [`RouteSet`] holds many conditions over one shared input [`Plan`]: per batch it parses each
-//! referenced body/twin once and extracts every referenced input once. The conditions themselves
-//! are interned into one [`Dag`] at compile time, so a subexpression that several routes share
-//! (`$body.status = 'alarm'`, `as_number(severity)`) is evaluated once per batch, column-wise.
-//! A [`RouteCondition`] is a set of one; single-message evaluation builds a one-row batch and runs
-//! the very same code, so `route test` and the engine can never disagree.
-
-use std::collections::HashMap;
+//! referenced body/twin once and extracts every referenced input once into Arrow columns, then
+//! evaluates the conditions as DataFusion physical expressions over them (`physical.rs`), with the
+//! subexpressions that several routes share (`$body.status = 'alarm'`, `as_number(severity)`)
+//! computed once per batch. A [`RouteCondition`] is a set of one; single-message evaluation builds
+//! a one-row batch and runs the very same code, so `route test` and the engine can never disagree.
 
 use arrow::array::BooleanArray;
-use arrow::buffer::BooleanBuffer;
+use arrow::buffer::NullBuffer;
 use arrow::record_batch::RecordBatch;
 use hubroute_message::{Message, MessageBatchBuilder, MessageColumns};
 
 use crate::compile::{Node, Plan, lower};
 use crate::error::{Error, Result};
-use crate::extract::{extract, parse_documents};
-use crate::parser::{BinaryOp, parse};
-use crate::value::{self, Column, Function, Val};
+use crate::extract::{extract, parse_documents, slot_repr};
+use crate::parser::parse;
+use crate::physical::{Dag, PhysicalPlan};
+use crate::repr;
 
 /// The outcome of one condition for one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,14 +31,6 @@ pub enum Truth {
 }
 
 impl Truth {
-    fn of(value: &Val<'_>) -> Self {
-        match value {
-            Val::Bool(true) => Self::True,
-            Val::Undefined | Val::Null => Self::Undefined,
-            _ => Self::False,
-        }
-    }
-
     /// `true`, `false` or `undefined`, as `route test` prints it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -65,213 +56,108 @@ pub struct RouteSetOutcome {
     pub undefined: Vec<usize>,
 }
 
-/// A node of the shared expression DAG; children are indices of earlier nodes.
-#[derive(Debug)]
-enum DagNode {
-    Const(Val<'static>),
-    Input(usize),
-    Negate(usize),
-    Not(usize),
-    Binary(BinaryOp, usize, usize),
-    Call(Function, Vec<usize>),
-}
-
-/// Every distinct subexpression of a route set, children before parents.
-#[derive(Debug, Default)]
-struct Dag {
-    nodes: Vec<DagNode>,
-    /// Structural key (the node's `Debug` text over child indices) → index.
-    index: HashMap<String, usize>,
-}
-
-impl Dag {
-    /// Adds `node` and its subtrees, reusing structurally equal nodes; returns its index.
-    fn intern(&mut self, node: &Node) -> usize {
-        let node = match node {
-            Node::Const(value) => DagNode::Const(value.clone()),
-            Node::Input(slot) => DagNode::Input(*slot),
-            Node::Negate(operand) => DagNode::Negate(self.intern(operand)),
-            Node::Not(operand) => DagNode::Not(self.intern(operand)),
-            Node::Binary(op, left, right) => {
-                let (left, right) = (self.intern(left), self.intern(right));
-                DagNode::Binary(*op, left, right)
-            }
-            Node::Call(function, args) => {
-                DagNode::Call(*function, args.iter().map(|a| self.intern(a)).collect())
-            }
-        };
-        let key = format!("{node:?}");
-        if let Some(&existing) = self.index.get(&key) {
-            return existing;
-        }
-        self.nodes.push(node);
-        self.index.insert(key, self.nodes.len() - 1);
-        self.nodes.len() - 1
-    }
-
-    /// Evaluates every node over `inputs`, in order; `Input` nodes borrow their input.
-    fn evaluate<'a>(&self, inputs: &[Column<'a>], rows: usize) -> Vec<Option<Column<'a>>> {
-        let mut results: Vec<Option<Column<'a>>> = Vec::with_capacity(self.nodes.len());
-        for node in &self.nodes {
-            let column = evaluate_node(node, |i| column_of(&self.nodes, &results, inputs, i), rows);
-            results.push(column);
-        }
-        results
-    }
-}
-
-/// The column of node `index`: its input for an `Input` node, else its evaluated result.
-fn column_of<'r, 'a>(
-    nodes: &[DagNode],
-    results: &'r [Option<Column<'a>>],
-    inputs: &'r [Column<'a>],
-    index: usize,
-) -> &'r Column<'a> {
-    match (&nodes[index], &results[index]) {
-        (DagNode::Input(slot), _) => &inputs[*slot],
-        (_, Some(column)) => column,
-        (_, None) => unreachable!("children are evaluated before their parents"),
-    }
-}
-
-/// Evaluates one node column-wise given its children's columns (`None` for an `Input` node).
-fn evaluate_node<'r, 'a: 'r>(
-    node: &DagNode,
-    child: impl Fn(usize) -> &'r Column<'a>,
-    rows: usize,
-) -> Option<Column<'a>> {
-    Some(match node {
-        DagNode::Const(value) => Column::Scalar(value.clone()),
-        DagNode::Input(_) => return None,
-        DagNode::Negate(operand) => child(*operand).map(rows, value::negate),
-        DagNode::Not(operand) => child(*operand).not(rows),
-        DagNode::Binary(op, left, right) => {
-            let (l, r) = (child(*left), child(*right));
-            let op = *op;
-            match op {
-                BinaryOp::And => l.logic(r, rows, false),
-                BinaryOp::Or => l.logic(r, rows, true),
-                BinaryOp::Coalesce => l.zip(r, rows, value::coalesce),
-                BinaryOp::Concat => l.zip(r, rows, value::concat),
-                BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::Rem => {
-                    l.zip(r, rows, |a, b| value::arithmetic(op, a, b))
-                }
-                _ => l.zip_truths(r, rows, |a, b| value::compare(op, a, b)),
-            }
-        }
-        DagNode::Call(function, args) => {
-            let columns: Vec<&Column<'a>> = args.iter().map(|a| child(*a)).collect();
-            if columns.iter().all(|c| matches!(c, Column::Scalar(_))) {
-                let values: Vec<&Val<'a>> = columns.iter().map(|c| c.get(0)).collect();
-                Column::Scalar(value::call(*function, &values))
-            } else {
-                let mut values: Vec<&Val<'a>> = Vec::with_capacity(columns.len());
-                let mut row_result = |row: usize| {
-                    values.clear();
-                    values.extend(columns.iter().map(|c| c.get(row)));
-                    value::call(*function, &values)
-                };
-                if function.is_predicate() {
-                    Column::Truths(
-                        (0..rows)
-                            .map(|row| value::truth_byte(&row_result(row)))
-                            .collect(),
-                    )
-                } else {
-                    Column::Rows((0..rows).map(row_result).collect())
-                }
-            }
-        }
-    })
-}
-
 /// Many compiled conditions sharing input extraction and common subexpressions.
 #[derive(Debug)]
 pub struct RouteSet {
     plan: Plan,
-    dag: Dag,
-    /// Root node of each condition; `None` for an empty condition, which is always true.
-    routes: Vec<Option<usize>>,
+    physical: PhysicalPlan,
+    len: usize,
 }
+
+/// Per route, per row: whether the condition is true, and where it is defined (`None`: everywhere).
+type Verdicts = Vec<(arrow::buffer::BooleanBuffer, NullBuffer)>;
 
 impl RouteSet {
     /// Compiles many conditions at once; index-aligned with the input.
     pub fn compile<'a>(conditions: impl IntoIterator<Item = &'a str>) -> Result<Self> {
         let mut plan = Plan::default();
-        let mut dag = Dag::default();
-        let mut routes = Vec::new();
+        let mut nodes = Vec::new();
         for (index, condition) in conditions.into_iter().enumerate() {
             let node = compile_into(condition, &mut plan).map_err(|source| Error::Route {
                 index,
                 source: Box::new(source),
             })?;
-            routes.push(node.map(|node| dag.intern(&node)));
+            nodes.push(node);
         }
-        Ok(Self { plan, dag, routes })
+        Self::new(plan, &nodes)
+    }
+
+    fn new(plan: Plan, conditions: &[Option<Node>]) -> Result<Self> {
+        let mut dag = Dag::default();
+        let roots: Vec<Option<usize>> = conditions
+            .iter()
+            .map(|node| node.as_ref().map(|n| dag.intern(n)))
+            .collect();
+        let inputs: Vec<_> = (0..plan.slots.len())
+            .map(|slot| slot_repr(&plan, slot))
+            .collect();
+        let physical = PhysicalPlan::new(&dag, &inputs, &roots)?;
+        Ok(Self {
+            plan,
+            physical,
+            len: roots.len(),
+        })
     }
 
     /// Number of conditions.
     pub fn len(&self) -> usize {
-        self.routes.len()
+        self.len
     }
 
     /// Whether the set has no condition.
     pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
+        self.len == 0
     }
 
     /// Evaluates every condition over a message batch.
     pub fn evaluate(&self, batch: &RecordBatch) -> Result<RouteSetOutcome> {
+        let verdicts = self.verdicts(batch)?;
         let mut outcome = RouteSetOutcome {
-            matched: Vec::with_capacity(self.routes.len()),
-            undefined: Vec::with_capacity(self.routes.len()),
+            matched: Vec::with_capacity(verdicts.len()),
+            undefined: Vec::with_capacity(verdicts.len()),
         };
-        self.for_each_result(batch, |rows, column| {
-            let truth = |row: usize| column.map_or(Truth::True, |c| Truth::of(c.get(row)));
-            let matched = BooleanBuffer::collect_bool(rows, |row| truth(row) == Truth::True);
-            let undefined = (0..rows)
-                .filter(|&row| truth(row) == Truth::Undefined)
-                .count();
-            let matched = BooleanArray::new(matched, None);
-            outcome.matched.push(matched);
-            outcome.undefined.push(undefined);
-        })?;
+        for (matched, defined) in verdicts {
+            outcome.undefined.push(defined.null_count());
+            outcome.matched.push(BooleanArray::new(matched, None));
+        }
         Ok(outcome)
     }
 
     /// Evaluates every condition over a batch and reports each row's [`Truth`], per condition.
     pub fn truths(&self, batch: &RecordBatch) -> Result<Vec<Vec<Truth>>> {
-        let mut out = Vec::with_capacity(self.routes.len());
-        self.for_each_result(batch, |rows, column| {
-            out.push(
-                (0..rows)
-                    .map(|row| column.map_or(Truth::True, |c| Truth::of(c.get(row))))
-                    .collect(),
-            );
-        })?;
-        Ok(out)
+        Ok(self
+            .verdicts(batch)?
+            .into_iter()
+            .map(|(matched, defined)| {
+                matched
+                    .iter()
+                    .zip(defined.iter())
+                    .map(|(matched, defined)| match (matched, defined) {
+                        (true, _) => Truth::True,
+                        (false, true) => Truth::False,
+                        (false, false) => Truth::Undefined,
+                    })
+                    .collect()
+            })
+            .collect())
     }
 
-    fn for_each_result(
-        &self,
-        batch: &RecordBatch,
-        mut each: impl FnMut(usize, Option<&Column<'_>>),
-    ) -> Result<()> {
+    fn verdicts(&self, batch: &RecordBatch) -> Result<Verdicts> {
         let columns = MessageColumns::try_new(batch)?;
         let rows = columns.len();
         let documents = parse_documents(&columns, &self.plan);
         let inputs = extract(&columns, &documents, &self.plan);
-        let results = self.dag.evaluate(&inputs, rows);
-        for route in &self.routes {
-            match route {
-                Some(root) => each(
-                    rows,
-                    Some(column_of(&self.dag.nodes, &results, &inputs, *root)),
-                ),
-                None => each(rows, None),
-            }
-        }
-        Ok(())
+        let values = self.physical.evaluate(inputs, rows)?;
+        values
+            .iter()
+            .map(|value| match value {
+                Some(value) => Ok(repr::verdicts(value, rows)?),
+                None => Ok((
+                    arrow::buffer::BooleanBuffer::new_set(rows),
+                    NullBuffer::new_valid(rows),
+                )),
+            })
+            .collect()
     }
 }
 
@@ -292,11 +178,9 @@ pub struct RouteCondition {
 /// Errors render as `line L, column C: message`, the offending line with a caret, and a suggestion.
 pub fn compile(condition: &str) -> Result<RouteCondition> {
     let mut plan = Plan::default();
-    let mut dag = Dag::default();
     let node = compile_into(condition, &mut plan)?;
-    let routes = vec![node.map(|node| dag.intern(&node))];
     Ok(RouteCondition {
-        set: RouteSet { plan, dag, routes },
+        set: RouteSet::new(plan, &[node])?,
     })
 }
 
@@ -341,10 +225,9 @@ mod tests {
             "$body.a = 1 AND x = 'y'",
         ])
         .expect("compiles");
-        // First route: a, 1, a = 1, x, 'y', x = 'y', AND (7). The second adds z, 'q', z = 'q', OR
-        // (4); the third is the first again (0).
-        assert_eq!(set.dag.nodes.len(), 11);
-        assert_eq!(set.routes[0], set.routes[2]);
+        // `$body.a = 1` is shared by the AND and the OR, and the AND is the root of two routes:
+        // each is computed once per batch, in its own stage (the AND reads `$body.a = 1`).
+        assert_eq!(set.physical.materialized(), 2, "{:#?}", set.physical);
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //! Bodies are read only when some condition reads `$body`, and only for rows whose `contentType` is
 //! `application/json` and whose `contentEncoding` is `utf-8`, `utf-16` or `utf-32` (case-insensitive;
 //! UTF-16/32 are little-endian as .NET's `Encoding.Unicode`/`UTF32`, a leading BOM is skipped). Other
-//! rows read `undefined` for every body path. All referenced paths of a body are located in one lazy
-//! pass (`sonic_rs::get_many`, which skips unneeded values without building a DOM) and strings borrow
-//! from the body; only a path that pass does not find costs a full parse of that body.
+//! rows read `undefined` for every body path, as do bodies that are not JSON. All referenced paths of a
+//! body are located in one forward scan that skips unneeded values without building a DOM
+//! (`scan.rs`); twins, which are small, are parsed with `sonic-rs`.
 //!
 //! Path resolution: a missing key or index, or a step into a primitive, yields `undefined`; an
 //! explicit JSON `null` yields `null`. This follows the documented cloud behaviour (reference §1.12
@@ -16,16 +16,17 @@
 //! counts as absent.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::sync::Arc;
 
-use arrow::array::{Array, MapArray, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, MapArray, StringArray, new_null_array};
+use arrow::datatypes::DataType;
 use hubroute_message::MessageColumns;
-use sonic_rs::{
-    JsonContainerTrait, JsonType, JsonValueTrait, LazyValue, PointerNode, PointerTree, Value,
-};
+use sonic_rs::{JsonContainerTrait, JsonValueTrait, Value};
 
 use crate::compile::{PathStep, Plan, Slot, SystemProperty};
-use crate::value::{Column, Val};
+use crate::repr::{self, DynamicBuilder, Repr, Values};
+use crate::scan::PathTree;
+use crate::value::Val;
 
 /// The JSON documents of one batch (`None` where the row's body or twin is not queryable): bodies
 /// decoded to UTF-8 but not parsed (paths are read lazily), twins parsed.
@@ -160,138 +161,72 @@ fn resolve<'d>(root: &'d Value, steps: &[PathStep], case_insensitive: bool) -> V
     json_value(current)
 }
 
-/// A lazily located JSON value as a [`Val`], borrowing unescaped strings from the body.
-fn lazy_value<'d>(value: &LazyValue<'d>) -> Val<'d> {
-    match value.get_type() {
-        JsonType::String => match value.as_raw_cow() {
-            Cow::Borrowed(raw) if !raw.contains('\\') && raw.len() >= 2 => {
-                Val::Str(Cow::Borrowed(&raw[1..raw.len() - 1]))
-            }
-            _ => value
-                .as_str()
-                .map_or(Val::Undefined, |s| Val::Str(Cow::Owned(s.to_owned()))),
-        },
-        JsonType::Number => value.as_f64().map_or(Val::Undefined, Val::number),
-        JsonType::Boolean => value.as_bool().map_or(Val::Undefined, Val::Bool),
-        JsonType::Null => Val::Null,
-        JsonType::Object => Val::Object,
-        JsonType::Array => Val::Array,
-    }
-}
-
-fn into_owned(value: Val<'_>) -> Val<'static> {
-    match value {
-        Val::Str(s) => Val::Str(Cow::Owned(s.into_owned())),
-        Val::Undefined => Val::Undefined,
-        Val::Null => Val::Null,
-        Val::Bool(b) => Val::Bool(b),
-        Val::Number(n) => Val::Number(n),
-        Val::Object => Val::Object,
-        Val::Array => Val::Array,
-    }
-}
-
-/// Reads every body path of every row with one lazy pass over each body (`sonic_rs::get_many`).
-///
-/// A path the lazy pass does not find is resolved again on a full parse of that body, which alone
-/// distinguishes the cases (missing key, step into a primitive) and keeps one definition of the
-/// semantics in [`resolve`]. Unlike a full parse, the lazy pass does not look at the body past the
-/// last value it needs, so trailing garbage after those values goes unnoticed.
-fn body_paths<'d>(
-    bodies: &'d [Option<Cow<'_, [u8]>>],
+/// Reads every body path of every row with one forward scan of each body (`scan.rs`).
+fn body_paths(
+    bodies: &[Option<Cow<'_, [u8]>>],
     paths: &[&[PathStep]],
     rows: usize,
-) -> Vec<Vec<Val<'d>>> {
-    // sonic's pointer tree cannot hold a key step and an index step under the same node (it panics),
-    // so a path that would need both goes to the full-parse route only.
-    let mut tree = PointerTree::new();
-    let mut child_is_index: HashMap<&[PathStep], bool> = HashMap::new();
-    let mut tree_order: Vec<Option<usize>> = Vec::with_capacity(paths.len());
-    for steps in paths {
-        let compatible = steps.iter().enumerate().all(|(depth, step)| {
-            let is_index = matches!(step, PathStep::Index(_));
-            *child_is_index.entry(&steps[..depth]).or_insert(is_index) == is_index
-        });
-        if !compatible {
-            tree_order.push(None);
-            continue;
-        }
-        let nodes: Vec<PointerNode> = steps
-            .iter()
-            .map(|step| match step {
-                PathStep::Key(key) => PointerNode::Key(key.clone().into()),
-                PathStep::Index(index) => PointerNode::Index(*index),
-            })
-            .collect();
-        tree_order.push(Some(tree.size()));
-        tree.add_path(nodes);
-    }
-    let mut out: Vec<Vec<Val<'d>>> = paths.iter().map(|_| Vec::with_capacity(rows)).collect();
+) -> Vec<ArrayRef> {
+    let tree = PathTree::new(paths);
+    let mut out: Vec<DynamicBuilder> = paths
+        .iter()
+        .map(|_| DynamicBuilder::with_capacity(rows))
+        .collect();
+    let mut found = Vec::with_capacity(paths.len());
     for row in 0..rows {
-        let Some(Some(body)) = bodies.get(row) else {
-            out.iter_mut()
-                .for_each(|column| column.push(Val::Undefined));
-            continue;
+        let values = match bodies.get(row) {
+            Some(Some(body)) => tree.scan(body, &mut found).map(|()| found.as_slice()),
+            _ => None,
         };
-        let found = sonic_rs::get_many(body.as_ref(), &tree).unwrap_or_default();
-        let mut document: Option<Option<Value>> = None;
-        for (i, column) in out.iter_mut().enumerate() {
-            let value = match tree_order[i].and_then(|order| found.get(order)) {
-                Some(Some(lazy)) => lazy_value(lazy),
-                _ => {
-                    let document =
-                        document.get_or_insert_with(|| sonic_rs::from_slice(body.as_ref()).ok());
-                    document.as_ref().map_or(Val::Undefined, |doc| {
-                        into_owned(resolve(doc, paths[i], false))
-                    })
-                }
-            };
-            column.push(value);
+        match values {
+            Some(values) => out
+                .iter_mut()
+                .zip(values)
+                .for_each(|(column, value)| column.push(value)),
+            None => out
+                .iter_mut()
+                .for_each(|column| column.push(&Val::Undefined)),
         }
     }
-    out
-}
-
-fn strings<'a>(array: &'a StringArray, rows: usize) -> Vec<Val<'a>> {
-    (0..rows)
-        .map(|row| {
-            if array.is_valid(row) {
-                Val::Str(Cow::Borrowed(array.value(row)))
-            } else {
-                Val::Undefined
-            }
-        })
+    out.into_iter()
+        .map(|builder| Arc::new(builder.finish()) as ArrayRef)
         .collect()
 }
 
-fn system<'a>(columns: &MessageColumns<'a>, property: SystemProperty) -> Vec<Val<'a>> {
+/// A system property column as a route input: the batch's own column, zero-copy.
+fn strings(array: &StringArray) -> ArrayRef {
+    Arc::new(array.clone())
+}
+
+fn system(columns: &MessageColumns<'_>, property: SystemProperty) -> ArrayRef {
     let rows = columns.len();
     match property {
-        SystemProperty::MessageId => strings(columns.message_id, rows),
-        SystemProperty::CorrelationId => strings(columns.correlation_id, rows),
-        SystemProperty::ContentType => strings(columns.content_type, rows),
-        SystemProperty::ContentEncoding => strings(columns.content_encoding, rows),
-        SystemProperty::ConnectionDeviceId => strings(columns.connection_device_id, rows),
-        SystemProperty::ConnectionModuleId => strings(columns.connection_module_id, rows),
-        SystemProperty::ConnectionAuthMethod => strings(columns.connection_auth_method, rows),
+        SystemProperty::MessageId => strings(columns.message_id),
+        SystemProperty::CorrelationId => strings(columns.correlation_id),
+        SystemProperty::ContentType => strings(columns.content_type),
+        SystemProperty::ContentEncoding => strings(columns.content_encoding),
+        SystemProperty::ConnectionDeviceId => strings(columns.connection_device_id),
+        SystemProperty::ConnectionModuleId => strings(columns.connection_module_id),
+        SystemProperty::ConnectionAuthMethod => strings(columns.connection_auth_method),
         SystemProperty::ConnectionDeviceGenerationId => {
-            strings(columns.connection_auth_generation_id, rows)
+            strings(columns.connection_auth_generation_id)
         }
-        SystemProperty::DtDataschema => strings(columns.dt_dataschema, rows),
-        SystemProperty::DtSubject => strings(columns.dt_subject, rows),
-        SystemProperty::UserId => (0..rows)
-            .map(|row| {
-                let ids = columns.user_id;
+        SystemProperty::DtDataschema => strings(columns.dt_dataschema),
+        SystemProperty::DtSubject => strings(columns.dt_subject),
+        SystemProperty::UserId => {
+            let ids = columns.user_id;
+            let values = (0..rows).map(|row| {
                 if ids.is_valid(row) {
                     Val::Str(String::from_utf8_lossy(ids.value(row)))
                 } else {
                     Val::Undefined
                 }
-            })
-            .collect(),
-        SystemProperty::EnqueuedTime => (0..rows)
-            .map(|row| {
-                let times = columns.iothub_enqueued_time;
+            });
+            repr::build(Repr::Str, rows, values)
+        }
+        SystemProperty::EnqueuedTime => {
+            let times = columns.iothub_enqueued_time;
+            let values = (0..rows).map(|row| {
                 times
                     .is_valid(row)
                     .then(|| chrono::DateTime::from_timestamp_millis(times.value(row)))
@@ -301,44 +236,103 @@ fn system<'a>(columns: &MessageColumns<'a>, property: SystemProperty) -> Vec<Val
                             t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                         ))
                     })
-            })
-            .collect(),
+            });
+            repr::build(Repr::Str, rows, values)
+        }
     }
 }
 
 /// Reads every requested application property in one pass over each row's map.
-fn app_properties<'a>(map: &'a MapArray, names: &[&str], rows: usize) -> Vec<Vec<Val<'a>>> {
-    let mut out: Vec<Vec<Val<'a>>> = names.iter().map(|_| Vec::with_capacity(rows)).collect();
-    let keys = map.keys().as_any().downcast_ref::<StringArray>();
-    let values = map.values().as_any().downcast_ref::<StringArray>();
+fn app_properties(map: &MapArray, names: &[&str], rows: usize) -> Vec<ArrayRef> {
+    let undefined = || new_null_array(&DataType::Utf8, rows);
+    let keys = map.keys().as_string_opt::<i32>();
+    let values = map.values().as_string_opt::<i32>();
     let (Some(keys), Some(values)) = (keys, values) else {
-        return names.iter().map(|_| vec![Val::Undefined; rows]).collect();
+        return names.iter().map(|_| undefined()).collect();
     };
+    let names: Vec<(&str, bool)> = names.iter().map(|n| (*n, n.is_ascii())).collect();
+    // Per name, the map entry holding it in each row; most names (`$body.x` read as an
+    // application property first) are in no message, and their column is all `undefined`.
+    let mut found: Vec<Vec<Option<usize>>> = names.iter().map(|_| vec![None; rows]).collect();
+    let mut any = vec![false; names.len()];
     let offsets = map.value_offsets();
     for row in 0..rows {
         #[expect(clippy::cast_sign_loss, reason = "Arrow offsets are non-negative")]
         let range = offsets[row] as usize..offsets[row + 1] as usize;
-        for (name, column) in names.iter().zip(out.iter_mut()) {
-            let found = range
-                .clone()
-                .find(|&entry| names_match(keys.value(entry), name));
-            column.push(match found {
-                Some(entry) if values.is_valid(entry) => {
-                    Val::Str(Cow::Borrowed(values.value(entry)))
+        for entry in range {
+            let key = keys.value(entry);
+            let key_is_ascii = key.is_ascii();
+            for (name_index, &(name, name_is_ascii)) in names.iter().enumerate() {
+                let matches = if key_is_ascii && name_is_ascii {
+                    key.eq_ignore_ascii_case(name)
+                } else {
+                    names_match(key, name)
+                };
+                let slot = &mut found[name_index][row];
+                if matches && slot.is_none() {
+                    *slot = Some(entry);
+                    any[name_index] |= values.is_valid(entry);
                 }
-                _ => Val::Undefined,
-            });
+            }
         }
     }
-    out
+    found
+        .into_iter()
+        .zip(any)
+        .map(|(entries, any)| {
+            if any {
+                let strings: StringArray = entries
+                    .into_iter()
+                    .map(|entry| {
+                        entry
+                            .filter(|&e| values.is_valid(e))
+                            .map(|e| values.value(e))
+                    })
+                    .collect();
+                Arc::new(strings) as ArrayRef
+            } else {
+                undefined()
+            }
+        })
+        .collect()
 }
 
-/// One column per slot of the plan.
-pub(crate) fn extract<'a>(
-    columns: &MessageColumns<'a>,
-    documents: &'a Documents<'_>,
+/// The layout of a slot's column.
+pub(crate) fn slot_repr(plan: &Plan, slot: usize) -> Repr {
+    match &plan.slots[slot] {
+        Slot::App(_) | Slot::System(_) => Repr::Str,
+        Slot::Body(_) | Slot::Twin(_) => Repr::Dynamic,
+        Slot::AppOr { then, .. } => slot_repr(plan, *then),
+    }
+}
+
+/// `$name`: the application property where the message has one, else the system property (or
+/// body/twin path) in `then`.
+fn app_or(app: &ArrayRef, then: &ArrayRef, repr: Repr) -> ArrayRef {
+    if app.null_count() == app.len() {
+        return Arc::clone(then);
+    }
+    let rows = app.len();
+    let app = app.as_string::<i32>();
+    let Ok(then) = Values::of_array(then.as_ref()) else {
+        return Arc::clone(then);
+    };
+    let values = (0..rows).map(|row| {
+        if app.is_valid(row) {
+            Val::Str(app.value(row).into())
+        } else {
+            then.get(row)
+        }
+    });
+    repr::build(repr, rows, values)
+}
+
+/// One column per slot of the plan, in the layout of [`slot_repr`].
+pub(crate) fn extract(
+    columns: &MessageColumns<'_>,
+    documents: &Documents<'_>,
     plan: &Plan,
-) -> Vec<Column<'a>> {
+) -> Vec<ArrayRef> {
     let rows = columns.len();
     let app_names: Vec<&str> = plan
         .slots
@@ -363,26 +357,27 @@ pub(crate) fn extract<'a>(
         body_paths(&documents.bodies, &body_steps, rows)
     }
     .into_iter();
-    let mut out: Vec<Column<'a>> = Vec::with_capacity(plan.slots.len());
-    for slot in &plan.slots {
-        let values = match slot {
-            Slot::App(_) => apps.next().unwrap_or_default(),
-            Slot::System(property) => system(columns, *property),
-            Slot::Body(_) => bodies.next().unwrap_or_default(),
-            Slot::Twin(steps) => (0..rows)
-                .map(|row| match documents.twins.get(row) {
+    let mut out: Vec<ArrayRef> = Vec::with_capacity(plan.slots.len());
+    for (index, slot) in plan.slots.iter().enumerate() {
+        let column = match slot {
+            Slot::App(_) => apps.next(),
+            Slot::System(property) => Some(system(columns, *property)),
+            Slot::Body(_) => bodies.next(),
+            Slot::Twin(steps) => {
+                let values = (0..rows).map(|row| match documents.twins.get(row) {
                     Some(Some(doc)) => resolve(doc, steps, true),
                     _ => Val::Undefined,
-                })
-                .collect(),
-            Slot::AppOr { app, then } => (0..rows)
-                .map(|row| match out[*app].get(row) {
-                    Val::Undefined => out[*then].get(row).clone(),
-                    found => found.clone(),
-                })
-                .collect(),
+                });
+                Some(repr::build(Repr::Dynamic, rows, values))
+            }
+            Slot::AppOr { app, then } => {
+                Some(app_or(&out[*app], &out[*then], slot_repr(plan, index)))
+            }
         };
-        out.push(Column::Rows(values));
+        out.push(column.unwrap_or_else(|| {
+            let undefined = std::iter::repeat_n(Val::Undefined, rows);
+            repr::build(slot_repr(plan, index), rows, undefined)
+        }));
     }
     out
 }

@@ -2,8 +2,15 @@
 //!
 //! This crate does no I/O. [`compile`] turns one condition into a [`RouteCondition`]; [`RouteSet`]
 //! compiles all routes of a hub together so that every application property, system property, body
-//! path and twin path any of them reads is extracted once per batch (one JSON parse per message) and
-//! shared. Evaluation then runs each condition as column-at-a-time kernels over those inputs.
+//! path and twin path any of them reads is extracted once per batch (one forward scan of each JSON
+//! body) into Arrow columns. Each condition is compiled once into DataFusion physical expressions over
+//! those columns, with our own scalar functions where DataFusion has none, and subexpressions shared
+//! by routes are computed once per batch.
+//!
+//! The pipeline, file by file: `lexer.rs` → `parser.rs` (AST) → `compile.rs` (type checking,
+//! input slots) → `physical.rs` (DAG of all routes, lowered to `PhysicalExpr`s in stages) over the
+//! columns of `extract.rs` (body paths found by `scan.rs`), laid out as `repr.rs` describes, with
+//! `udf.rs` for what DataFusion lacks and `value.rs` for per-value semantics.
 //!
 //! The language is IoT Hub's (reference §1); where cloud behaviour is unverified we follow the Edge
 //! engine (`Microsoft.Azure.Devices.Routing.Core`):
@@ -20,11 +27,13 @@
 //!   case-sensitive, twin keys case-insensitive;
 //! * `$enqueuedTime` is an ISO-8601 UTC string with milliseconds (`2022-06-06T22:56:06.000Z`);
 //! * `IS_ARRAY`, `IS_OBJECT` and `IS_PRIMITIVE` (documented for the cloud, absent in Edge) see JSON
-//!   arrays and objects; `is_defined` is true for them; `SUBSTRING` out of range is `undefined`.
+//!   arrays and objects; `is_defined` is true for them; `SUBSTRING` out of range is `undefined`;
+//! * `-0` equals `0` and is read as `0` (so `1 / $body.x` with `"x": -0.0` is `+Infinity`, where
+//!   .NET would give `-Infinity`).
 //!
-//! The design choice: values are a small tagged enum evaluated by our own vectorised
-//! kernels rather than DataFusion physical expressions, because IoT Hub's `undefined`-vs-`null`
-//! three-valued logic and dynamically typed body values have no faithful DataFusion counterpart.
+//! The mapping onto SQL: `undefined` is `NULL` for statically typed values, which makes DataFusion's
+//! Kleene `AND`/`OR`/`NOT` and null-propagating operators IoT Hub's; dynamically typed values keep
+//! their JSON type and the `null`/`undefined` distinction in a struct column (`repr.rs`).
 
 mod compile;
 mod error;
@@ -32,6 +41,10 @@ mod eval;
 mod extract;
 mod lexer;
 mod parser;
+mod physical;
+mod repr;
+mod scan;
+mod udf;
 mod value;
 
 pub use error::{Diagnostic, Error, Result};

@@ -8,7 +8,7 @@ use crate::error::{Diagnostic, Error, Result};
 use crate::lexer::{Token, TokenKind, tokenize};
 
 /// A binary operator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum BinaryOp {
     Mul,
     Div,

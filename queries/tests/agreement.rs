@@ -283,6 +283,15 @@ fn number_expr() -> impl Strategy<Value = E> {
     })
 }
 
+/// A literal of every JSON type a dynamic value can be compared with.
+fn literal() -> impl Strategy<Value = E> {
+    prop_oneof![
+        (-3i32..4).prop_map(|n| E::Num(f64::from(n))),
+        prop::sample::select(vec!["1", "a", "A", ""]).prop_map(E::Str),
+        any::<bool>().prop_map(E::Bool),
+    ]
+}
+
 fn bool_expr() -> impl Strategy<Value = E> {
     let ops = prop::sample::select(vec!["=", "!=", "<", "<=", ">", ">="]);
     let leaf = prop_oneof![
@@ -299,7 +308,15 @@ fn bool_expr() -> impl Strategy<Value = E> {
             Box::new(a),
             Box::new(b)
         )),
-        (ops, dynamic(), dynamic()).prop_map(|(op, a, b)| E::Cmp(op, Box::new(a), Box::new(b))),
+        (ops.clone(), dynamic(), dynamic()).prop_map(|(op, a, b)| E::Cmp(
+            op,
+            Box::new(a),
+            Box::new(b)
+        )),
+        (ops, dynamic(), literal(), any::<bool>()).prop_map(|(op, d, l, flip)| {
+            let (a, b) = if flip { (l, d) } else { (d, l) };
+            E::Cmp(op, Box::new(a), Box::new(b))
+        }),
         string_expr().prop_map(|x| E::IsDefined(Box::new(x))),
         dynamic().prop_map(|x| E::IsNull(Box::new(x))),
     ];

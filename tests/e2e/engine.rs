@@ -376,18 +376,8 @@ async fn thousands_of_messages_reach_exactly_the_endpoints_iot_hub_would_choose(
         .map(|(m, _)| m.message_id.clone()));
     assert!(expected_db.len() > 100 && expected_hook.len() > 20 && expected_lake.len() > 1000);
 
-    let metrics = reqwest::get(format!("http://{}/metrics", engine.http_addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let routes: serde_json::Value = reqwest::get(format!("http://{}/routes", engine.http_addr()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let metrics = metrics_of(engine.http_addr()).await;
+    let routes = routes_of(engine.http_addr()).await;
     let health = reqwest::get(format!("http://{}/healthz", engine.http_addr()))
         .await
         .unwrap();
@@ -471,23 +461,50 @@ endpoint = "hook"
     )
 }
 
+/// The set-up of the single-endpoint tests: an emulator holding `events` simulated messages, a
+/// webhook receiver and a scratch directory.
+struct HookScenario {
+    emulator: RunningEmulator,
+    hook: Hook,
+    dir: tempfile::TempDir,
+}
+
+impl HookScenario {
+    async fn start(events: u64) -> Self {
+        let emulator = emulator().await;
+        if events > 0 {
+            simulate(&emulator, events).await;
+        }
+        Self {
+            emulator,
+            hook: Hook::start().await,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn into_parts(self) -> (RunningEmulator, Hook, tempfile::TempDir) {
+        (self.emulator, self.hook, self.dir)
+    }
+
+    /// A configuration sending the messages that match `condition` to the webhook.
+    fn config(&self, condition: &str) -> String {
+        single_hook_config(
+            self.dir.path(),
+            &self.emulator.connection_string("hub"),
+            &self.hook.url(),
+            condition,
+        )
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_sink_holds_back_the_source_and_nothing_is_lost_when_it_recovers() {
     const EVENTS: u64 = 5000;
-    let emulator = emulator().await;
-    simulate(&emulator, EVENTS).await;
-    let hook = Hook::start().await;
+    let scenario = HookScenario::start(EVENTS).await;
+    let config = scenario.config("true");
+    let (emulator, hook, dir) = scenario.into_parts();
     hook.stalled.store(true, Ordering::SeqCst);
-    let dir = tempfile::tempdir().unwrap();
-    let loaded = load(
-        dir.path(),
-        &single_hook_config(
-            dir.path(),
-            &emulator.connection_string("hub"),
-            &hook.url(),
-            "true",
-        ),
-    );
+    let loaded = load(dir.path(), &config);
     let engine = RunningEngine::start(loaded).await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let held = engine.metrics().events_routed();
@@ -502,23 +519,13 @@ async fn a_stalled_sink_holds_back_the_source_and_nothing_is_lost_when_it_recove
         held <= bound,
         "{held} events routed while stalled, bound {bound}"
     );
-    let health: serde_json::Value = reqwest::get(format!("http://{}/routes", engine.http_addr()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = routes_of(engine.http_addr()).await;
     assert_eq!(health["endpoints"][0]["status"], "unhealthy", "{health}");
     assert_eq!(committed(&engine), 0);
     let lag = |engine: &RunningEngine| {
         let addr = engine.http_addr();
         async move {
-            let text = reqwest::get(format!("http://{addr}/metrics"))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = metrics_of(&addr).await;
             metric_sum(&text, "hubroute_partition_lag_events{")
         }
     };
@@ -557,20 +564,10 @@ async fn a_stalled_sink_holds_back_the_source_and_nothing_is_lost_when_it_recove
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanently_rejected_messages_are_dead_lettered_and_the_checkpoint_moves_on() {
     const EVENTS: u64 = 600;
-    let emulator = emulator().await;
-    simulate(&emulator, EVENTS).await;
-    let hook = Hook::start().await;
+    let scenario = HookScenario::start(EVENTS).await;
+    let config = with_local_dead_letters(scenario.config("true"), scenario.dir.path());
+    let (emulator, hook, dir) = scenario.into_parts();
     hook.rejecting.store(true, Ordering::SeqCst);
-    let dir = tempfile::tempdir().unwrap();
-    let config = with_local_dead_letters(
-        single_hook_config(
-            dir.path(),
-            &emulator.connection_string("hub"),
-            &hook.url(),
-            "true",
-        ),
-        dir.path(),
-    );
     let engine = RunningEngine::start(load(dir.path(), &config))
         .await
         .unwrap();
@@ -580,12 +577,7 @@ async fn permanently_rejected_messages_are_dead_lettered_and_the_checkpoint_move
         || committed(&engine) == EVENTS,
     )
     .await;
-    let metrics = reqwest::get(format!("http://{}/metrics", engine.http_addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(engine.http_addr()).await;
     engine.shutdown().await.unwrap();
     assert!(hook.message_ids().is_empty());
     let line = format!("hubroute_endpoint_dead_lettered_total{{endpoint=\"hook\"}} {EVENTS}");
@@ -612,24 +604,16 @@ async fn permanently_rejected_messages_are_dead_lettered_and_the_checkpoint_move
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dead_letter_policy_keeps_a_partition_flowing_past_a_stalled_endpoint() {
     const EVENTS: u64 = 3000;
-    let emulator = emulator().await;
-    simulate(&emulator, EVENTS).await;
-    let hook = Hook::start().await;
-    hook.stalled.store(true, Ordering::SeqCst);
-    let dir = tempfile::tempdir().unwrap();
+    let scenario = HookScenario::start(EVENTS).await;
     let config = with_local_dead_letters(
-        single_hook_config(
-            dir.path(),
-            &emulator.connection_string("hub"),
-            &hook.url(),
-            "true",
-        )
-        .replace(
+        scenario.config("true").replace(
             "queue_capacity = 2",
             "queue_capacity = 1\nfull_policy = \"dead_letter\"",
         ),
-        dir.path(),
+        scenario.dir.path(),
     );
+    let (emulator, hook, dir) = scenario.into_parts();
+    hook.stalled.store(true, Ordering::SeqCst);
     let engine = RunningEngine::start(load(dir.path(), &config))
         .await
         .unwrap();
@@ -714,13 +698,10 @@ endpoint = "db"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_under_traffic_switches_routes_between_batches() {
     const EVENTS: u64 = 6000;
-    let emulator = emulator().await;
-    let hook = Hook::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let scenario = HookScenario::start(0).await;
+    let config = |condition: &str| scenario.config(condition);
+    let (emulator, hook, dir) = (&scenario.emulator, &scenario.hook, &scenario.dir);
     let connection_string = emulator.connection_string("hub");
-    let config = |condition: &str| {
-        single_hook_config(dir.path(), &connection_string, &hook.url(), condition)
-    };
     let loaded = load(dir.path(), &config("severity = 'high'"));
     let engine = RunningEngine::start(loaded).await.unwrap();
     let reloader = engine.reloader();
@@ -795,7 +776,7 @@ async fn a_reload_under_traffic_switches_routes_between_batches() {
         medium_seen += delivered.len() - switch;
     }
     assert!(medium_seen > 0, "the new route applied");
-    emulator.shutdown().await.unwrap();
+    scenario.emulator.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -989,7 +970,18 @@ fn messages_of_quickstart(events: u64) -> Vec<DeviceMessage> {
 }
 
 /// Reads `/routes` of a running engine.
-async fn routes_of(addr: &str) -> serde_json::Value {
+/// The engine's Prometheus metrics text.
+async fn metrics_of(addr: impl std::fmt::Display) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The engine's `/routes` document.
+async fn routes_of(addr: impl std::fmt::Display) -> serde_json::Value {
     reqwest::get(format!("http://{addr}/routes"))
         .await
         .unwrap()
@@ -1002,13 +994,9 @@ async fn routes_of(addr: &str) -> serde_json::Value {
 async fn the_service_reloads_routes_on_file_change_and_sighup_and_keeps_them_on_a_bad_file() {
     use std::io::BufRead as _;
 
-    let emulator = emulator().await;
-    let dir = tempfile::tempdir().unwrap();
-    let hook = Hook::start().await;
-    let connection_string = emulator.connection_string("hub");
-    let config = |condition: &str| {
-        single_hook_config(dir.path(), &connection_string, &hook.url(), condition)
-    };
+    let scenario = HookScenario::start(0).await;
+    let config = |condition: &str| scenario.config(condition);
+    let dir = &scenario.dir;
     let path = dir.path().join("hubroute.toml");
     std::fs::write(&path, config("severity = 'high'")).unwrap();
     let mut child = crate::support::hubroute()
@@ -1045,12 +1033,7 @@ async fn the_service_reloads_routes_on_file_change_and_sighup_and_keeps_them_on_
     std::fs::write(&path, config("severity = = 'x'")).unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(condition(&routes_of(&addr).await), "severity = 'medium'");
-    let metrics = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(&addr).await;
     assert!(
         metrics.contains("hubroute_config_reloads_total{outcome=\"rejected\"} 1"),
         "{metrics}"
@@ -1090,5 +1073,5 @@ async fn the_service_reloads_routes_on_file_change_and_sighup_and_keeps_them_on_
         .status()
         .unwrap();
     assert!(child.wait().unwrap().success());
-    emulator.shutdown().await.unwrap();
+    scenario.emulator.shutdown().await.unwrap();
 }

@@ -1,12 +1,13 @@
 //! One authenticated AMQP connection to an event hub: transport (TLS or plain), SASL ANONYMOUS, a
 //! session, and claims-based security (`$cbs` `put-token`) with renewal; plus the `$management` READ
-//! that lists partition ids.
+//! of the event hub (partition ids) and of its partitions (retained sequence numbers).
 //!
 //! Each partition receiver owns one [`HubConnection`], so a fault (or a stolen link) on one partition
 //! never disturbs another and reconnects stay per partition. Tokens signed from the key live
 //! `token_lifetime` and are renewed at 80 % of it on the same connection; a given
 //! `SharedAccessSignature` is sent as is and cannot be renewed. Token text is never logged.
 
+use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -239,10 +240,11 @@ impl HubConnection {
     /// Partition ids of `event_hub`, from a `$management` READ of `com.microsoft:eventhub`.
     pub(crate) async fn partition_ids(&mut self, event_hub: &str) -> Result<Vec<String>> {
         let (token, _) = self.token()?;
-        let request = ReadEventHub {
-            name: event_hub.to_owned(),
-            security_token: token.as_str().to_owned(),
-        };
+        let request = Read::<EventHubInfo>::new(
+            management::EVENT_HUB_TYPE,
+            vec![("name", event_hub.to_owned())],
+            token.as_str(),
+        );
         Ok(self.management(event_hub, request).await?.partition_ids)
     }
 
@@ -254,11 +256,14 @@ impl HubConnection {
         partition: &str,
     ) -> Result<Option<(i64, i64)>> {
         let (token, _) = self.token()?;
-        let request = ReadPartition {
-            name: event_hub.to_owned(),
-            partition: partition.to_owned(),
-            security_token: token.as_str().to_owned(),
-        };
+        let request = Read::<PartitionInfo>::new(
+            management::PARTITION_TYPE,
+            vec![
+                ("name", event_hub.to_owned()),
+                ("partition", partition.to_owned()),
+            ],
+            token.as_str(),
+        );
         let info = self.management(event_hub, request).await?;
         Ok((!info.is_empty).then_some((
             info.begin_sequence_number,
@@ -310,41 +315,56 @@ impl HubConnection {
     }
 }
 
-/// `READ com.microsoft:eventhub`.
-struct ReadEventHub {
-    name: String,
-    security_token: String,
+/// A `$management` `READ` of an entity (`com.microsoft:eventhub`, `com.microsoft:partition`),
+/// decoded as `R`.
+struct Read<R> {
+    entity_type: &'static str,
+    /// Application properties naming the entity (`name`, `partition`) and the security token.
+    properties: Vec<(&'static str, String)>,
+    response: PhantomData<R>,
 }
 
-/// The part of the event hub description the source needs.
-struct EventHubInfo {
-    partition_ids: Vec<String>,
+impl<R> Read<R> {
+    fn new(
+        entity_type: &'static str,
+        mut properties: Vec<(&'static str, String)>,
+        token: &str,
+    ) -> Self {
+        properties.push((management::SECURITY_TOKEN, token.to_owned()));
+        Self {
+            entity_type,
+            properties,
+            response: PhantomData,
+        }
+    }
 }
 
-impl Request for ReadEventHub {
+impl<R: Response<Body = Value, Error = ManagementError>> Request for Read<R> {
     const OPERATION: &'static str = management::READ;
-    type Response = EventHubInfo;
+    type Response = R;
     type Body = Value;
 
     fn manageable_entity_type(&mut self) -> Option<String> {
-        Some(management::EVENT_HUB_TYPE.to_owned())
+        Some(self.entity_type.to_owned())
     }
 
     fn encode_application_properties(&mut self) -> Option<ApplicationProperties> {
-        Some(
-            ApplicationProperties::builder()
-                .insert("name", SimpleValue::String(std::mem::take(&mut self.name)))
-                .insert(
-                    management::SECURITY_TOKEN,
-                    SimpleValue::String(std::mem::take(&mut self.security_token)),
-                )
-                .build(),
-        )
+        let builder = std::mem::take(&mut self.properties)
+            .into_iter()
+            .fold(ApplicationProperties::builder(), |builder, (key, value)| {
+                builder.insert(key, SimpleValue::String(value))
+            });
+        Some(builder.build())
     }
 
     fn encode_body(self) -> Self::Body {
         Value::Null
     }
+}
+
+/// The part of the event hub description the source needs.
+struct EventHubInfo {
+    partition_ids: Vec<String>,
 }
 
 impl Response for EventHubInfo {
@@ -375,48 +395,11 @@ impl Response for EventHubInfo {
     }
 }
 
-/// `READ com.microsoft:partition`.
-struct ReadPartition {
-    name: String,
-    partition: String,
-    security_token: String,
-}
-
 /// The part of the partition description the engine needs.
 struct PartitionInfo {
     begin_sequence_number: i64,
     last_enqueued_sequence_number: i64,
     is_empty: bool,
-}
-
-impl Request for ReadPartition {
-    const OPERATION: &'static str = management::READ;
-    type Response = PartitionInfo;
-    type Body = Value;
-
-    fn manageable_entity_type(&mut self) -> Option<String> {
-        Some(management::PARTITION_TYPE.to_owned())
-    }
-
-    fn encode_application_properties(&mut self) -> Option<ApplicationProperties> {
-        Some(
-            ApplicationProperties::builder()
-                .insert("name", SimpleValue::String(std::mem::take(&mut self.name)))
-                .insert(
-                    "partition",
-                    SimpleValue::String(std::mem::take(&mut self.partition)),
-                )
-                .insert(
-                    management::SECURITY_TOKEN,
-                    SimpleValue::String(std::mem::take(&mut self.security_token)),
-                )
-                .build(),
-        )
-    }
-
-    fn encode_body(self) -> Self::Body {
-        Value::Null
-    }
 }
 
 impl Response for PartitionInfo {

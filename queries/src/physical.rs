@@ -1,0 +1,648 @@
+//! A route set's conditions as DataFusion physical expressions, with shared subexpressions
+//! evaluated once per batch.
+//!
+//! All conditions of a route set are first interned into one [`Dag`]: a subexpression several
+//! routes contain (`$body.status = 'alarm'`, `as_number(severity)`) is one node. Lowering then turns
+//! the DAG into DataFusion [`PhysicalExpr`]s the way DataFusion's own common-subexpression
+//! elimination does: every non-trivial node with more than one use is *materialized*, computed as an
+//! extra column in a projection stage, and the expressions above it read that column. A node's stage
+//! is one more than the deepest materialized node below it, so a batch goes through a handful of
+//! stages and then every route's expression.
+//!
+//! Operators map onto DataFusion with the layouts of `repr.rs`: comparisons of typed values,
+//! `AND`/`OR`/`NOT`, arithmetic and `||` are DataFusion's `BinaryExpr`/`NotExpr`/`NegativeExpr`;
+//! math and string functions are `datafusion-functions` where their semantics are IoT Hub's; the
+//! rest are our functions of `udf.rs`. A dynamic value compared with a literal is the typed child
+//! compared by DataFusion, fixed up by a "same JSON type" mask (`x = lit` is
+//! `(child = lit) AND same`, `x != lit` is `(child != lit) OR NOT same`).
+//!
+//! Numbers are canonical wherever they are produced: `NaN` is `undefined` and `-0` is `0` (Arrow
+//! orders floats by IEEE total order, in which `-0 < 0`; IoT Hub has `-0 = 0`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::ArrayRef;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use datafusion_common::config::ConfigOptions;
+use datafusion_common::{Result, ScalarValue};
+use datafusion_expr::{ColumnarValue, Operator, ScalarUDF};
+use datafusion_physical_expr::PhysicalExpr;
+use datafusion_physical_expr::ScalarFunctionExpr;
+use datafusion_physical_expr::expressions::{
+    BinaryExpr, CastExpr, Column, IsNotNullExpr, Literal, NegativeExpr, NotExpr,
+};
+use datafusion_physical_expr::utils::{collect_columns, reassign_expr_columns};
+
+use crate::compile::Node;
+use crate::parser::BinaryOp;
+use crate::repr::{self, Repr};
+use crate::udf::{CanonicalNumber, DynamicChild, DynamicKindTest, RowFunction, RowOp};
+use crate::value::{Function, Val};
+
+/// A node of the shared expression DAG; children are indices of earlier nodes.
+#[derive(Debug)]
+pub(crate) enum DagNode {
+    Const(Val<'static>),
+    Input(usize),
+    Negate(usize),
+    Not(usize),
+    Binary(BinaryOp, usize, usize),
+    Call(Function, Vec<usize>),
+}
+
+/// Every distinct subexpression of a route set, children before parents.
+#[derive(Debug, Default)]
+pub(crate) struct Dag {
+    pub(crate) nodes: Vec<DagNode>,
+    /// Structural key (the node's `Debug` text over child indices) → index.
+    index: HashMap<String, usize>,
+}
+
+impl Dag {
+    /// Adds `node` and its subtrees, reusing structurally equal nodes; returns its index.
+    pub(crate) fn intern(&mut self, node: &Node) -> usize {
+        let node = match node {
+            Node::Const(value) => DagNode::Const(value.clone()),
+            Node::Input(slot) => DagNode::Input(*slot),
+            Node::Negate(operand) => DagNode::Negate(self.intern(operand)),
+            Node::Not(operand) => DagNode::Not(self.intern(operand)),
+            Node::Binary(op, left, right) => {
+                let (left, right) = (self.intern(left), self.intern(right));
+                DagNode::Binary(*op, left, right)
+            }
+            Node::Call(function, args) => {
+                DagNode::Call(*function, args.iter().map(|a| self.intern(a)).collect())
+            }
+        };
+        let key = format!("{node:?}");
+        if let Some(&existing) = self.index.get(&key) {
+            return existing;
+        }
+        self.nodes.push(node);
+        self.index.insert(key, self.nodes.len() - 1);
+        self.nodes.len() - 1
+    }
+
+    fn children(node: &DagNode) -> Vec<usize> {
+        match node {
+            DagNode::Const(_) | DagNode::Input(_) => Vec::new(),
+            DagNode::Negate(x) | DagNode::Not(x) => vec![*x],
+            DagNode::Binary(_, l, r) => vec![*l, *r],
+            DagNode::Call(_, args) => args.clone(),
+        }
+    }
+}
+
+/// An expression over just the columns it reads.
+///
+/// Each expression gets a batch of only its own columns (as under a DataFusion `ProjectionExec`):
+/// DataFusion's short-circuiting `AND`/`OR` filters the whole batch it is given before evaluating
+/// the right side, which over every input and shared column would cost more than the conditions.
+#[derive(Debug)]
+struct Projected {
+    expr: Arc<dyn PhysicalExpr>,
+    /// Indexes of the columns read, in the plan's column numbering.
+    columns: Vec<usize>,
+    schema: SchemaRef,
+}
+
+impl Projected {
+    fn new(expr: Arc<dyn PhysicalExpr>, fields: &[Field]) -> Result<Self> {
+        let mut columns: Vec<usize> = collect_columns(&expr).iter().map(Column::index).collect();
+        columns.sort_unstable();
+        let schema = Arc::new(Schema::new(
+            columns
+                .iter()
+                .map(|&c| fields[c].clone())
+                .collect::<Vec<_>>(),
+        ));
+        let expr = reassign_expr_columns(expr, &schema)?;
+        Ok(Self {
+            expr,
+            columns,
+            schema,
+        })
+    }
+
+    fn evaluate(
+        &self,
+        columns: &[ArrayRef],
+        options: &RecordBatchOptions,
+    ) -> Result<ColumnarValue> {
+        let own = self
+            .columns
+            .iter()
+            .map(|&c| Arc::clone(&columns[c]))
+            .collect();
+        let batch = RecordBatch::try_new_with_options(Arc::clone(&self.schema), own, options)?;
+        self.expr.evaluate(&batch)
+    }
+}
+
+/// The compiled physical plan of a route set.
+#[derive(Debug)]
+pub(crate) struct PhysicalPlan {
+    /// Projection stages: each stage's expressions read the inputs and earlier stages' outputs,
+    /// and each result is appended as a column.
+    stages: Vec<Vec<Projected>>,
+    /// Per route: its expression, `None` for an empty (always true) condition.
+    routes: Vec<Option<Projected>>,
+}
+
+impl PhysicalPlan {
+    /// Lowers the DAG; `inputs` is the layout of each input slot, `roots` each route's root node.
+    pub(crate) fn new(dag: &Dag, inputs: &[Repr], roots: &[Option<usize>]) -> Result<Self> {
+        let nodes = &dag.nodes;
+        let mut uses = vec![0_usize; nodes.len()];
+        for node in nodes {
+            Dag::children(node).into_iter().for_each(|c| uses[c] += 1);
+        }
+        roots.iter().flatten().for_each(|&r| uses[r] += 1);
+        let materialized: Vec<bool> = nodes
+            .iter()
+            .zip(&uses)
+            .map(|(node, &uses)| uses > 1 && !matches!(node, DagNode::Const(_) | DagNode::Input(_)))
+            .collect();
+        // The deepest materialized stage below each node (children come before parents).
+        let mut below = vec![0_usize; nodes.len()];
+        let mut stage_of = vec![0_usize; nodes.len()];
+        for (index, node) in nodes.iter().enumerate() {
+            below[index] = Dag::children(node)
+                .into_iter()
+                .map(|c| {
+                    if materialized[c] {
+                        stage_of[c]
+                    } else {
+                        below[c]
+                    }
+                })
+                .max()
+                .unwrap_or(0);
+            if materialized[index] {
+                stage_of[index] = below[index] + 1;
+            }
+        }
+        let stage_count = stage_of.iter().copied().max().unwrap_or(0);
+
+        let mut lowering = Lowering {
+            nodes,
+            fields: inputs
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Field::new(format!("slot_{i}"), r.data_type(), true))
+                .collect(),
+            columns: HashMap::new(),
+            config: Arc::new(ConfigOptions::default()),
+        };
+        let mut stages = Vec::with_capacity(stage_count);
+        for stage in 1..=stage_count {
+            let members: Vec<usize> = (0..nodes.len())
+                .filter(|&n| materialized[n] && stage_of[n] == stage)
+                .collect();
+            let lowered = members
+                .iter()
+                .map(|&node| lowering.lower(node))
+                .collect::<Result<Vec<_>>>()?;
+            let exprs = lowered
+                .iter()
+                .map(|l| Projected::new(Arc::clone(&l.expr), &lowering.fields))
+                .collect::<Result<_>>()?;
+            for (node, lowered) in members.into_iter().zip(lowered) {
+                lowering.materialize(node, lowered.repr);
+            }
+            stages.push(exprs);
+        }
+        let routes = roots
+            .iter()
+            .map(|root| {
+                root.map(|r| {
+                    let lowered = lowering.lower(r)?;
+                    Projected::new(lowered.expr, &lowering.fields)
+                })
+                .transpose()
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { stages, routes })
+    }
+
+    /// How many subexpressions are computed once and shared.
+    #[cfg(test)]
+    pub(crate) fn materialized(&self) -> usize {
+        self.stages.iter().map(Vec::len).sum()
+    }
+
+    /// Evaluates every route over the input columns; `None` for an always-true route.
+    pub(crate) fn evaluate(
+        &self,
+        mut columns: Vec<ArrayRef>,
+        rows: usize,
+    ) -> Result<Vec<Option<ColumnarValue>>> {
+        let options = RecordBatchOptions::new().with_row_count(Some(rows));
+        for stage in &self.stages {
+            let outputs = stage
+                .iter()
+                .map(|expr| expr.evaluate(&columns, &options)?.into_array(rows))
+                .collect::<Result<Vec<_>>>()?;
+            columns.extend(outputs);
+        }
+        self.routes
+            .iter()
+            .map(|route| {
+                route
+                    .as_ref()
+                    .map(|e| e.evaluate(&columns, &options))
+                    .transpose()
+            })
+            .collect()
+    }
+}
+
+/// A lowered node: its expression and the layout of its values.
+#[derive(Debug, Clone)]
+struct Lowered {
+    expr: Arc<dyn PhysicalExpr>,
+    repr: Repr,
+}
+
+struct Lowering<'d> {
+    nodes: &'d [DagNode],
+    /// Columns available to the expressions being lowered: inputs, then materialized nodes.
+    fields: Vec<Field>,
+    /// Materialized node → its column.
+    columns: HashMap<usize, usize>,
+    config: Arc<ConfigOptions>,
+}
+
+fn literal(value: ScalarValue) -> Arc<dyn PhysicalExpr> {
+    Arc::new(Literal::new(value))
+}
+
+fn binary(
+    left: Arc<dyn PhysicalExpr>,
+    op: Operator,
+    right: Arc<dyn PhysicalExpr>,
+) -> Arc<dyn PhysicalExpr> {
+    Arc::new(BinaryExpr::new(left, op, right))
+}
+
+fn comparison_operator(op: BinaryOp) -> Option<Operator> {
+    Some(match op {
+        BinaryOp::Eq => Operator::Eq,
+        BinaryOp::NotEq => Operator::NotEq,
+        BinaryOp::Lt => Operator::Lt,
+        BinaryOp::LtEq => Operator::LtEq,
+        BinaryOp::Gt => Operator::Gt,
+        BinaryOp::GtEq => Operator::GtEq,
+        _ => return None,
+    })
+}
+
+/// `a op b` as `b op' a`.
+fn flipped(op: BinaryOp) -> BinaryOp {
+    match op {
+        BinaryOp::Lt => BinaryOp::Gt,
+        BinaryOp::LtEq => BinaryOp::GtEq,
+        BinaryOp::Gt => BinaryOp::Lt,
+        BinaryOp::GtEq => BinaryOp::LtEq,
+        other => other,
+    }
+}
+
+/// Whether `expr` is a literal that is not `undefined`.
+fn defined_literal(expr: &Arc<dyn PhysicalExpr>) -> bool {
+    expr.downcast_ref::<Literal>()
+        .is_some_and(|l| !l.value().is_null())
+}
+
+impl Lowering<'_> {
+    fn materialize(&mut self, node: usize, repr: Repr) {
+        self.columns.insert(node, self.fields.len());
+        self.fields
+            .push(Field::new(format!("node_{node}"), repr.data_type(), true));
+    }
+
+    fn column(&self, index: usize) -> Lowered {
+        let field = &self.fields[index];
+        let repr = match field.data_type() {
+            DataType::Boolean => Repr::Truth,
+            DataType::Float64 => Repr::Number,
+            DataType::Utf8 => Repr::Str,
+            _ => Repr::Dynamic,
+        };
+        Lowered {
+            expr: Arc::new(Column::new(field.name(), index)),
+            repr,
+        }
+    }
+
+    fn call(
+        &self,
+        function: Arc<ScalarUDF>,
+        args: Vec<Arc<dyn PhysicalExpr>>,
+    ) -> Result<Arc<dyn PhysicalExpr>> {
+        let schema = Schema::new(self.fields.clone());
+        let expr = ScalarFunctionExpr::try_new(function, args, &schema, Arc::clone(&self.config))?;
+        Ok(Arc::new(expr))
+    }
+
+    /// `x` in layout `want` (`Truth`, `Number` or `Str`): a dynamic value's typed child, or
+    /// `undefined` for a value of another static type.
+    fn typed(&self, x: &Lowered, want: Repr) -> Result<Arc<dyn PhysicalExpr>> {
+        if x.repr == want {
+            Ok(Arc::clone(&x.expr))
+        } else if x.repr == Repr::Dynamic {
+            self.call(DynamicChild::udf(want), vec![Arc::clone(&x.expr)])
+        } else {
+            Ok(literal(repr::undefined(want)))
+        }
+    }
+
+    fn canonical(&self, number: Arc<dyn PhysicalExpr>) -> Result<Lowered> {
+        Ok(Lowered {
+            expr: self.call(CanonicalNumber::udf(), vec![number])?,
+            repr: Repr::Number,
+        })
+    }
+
+    fn row_function(&self, op: RowOp, output: Repr, args: &[Lowered]) -> Result<Lowered> {
+        let args = args.iter().map(|a| Arc::clone(&a.expr)).collect();
+        Ok(Lowered {
+            expr: self.call(RowFunction::udf(op, output), args)?,
+            repr: output,
+        })
+    }
+
+    fn lower(&self, node: usize) -> Result<Lowered> {
+        if let Some(&column) = self.columns.get(&node) {
+            return Ok(self.column(column));
+        }
+        match &self.nodes[node] {
+            DagNode::Const(value) => {
+                let (value, repr) = repr::scalar(value);
+                Ok(Lowered {
+                    expr: literal(value),
+                    repr,
+                })
+            }
+            DagNode::Input(slot) => Ok(self.column(*slot)),
+            DagNode::Negate(operand) => {
+                let operand = self.lower(*operand)?;
+                self.canonical(Arc::new(NegativeExpr::new(
+                    self.typed(&operand, Repr::Number)?,
+                )))
+            }
+            DagNode::Not(operand) => {
+                let operand = self.lower(*operand)?;
+                Ok(Lowered {
+                    expr: Arc::new(NotExpr::new(self.typed(&operand, Repr::Truth)?)),
+                    repr: Repr::Truth,
+                })
+            }
+            DagNode::Binary(op, left, right) => {
+                self.binary(*op, &self.lower(*left)?, &self.lower(*right)?)
+            }
+            DagNode::Call(function, args) => {
+                let args = args
+                    .iter()
+                    .map(|a| self.lower(*a))
+                    .collect::<Result<Vec<_>>>()?;
+                self.function(*function, &args)
+            }
+        }
+    }
+
+    fn binary(&self, op: BinaryOp, left: &Lowered, right: &Lowered) -> Result<Lowered> {
+        let typed_pair =
+            |repr: Repr| -> Result<_> { Ok((self.typed(left, repr)?, self.typed(right, repr)?)) };
+        match op {
+            BinaryOp::And | BinaryOp::Or => {
+                let (l, r) = typed_pair(Repr::Truth)?;
+                let op = if op == BinaryOp::And {
+                    Operator::And
+                } else {
+                    Operator::Or
+                };
+                Ok(Lowered {
+                    expr: binary(l, op, r),
+                    repr: Repr::Truth,
+                })
+            }
+            BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::Rem => {
+                let (l, r) = typed_pair(Repr::Number)?;
+                let op = match op {
+                    BinaryOp::Add => Operator::Plus,
+                    BinaryOp::Sub => Operator::Minus,
+                    BinaryOp::Mul => Operator::Multiply,
+                    BinaryOp::Div => Operator::Divide,
+                    _ => Operator::Modulo,
+                };
+                self.canonical(binary(l, op, r))
+            }
+            BinaryOp::Concat => {
+                let (l, r) = typed_pair(Repr::Str)?;
+                Ok(Lowered {
+                    expr: binary(l, Operator::StringConcat, r),
+                    repr: Repr::Str,
+                })
+            }
+            BinaryOp::Coalesce => {
+                let output = if left.repr == right.repr {
+                    left.repr
+                } else {
+                    Repr::Dynamic
+                };
+                self.row_function(RowOp::Coalesce, output, &[left.clone(), right.clone()])
+            }
+            BinaryOp::Eq
+            | BinaryOp::NotEq
+            | BinaryOp::Lt
+            | BinaryOp::LtEq
+            | BinaryOp::Gt
+            | BinaryOp::GtEq => self.compare(op, left, right),
+        }
+    }
+
+    fn compare(&self, op: BinaryOp, left: &Lowered, right: &Lowered) -> Result<Lowered> {
+        let equality = matches!(op, BinaryOp::Eq | BinaryOp::NotEq);
+        let truth = |expr| {
+            Ok(Lowered {
+                expr,
+                repr: Repr::Truth,
+            })
+        };
+        let operator = comparison_operator(op).unwrap_or(Operator::Eq);
+        match (left.repr, right.repr) {
+            (Repr::Truth, Repr::Truth) if !equality => truth(literal(ScalarValue::Boolean(None))),
+            (l, r) if l == r && l != Repr::Dynamic => truth(binary(
+                Arc::clone(&left.expr),
+                operator,
+                Arc::clone(&right.expr),
+            )),
+            (Repr::Dynamic, r) if r != Repr::Dynamic && defined_literal(&right.expr) => {
+                self.dynamic_against_literal(op, left, right)
+            }
+            (l, Repr::Dynamic) if l != Repr::Dynamic && defined_literal(&left.expr) => {
+                self.dynamic_against_literal(flipped(op), right, left)
+            }
+            _ => self.row_function(
+                RowOp::Compare(op),
+                Repr::Truth,
+                &[left.clone(), right.clone()],
+            ),
+        }
+    }
+
+    /// `dynamic op literal` with DataFusion's typed comparison on the dynamic value's child.
+    fn dynamic_against_literal(
+        &self,
+        op: BinaryOp,
+        dynamic: &Lowered,
+        literal_side: &Lowered,
+    ) -> Result<Lowered> {
+        let kind = literal_side.repr;
+        let truth = |expr| {
+            Ok(Lowered {
+                expr,
+                repr: Repr::Truth,
+            })
+        };
+        let operator = comparison_operator(op).unwrap_or(Operator::Eq);
+        if kind == Repr::Truth && !matches!(op, BinaryOp::Eq | BinaryOp::NotEq) {
+            return truth(literal(ScalarValue::Boolean(None)));
+        }
+        let compared = binary(
+            self.typed(dynamic, kind)?,
+            operator,
+            Arc::clone(&literal_side.expr),
+        );
+        let same = || -> Result<_> {
+            let kind = kind.kind().unwrap_or(repr::UNDEFINED);
+            self.call(
+                DynamicKindTest::same_primitive(kind),
+                vec![Arc::clone(&dynamic.expr)],
+            )
+        };
+        match op {
+            BinaryOp::Eq => truth(binary(compared, Operator::And, same()?)),
+            BinaryOp::NotEq => truth(binary(
+                compared,
+                Operator::Or,
+                Arc::new(NotExpr::new(same()?)),
+            )),
+            _ => truth(compared),
+        }
+    }
+
+    fn function(&self, function: Function, args: &[Lowered]) -> Result<Lowered> {
+        use datafusion_functions::{math, string, unicode};
+        let number = |i: usize| self.typed(&args[i], Repr::Number);
+        let string = |i: usize| self.typed(&args[i], Repr::Str);
+        let math_of = |f: Arc<ScalarUDF>, args: Vec<Arc<dyn PhysicalExpr>>| -> Result<Lowered> {
+            self.canonical(self.call(f, args)?)
+        };
+        let typed_result = |expr, repr| Ok(Lowered { expr, repr });
+        match function {
+            Function::Abs => math_of(math::abs(), vec![number(0)?]),
+            Function::Exp => math_of(math::exp(), vec![number(0)?]),
+            Function::Ceiling => math_of(math::ceil(), vec![number(0)?]),
+            Function::Floor => math_of(math::floor(), vec![number(0)?]),
+            Function::Sign => math_of(math::signum(), vec![number(0)?]),
+            Function::Square => self.canonical(binary(number(0)?, Operator::Multiply, number(0)?)),
+            Function::AsNumber if args[0].repr == Repr::Number => Ok(args[0].clone()),
+            Function::IsArray
+            | Function::IsBool
+            | Function::IsDefined
+            | Function::IsNull
+            | Function::IsNumber
+            | Function::IsObject
+            | Function::IsPrimitive
+            | Function::IsString => self.kind_test(function, &args[0]),
+            Function::Concat => {
+                let mut joined = string(0)?;
+                for i in 1..args.len() {
+                    joined = binary(joined, Operator::StringConcat, string(i)?);
+                }
+                typed_result(joined, Repr::Str)
+            }
+            Function::Length => {
+                let length = self.call(unicode::character_length(), vec![string(0)?])?;
+                typed_result(
+                    Arc::new(CastExpr::new(length, DataType::Float64, None)),
+                    Repr::Number,
+                )
+            }
+            Function::Lower => {
+                typed_result(self.call(string::lower(), vec![string(0)?])?, Repr::Str)
+            }
+            Function::Upper => {
+                typed_result(self.call(string::upper(), vec![string(0)?])?, Repr::Str)
+            }
+            Function::IndexOf => {
+                let position = self.call(unicode::strpos(), vec![string(0)?, string(1)?])?;
+                let position: Arc<dyn PhysicalExpr> =
+                    Arc::new(CastExpr::new(position, DataType::Float64, None));
+                typed_result(
+                    binary(
+                        position,
+                        Operator::Minus,
+                        literal(ScalarValue::Float64(Some(1.0))),
+                    ),
+                    Repr::Number,
+                )
+            }
+            Function::StartsWith => typed_result(
+                self.call(string::starts_with(), vec![string(0)?, string(1)?])?,
+                Repr::Truth,
+            ),
+            Function::EndsWith => typed_result(
+                self.call(string::ends_with(), vec![string(0)?, string(1)?])?,
+                Repr::Truth,
+            ),
+            Function::Contains => typed_result(
+                self.call(string::contains(), vec![string(0)?, string(1)?])?,
+                Repr::Truth,
+            ),
+            // DataFusion's `sqrt` and `power` fail where IoT Hub yields `undefined` or infinity.
+            Function::AsNumber => self.row_function(RowOp::AsNumber, Repr::Number, args),
+            Function::Sqrt => self.row_function(RowOp::Sqrt, Repr::Number, args),
+            Function::Power => self.row_function(RowOp::Power, Repr::Number, args),
+            Function::Substring => self.row_function(RowOp::Substring, Repr::Str, args),
+        }
+    }
+
+    /// `IS_DEFINED`, `IS_NULL`, `IS_STRING`, …: the value's kind is in a set.
+    fn kind_test(&self, function: Function, arg: &Lowered) -> Result<Lowered> {
+        let kinds: u8 = match function {
+            Function::IsArray => 1 << repr::ARRAY,
+            Function::IsBool => 1 << repr::BOOL,
+            Function::IsNull => 1 << repr::NULL,
+            Function::IsNumber => 1 << repr::NUMBER,
+            Function::IsObject => 1 << repr::OBJECT,
+            Function::IsString => 1 << repr::STRING,
+            Function::IsPrimitive => {
+                (1 << repr::NULL) | (1 << repr::BOOL) | (1 << repr::NUMBER) | (1 << repr::STRING)
+            }
+            _ => !(1 << repr::UNDEFINED),
+        };
+        let expr = match arg.repr.kind() {
+            None => {
+                let name = format!("{function:?}").to_lowercase();
+                self.call(
+                    DynamicKindTest::predicate(&name, kinds),
+                    vec![Arc::clone(&arg.expr)],
+                )?
+            }
+            // A typed value is `undefined` (NULL) or of its kind.
+            Some(kind) if kinds & (1 << kind) != 0 => {
+                Arc::new(IsNotNullExpr::new(Arc::clone(&arg.expr)))
+            }
+            Some(_) => literal(ScalarValue::Boolean(Some(false))),
+        };
+        Ok(Lowered {
+            expr,
+            repr: Repr::Truth,
+        })
+    }
+}
