@@ -231,6 +231,24 @@ mod tests {
     }
 
     #[test]
+    fn negative_zero_equals_zero_and_keeps_its_sign() {
+        let mut message = Message::telemetry(br#"{"x": -0.0}"#.to_vec());
+        message.system.content_type = Some("application/json".to_owned());
+        message.system.content_encoding = Some("utf-8".to_owned());
+        for (condition, expected) in [
+            ("$body.x = 0", Truth::True),
+            ("$body.x < 0", Truth::False),
+            ("-($body.x) = 0", Truth::True),
+            ("1 / $body.x < 0", Truth::True),
+            ("0 / $body.x = 0", Truth::Undefined),
+        ] {
+            let compiled = compile(condition).expect("compiles");
+            let truth = compiled.evaluate_message(&message).expect("evaluates");
+            assert_eq!(truth, expected, "{condition}");
+        }
+    }
+
+    #[test]
     fn a_batch_without_the_message_schema_is_rejected() {
         let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int32, false)]));
         let batch = RecordBatch::try_new(schema, vec![Arc::new(Int32Array::from(vec![1]))])

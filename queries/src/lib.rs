@@ -28,8 +28,7 @@
 //! * `$enqueuedTime` is an ISO-8601 UTC string with milliseconds (`2022-06-06T22:56:06.000Z`);
 //! * `IS_ARRAY`, `IS_OBJECT` and `IS_PRIMITIVE` (documented for the cloud, absent in Edge) see JSON
 //!   arrays and objects; `is_defined` is true for them; `SUBSTRING` out of range is `undefined`;
-//! * `-0` equals `0` and is read as `0` (so `1 / $body.x` with `"x": -0.0` is `+Infinity`, where
-//!   .NET would give `-Infinity`).
+//! * `-0 = 0` is true, and `1 / -0` is `-Infinity`, as in .NET.
 //!
 //! The mapping onto SQL: `undefined` is `NULL` for statically typed values, which makes DataFusion's
 //! Kleene `AND`/`OR`/`NOT` and null-propagating operators IoT Hub's; dynamically typed values keep

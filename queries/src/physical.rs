@@ -16,8 +16,9 @@
 //! compared by DataFusion, fixed up by a "same JSON type" mask (`x = lit` is
 //! `(child = lit) AND same`, `x != lit` is `(child != lit) OR NOT same`).
 //!
-//! Numbers are canonical wherever they are produced: `NaN` is `undefined` and `-0` is `0` (Arrow
-//! orders floats by IEEE total order, in which `-0 < 0`; IoT Hub has `-0 = 0`).
+//! Arithmetic that yields `NaN` (`0 / 0`, `x % 0`, `inf - inf`) yields `undefined` instead.
+//! DataFusion's comparisons treat `-0` as `0` (Arrow alone orders floats by IEEE total order), as
+//! IoT Hub's .NET comparisons do.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,7 +39,7 @@ use datafusion_physical_expr::utils::{collect_columns, reassign_expr_columns};
 use crate::compile::Node;
 use crate::parser::BinaryOp;
 use crate::repr::{self, Repr};
-use crate::udf::{CanonicalNumber, DynamicChild, DynamicKindTest, RowFunction, RowOp};
+use crate::udf::{DynamicChild, DynamicKindTest, NanToUndefined, RowFunction, RowOp};
 use crate::value::{Function, Val};
 
 /// A node of the shared expression DAG; children are indices of earlier nodes.
@@ -359,9 +360,9 @@ impl Lowering<'_> {
         }
     }
 
-    fn canonical(&self, number: Arc<dyn PhysicalExpr>) -> Result<Lowered> {
+    fn nan_to_undefined(&self, number: Arc<dyn PhysicalExpr>) -> Result<Lowered> {
         Ok(Lowered {
-            expr: self.call(CanonicalNumber::udf(), vec![number])?,
+            expr: self.call(NanToUndefined::udf(), vec![number])?,
             repr: Repr::Number,
         })
     }
@@ -389,9 +390,10 @@ impl Lowering<'_> {
             DagNode::Input(slot) => Ok(self.column(*slot)),
             DagNode::Negate(operand) => {
                 let operand = self.lower(*operand)?;
-                self.canonical(Arc::new(NegativeExpr::new(
-                    self.typed(&operand, Repr::Number)?,
-                )))
+                Ok(Lowered {
+                    expr: Arc::new(NegativeExpr::new(self.typed(&operand, Repr::Number)?)),
+                    repr: Repr::Number,
+                })
             }
             DagNode::Not(operand) => {
                 let operand = self.lower(*operand)?;
@@ -438,7 +440,7 @@ impl Lowering<'_> {
                     BinaryOp::Div => Operator::Divide,
                     _ => Operator::Modulo,
                 };
-                self.canonical(binary(l, op, r))
+                self.nan_to_undefined(binary(l, op, r))
             }
             BinaryOp::Concat => {
                 let (l, r) = typed_pair(Repr::Str)?;
@@ -539,8 +541,12 @@ impl Lowering<'_> {
         use datafusion_functions::{math, string, unicode};
         let number = |i: usize| self.typed(&args[i], Repr::Number);
         let string = |i: usize| self.typed(&args[i], Repr::Str);
+        // Of a number that is not NaN, none of these is NaN.
         let math_of = |f: Arc<ScalarUDF>, args: Vec<Arc<dyn PhysicalExpr>>| -> Result<Lowered> {
-            self.canonical(self.call(f, args)?)
+            Ok(Lowered {
+                expr: self.call(f, args)?,
+                repr: Repr::Number,
+            })
         };
         let typed_result = |expr, repr| Ok(Lowered { expr, repr });
         match function {
@@ -549,7 +555,10 @@ impl Lowering<'_> {
             Function::Ceiling => math_of(math::ceil(), vec![number(0)?]),
             Function::Floor => math_of(math::floor(), vec![number(0)?]),
             Function::Sign => math_of(math::signum(), vec![number(0)?]),
-            Function::Square => self.canonical(binary(number(0)?, Operator::Multiply, number(0)?)),
+            Function::Square => typed_result(
+                binary(number(0)?, Operator::Multiply, number(0)?),
+                Repr::Number,
+            ),
             Function::AsNumber if args[0].repr == Repr::Number => Ok(args[0].clone()),
             Function::IsArray
             | Function::IsBool

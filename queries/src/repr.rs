@@ -117,13 +117,13 @@ impl DynamicBuilder {
         }
     }
 
-    /// Appends a value; `-0` is stored as `0` (see `physical.rs`).
+    /// Appends a value.
     pub(crate) fn push(&mut self, value: &Val<'_>) {
         let (kind, number, boolean) = match value {
             Val::Undefined => (UNDEFINED, 0.0, false),
             Val::Null => (NULL, 0.0, false),
             Val::Bool(b) => (BOOL, 0.0, *b),
-            Val::Number(n) => (NUMBER, *n + 0.0, false),
+            Val::Number(n) => (NUMBER, *n, false),
             Val::Str(_) => (STRING, 0.0, false),
             Val::Object => (OBJECT, 0.0, false),
             Val::Array => (ARRAY, 0.0, false),
@@ -174,7 +174,7 @@ pub(crate) fn build<'a>(
         Repr::Number => Arc::new(
             values
                 .map(|v| match v {
-                    Val::Number(n) => Some(n + 0.0),
+                    Val::Number(n) => Some(n),
                     _ => None,
                 })
                 .collect::<Float64Array>(),
@@ -381,25 +381,6 @@ mod tests {
             assert_eq!(view.get(row), *value);
             assert_eq!(kinds(array.as_struct())[row], value.kind(), "{value:?}");
         }
-    }
-
-    #[test]
-    fn negative_zero_is_stored_as_zero() {
-        let array = build(Repr::Number, 1, std::iter::once(Val::Number(-0.0)));
-        assert!(
-            array
-                .as_primitive::<Float64Type>()
-                .value(0)
-                .is_sign_positive()
-        );
-        let array = build(Repr::Dynamic, 1, std::iter::once(Val::Number(-0.0)));
-        let numbers = child(array.as_struct(), Repr::Number);
-        assert!(
-            numbers
-                .as_primitive::<Float64Type>()
-                .value(0)
-                .is_sign_positive()
-        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!   zero-copy, so typed DataFusion kernels apply to body and twin values;
 //! * [`DynamicKindTest`]: `IS_DEFINED`, `IS_NULL`, `IS_ARRAY`, … of a dynamic value, and the
 //!   "same JSON type" mask that lets `$body.x = 'a'` be a DataFusion `=` (see `physical.rs`);
-//! * [`CanonicalNumber`]: IoT Hub turns a `NaN` result into `undefined`, and `-0` equals `0`;
+//! * [`NanToUndefined`]: IoT Hub turns a `NaN` result into `undefined`;
 //! * [`RowFunction`]: every other operator and function, applied row by row with the semantics of
 //!   `value.rs`: comparisons of two dynamic values, `??`, `AS_NUMBER` and `SUBSTRING`.
 
@@ -158,14 +158,13 @@ impl ScalarUDFImpl for DynamicKindTest {
     }
 }
 
-/// Canonical numbers: `NaN` → `undefined` (IoT Hub) and `-0` → `0` (so that Arrow's total-order
-/// comparisons agree with IoT Hub's `-0 = 0`).
+/// `NaN` → `undefined` on a number column (IoT Hub never yields `NaN`).
 #[derive(Debug, PartialEq, Eq, Hash)]
-pub(crate) struct CanonicalNumber {
+pub(crate) struct NanToUndefined {
     signature: Signature,
 }
 
-impl CanonicalNumber {
+impl NanToUndefined {
     pub(crate) fn udf() -> Arc<ScalarUDF> {
         Arc::new(ScalarUDF::new_from_impl(Self {
             signature: Signature::exact(vec![DataType::Float64], Volatility::Immutable),
@@ -173,14 +172,9 @@ impl CanonicalNumber {
     }
 }
 
-/// `n` as IoT Hub sees it: `None` for `NaN`, `0` for `-0`.
-fn canonical(n: f64) -> Option<f64> {
-    (!n.is_nan()).then_some(n + 0.0)
-}
-
-impl ScalarUDFImpl for CanonicalNumber {
+impl ScalarUDFImpl for NanToUndefined {
     fn name(&self) -> &str {
-        "canonical_number"
+        "nan_to_undefined"
     }
 
     fn signature(&self) -> &Signature {
@@ -192,20 +186,20 @@ impl ScalarUDFImpl for CanonicalNumber {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let defined = |n: f64| !n.is_nan();
         Ok(match &args.args[0] {
             ColumnarValue::Array(array) => {
                 let numbers = array.as_primitive::<Float64Type>();
-                let is_canonical = |n: &f64| !n.is_nan() && (*n != 0.0 || n.is_sign_positive());
-                if numbers.values().iter().all(is_canonical) {
+                if numbers.values().iter().all(|&n| defined(n)) {
                     ColumnarValue::Array(Arc::clone(array))
                 } else {
                     let result: Float64Array =
-                        numbers.iter().map(|n| n.and_then(canonical)).collect();
+                        numbers.iter().map(|n| n.filter(|&n| defined(n))).collect();
                     ColumnarValue::Array(Arc::new(result))
                 }
             }
             ColumnarValue::Scalar(ScalarValue::Float64(n)) => {
-                ColumnarValue::Scalar(ScalarValue::Float64(n.and_then(canonical)))
+                ColumnarValue::Scalar(ScalarValue::Float64(n.filter(|&n| defined(n))))
             }
             other => return Err(wrong_argument(self.name(), other)),
         })
@@ -370,21 +364,20 @@ mod tests {
     }
 
     #[test]
-    fn numbers_are_canonical() {
+    fn nan_becomes_undefined() {
         let numbers = Float64Array::from(vec![Some(1.0), Some(f64::NAN), None, Some(-0.0)]);
         let result = invoke(
-            &CanonicalNumber::udf(),
+            &NanToUndefined::udf(),
             vec![ColumnarValue::Array(Arc::new(numbers))],
             4,
         );
         let got: Vec<Option<f64>> = result
-            .to_array(3)
+            .to_array(4)
             .expect("array")
             .as_primitive::<Float64Type>()
             .iter()
             .collect();
-        assert_eq!(got, vec![Some(1.0), None, None, Some(0.0)]);
-        assert!(got[3].is_some_and(f64::is_sign_positive));
+        assert_eq!(got, vec![Some(1.0), None, None, Some(-0.0)]);
     }
 
     #[test]
