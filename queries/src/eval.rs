@@ -8,7 +8,7 @@
 //! a one-row batch and runs the very same code, so `route test` and the engine can never disagree.
 
 use arrow::array::BooleanArray;
-use arrow::buffer::NullBuffer;
+use arrow::buffer::{BooleanBuffer, NullBuffer};
 use arrow::record_batch::RecordBatch;
 use hubroute_message::{Message, MessageBatchBuilder, MessageColumns};
 
@@ -61,11 +61,10 @@ pub struct RouteSetOutcome {
 pub struct RouteSet {
     plan: Plan,
     physical: PhysicalPlan,
-    len: usize,
 }
 
-/// Per route, per row: whether the condition is true, and where it is defined (`None`: everywhere).
-type Verdicts = Vec<(arrow::buffer::BooleanBuffer, NullBuffer)>;
+/// Per route, per row: whether the condition is true, and whether it is defined (not `undefined`).
+type Verdicts = Vec<(BooleanBuffer, NullBuffer)>;
 
 impl RouteSet {
     /// Compiles many conditions at once; index-aligned with the input.
@@ -92,21 +91,17 @@ impl RouteSet {
             .map(|slot| slot_repr(&plan, slot))
             .collect();
         let physical = PhysicalPlan::new(&dag, &inputs, &roots)?;
-        Ok(Self {
-            plan,
-            physical,
-            len: roots.len(),
-        })
+        Ok(Self { plan, physical })
     }
 
     /// Number of conditions.
     pub fn len(&self) -> usize {
-        self.len
+        self.physical.route_count()
     }
 
     /// Whether the set has no condition.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// Evaluates every condition over a message batch.
@@ -152,10 +147,7 @@ impl RouteSet {
             .iter()
             .map(|value| match value {
                 Some(value) => Ok(repr::verdicts(value, rows)?),
-                None => Ok((
-                    arrow::buffer::BooleanBuffer::new_set(rows),
-                    NullBuffer::new_valid(rows),
-                )),
+                None => Ok((BooleanBuffer::new_set(rows), NullBuffer::new_valid(rows))),
             })
             .collect()
     }

@@ -111,7 +111,12 @@ pub(crate) fn parse_documents<'b>(columns: &MessageColumns<'b>, plan: &Plan) -> 
 
 /// Case-insensitive name comparison (ASCII fast path, simple case folding otherwise).
 pub(crate) fn names_match(a: &str, b: &str) -> bool {
-    if a.is_ascii() && b.is_ascii() {
+    names_match_knowing_ascii(a, a.is_ascii(), b, b.is_ascii())
+}
+
+/// [`names_match`] with whether each side is ASCII already known (hot loops know it once per name).
+fn names_match_knowing_ascii(a: &str, a_is_ascii: bool, b: &str, b_is_ascii: bool) -> bool {
+    if a_is_ascii && b_is_ascii {
         return a.eq_ignore_ascii_case(b);
     }
     a.chars()
@@ -135,19 +140,18 @@ fn json_value(value: &Value) -> Val<'_> {
     }
 }
 
-/// Resolves a path in a document; anything that does not lead to a value is `undefined`.
-fn resolve<'d>(root: &'d Value, steps: &[PathStep], case_insensitive: bool) -> Val<'d> {
+/// Resolves a path in a twin, keys matching case-insensitively; anything that does not lead to a
+/// value is `undefined`.
+fn resolve_in_twin<'d>(root: &'d Value, steps: &[PathStep]) -> Val<'d> {
     let mut current = root;
     for step in steps {
         let next = match step {
-            PathStep::Key(key) => match current.as_object() {
-                Some(object) if case_insensitive => object
+            PathStep::Key(key) => current.as_object().and_then(|object| {
+                object
                     .iter()
                     .find(|(k, _)| names_match(k, key))
-                    .map(|(_, v)| v),
-                Some(object) => object.get(key),
-                None => None,
-            },
+                    .map(|(_, v)| v)
+            }),
             PathStep::Index(index) => match current.as_array() {
                 Some(array) => array.get(*index),
                 None => None,
@@ -263,11 +267,7 @@ fn app_properties(map: &MapArray, names: &[&str], rows: usize) -> Vec<ArrayRef> 
             let key = keys.value(entry);
             let key_is_ascii = key.is_ascii();
             for (name_index, &(name, name_is_ascii)) in names.iter().enumerate() {
-                let matches = if key_is_ascii && name_is_ascii {
-                    key.eq_ignore_ascii_case(name)
-                } else {
-                    names_match(key, name)
-                };
+                let matches = names_match_knowing_ascii(key, key_is_ascii, name, name_is_ascii);
                 let slot = &mut found[name_index][row];
                 if matches && slot.is_none() {
                     *slot = Some(entry);
@@ -365,7 +365,7 @@ pub(crate) fn extract(
             Slot::Body(_) => bodies.next(),
             Slot::Twin(steps) => {
                 let values = (0..rows).map(|row| match documents.twins.get(row) {
-                    Some(Some(doc)) => resolve(doc, steps, true),
+                    Some(Some(doc)) => resolve_in_twin(doc, steps),
                     _ => Val::Undefined,
                 });
                 Some(repr::build(Repr::Dynamic, rows, values))

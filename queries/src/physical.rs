@@ -228,6 +228,11 @@ impl PhysicalPlan {
         Ok(Self { stages, routes })
     }
 
+    /// Number of routes.
+    pub(crate) fn route_count(&self) -> usize {
+        self.routes.len()
+    }
+
     /// How many subexpressions are computed once and shared.
     #[cfg(test)]
     pub(crate) fn materialized(&self) -> usize {
@@ -267,6 +272,12 @@ struct Lowered {
     repr: Repr,
 }
 
+impl Lowered {
+    fn ok(expr: Arc<dyn PhysicalExpr>, repr: Repr) -> Result<Self> {
+        Ok(Self { expr, repr })
+    }
+}
+
 struct Lowering<'d> {
     nodes: &'d [DagNode],
     /// Columns available to the expressions being lowered: inputs, then materialized nodes.
@@ -288,16 +299,17 @@ fn binary(
     Arc::new(BinaryExpr::new(left, op, right))
 }
 
-fn comparison_operator(op: BinaryOp) -> Option<Operator> {
-    Some(match op {
+/// DataFusion's operator for a comparison (`compare` is only called with comparisons).
+fn comparison_operator(op: BinaryOp) -> Operator {
+    match op {
         BinaryOp::Eq => Operator::Eq,
         BinaryOp::NotEq => Operator::NotEq,
         BinaryOp::Lt => Operator::Lt,
         BinaryOp::LtEq => Operator::LtEq,
         BinaryOp::Gt => Operator::Gt,
         BinaryOp::GtEq => Operator::GtEq,
-        _ => return None,
-    })
+        other => unreachable!("`{}` is not a comparison", other.symbol()),
+    }
 }
 
 /// `a op b` as `b op' a`.
@@ -326,12 +338,7 @@ impl Lowering<'_> {
 
     fn column(&self, index: usize) -> Lowered {
         let field = &self.fields[index];
-        let repr = match field.data_type() {
-            DataType::Boolean => Repr::Truth,
-            DataType::Float64 => Repr::Number,
-            DataType::Utf8 => Repr::Str,
-            _ => Repr::Dynamic,
-        };
+        let repr = Repr::of(field.data_type()).unwrap_or(Repr::Dynamic);
         Lowered {
             expr: Arc::new(Column::new(field.name(), index)),
             repr,
@@ -361,18 +368,15 @@ impl Lowering<'_> {
     }
 
     fn nan_to_undefined(&self, number: Arc<dyn PhysicalExpr>) -> Result<Lowered> {
-        Ok(Lowered {
-            expr: self.call(NanToUndefined::udf(), vec![number])?,
-            repr: Repr::Number,
-        })
+        Lowered::ok(
+            self.call(NanToUndefined::udf(), vec![number])?,
+            Repr::Number,
+        )
     }
 
     fn row_function(&self, op: RowOp, output: Repr, args: &[Lowered]) -> Result<Lowered> {
         let args = args.iter().map(|a| Arc::clone(&a.expr)).collect();
-        Ok(Lowered {
-            expr: self.call(RowFunction::udf(op, output), args)?,
-            repr: output,
-        })
+        Lowered::ok(self.call(RowFunction::udf(op, output), args)?, output)
     }
 
     fn lower(&self, node: usize) -> Result<Lowered> {
@@ -382,25 +386,16 @@ impl Lowering<'_> {
         match &self.nodes[node] {
             DagNode::Const(value) => {
                 let (value, repr) = repr::scalar(value);
-                Ok(Lowered {
-                    expr: literal(value),
-                    repr,
-                })
+                Lowered::ok(literal(value), repr)
             }
             DagNode::Input(slot) => Ok(self.column(*slot)),
             DagNode::Negate(operand) => {
-                let operand = self.lower(*operand)?;
-                Ok(Lowered {
-                    expr: Arc::new(NegativeExpr::new(self.typed(&operand, Repr::Number)?)),
-                    repr: Repr::Number,
-                })
+                let operand = self.typed(&self.lower(*operand)?, Repr::Number)?;
+                Lowered::ok(Arc::new(NegativeExpr::new(operand)), Repr::Number)
             }
             DagNode::Not(operand) => {
-                let operand = self.lower(*operand)?;
-                Ok(Lowered {
-                    expr: Arc::new(NotExpr::new(self.typed(&operand, Repr::Truth)?)),
-                    repr: Repr::Truth,
-                })
+                let operand = self.typed(&self.lower(*operand)?, Repr::Truth)?;
+                Lowered::ok(Arc::new(NotExpr::new(operand)), Repr::Truth)
             }
             DagNode::Binary(op, left, right) => {
                 self.binary(*op, &self.lower(*left)?, &self.lower(*right)?)
@@ -426,10 +421,7 @@ impl Lowering<'_> {
                 } else {
                     Operator::Or
                 };
-                Ok(Lowered {
-                    expr: binary(l, op, r),
-                    repr: Repr::Truth,
-                })
+                Lowered::ok(binary(l, op, r), Repr::Truth)
             }
             BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::Rem => {
                 let (l, r) = typed_pair(Repr::Number)?;
@@ -444,10 +436,7 @@ impl Lowering<'_> {
             }
             BinaryOp::Concat => {
                 let (l, r) = typed_pair(Repr::Str)?;
-                Ok(Lowered {
-                    expr: binary(l, Operator::StringConcat, r),
-                    repr: Repr::Str,
-                })
+                Lowered::ok(binary(l, Operator::StringConcat, r), Repr::Str)
             }
             BinaryOp::Coalesce => {
                 let output = if left.repr == right.repr {
@@ -468,20 +457,14 @@ impl Lowering<'_> {
 
     fn compare(&self, op: BinaryOp, left: &Lowered, right: &Lowered) -> Result<Lowered> {
         let equality = matches!(op, BinaryOp::Eq | BinaryOp::NotEq);
-        let truth = |expr| {
-            Ok(Lowered {
-                expr,
-                repr: Repr::Truth,
-            })
-        };
-        let operator = comparison_operator(op).unwrap_or(Operator::Eq);
         match (left.repr, right.repr) {
-            (Repr::Truth, Repr::Truth) if !equality => truth(literal(ScalarValue::Boolean(None))),
-            (l, r) if l == r && l != Repr::Dynamic => truth(binary(
-                Arc::clone(&left.expr),
-                operator,
-                Arc::clone(&right.expr),
-            )),
+            (Repr::Truth, Repr::Truth) if !equality => {
+                Lowered::ok(literal(ScalarValue::Boolean(None)), Repr::Truth)
+            }
+            (l, r) if l == r && l != Repr::Dynamic => {
+                let (l, r) = (Arc::clone(&left.expr), Arc::clone(&right.expr));
+                Lowered::ok(binary(l, comparison_operator(op), r), Repr::Truth)
+            }
             (Repr::Dynamic, r) if r != Repr::Dynamic && defined_literal(&right.expr) => {
                 self.dynamic_against_literal(op, left, right)
             }
@@ -504,19 +487,13 @@ impl Lowering<'_> {
         literal_side: &Lowered,
     ) -> Result<Lowered> {
         let kind = literal_side.repr;
-        let truth = |expr| {
-            Ok(Lowered {
-                expr,
-                repr: Repr::Truth,
-            })
-        };
-        let operator = comparison_operator(op).unwrap_or(Operator::Eq);
+        let truth = |expr| Lowered::ok(expr, Repr::Truth);
         if kind == Repr::Truth && !matches!(op, BinaryOp::Eq | BinaryOp::NotEq) {
             return truth(literal(ScalarValue::Boolean(None)));
         }
         let compared = binary(
             self.typed(dynamic, kind)?,
-            operator,
+            comparison_operator(op),
             Arc::clone(&literal_side.expr),
         );
         let same = || -> Result<_> {
@@ -543,12 +520,9 @@ impl Lowering<'_> {
         let string = |i: usize| self.typed(&args[i], Repr::Str);
         // Of a number that is not NaN, none of these is NaN.
         let math_of = |f: Arc<ScalarUDF>, args: Vec<Arc<dyn PhysicalExpr>>| -> Result<Lowered> {
-            Ok(Lowered {
-                expr: self.call(f, args)?,
-                repr: Repr::Number,
-            })
+            Lowered::ok(self.call(f, args)?, Repr::Number)
         };
-        let typed_result = |expr, repr| Ok(Lowered { expr, repr });
+        let typed_result = Lowered::ok;
         match function {
             Function::Abs => math_of(math::abs(), vec![number(0)?]),
             Function::Exp => math_of(math::exp(), vec![number(0)?]),
@@ -613,8 +587,8 @@ impl Lowering<'_> {
                 self.call(string::contains(), vec![string(0)?, string(1)?])?,
                 Repr::Truth,
             ),
-            // DataFusion's `sqrt` and `power` fail where IoT Hub yields `undefined` or infinity.
             Function::AsNumber => self.row_function(RowOp::AsNumber, Repr::Number, args),
+            // DataFusion's `sqrt` and `power` fail where IoT Hub yields `undefined` or infinity.
             Function::Sqrt => self.row_function(RowOp::Sqrt, Repr::Number, args),
             Function::Power => self.row_function(RowOp::Power, Repr::Number, args),
             Function::Substring => self.row_function(RowOp::Substring, Repr::Str, args),
@@ -649,9 +623,6 @@ impl Lowering<'_> {
             }
             Some(_) => literal(ScalarValue::Boolean(Some(false))),
         };
-        Ok(Lowered {
-            expr,
-            repr: Repr::Truth,
-        })
+        Lowered::ok(expr, Repr::Truth)
     }
 }

@@ -84,7 +84,7 @@ impl Repr {
         }
     }
 
-    fn of(data_type: &DataType) -> Option<Self> {
+    pub(crate) fn of(data_type: &DataType) -> Option<Self> {
         match data_type {
             DataType::Boolean => Some(Self::Truth),
             DataType::Float64 => Some(Self::Number),
@@ -119,18 +119,10 @@ impl DynamicBuilder {
 
     /// Appends a value.
     pub(crate) fn push(&mut self, value: &Val<'_>) {
-        let (kind, number, boolean) = match value {
-            Val::Undefined => (UNDEFINED, 0.0, false),
-            Val::Null => (NULL, 0.0, false),
-            Val::Bool(b) => (BOOL, 0.0, *b),
-            Val::Number(n) => (NUMBER, *n, false),
-            Val::Str(_) => (STRING, 0.0, false),
-            Val::Object => (OBJECT, 0.0, false),
-            Val::Array => (ARRAY, 0.0, false),
-        };
-        self.kinds.push(kind);
-        self.numbers.push(number);
-        self.booleans.push(boolean);
+        self.kinds.push(value.kind());
+        self.numbers
+            .push(if let Val::Number(n) = value { *n } else { 0.0 });
+        self.booleans.push(matches!(value, Val::Bool(true)));
         match value {
             Val::Str(s) => self.strings.append_value(s),
             _ => self.strings.append_null(),

@@ -24,7 +24,10 @@ use crate::value::Val;
 #[derive(Debug, Default)]
 pub(crate) struct PathTree {
     root: Level,
+    /// Number of paths asked for (the length of a scan's result).
     paths: usize,
+    /// Number of those the tree can find (all but empty paths).
+    findable: usize,
 }
 
 /// The keys and indexes wanted inside one object or array.
@@ -46,14 +49,17 @@ impl PathTree {
     /// A tree of `paths`; a scan reports values index-aligned with it.
     pub(crate) fn new(paths: &[&[PathStep]]) -> Self {
         let mut root = Level::default();
+        let mut findable = 0;
         for (index, steps) in paths.iter().enumerate() {
             if !steps.is_empty() {
                 root.walk(steps).ends.push(index);
+                findable += 1;
             }
         }
         Self {
             root,
             paths: paths.len(),
+            findable,
         }
     }
 
@@ -65,7 +71,7 @@ impl PathTree {
         let mut scanner = Scanner {
             bytes: document,
             pos: 0,
-            remaining: self.paths,
+            remaining: self.findable,
         };
         scanner.value(Some(&self.root), found).ok().map(|_| ())
     }
@@ -73,28 +79,21 @@ impl PathTree {
 
 impl Level {
     fn child(&mut self, step: &PathStep) -> &mut Target {
-        let position = match step {
-            PathStep::Key(key) => self
-                .keys
-                .iter()
-                .position(|(k, _)| **k == *key.as_bytes())
-                .unwrap_or_else(|| {
-                    self.keys.push((key.as_bytes().into(), Target::default()));
-                    self.keys.len() - 1
-                }),
-            PathStep::Index(index) => {
-                let position = self
-                    .indexes
-                    .iter()
-                    .position(|(i, _)| i == index)
-                    .unwrap_or_else(|| {
-                        self.indexes.push((*index, Target::default()));
-                        self.indexes.len() - 1
-                    });
-                return &mut self.indexes[position].1;
-            }
-        };
-        &mut self.keys[position].1
+        /// The target under `key`, added if new.
+        fn entry<K: PartialEq>(targets: &mut Vec<(K, Target)>, key: K) -> &mut Target {
+            let position = match targets.iter().position(|(k, _)| *k == key) {
+                Some(position) => position,
+                None => {
+                    targets.push((key, Target::default()));
+                    targets.len() - 1
+                }
+            };
+            &mut targets[position].1
+        }
+        match step {
+            PathStep::Key(key) => entry(&mut self.keys, key.as_bytes().into()),
+            PathStep::Index(index) => entry(&mut self.indexes, *index),
+        }
     }
 
     /// The target of a non-empty path, created as needed.

@@ -73,9 +73,11 @@ impl ScalarUDFImpl for DynamicChild {
             },
             scalar @ ColumnarValue::Scalar(_) => {
                 let value = Values::of(scalar)?.get(0);
-                let typed = (Some(value.kind()) == self.repr.kind()).then_some(&value);
-                let (literal, _) =
-                    typed.map_or_else(|| (repr::undefined(self.repr), self.repr), repr::scalar);
+                let literal = if Some(value.kind()) == self.repr.kind() {
+                    repr::scalar(&value).0
+                } else {
+                    repr::undefined(self.repr)
+                };
                 Ok(ColumnarValue::Scalar(literal))
             }
         }

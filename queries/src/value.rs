@@ -17,6 +17,7 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 
 use crate::parser::BinaryOp;
+use crate::repr;
 
 /// One IoT Hub runtime value.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -60,13 +61,13 @@ impl Val<'_> {
     /// The JSON type as the `kind` code of a dynamic Arrow value (`repr.rs`).
     pub(crate) fn kind(&self) -> u8 {
         match self {
-            Self::Undefined => 0,
-            Self::Null => 1,
-            Self::Bool(_) => 2,
-            Self::Number(_) => 3,
-            Self::Str(_) => 4,
-            Self::Object => 5,
-            Self::Array => 6,
+            Self::Undefined => repr::UNDEFINED,
+            Self::Null => repr::NULL,
+            Self::Bool(_) => repr::BOOL,
+            Self::Number(_) => repr::NUMBER,
+            Self::Str(_) => repr::STRING,
+            Self::Object => repr::OBJECT,
+            Self::Array => repr::ARRAY,
         }
     }
 }
