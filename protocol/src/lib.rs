@@ -112,12 +112,20 @@ pub mod cbs {
     pub const SAS_TOKEN_TYPE: &str = "servicebus.windows.net:sastoken";
     /// Token type of Entra ID tokens.
     pub const JWT_TOKEN_TYPE: &str = "jwt";
+    /// Application property of a token request: when the token expires (timestamp).
+    pub const EXPIRATION: &str = "expiration";
 }
 
 /// The management node.
 pub mod management {
     /// Node address.
     pub const NODE: &str = "$management";
+    /// Application property naming the operation of a request (`$management` and `$cbs`).
+    pub const OPERATION: &str = "operation";
+    /// Application property naming the entity type (or the token type on `$cbs`).
+    pub const TYPE: &str = "type";
+    /// Application property naming the entity (or the token audience on `$cbs`).
+    pub const NAME: &str = "name";
     /// `operation` of a read.
     pub const READ: &str = "READ";
     /// `type` of an event hub read.

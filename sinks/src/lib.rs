@@ -16,7 +16,9 @@ mod table;
 mod webhook;
 
 pub use config::{SinkConfig, build_sink};
-pub use dead_letter::{DeadLetter, DeadLetterConfig, DeadLetterProperty, DeadLetterStore};
+pub use dead_letter::{
+    DeadLetter, DeadLetterConfig, DeadLetterProperty, DeadLetterStore, MALFORMED_SINK,
+};
 pub use error::{Error, Result};
 pub use object_store_config::{ObjectStoreConfig, Secret};
 pub use parquet::{Compression, ParquetSink, ParquetSinkConfig, TypedColumn, TypedColumnType};

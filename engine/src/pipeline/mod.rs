@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 use arrow::record_batch::RecordBatch;
 use hubroute_message::MessageColumns;
 use hubroute_sinks::{
-    Ack, DeadLetter, DeadLetterStore, FailedRow, SinkBatch, Ticket, build_sink, drive_sink,
+    Ack, DeadLetter, DeadLetterStore, FailedRow, MALFORMED_SINK, SinkBatch, Ticket, build_sink,
+    drive_sink,
 };
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
@@ -500,6 +501,22 @@ impl Shared {
         source: SourceBatch,
         queues: &[mpsc::Sender<SinkBatch>],
     ) -> Result<()> {
+        if !source.malformed.is_empty() {
+            let records: Vec<DeadLetter> = source
+                .malformed
+                .iter()
+                .map(|event| {
+                    DeadLetter::malformed_event(
+                        &self.event_hub,
+                        &source.partition,
+                        event.sequence_number,
+                        &event.problem,
+                        &event.payload,
+                    )
+                })
+                .collect();
+            self.store_dead_letters(MALFORMED_SINK, &records).await;
+        }
         let table = self.table();
         let rows = source.batch.num_rows() as u64;
         let batch = source.batch.clone();
@@ -703,9 +720,14 @@ impl Shared {
                 return;
             }
         };
+        self.store_dead_letters(endpoint, &records).await;
+    }
+
+    /// Writes dead letters, retrying until the store takes them.
+    async fn store_dead_letters(&self, endpoint: &str, records: &[DeadLetter]) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.dead_letters.write(&records).await {
+            match self.dead_letters.write(records).await {
                 Ok(_) => return,
                 Err(error) => {
                     tracing::error!(%endpoint, %error, retry_in = ?backoff, "writing dead letters failed");

@@ -1,15 +1,12 @@
-//! One authenticated AMQP connection to an event hub: transport (TLS or plain), SASL ANONYMOUS, a
-//! session, and claims-based security (`$cbs` `put-token`) with renewal; plus the `$management` READ
-//! of the event hub (partition ids) and of its partitions (retained sequence numbers).
+//! The control plane: a short-lived fe2o3-amqp connection for `$management` READs of the event hub
+//! (partition ids) and of its partitions (retained sequence numbers, for lag).
 //!
-//! Each partition receiver owns one [`HubConnection`], so a fault (or a stolen link) on one partition
-//! never disturbs another and reconnects stay per partition. Tokens signed from the key live
-//! `token_lifetime` and are renewed at 80 % of it on the same connection; a given
-//! `SharedAccessSignature` is sent as is and cannot be renewed. Token text is never logged.
+//! These requests are few and fe2o3-amqp's management and CBS clients implement them fully, so the
+//! control plane keeps them; the data plane (reading partitions) is `link::PartitionLink`. Token
+//! text is never logged.
 
 use std::marker::PhantomData;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use fe2o3_amqp::connection::ConnectionHandle;
@@ -23,10 +20,9 @@ use fe2o3_amqp_management::error::Error as ManagementError;
 use fe2o3_amqp_management::{Request, Response};
 use fe2o3_amqp_types::messaging::{ApplicationProperties, Message};
 use fe2o3_amqp_types::primitives::{OrderedMap, SimpleValue, Timestamp, Value};
-use hubroute_protocol::{ConnectionString, SasToken, cbs, management};
-use tokio::net::TcpStream;
-use tokio::time::Instant;
+use hubroute_protocol::{ConnectionString, cbs, management};
 
+use super::credentials::{Credentials, connect_error};
 use crate::{Error, Result};
 
 /// How long opening the transport, SASL and the AMQP handshake may take.
@@ -34,127 +30,36 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long closing a connection may take before it is abandoned.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where a token comes from.
-#[derive(Debug)]
-enum Credentials {
-    /// Signed from the key, renewed before expiry.
-    Key { lifetime: Duration },
-    /// Given in the connection string.
-    Signature(SasToken),
-}
-
 /// An open, authenticated connection with one session.
 #[derive(Debug)]
 pub(crate) struct HubConnection {
     connection: ConnectionHandle<()>,
     pub(crate) session: SessionHandle<()>,
     cbs: CbsClient,
-    connection_string: ConnectionString,
     credentials: Credentials,
     audience: String,
-    /// When the token must be renewed; `None` for a given signature.
-    pub(crate) renew_at: Option<Instant>,
-}
-
-fn endpoint(connection_string: &ConnectionString) -> String {
-    format!(
-        "{}:{}",
-        connection_string.host,
-        connection_string.effective_port()
-    )
-}
-
-fn connect_error(connection_string: &ConnectionString, problem: impl std::fmt::Display) -> Error {
-    Error::Connect {
-        endpoint: endpoint(connection_string),
-        problem: problem.to_string(),
-    }
-}
-
-/// A TLS connector trusting the public web roots plus the certificates of `extra_ca` (PEM).
-fn tls_connector(extra_ca: Option<&Path>) -> Result<tokio_rustls::TlsConnector, String> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(path) = extra_ca {
-        let shown = path.display();
-        let pem =
-            std::fs::read(path).map_err(|e| format!("cannot read tls_ca_file {shown}: {e}"))?;
-        let mut added = 0;
-        for certificate in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let certificate =
-                certificate.map_err(|e| format!("tls_ca_file {shown} is not valid PEM: {e}"))?;
-            roots
-                .add(certificate)
-                .map_err(|e| format!("tls_ca_file {shown}: a certificate is unusable: {e}"))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(format!("tls_ca_file {shown} holds no PEM certificate"));
-        }
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 async fn open_transport(
     connection_string: &ConnectionString,
     tls_ca_file: Option<&Path>,
 ) -> Result<ConnectionHandle<()>> {
-    let host = connection_string.host.as_str();
-    let fail = |problem: String| connect_error(connection_string, problem);
-    let stream = TcpStream::connect((host, connection_string.effective_port()))
-        .await
-        .map_err(|error| fail(format!("TCP connect failed: {error}")))?;
-    stream
-        .set_nodelay(true)
-        .map_err(|error| fail(error.to_string()))?;
-    let builder = Connection::builder()
+    let stream = super::transport::open_stream(connection_string, tls_ca_file).await?;
+    Connection::builder()
         .container_id(format!("hubroute-{}", uuid::Uuid::new_v4()))
-        .hostname(host)
+        .hostname(connection_string.host.as_str())
         .scheme("amqp")
-        .sasl_profile(SaslProfile::Anonymous);
-    let opened = if connection_string.uses_tls() {
-        let server_name = rustls::pki_types::ServerName::try_from(host.to_owned())
-            .map_err(|error| fail(format!("`{host}` is not a valid TLS server name: {error}")))?;
-        let connector = tls_connector(tls_ca_file)
-            .map_err(|error| fail(format!("TLS setup failed: {error}")))?;
-        let tls = connector
-            .connect(server_name, stream)
-            .await
-            .map_err(|error| fail(format!("TLS handshake failed: {error}")))?;
-        builder.open_with_stream(tls).await
-    } else {
-        builder.open_with_stream(stream).await
-    };
-    opened.map_err(|error| fail(format!("AMQP open failed: {error}")))
+        .sasl_profile(SaslProfile::Anonymous)
+        .open_with_stream(stream)
+        .await
+        .map_err(|error| connect_error(connection_string, format!("AMQP open failed: {error}")))
 }
 
 impl HubConnection {
     /// Connects to the endpoint of `config` and authorises the connection for `event_hub`.
     pub(crate) async fn open(config: &super::SourceConfig, event_hub: &str) -> Result<Self> {
         let connection_string = &config.connection_string;
-        let token_lifetime = config.token_lifetime;
-        let credentials = match (
-            &connection_string.key,
-            &connection_string.shared_access_signature,
-        ) {
-            (_, Some(signature)) => Credentials::Signature(SasToken::parse(signature)?),
-            (Some(_), None) => Credentials::Key {
-                lifetime: token_lifetime,
-            },
-            (None, None) => {
-                return Err(Error::SourceConfig {
-                    problem: "the connection string has neither a key nor a signature".to_owned(),
-                });
-            }
-        };
+        let credentials = Credentials::new(config)?;
         let opening = async {
             let mut connection =
                 open_transport(connection_string, config.tls_ca_file.as_deref()).await?;
@@ -178,47 +83,20 @@ impl HubConnection {
             connection,
             session,
             cbs,
-            connection_string: connection_string.clone(),
             credentials,
             audience: connection_string.audience(event_hub),
-            renew_at: None,
         };
-        hub.put_token().await?;
+        hub.put_token(connection_string).await?;
         Ok(hub)
     }
 
-    /// A token for the audience and the instant it should be renewed at.
-    fn token(&self) -> Result<(SasToken, Option<Instant>)> {
-        match &self.credentials {
-            Credentials::Signature(token) => Ok((token.clone(), None)),
-            Credentials::Key { lifetime } => {
-                let key =
-                    self.connection_string
-                        .key
-                        .as_ref()
-                        .ok_or_else(|| Error::SourceConfig {
-                            problem: "the connection string has no SharedAccessKey".to_owned(),
-                        })?;
-                let seconds = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX);
-                let expiry = chrono::Utc::now().timestamp().saturating_add(seconds);
-                Ok((
-                    key.sign(&self.audience, expiry),
-                    Some(Instant::now() + lifetime.mul_f64(0.8)),
-                ))
-            }
-        }
-    }
-
-    /// Sends (or renews) the token on `$cbs`.
-    pub(crate) async fn put_token(&mut self) -> Result<()> {
-        let (token, renew_at) = self.token()?;
+    /// Sends the token on `$cbs`.
+    async fn put_token(&mut self, connection_string: &ConnectionString) -> Result<()> {
+        let (token, _) = self.credentials.token(&self.audience)?;
         let expiry = Timestamp::from_milliseconds(token.expiry.saturating_mul(1000));
         let cbs_token = CbsToken::new(token.as_str(), cbs::SAS_TOKEN_TYPE, Some(expiry));
         match self.cbs.put_token(self.audience.as_str(), cbs_token).await {
-            Ok(()) => {
-                self.renew_at = renew_at;
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(ManagementError::Status(status)) => Err(Error::Unauthorized {
                 audience: self.audience.clone(),
                 problem: format!(
@@ -231,7 +109,7 @@ impl HubConnection {
                 ),
             }),
             Err(error) => Err(connect_error(
-                &self.connection_string,
+                connection_string,
                 format!("put-token failed: {error}"),
             )),
         }
@@ -239,7 +117,7 @@ impl HubConnection {
 
     /// Partition ids of `event_hub`, from a `$management` READ of `com.microsoft:eventhub`.
     pub(crate) async fn partition_ids(&mut self, event_hub: &str) -> Result<Vec<String>> {
-        let (token, _) = self.token()?;
+        let (token, _) = self.credentials.token(&self.audience)?;
         let request = Read::<EventHubInfo>::new(
             management::EVENT_HUB_TYPE,
             vec![("name", event_hub.to_owned())],
@@ -255,7 +133,7 @@ impl HubConnection {
         event_hub: &str,
         partition: &str,
     ) -> Result<Option<(i64, i64)>> {
-        let (token, _) = self.token()?;
+        let (token, _) = self.credentials.token(&self.audience)?;
         let request = Read::<PartitionInfo>::new(
             management::PARTITION_TYPE,
             vec![

@@ -1,9 +1,10 @@
-//! AMQP message → one row of a message batch.
+//! An encoded AMQP message → one row of a message batch, read in place.
 //!
-//! [`MessageDecoder`] reads a message decoded by fe2o3 and appends it to a [`MessageBatchBuilder`]
-//! through a borrowed [`MessageRef`]: strings are borrowed from the AMQP message and copied once, into the Arrow
-//! buffers. Values that need rendering (numeric message ids, non-string application properties) go
-//! through scratch buffers the decoder reuses, so steady-state decoding allocates nothing of its own.
+//! [`MessageDecoder::append`] takes a transfer's payload as it came off the wire and walks it once
+//! with `hubroute_amqp`'s zero-copy reader: strings, binaries and the body are borrowed from the
+//! payload and copied once, into the Arrow buffers. Values that need rendering (numeric message ids,
+//! non-string application properties) go through scratch buffers the decoder reuses, so
+//! steady-state decoding allocates nothing of its own.
 //!
 //! System properties come from both sections, as the SDKs merge them: message annotations
 //! (`x-opt-*`, `iothub-*`, `dt-*`) and AMQP properties (`message-id`, `correlation-id` of any AMQP id
@@ -14,25 +15,38 @@
 //! rendering with types `decimal32`/`decimal64`/`decimal128`/`described`).
 //!
 //! Body: data sections are concatenated (IoT Hub sends one). An `amqp-value` body holding a string or
-//! symbol becomes its UTF-8 bytes, holding binary becomes those bytes, holding anything else becomes the
-//! AMQP encoding of the value; `amqp-sequence` sections become the AMQP encoding of each section's list,
-//! concatenated. An absent body is empty.
+//! symbol becomes its UTF-8 bytes, holding binary becomes those bytes, holding anything else becomes
+//! the AMQP encoding of the value; `amqp-sequence` sections become the AMQP encoding of each
+//! section's list, concatenated. An absent body, or an `amqp-value` of null (how an empty body is
+//! usually encoded), is empty.
+//!
+//! A message that is not well-formed AMQP, or lacks the `x-opt-*` position annotations, appends
+//! nothing and comes back as a [`Malformed`] with whatever position it carries, so the receiver can
+//! set it aside (dead-letter it) and keep the partition flowing.
 
 use std::fmt::Write as _;
 
 use arrow::record_batch::RecordBatch;
 use base64::Engine as _;
-use fe2o3_amqp_types::messaging::annotations::OwnedKey;
-use fe2o3_amqp_types::messaging::{Body, Message, MessageId};
-use fe2o3_amqp_types::primitives::{SimpleValue, Value};
+use bytes::Bytes;
+use fe2o3_amqp_types::primitives::SimpleValue;
+use hubroute_amqp::codec::{Compound, Value};
+use hubroute_amqp::message::{Body, MessageView, Properties};
 use hubroute_message::{MessageBatchBuilder, MessageRef};
 use hubroute_protocol::annotations as keys;
 
 use crate::{Error, Result};
 
-/// Why a message could not be decoded.
+/// A message the decoder could not turn into a row.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct DecodeProblem(String);
+pub struct Malformed {
+    /// Its `x-opt-sequence-number`, when that much could be read.
+    pub sequence_number: Option<i64>,
+    /// What is wrong with it.
+    pub problem: String,
+    /// The message as received.
+    pub payload: Bytes,
+}
 
 /// Decodes the AMQP messages of one partition into message batches.
 #[derive(Debug)]
@@ -53,6 +67,21 @@ struct Scratch {
     body: Vec<u8>,
 }
 
+/// What a problem in a message is called, and the position it carried if any.
+struct Problem {
+    sequence_number: Option<i64>,
+    problem: String,
+}
+
+impl From<hubroute_amqp::Error> for Problem {
+    fn from(error: hubroute_amqp::Error) -> Self {
+        Problem {
+            sequence_number: None,
+            problem: error.to_string(),
+        }
+    }
+}
+
 impl MessageDecoder {
     /// A decoder for messages read from `partition` of `event_hub`.
     pub fn new(event_hub: impl Into<String>, partition: impl Into<String>) -> Self {
@@ -64,14 +93,15 @@ impl MessageDecoder {
         }
     }
 
-    /// Appends `message` as one row and returns its sequence number. Fails (appending nothing) only
-    /// if a required `x-opt-*` annotation is missing or mistyped.
-    pub fn append(&mut self, message: &Message<Body<Value>>) -> Result<i64> {
+    /// Appends the encoded `message` as one row and returns its sequence number. A malformed
+    /// message appends nothing and is returned whole, with the reason.
+    pub fn append(&mut self, message: &Bytes) -> std::result::Result<i64, Malformed> {
         self.scratch
             .append(&mut self.builder, &self.event_hub, &self.partition, message)
-            .map_err(|DecodeProblem(problem)| Error::Decode {
-                partition: self.partition.clone(),
-                problem,
+            .map_err(|problem| Malformed {
+                sequence_number: problem.sequence_number,
+                problem: problem.problem,
+                payload: message.clone(),
             })
     }
 
@@ -104,23 +134,16 @@ impl MessageDecoder {
     }
 }
 
-fn text(value: &Value) -> Option<&str> {
-    match value {
-        Value::String(s) => Some(s),
-        Value::Symbol(s) => Some(s.as_str()),
-        _ => None,
-    }
-}
-
-fn message_id_text<'a>(id: Option<&'a MessageId>, buffer: &'a mut String) -> Option<&'a str> {
+fn message_id_text<'a>(id: Option<Value<'a>>, buffer: &'a mut String) -> Option<&'a str> {
     buffer.clear();
     match id? {
-        MessageId::String(s) => return Some(s),
-        MessageId::Ulong(n) => write!(buffer, "{n}").expect("writing to a String cannot fail"),
-        MessageId::Uuid(uuid) => write_uuid(buffer, uuid.as_inner()),
-        MessageId::Binary(bytes) => {
+        Value::String(s) | Value::Symbol(s) => return Some(s),
+        Value::Ulong(n) => write!(buffer, "{n}").expect("writing to a String cannot fail"),
+        Value::Uuid(uuid) => write_uuid(buffer, &uuid),
+        Value::Binary(bytes) => {
             base64::engine::general_purpose::STANDARD.encode_string(bytes, buffer);
         }
+        _ => return None,
     }
     Some(buffer)
 }
@@ -134,8 +157,13 @@ fn write_uuid(buffer: &mut String, bytes: &[u8; 16]) {
     }
 }
 
-/// Renders an application property into `buffer`; returns `(has value, type name)`.
-fn render_property(value: &SimpleValue, buffer: &mut String) -> (bool, Option<&'static str>) {
+/// Renders an application property into `buffer`; returns `(has value, type name)`. `encoded` is
+/// the value's encoding, for the rare types rendered through `serde_amqp`.
+fn render_property(
+    value: Value<'_>,
+    encoded: &[u8],
+    buffer: &mut String,
+) -> (bool, Option<&'static str>) {
     buffer.clear();
     let mut put = |args: std::fmt::Arguments<'_>| {
         buffer
@@ -143,103 +171,145 @@ fn render_property(value: &SimpleValue, buffer: &mut String) -> (bool, Option<&'
             .expect("writing to a String cannot fail");
     };
     let type_name = match value {
-        SimpleValue::Null => return (false, Some("null")),
-        SimpleValue::String(s) => {
+        Value::Null => return (false, Some("null")),
+        Value::String(s) | Value::Symbol(s) => {
             put(format_args!("{s}"));
             return (true, None);
         }
-        SimpleValue::Symbol(s) => {
-            put(format_args!("{}", s.as_str()));
-            return (true, None);
-        }
-        SimpleValue::Bool(b) => {
+        Value::Bool(b) => {
             put(format_args!("{b}"));
             "boolean"
         }
-        SimpleValue::Byte(v) => {
+        Value::Byte(v) => {
             put(format_args!("{v}"));
             "long"
         }
-        SimpleValue::Short(v) => {
+        Value::Short(v) => {
             put(format_args!("{v}"));
             "long"
         }
-        SimpleValue::Int(v) => {
+        Value::Int(v) => {
             put(format_args!("{v}"));
             "long"
         }
-        SimpleValue::Long(v) => {
+        Value::Long(v) => {
             put(format_args!("{v}"));
             "long"
         }
-        SimpleValue::Ubyte(v) => {
+        Value::Ubyte(v) => {
             put(format_args!("{v}"));
             "ulong"
         }
-        SimpleValue::Ushort(v) => {
+        Value::Ushort(v) => {
             put(format_args!("{v}"));
             "ulong"
         }
-        SimpleValue::Uint(v) => {
+        Value::Uint(v) => {
             put(format_args!("{v}"));
             "ulong"
         }
-        SimpleValue::Ulong(v) => {
+        Value::Ulong(v) => {
             put(format_args!("{v}"));
             "ulong"
         }
-        SimpleValue::Float(v) => {
-            put(format_args!("{}", v.into_inner()));
+        Value::Float(v) => {
+            put(format_args!("{v}"));
             "double"
         }
-        SimpleValue::Double(v) => {
-            put(format_args!("{}", v.into_inner()));
+        Value::Double(v) => {
+            put(format_args!("{v}"));
             "double"
         }
-        SimpleValue::Timestamp(t) => {
-            match chrono::DateTime::from_timestamp_millis(t.milliseconds()) {
+        Value::Timestamp(t) => {
+            match chrono::DateTime::from_timestamp_millis(t) {
                 Some(time) => put(format_args!("{}", time.format("%Y-%m-%dT%H:%M:%S%.3fZ"))),
-                None => put(format_args!("{}", t.milliseconds())),
+                None => put(format_args!("{t}")),
             }
             "timestamp"
         }
-        SimpleValue::Uuid(uuid) => {
-            write_uuid(buffer, uuid.as_inner());
+        Value::Uuid(uuid) => {
+            write_uuid(buffer, &uuid);
             "uuid"
         }
-        SimpleValue::Binary(bytes) => {
+        Value::Binary(bytes) => {
             base64::engine::general_purpose::STANDARD.encode_string(bytes, buffer);
             "binary"
         }
-        SimpleValue::Char(c) => {
+        Value::Char(c) => {
             put(format_args!("{c}"));
             "char"
         }
-        SimpleValue::Decimal32(d) => {
-            put(format_args!("{d:?}"));
-            "decimal32"
-        }
-        SimpleValue::Decimal64(d) => {
-            put(format_args!("{d:?}"));
-            "decimal64"
-        }
-        SimpleValue::Decimal128(d) => {
-            put(format_args!("{d:?}"));
-            "decimal128"
-        }
-        SimpleValue::Described(d) => {
-            put(format_args!("{d:?}"));
-            "described"
-        }
+        Value::Decimal32(_)
+        | Value::Decimal64(_)
+        | Value::Decimal128(_)
+        | Value::Described(..)
+        | Value::List(_)
+        | Value::Map(_)
+        | Value::Array(_) => match serde_amqp::from_slice::<SimpleValue>(encoded) {
+            // Rare: keep the rendering the owned AMQP types give them (checked by `check_property`).
+            Ok(SimpleValue::Decimal32(d)) => {
+                put(format_args!("{d:?}"));
+                "decimal32"
+            }
+            Ok(SimpleValue::Decimal64(d)) => {
+                put(format_args!("{d:?}"));
+                "decimal64"
+            }
+            Ok(SimpleValue::Decimal128(d)) => {
+                put(format_args!("{d:?}"));
+                "decimal128"
+            }
+            Ok(other) => {
+                put(format_args!("{other:?}"));
+                "described"
+            }
+            Err(_) => return (false, Some("null")),
+        },
     };
     (true, Some(type_name))
 }
 
-fn encode_amqp(value: &impl serde::Serialize, out: &mut Vec<u8>) -> Result<(), DecodeProblem> {
-    let encoded = serde_amqp::to_vec(value)
-        .map_err(|error| DecodeProblem(format!("cannot re-encode the AMQP body: {error}")))?;
-    out.extend_from_slice(&encoded);
+/// Whether an application property value can be rendered: AMQP allows only simple types there.
+fn check_property(value: Value<'_>, encoded: &[u8]) -> std::result::Result<(), String> {
+    match value {
+        Value::List(_) | Value::Map(_) | Value::Array(_) => Err(
+            "application property values must be simple AMQP types, not a list, map or array"
+                .to_owned(),
+        ),
+        Value::Decimal32(_) | Value::Decimal64(_) | Value::Decimal128(_) | Value::Described(..) => {
+            serde_amqp::from_slice::<SimpleValue>(encoded)
+                .map(|_| ())
+                .map_err(|error| format!("an application property value: {error}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Calls `each(name, value, encoded value)` for every application property, failing on a key that
+/// is not a string.
+fn for_each_property<'a>(
+    map: Compound<'a>,
+    mut each: impl FnMut(&'a str, Value<'a>, &'a [u8]) -> std::result::Result<(), String>,
+) -> std::result::Result<(), String> {
+    let mut reader = map.reader();
+    for _ in 0..map.count / 2 {
+        let name = match reader.read_value().map_err(|e| e.to_string())? {
+            Value::String(name) => name,
+            other => {
+                return Err(format!(
+                    "an application property key is {other:?}, not a string"
+                ));
+            }
+        };
+        let start = reader.position();
+        let value = reader.read_value().map_err(|e| e.to_string())?;
+        each(name, value, &map.body[start..reader.position()])?;
+    }
     Ok(())
+}
+
+fn text(value: Value<'_>) -> Option<&str> {
+    value.as_text()
 }
 
 impl Scratch {
@@ -248,25 +318,27 @@ impl Scratch {
         builder: &mut MessageBatchBuilder,
         event_hub: &str,
         partition: &str,
-        message: &Message<Body<Value>>,
-    ) -> Result<i64, DecodeProblem> {
+        message: &[u8],
+    ) -> std::result::Result<i64, Problem> {
+        let view = MessageView::parse(message)?;
         let mut row = MessageRef {
             event_hub,
             partition,
             ..MessageRef::default()
         };
         let (mut sequence_number, mut offset_seen, mut enqueued_time) = (None, false, None);
-        // Application properties go into the builder before `append` closes the row, so validate the
-        // required annotations first: a failure must leave the builder untouched.
         self.offset.clear();
-        if let Some(annotations) = &message.message_annotations {
-            for (key, value) in annotations.0.iter() {
-                let OwnedKey::Symbol(key) = key else { continue };
-                match key.as_str() {
+        if let Some(annotations) = view.message_annotations {
+            let mut reader = annotations.reader();
+            for _ in 0..annotations.count / 2 {
+                let key = reader.read_value()?;
+                let value = reader.read_value()?;
+                let Value::Symbol(key) = key else { continue };
+                match key {
                     keys::SEQUENCE_NUMBER => {
                         sequence_number = match value {
-                            Value::Long(n) => Some(*n),
-                            Value::Int(n) => Some(i64::from(*n)),
+                            Value::Long(n) => Some(n),
+                            Value::Int(n) => Some(i64::from(n)),
                             _ => None,
                         };
                     }
@@ -286,12 +358,12 @@ impl Scratch {
                     }
                     keys::ENQUEUED_TIME => {
                         if let Value::Timestamp(t) = value {
-                            enqueued_time = Some(t.milliseconds());
+                            enqueued_time = Some(t);
                         }
                     }
                     keys::IOTHUB_ENQUEUED_TIME => {
                         if let Value::Timestamp(t) = value {
-                            row.iothub_enqueued_time_ms = Some(t.milliseconds());
+                            row.iothub_enqueued_time_ms = Some(t);
                         }
                     }
                     keys::PARTITION_KEY => row.partition_key = text(value),
@@ -308,7 +380,11 @@ impl Scratch {
                 }
             }
         }
-        let missing = |what: &str| DecodeProblem(format!("the message has no {what} annotation"));
+        let problem = |problem: String| Problem {
+            sequence_number,
+            problem,
+        };
+        let missing = |what: &str| problem(format!("the message has no {what} annotation"));
         row.sequence_number =
             sequence_number.ok_or_else(|| missing("x-opt-sequence-number (long)"))?;
         if !offset_seen {
@@ -318,50 +394,52 @@ impl Scratch {
             enqueued_time.ok_or_else(|| missing("x-opt-enqueued-time (timestamp)"))?;
         row.offset = &self.offset;
 
-        if let Some(properties) = &message.properties {
-            row.message_id = message_id_text(properties.message_id.as_ref(), &mut self.message_id);
+        if let Some(properties) = view.properties {
+            let properties = Properties::read(properties).map_err(|e| problem(e.to_string()))?;
+            row.message_id = message_id_text(properties.message_id, &mut self.message_id);
             row.correlation_id =
-                message_id_text(properties.correlation_id.as_ref(), &mut self.correlation_id);
-            row.user_id = properties.user_id.as_ref().map(|b| b.as_slice());
-            row.content_type = properties.content_type.as_ref().map(|s| s.as_str());
-            row.content_encoding = properties.content_encoding.as_ref().map(|s| s.as_str());
+                message_id_text(properties.correlation_id, &mut self.correlation_id);
+            row.user_id = properties.user_id;
+            row.content_type = properties.content_type;
+            row.content_encoding = properties.content_encoding;
         }
 
         self.body.clear();
-        row.body = match &message.body {
-            Body::Data(sections) if sections.len() == 1 => &sections[0].0,
-            Body::Data(sections) => {
+        row.body = match view.body {
+            Body::Data(sections) if sections.len() == 1 => {
+                sections.iter().next().unwrap_or_default()
+            }
+            Body::Data(sections) | Body::Sequence(sections) => {
                 for section in sections.iter() {
-                    self.body.extend_from_slice(&section.0);
+                    self.body.extend_from_slice(section);
                 }
                 &self.body
             }
-            Body::Value(value) => match &value.0 {
-                Value::String(s) => s.as_bytes(),
-                Value::Symbol(s) => s.as_str().as_bytes(),
+            Body::Value { value, encoded } => match value {
+                Value::Null => &[],
+                Value::String(s) | Value::Symbol(s) => s.as_bytes(),
                 Value::Binary(b) => b,
-                other => {
-                    encode_amqp(other, &mut self.body)?;
-                    &self.body
-                }
+                _ => encoded,
             },
-            Body::Sequence(sections) => {
-                for section in sections.iter() {
-                    encode_amqp(&section.0, &mut self.body)?;
-                }
-                &self.body
-            }
             Body::Empty => &[],
         };
-        if let Some(properties) = &message.application_properties {
-            for (name, value) in properties.0.iter() {
-                let (present, type_name) = render_property(value, &mut self.value);
+        // Application properties go into the builder before `append` closes the row, so check them
+        // all first: a failure must leave the builder untouched.
+        if let Some(properties) = view.application_properties {
+            for_each_property(properties, |_, value, encoded| {
+                check_property(value, encoded)
+            })
+            .map_err(problem)?;
+            for_each_property(properties, |name, value, encoded| {
+                let (present, type_name) = render_property(value, encoded, &mut self.value);
                 builder.append_application_property(
                     name,
                     present.then_some(self.value.as_str()),
                     type_name,
                 );
-            }
+                Ok(())
+            })
+            .map_err(problem)?;
         }
 
         builder.append(&row);
@@ -378,6 +456,9 @@ mod tests {
     use hubroute_message::{AppPropertyValue, MessageColumns};
 
     use super::*;
+    use fe2o3_amqp_types::messaging::message::__private::Serializable;
+    use fe2o3_amqp_types::messaging::{Body, Message, MessageId};
+    use fe2o3_amqp_types::primitives::Value;
 
     const UUID: [u8; 16] = [
         0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd,
@@ -406,6 +487,10 @@ mod tests {
             .message_annotations(annotations(sequence_number))
             .body(body)
             .build()
+    }
+
+    fn encoded(message: &Message<Body<Value>>) -> Bytes {
+        Bytes::from(serde_amqp::to_vec(&Serializable(message)).unwrap())
     }
 
     fn only_row(decoder: &mut MessageDecoder) -> hubroute_message::Message {
@@ -452,7 +537,7 @@ mod tests {
             ))
             .build();
         let mut decoder = MessageDecoder::new("hub", "3");
-        assert_eq!(decoder.append(&message).unwrap(), 42);
+        assert_eq!(decoder.append(&encoded(&message)).unwrap(), 42);
         assert_eq!(decoder.last_offset(), "4200");
         let row = only_row(&mut decoder);
         assert_eq!(
@@ -509,7 +594,7 @@ mod tests {
                 ..Properties::default()
             });
             let mut decoder = MessageDecoder::new("hub", "0");
-            decoder.append(&message).unwrap();
+            decoder.append(&encoded(&message)).unwrap();
             assert_eq!(
                 only_row(&mut decoder).system.message_id.as_deref(),
                 Some(expected),
@@ -580,7 +665,7 @@ mod tests {
         let mut message = message(5, Body::Empty);
         message.application_properties = Some(ApplicationProperties(properties));
         let mut decoder = MessageDecoder::new("hub", "0");
-        decoder.append(&message).unwrap();
+        decoder.append(&encoded(&message)).unwrap();
         let row = only_row(&mut decoder);
         assert_eq!(row.application_properties.len(), cases.len());
         for (i, ((value, expected), (name, actual))) in
@@ -626,7 +711,7 @@ mod tests {
         for (body, expected) in cases {
             let name = format!("{body:?}");
             let mut decoder = MessageDecoder::new("hub", "0");
-            decoder.append(&message(1, body)).unwrap();
+            decoder.append(&encoded(&message(1, body))).unwrap();
             assert_eq!(only_row(&mut decoder).body.to_vec(), expected, "{name}");
         }
     }
@@ -635,10 +720,10 @@ mod tests {
     fn a_message_without_position_annotations_is_an_error_and_appends_nothing() {
         let mut decoder = MessageDecoder::new("hub", "0");
         let bare = Message::builder().body(Body::<Value>::Empty).build();
-        let error = decoder.append(&bare).unwrap_err().to_string();
+        let error = decoder.append(&encoded(&bare)).unwrap_err().problem;
         assert!(error.contains("x-opt-sequence-number"), "{error}");
         assert!(decoder.is_empty());
-        decoder.append(&message(9, Body::Empty)).unwrap();
+        decoder.append(&encoded(&message(9, Body::Empty))).unwrap();
         assert_eq!(decoder.finish().unwrap().num_rows(), 1);
     }
 }

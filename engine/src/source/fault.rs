@@ -8,10 +8,8 @@
 
 use std::time::Duration;
 
-use fe2o3_amqp::connection::ConnectionStopReason;
-use fe2o3_amqp::link::{LinkStateError, ReceiverAttachError, RecvError, SessionStopReason};
-use fe2o3_amqp_types::definitions::{self, ErrorCondition};
-use fe2o3_amqp_types::primitives::Symbol;
+use fe2o3_amqp_types::definitions;
+use hubroute_amqp::client::condition_text;
 use hubroute_protocol::conditions;
 
 use crate::Error;
@@ -34,22 +32,19 @@ pub(crate) enum Fault {
     Fatal(Error),
 }
 
-fn condition_name(condition: &ErrorCondition) -> String {
-    let symbol = match condition {
-        ErrorCondition::AmqpError(e) => Symbol::from(e),
-        ErrorCondition::ConnectionError(e) => Symbol::from(e),
-        ErrorCondition::SessionError(e) => Symbol::from(e),
-        ErrorCondition::LinkError(e) => Symbol::from(e),
-        ErrorCondition::Custom(symbol) => symbol.clone(),
-    };
-    symbol.as_str().to_owned()
-}
-
 impl Fault {
     /// Classifies an AMQP error the service sent when closing something.
     pub(crate) fn from_amqp(partition: &str, error: &definitions::Error) -> Self {
-        let condition = condition_name(&error.condition);
-        let description = error.description.clone().unwrap_or_default();
+        Self::from_condition(
+            partition,
+            &condition_text(&error.condition),
+            error.description.as_deref().unwrap_or_default(),
+        )
+    }
+
+    /// Classifies an error condition and its description.
+    pub(crate) fn from_condition(partition: &str, condition: &str, description: &str) -> Self {
+        let (condition, description) = (condition.to_owned(), description.to_owned());
         let amqp = || Error::Amqp {
             partition: partition.to_owned(),
             condition: condition.clone(),
@@ -100,37 +95,19 @@ impl Fault {
         }
     }
 
-    fn from_session_stop(partition: &str, reason: &SessionStopReason) -> Self {
-        match reason {
-            SessionStopReason::RemoteEndedWithError(error)
-            | SessionStopReason::ConnectionStopped(ConnectionStopReason::RemoteClosedWithError(
-                error,
-            )) => Self::from_amqp(partition, error),
-            other => Self::lost(partition, format!("{other:?}")),
-        }
-    }
-
-    /// Classifies a receive failure.
-    pub(crate) fn from_recv(partition: &str, error: &RecvError) -> Self {
+    /// Classifies a failure of the data-plane connection: a refusal with a condition as the
+    /// service meant it, anything else (I/O, framing, a protocol slip) as a lost connection.
+    pub(crate) fn from_wire(partition: &str, error: &hubroute_amqp::Error) -> Self {
         match error {
-            RecvError::LinkStateError(
-                LinkStateError::RemoteDetachedWithError(error)
-                | LinkStateError::RemoteClosedWithError(error),
-            ) => Self::from_amqp(partition, error),
-            RecvError::LinkStateError(LinkStateError::SessionStopped(reason)) => {
-                Self::from_session_stop(partition, reason)
-            }
-            other => Self::lost(partition, other.to_string()),
-        }
-    }
-
-    /// Classifies an attach failure.
-    pub(crate) fn from_attach(partition: &str, error: &ReceiverAttachError) -> Self {
-        match error {
-            ReceiverAttachError::RemoteClosedWithError(error) => Self::from_amqp(partition, error),
-            ReceiverAttachError::SessionStopped(reason) => {
-                Self::from_session_stop(partition, reason)
-            }
+            hubroute_amqp::Error::Refused {
+                condition: Some(condition),
+                description,
+                ..
+            } => Self::from_condition(
+                partition,
+                condition,
+                description.as_deref().unwrap_or_default(),
+            ),
             other => Self::lost(partition, other.to_string()),
         }
     }
@@ -147,7 +124,8 @@ pub(crate) fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use fe2o3_amqp_types::definitions::{AmqpError, LinkError};
+    use fe2o3_amqp_types::definitions::{AmqpError, ErrorCondition, LinkError};
+    use fe2o3_amqp_types::primitives::Symbol;
 
     use super::*;
 

@@ -1,20 +1,24 @@
 //! Reading an Event Hubs-compatible endpoint over AMQP 1.0 into Arrow message batches.
 //!
-//! [`EventHubSource::connect`] discovers the partitions (`$management` READ); [`EventHubSource::spawn`]
-//! starts one [`PartitionReceiver`](receiver) task per partition, each with its own authenticated
-//! connection, that decodes events straight into Arrow builders ([`MessageDecoder`]) and sends
+//! [`EventHubSource::connect`] discovers the partitions (`$management` READ over fe2o3-amqp, the
+//! control plane); [`EventHubSource::spawn`] starts one [`PartitionReceiver`](receiver) task per
+//! partition, each with its own authenticated data-plane connection (`hubroute_amqp`), that decodes
+//! transfers straight from the read buffer into Arrow builders ([`MessageDecoder`]) and sends
 //! [`SourceBatch`]es into a bounded channel. Backpressure is AMQP flow control: a receiver grants link
 //! credit only while it holds a free slot of its channel, so a stalled consumer stops the service from
 //! sending after at most `prefetch` events and memory stays bounded.
 
 mod config;
 mod connection;
+mod credentials;
 mod decode;
 mod fault;
+mod link;
 mod receiver;
+mod transport;
 
 pub use config::{OutOfRangePolicy, SourceConfig, StartPosition};
-pub use decode::MessageDecoder;
+pub use decode::{Malformed, MessageDecoder};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +45,9 @@ pub struct SourceBatch {
     pub last_sequence_number: i64,
     /// Offset of the last row.
     pub last_offset: String,
+    /// Events of this stretch that could not be decoded, for the dead-letter store; the checkpoint
+    /// must not pass them before they are stored.
+    pub malformed: Vec<Malformed>,
 }
 
 /// Why a partition receiver ended without an error.
@@ -67,6 +74,8 @@ pub struct EventHubSource {
     checkpoints: Arc<dyn CheckpointStore>,
     /// Events decoded by all partition tasks since `connect`; shared with the tasks.
     received: Arc<AtomicU64>,
+    /// Malformed events set aside by all partition tasks; shared with the tasks.
+    malformed: Arc<AtomicU64>,
     /// Reconnects after transient faults by all partition tasks; shared with the tasks.
     reconnects: Arc<AtomicU64>,
 }
@@ -105,6 +114,7 @@ impl EventHubSource {
             partitions,
             checkpoints,
             received: Arc::new(AtomicU64::new(0)),
+            malformed: Arc::new(AtomicU64::new(0)),
             reconnects: Arc::new(AtomicU64::new(0)),
         })
     }
@@ -117,6 +127,11 @@ impl EventHubSource {
     /// Events decoded by every partition task so far (a counter for metrics and tests).
     pub fn events_received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
+    }
+
+    /// Malformed events set aside (for the dead-letter store) so far.
+    pub fn events_malformed(&self) -> u64 {
+        self.malformed.load(Ordering::Relaxed)
     }
 
     /// Reconnects after transient faults (connection loss, server busy, an expired token) so far.
@@ -177,6 +192,7 @@ impl EventHubSource {
         let checkpoints = Arc::clone(&self.checkpoints);
         let key = self.checkpoint_key(partition);
         let received = Arc::clone(&self.received);
+        let malformed = Arc::clone(&self.malformed);
         let reconnects = Arc::clone(&self.reconnects);
         let event_hub = self.event_hub.clone();
         let partition = partition.to_owned();
@@ -196,6 +212,7 @@ impl EventHubSource {
                 downstream,
                 shutdown,
                 received,
+                malformed,
                 reconnects,
             }
             .run()

@@ -100,7 +100,41 @@ pub struct DeadLetter {
     pub twin: Option<String>,
 }
 
+/// The `sink` of dead letters the source set aside: events that are not well-formed AMQP messages
+/// (or lack the Event Hubs position annotations), so no endpoint ever saw them.
+pub const MALFORMED_SINK: &str = "_source";
+
 impl DeadLetter {
+    /// A dead letter for an event the source could not decode. `message` is the encoded AMQP
+    /// message as received (base64 in `body`); its position is what the stream said or implied.
+    pub fn malformed_event(
+        event_hub: &str,
+        partition: &str,
+        sequence_number: Option<i64>,
+        problem: &str,
+        message: &[u8],
+    ) -> Self {
+        let now = Utc::now();
+        Self {
+            sink: MALFORMED_SINK.to_owned(),
+            route: None,
+            error: format!(
+                "malformed AMQP message (the body is the whole encoded message): {problem}"
+            ),
+            failed_at: now,
+            event_hub: event_hub.to_owned(),
+            partition: partition.to_owned(),
+            sequence_number: sequence_number.unwrap_or(-1),
+            offset: String::new(),
+            enqueued_time: now,
+            partition_key: None,
+            system_properties: SystemProperties::default(),
+            properties: Vec::new(),
+            body: base64::engine::general_purpose::STANDARD.encode(message),
+            twin: None,
+        }
+    }
+
     /// Dead letters for the `failed` rows of `batch` (message schema).
     pub fn from_failed_rows(
         sink: &str,
