@@ -1,7 +1,7 @@
 //! A local Event Hubs-compatible endpoint: the peer for hubroute's source, its tests, benchmarks and
 //! quick start, faithful enough that the official Azure SDKs work against it unchanged.
 //!
-//! * `server`: the AMQP 1.0 listener (fe2o3-amqp acceptor) with SASL ANONYMOUS/PLAIN/MSSBCBS, the `$cbs`
+//! * `server`: the AMQP 1.0 listener (on `hubroute-amqp` frames) with SASL ANONYMOUS/PLAIN/MSSBCBS, the `$cbs`
 //!   node verifying SAS tokens, `$management` reads, producer links and consumer links with Event Hubs
 //!   semantics (selector-filter start positions, link credit, owner levels, the five-receiver limit).
 //! * `store`: partitions as append-only logs with retention, optionally on disk.
@@ -9,7 +9,9 @@
 //! * `ingress`: IoT Hub-style HTTP device ingress stamping IoT Hub's annotations.
 //! * `simulate`: the device simulator and load generator.
 //!
-//! The emulator shares only `hubroute-protocol` with the engine: it is a peer, not a mock of our client.
+//! The emulator shares only the vocabulary (`hubroute-protocol`) and the wire format (`hubroute-amqp`)
+//! with the engine: it is a peer, not a mock of our client, and its fidelity is judged by independent
+//! clients (the official Python SDK and fe2o3-amqp) in its tests.
 
 mod config;
 mod config_file;

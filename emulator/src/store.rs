@@ -20,10 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use fe2o3_amqp_types::messaging::annotations::OwnedKey;
-use fe2o3_amqp_types::messaging::message::__private::Serializable;
-use fe2o3_amqp_types::messaging::{Body, Message, MessageAnnotations};
-use fe2o3_amqp_types::primitives::{Symbol, Timestamp, Value};
+use hubroute_amqp::message::{Annotation, stamp_annotations};
 use hubroute_protocol::filter::{EARLIEST_OFFSET, LATEST_OFFSET};
 use hubroute_protocol::{EventPosition, PositionKind, annotations};
 use tokio::sync::watch;
@@ -136,10 +133,11 @@ impl Partition {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Stamps `message` with its position, stores it and wakes consumers.
+    /// Stamps the encoded `message` with its position (rewriting only its message annotations),
+    /// stores it and wakes consumers. The stored bytes are what every consumer receives.
     pub(crate) fn append(
         &self,
-        mut message: Message<Body<Value>>,
+        message: &[u8],
         partition_key: Option<&str>,
         max_message_bytes: usize,
     ) -> Result<PublishedPosition> {
@@ -147,27 +145,24 @@ impl Partition {
         let mut state = self.lock();
         let sequence_number = state.next_sequence;
         let offset = state.next_offset;
-        let annotations = message
-            .message_annotations
-            .get_or_insert_with(|| MessageAnnotations(Default::default()));
-        let mut stamp = |key: &str, value: Value| {
-            annotations
-                .0
-                .insert(OwnedKey::Symbol(Symbol::from(key)), value);
-        };
-        stamp(annotations::SEQUENCE_NUMBER, Value::Long(sequence_number));
-        stamp(annotations::OFFSET, Value::String(offset.to_string()));
-        stamp(
-            annotations::ENQUEUED_TIME,
-            Value::Timestamp(Timestamp::from_milliseconds(enqueued_time_ms)),
-        );
+        let offset_text = offset.to_string();
+        let mut stamps = vec![
+            (
+                annotations::SEQUENCE_NUMBER,
+                Annotation::Long(sequence_number),
+            ),
+            (annotations::OFFSET, Annotation::String(&offset_text)),
+            (
+                annotations::ENQUEUED_TIME,
+                Annotation::Timestamp(enqueued_time_ms),
+            ),
+        ];
         if let Some(key) = partition_key {
-            stamp(annotations::PARTITION_KEY, Value::String(key.to_owned()));
+            stamps.push((annotations::PARTITION_KEY, Annotation::String(key)));
         }
-        let encoded =
-            serde_amqp::to_vec(&Serializable(&message)).map_err(|error| Error::Config {
-                problem: format!("an event could not be encoded: {error}"),
-            })?;
+        let encoded = stamp_annotations(message, &stamps).map_err(|error| Error::Config {
+            problem: format!("an event is not a well-formed AMQP message: {error}"),
+        })?;
         if encoded.len() > max_message_bytes {
             return Err(Error::MessageTooLarge {
                 size: encoded.len(),
@@ -621,17 +616,17 @@ impl Namespace {
 
 #[cfg(test)]
 mod tests {
-    use fe2o3_amqp_types::messaging::Data;
-    use serde_bytes::ByteBuf;
+    use hubroute_amqp::codec;
+    use hubroute_amqp::message::section;
 
     use super::*;
 
-    fn message(body: &str) -> Message<Body<Value>> {
-        Message::builder()
-            .body(Body::Data(
-                vec![Data(ByteBuf::from(body.as_bytes()))].into(),
-            ))
-            .build()
+    /// An encoded message with one data section.
+    fn message(body: &str) -> Vec<u8> {
+        let mut encoded = Vec::new();
+        codec::put_descriptor(&mut encoded, section::DATA);
+        codec::put_binary(&mut encoded, body.as_bytes());
+        encoded
     }
 
     fn partition(retention: Retention, path: Option<PathBuf>) -> Partition {
@@ -641,8 +636,8 @@ mod tests {
     #[test]
     fn positions_resolve_like_event_hubs() {
         let p = partition(Retention::default(), None);
-        let first = p.append(message("a"), None, 1 << 20).unwrap();
-        let second = p.append(message("b"), Some("k"), 1 << 20).unwrap();
+        let first = p.append(&message("a"), None, 1 << 20).unwrap();
+        let second = p.append(&message("b"), Some("k"), 1 << 20).unwrap();
         assert_eq!((first.sequence_number, second.sequence_number), (0, 1));
         let offset: i64 = second.offset.parse().unwrap();
         assert!(offset > 0);
@@ -679,7 +674,7 @@ mod tests {
             None,
         );
         for body in ["a", "b", "c"] {
-            p.append(message(body), None, 1 << 20).unwrap();
+            p.append(&message(body), None, 1 << 20).unwrap();
         }
         assert_eq!(p.info().begin_sequence_number, 1);
         assert_eq!(p.read_from(0, 10).len(), 2);
@@ -691,7 +686,7 @@ mod tests {
     #[test]
     fn oversize_events_are_refused() {
         let p = partition(Retention::default(), None);
-        let error = p.append(message(&"x".repeat(100)), None, 50).unwrap_err();
+        let error = p.append(&message(&"x".repeat(100)), None, 50).unwrap_err();
         assert!(
             matches!(error, Error::MessageTooLarge { limit: 50, .. }),
             "{error}"
@@ -706,7 +701,7 @@ mod tests {
         {
             let p = partition(Retention::default(), Some(path.clone()));
             for body in ["a", "b", "c"] {
-                p.append(message(body), None, 1 << 20).unwrap();
+                p.append(&message(body), None, 1 << 20).unwrap();
             }
         }
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
@@ -714,7 +709,7 @@ mod tests {
         drop(file);
         let p = partition(Retention::default(), Some(path));
         assert_eq!(p.info().last_sequence_number, 2);
-        let next = p.append(message("d"), None, 1 << 20).unwrap();
+        let next = p.append(&message("d"), None, 1 << 20).unwrap();
         assert_eq!(next.sequence_number, 3);
         assert_eq!(p.read_from(0, 10).len(), 4);
     }

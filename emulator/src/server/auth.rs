@@ -1,21 +1,14 @@
 //! Who a connection is: SASL (ANONYMOUS, PLAIN, MSSBCBS) and the SAS tokens it put on `$cbs`.
 //!
-//! fe2o3-amqp's acceptor calls a `SaslAcceptor` during the handshake but hands nothing back, so each
-//! connection gets its own acceptor sharing an `Arc<Mutex<ConnectionAuth>>` with the connection task.
 //! A link to an entity is allowed when the connection authenticated with the key over SASL PLAIN, or
 //! holds an unexpired token whose audience covers the entity's path. Audiences are compared by path only:
 //! clients name the emulator's host in many ways (`localhost`, `127.0.0.1`, with or without the port).
 
-use std::sync::{Arc, Mutex};
-
-use fe2o3_amqp::acceptor::SaslAcceptor;
-use fe2o3_amqp::acceptor::sasl_acceptor::SaslServerFrame;
-use fe2o3_amqp_types::primitives::{Array, Symbol};
-use fe2o3_amqp_types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
+use fe2o3_amqp_types::sasl::SaslCode;
 use hubroute_protocol::{SasKey, SasToken};
 
 /// The SASL mechanisms offered, as Event Hubs (and Microsoft's emulator) offer them.
-const MECHANISMS: [&str; 3] = ["ANONYMOUS", "PLAIN", "MSSBCBS"];
+pub(crate) const MECHANISMS: [&str; 3] = ["ANONYMOUS", "PLAIN", "MSSBCBS"];
 
 /// What a connection has proven.
 #[derive(Debug, Default)]
@@ -79,77 +72,43 @@ pub(crate) fn verify_token(key: &SasKey, token: &str, now: i64) -> Result<SasTok
     Ok(parsed)
 }
 
-/// The per-connection SASL acceptor.
-#[derive(Debug, Clone)]
-pub(crate) struct EventHubsSasl {
-    key: SasKey,
-    auth: Arc<Mutex<ConnectionAuth>>,
-}
-
-impl EventHubsSasl {
-    pub(crate) fn new(key: SasKey, auth: Arc<Mutex<ConnectionAuth>>) -> Self {
-        Self { key, auth }
-    }
-
-    fn plain(&self, response: &[u8]) -> SaslCode {
-        let mut fields = response.split(|byte| *byte == 0);
-        let (Some(_authzid), Some(user), Some(password)) =
-            (fields.next(), fields.next(), fields.next())
-        else {
-            return SaslCode::Auth;
-        };
-        let (Ok(user), Ok(password)) = (std::str::from_utf8(user), std::str::from_utf8(password))
-        else {
-            return SaslCode::Auth;
-        };
-        let mut auth = self
-            .auth
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if user == self.key.name && password == self.key.expose_secret() {
-            auth.key_holder = true;
-            return SaslCode::Ok;
-        }
-        match verify_token(&self.key, password, chrono::Utc::now().timestamp()) {
-            Ok(token) => {
-                auth.add_token(&token);
-                SaslCode::Ok
-            }
-            Err(_) => SaslCode::Auth,
-        }
+/// The outcome of a client's `sasl-init`: ANONYMOUS and MSSBCBS always pass (a token on `$cbs`
+/// follows); PLAIN passes with the key itself (`auth` then covers every entity) or with a SAS token
+/// as the password.
+pub(crate) fn authenticate(
+    key: &SasKey,
+    auth: &mut ConnectionAuth,
+    mechanism: &str,
+    initial_response: Option<&[u8]>,
+) -> SaslCode {
+    match mechanism {
+        "ANONYMOUS" | "MSSBCBS" => SaslCode::Ok,
+        "PLAIN" => initial_response.map_or(SaslCode::Auth, |response| plain(key, auth, response)),
+        _ => SaslCode::Auth,
     }
 }
 
-impl SaslAcceptor for EventHubsSasl {
-    fn mechanisms(&self) -> Array<Symbol> {
-        Array::from(
-            MECHANISMS
-                .iter()
-                .map(|m| Symbol::from(*m))
-                .collect::<Vec<_>>(),
-        )
+fn plain(key: &SasKey, auth: &mut ConnectionAuth, response: &[u8]) -> SaslCode {
+    let mut fields = response.split(|byte| *byte == 0);
+    let (Some(_authzid), Some(user), Some(password)) =
+        (fields.next(), fields.next(), fields.next())
+    else {
+        return SaslCode::Auth;
+    };
+    let (Ok(user), Ok(password)) = (std::str::from_utf8(user), std::str::from_utf8(password))
+    else {
+        return SaslCode::Auth;
+    };
+    if user == key.name && password == key.expose_secret() {
+        auth.key_holder = true;
+        return SaslCode::Ok;
     }
-
-    fn on_init(&mut self, init: SaslInit) -> SaslServerFrame {
-        let code = match init.mechanism.as_str() {
-            "ANONYMOUS" | "MSSBCBS" => SaslCode::Ok,
-            "PLAIN" => init
-                .initial_response
-                .as_ref()
-                .map_or(SaslCode::Auth, |response| self.plain(response)),
-            _ => SaslCode::Auth,
-        };
-        SaslServerFrame::Outcome(SaslOutcome {
-            code,
-            additional_data: None,
-        })
-    }
-
-    fn on_response(&mut self, _response: SaslResponse) -> SaslServerFrame {
-        SaslServerFrame::Outcome(SaslOutcome {
-            code: SaslCode::Sys,
-            additional_data: None,
-        })
+    match verify_token(key, password, chrono::Utc::now().timestamp()) {
+        Ok(token) => {
+            auth.add_token(&token);
+            SaslCode::Ok
+        }
+        Err(_) => SaslCode::Auth,
     }
 }
 
@@ -176,15 +135,18 @@ mod tests {
     #[test]
     fn sasl_plain_accepts_the_key_or_a_token() {
         let key = SasKey::new("root", "secret");
-        let auth = Arc::new(Mutex::new(ConnectionAuth::default()));
-        let sasl = EventHubsSasl::new(key.clone(), auth.clone());
-        assert_eq!(sasl.plain(b"\0root\0secret"), SaslCode::Ok);
-        assert!(auth.lock().unwrap().authorizes("anything", 0));
-        let fresh = EventHubsSasl::new(key.clone(), Arc::default());
-        assert_eq!(fresh.plain(b"\0root\0wrong"), SaslCode::Auth);
+        let mut auth = ConnectionAuth::default();
+        assert_eq!(plain(&key, &mut auth, b"\0root\0secret"), SaslCode::Ok);
+        assert!(auth.authorizes("anything", 0));
+        let mut fresh = ConnectionAuth::default();
+        assert_eq!(plain(&key, &mut fresh, b"\0root\0wrong"), SaslCode::Auth);
         let token = key.sign("sb://h/hub", i64::MAX);
         assert_eq!(
-            fresh.plain(format!("\0x\0{}", token.as_str()).as_bytes()),
+            plain(
+                &key,
+                &mut fresh,
+                format!("\0x\0{}", token.as_str()).as_bytes()
+            ),
             SaslCode::Ok
         );
     }
@@ -204,19 +166,15 @@ mod tests {
             ("SCRAM-SHA-256", None, SaslCode::Auth, false),
         ];
         for (mechanism, response, expected, authorised) in cases {
-            let auth = Arc::new(Mutex::new(ConnectionAuth::default()));
-            let mut sasl = EventHubsSasl::new(key.clone(), Arc::clone(&auth));
-            let outcome = sasl.on_init(SaslInit {
-                mechanism: Symbol::from(mechanism),
-                initial_response: response
-                    .map(|r| fe2o3_amqp_types::primitives::Binary::from(r.into_bytes())),
-                hostname: None,
-            });
-            let SaslServerFrame::Outcome(outcome) = outcome else {
-                panic!("{mechanism}: a single-step outcome is expected");
-            };
-            assert_eq!(outcome.code, expected, "{mechanism}");
-            let can_read = auth.lock().unwrap().authorizes(
+            let mut auth = ConnectionAuth::default();
+            let code = authenticate(
+                &key,
+                &mut auth,
+                mechanism,
+                response.as_deref().map(str::as_bytes),
+            );
+            assert_eq!(code, expected, "{mechanism}");
+            let can_read = auth.authorizes(
                 "hub/ConsumerGroups/$Default/Partitions/0",
                 chrono::Utc::now().timestamp(),
             );
@@ -225,9 +183,5 @@ mod tests {
                 "{mechanism}: links authorised by SASL alone"
             );
         }
-        assert_eq!(
-            EventHubsSasl::new(key, Arc::default()).mechanisms().len(),
-            3
-        );
     }
 }

@@ -1,81 +1,404 @@
-//! One client connection: SASL, sessions, and routing each attached link to the node or entity its
-//! address names. Links that cannot be served are attached and then closed with the Event Hubs error
-//! condition, which is how the service refuses them too.
+//! One client connection, served by one task: the protocol headers, SASL, Open, then every frame of
+//! every session and link, with the node or entity each link's address names.
+//!
+//! The task owns the socket and all connection state, so nothing is shared or locked per frame. Its
+//! loop writes what the consumer links may send (stored events, already encoded, copied into one
+//! write buffer and sent with one system call for many transfers), then waits for the first of: bytes
+//! from the client, room on the socket, a watcher saying a partition grew, a token expiring, or
+//! shutdown. Credit is honoured per link and the client's incoming window per session (part 2,
+//! section 2.6.7), so the emulator never sends what the client did not ask for.
+//!
+//! Links that cannot be served are attached and then detached with the Event Hubs error condition,
+//! which is how the service refuses them too. Every performative the emulator sends carries all of
+//! its fields: the Python SDK's AMQP stack reads them by position.
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
-use fe2o3_amqp::acceptor::{
-    LinkAcceptor, LinkEndpoint, ListenerSessionHandle, SessionAcceptor,
-    SupportedReceiverSettleModes, SupportedSenderSettleModes,
+use fe2o3_amqp_types::definitions::{
+    self, ErrorCondition, Fields, ReceiverSettleMode, Role, SenderSettleMode,
 };
-use fe2o3_amqp::link::{Receiver, Sender};
-use fe2o3_amqp_types::definitions::Fields;
-use fe2o3_amqp_types::definitions::{ReceiverSettleMode, SenderSettleMode};
-use fe2o3_amqp_types::messaging::{FilterSet, TargetArchetype};
-use fe2o3_amqp_types::performatives::Attach;
-use fe2o3_amqp_types::primitives::{Symbol, Value};
+use fe2o3_amqp_types::messaging::{DeliveryState, FilterSet, TargetArchetype};
+use fe2o3_amqp_types::performatives::{Attach, Begin, Close, Detach, Disposition, End, Open};
+use fe2o3_amqp_types::primitives::{Array, Symbol, Value};
+use fe2o3_amqp_types::sasl::{SaslCode, SaslMechanisms, SaslOutcome};
+use hubroute_amqp::Stream;
+use hubroute_amqp::frame::{AMQP_HEADER, Frame, FrameBuffer, SASL_HEADER, put_heartbeat};
+use hubroute_amqp::performative::{
+    FlowState, Performative, Sasl, Transfer, TransferHeader, put_flow, put_performative, put_sasl,
+    put_transfer,
+};
 use hubroute_protocol::address::EntityAddress;
 use hubroute_protocol::{EventPosition, conditions, link};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::Shared;
-use super::auth::ConnectionAuth;
-use super::consumer::{ConsumerLink, link_error};
-use super::nodes::{Node, NodeContext, ReplyLinks};
-use super::producer::ProducerLink;
+use super::auth::{ConnectionAuth, MECHANISMS, authenticate};
+use super::consumer::{Consumer, ConsumerRequest, LinkId, Wake};
+use super::nodes::{Node, NodeContext};
+use super::producer::Producer;
 
-/// What a connection shares between its sessions.
-pub(crate) struct ConnectionState {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) auth: Arc<Mutex<ConnectionAuth>>,
-    pub(crate) replies: Arc<ReplyLinks>,
+/// The largest frame the emulator accepts, as Event Hubs announces.
+const MAX_FRAME_SIZE: u32 = 262_144;
+/// Channels a client may use.
+const CHANNEL_MAX: u16 = 1024;
+/// Link handles per session.
+const HANDLE_MAX: u32 = 1023;
+/// The idle timeout announced: a client must send something this often.
+const IDLE_TIMEOUT_MS: u32 = 240_000;
+/// Transfers a client may send on a session before the emulator's next flow; topped up at half.
+const INCOMING_WINDOW: u32 = 5_000;
+/// Credit granted to a client's sending link (producer or request link); topped up at half.
+const LINK_CREDIT: u32 = 300;
+/// Stop adding transfers while this many bytes wait to be written.
+const WRITE_HIGH_WATER: usize = 256 * 1024;
+/// Events fetched from a partition per read.
+const READ_CHUNK: usize = 256;
+/// How long a response waits for the reply link its request names (a client attaches that link
+/// concurrently with its request link, so a request can arrive first).
+const REPLY_LINK_WAIT: Duration = Duration::from_secs(5);
+/// How long the handshake (headers, SASL, Open) may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Properties announced on Open, Begin and Attach.
+fn product_properties() -> Fields {
+    let mut properties = Fields::new();
+    properties.insert(
+        Symbol::from("product"),
+        Value::String("hubroute-emulator".to_owned()),
+    );
+    properties
 }
 
-impl ConnectionState {
-    fn nodes(&self) -> NodeContext {
-        NodeContext {
-            namespace: Arc::clone(&self.shared.namespace),
-            key: self.shared.key.clone(),
-            auth: Arc::clone(&self.auth),
-            replies: Arc::clone(&self.replies),
+fn capabilities() -> Option<Array<Symbol>> {
+    Some(Array::from(vec![Symbol::from(
+        "com.microsoft:hubroute-emulator",
+    )]))
+}
+
+fn amqp_error(condition: &str, description: impl Into<String>) -> definitions::Error {
+    definitions::Error::new(
+        ErrorCondition::Custom(Symbol::from(condition)),
+        Some(description.into()),
+        None,
+    )
+}
+
+/// Why the connection ends.
+#[derive(Debug)]
+enum Ending {
+    /// The client closed it, or went away.
+    Peer,
+    /// The emulator closes it, with this error (none on shutdown).
+    Close(Option<definitions::Error>),
+}
+
+/// Bytes waiting for the socket.
+#[derive(Debug, Default)]
+struct Outgoing {
+    bytes: Vec<u8>,
+    written: usize,
+}
+
+impl Outgoing {
+    fn pending(&self) -> &[u8] {
+        &self.bytes[self.written..]
+    }
+
+    fn len(&self) -> usize {
+        self.bytes.len() - self.written
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.written += n;
+        if self.written == self.bytes.len() {
+            self.bytes.clear();
+            self.written = 0;
+        } else if self.written > 1 << 20 {
+            self.bytes.drain(..self.written);
+            self.written = 0;
         }
     }
-
-    fn authorized(&self, address: &EntityAddress) -> bool {
-        self.auth
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .authorizes(&address.to_string(), chrono::Utc::now().timestamp())
-    }
 }
 
-/// Accepts sessions until the connection ends.
-pub(crate) async fn serve_sessions(
-    mut connection: fe2o3_amqp::acceptor::ListenerConnectionHandle,
-    state: Arc<ConnectionState>,
-) {
-    let acceptor = SessionAcceptor::builder()
-        .handle_max(1024u32)
-        .add_offered_capabilities("com.microsoft:hubroute-emulator")
-        .add_desired_capabilities("com.microsoft:hubroute-emulator")
-        .properties(super::product_properties())
-        .build();
-    let mut sessions = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = acceptor.accept(&mut connection) => match accepted {
-                Ok(session) => {
-                    sessions.spawn(serve_links(session, Arc::clone(&state)));
-                }
-                Err(error) => {
-                    tracing::debug!(%error, "connection ended");
-                    break;
-                }
+/// What a link does.
+#[derive(Debug)]
+enum LinkKind {
+    /// Sends a partition's events.
+    Consumer(Box<Consumer>),
+    /// Receives events to store.
+    Producer(Producer),
+    /// Receives requests to a node.
+    Requests(Node),
+    /// Sends a node's responses; `address` is the client's receiving address (`reply-to`).
+    Replies { node: Node, address: String },
+    /// Attached only to be detached with an error; frames on it are ignored.
+    Refused,
+}
+
+/// A message whose transfer frames are still arriving.
+#[derive(Debug)]
+struct Partial {
+    delivery_id: u32,
+    settled: bool,
+    message_format: u32,
+    payload: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Link {
+    id: LinkId,
+    local_handle: u32,
+    /// The emulator's role.
+    role: Role,
+    kind: LinkKind,
+    /// Sender: deliveries sent. Receiver: deliveries received.
+    delivery_count: u32,
+    /// Sender: credit the client granted and not used. Receiver: credit granted and not used.
+    credit: u32,
+    /// Whether an emulator-initiated detach was sent (the client's detach is then the answer).
+    detaching: bool,
+    partial: Option<Partial>,
+}
+
+/// A session's transfer accounting (part 2, section 2.5.6).
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    /// The emulator's channel for this session.
+    local_channel: u16,
+    next_outgoing_id: u32,
+    next_delivery_id: u32,
+    /// Transfers the client still accepts on this session.
+    remote_incoming_window: u32,
+    next_incoming_id: u32,
+    incoming_window: u32,
+}
+
+#[derive(Debug)]
+struct Session {
+    window: Window,
+    /// Links by the client's handle.
+    links: HashMap<u32, Link>,
+}
+
+/// A response waiting for its reply link (or for credit on it).
+#[derive(Debug)]
+struct PendingReply {
+    node: Node,
+    reply_to: Option<String>,
+    message: Vec<u8>,
+    deadline: Instant,
+}
+
+/// Everything one connection knows.
+struct Connection {
+    shared: Arc<Shared>,
+    auth: ConnectionAuth,
+    remote_max_frame_size: u32,
+    /// Send a heartbeat when nothing was written for this long (half the client's idle timeout).
+    heartbeat_every: Option<Duration>,
+    last_write: Instant,
+    /// Sessions by the client's channel.
+    sessions: HashMap<u16, Session>,
+    next_link_id: LinkId,
+    replies: Vec<PendingReply>,
+    wake: mpsc::Sender<Wake>,
+    /// Consumers with credit and events to send, by (channel, client handle).
+    ready: Vec<(u16, u32)>,
+}
+
+/// Serves one accepted connection until it ends.
+pub(crate) async fn serve(stream: Stream, peer: std::net::SocketAddr, shared: Arc<Shared>) {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut frames = FrameBuffer::new(MAX_FRAME_SIZE);
+    let mut out = Outgoing::default();
+    let handshake = handshake(&mut reader, &mut writer, &mut frames, &shared);
+    let (auth, open) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(problem)) => {
+            tracing::debug!(%peer, %problem, "AMQP handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "AMQP handshake timed out");
+            return;
+        }
+    };
+    let (wake, mut woken) = mpsc::channel(64);
+    let mut connection = Connection {
+        shared: Arc::clone(&shared),
+        auth,
+        remote_max_frame_size: open.max_frame_size.0.max(512),
+        heartbeat_every: open
+            .idle_time_out
+            .filter(|ms| *ms > 0)
+            .map(|ms| Duration::from_millis(u64::from(ms) / 2)),
+        last_write: Instant::now(),
+        sessions: HashMap::new(),
+        next_link_id: 0,
+        replies: Vec::new(),
+        wake,
+        ready: Vec::new(),
+    };
+    connection.answer_open(&mut out.bytes);
+    // A client may pipeline its first frames (begin, attach) behind its open.
+    let mut ending = connection.on_bytes(&mut frames, &mut out.bytes).err();
+    while ending.is_none() {
+        connection.produce(&mut out.bytes);
+        let deadline = connection.next_deadline();
+        let result = tokio::select! {
+            read = reader.read_buf(frames.read_buffer()) => match read {
+                Ok(0) | Err(_) => Err(Ending::Peer),
+                Ok(_) => connection.on_bytes(&mut frames, &mut out.bytes),
             },
-            _ = state.shared.stopping.cancelled() => break,
+            written = writer.write(out.pending()), if out.len() > 0 => match written {
+                Ok(n) => {
+                    out.advance(n);
+                    connection.last_write = Instant::now();
+                    Ok(())
+                }
+                Err(_) => Err(Ending::Peer),
+            },
+            Some(wake) = woken.recv() => {
+                connection.on_wake(wake, &mut out.bytes);
+                Ok(())
+            }
+            () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                connection.on_timer(&mut out.bytes);
+                Ok(())
+            }
+            () = shared.stopping.cancelled() => Err(Ending::Close(None)),
+        };
+        ending = result.err();
+    }
+    if let Some(Ending::Close(error)) = ending {
+        put_performative(&mut out.bytes, 0, &Close { error });
+    }
+    // Whatever is queued (the answer to the client's close, or ours) goes out before the socket
+    // closes, and a TLS stream ends with close_notify.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = writer.write_all(out.pending()).await;
+        let _ = writer.shutdown().await;
+    })
+    .await;
+    tracing::debug!(%peer, "connection ended");
+}
+
+/// Reads the next frame during the handshake.
+async fn read_frame(
+    reader: &mut ReadHalf<Stream>,
+    frames: &mut FrameBuffer,
+) -> Result<Frame, String> {
+    loop {
+        if let Some(frame) = frames.next_frame().map_err(|e| e.to_string())? {
+            return Ok(frame);
+        }
+        if reader
+            .read_buf(frames.read_buffer())
+            .await
+            .map_err(|e| e.to_string())?
+            == 0
+        {
+            return Err("the client closed the connection".to_owned());
         }
     }
-    sessions.abort_all();
-    let _ = connection.close().await;
+}
+
+async fn read_header(
+    reader: &mut ReadHalf<Stream>,
+    frames: &mut FrameBuffer,
+) -> Result<[u8; 8], String> {
+    loop {
+        if let Some(header) = frames.next_protocol_header() {
+            return Ok(header);
+        }
+        if reader
+            .read_buf(frames.read_buffer())
+            .await
+            .map_err(|e| e.to_string())?
+            == 0
+        {
+            return Err("the client closed the connection".to_owned());
+        }
+    }
+}
+
+/// Protocol headers, SASL and the client's Open. An unsupported header is answered with the one the
+/// emulator speaks (SASL first), then the connection is closed, as part 2, section 2.2 requires.
+async fn handshake(
+    reader: &mut ReadHalf<Stream>,
+    writer: &mut WriteHalf<Stream>,
+    frames: &mut FrameBuffer,
+    shared: &Shared,
+) -> Result<(ConnectionAuth, Box<Open>), String> {
+    let header = read_header(reader, frames).await?;
+    if header != SASL_HEADER {
+        let _ = writer.write_all(&SASL_HEADER).await;
+        return Err(format!(
+            "protocol header {header:?}: SASL is required first"
+        ));
+    }
+    let mut out = SASL_HEADER.to_vec();
+    put_sasl(
+        &mut out,
+        &SaslMechanisms {
+            sasl_server_mechanisms: Array::from(
+                MECHANISMS
+                    .iter()
+                    .map(|m| Symbol::from(*m))
+                    .collect::<Vec<_>>(),
+            ),
+        },
+    );
+    writer.write_all(&out).await.map_err(|e| e.to_string())?;
+    let init = match Sasl::decode(&read_frame(reader, frames).await?).map_err(|e| e.to_string())? {
+        Sasl::Init(init) => init,
+        other => return Err(format!("expected sasl-init, got {other:?}")),
+    };
+    let mut auth = ConnectionAuth::default();
+    let code = authenticate(
+        &shared.key,
+        &mut auth,
+        init.mechanism.as_str(),
+        init.initial_response
+            .as_ref()
+            .map(|response| response.as_slice()),
+    );
+    let mut out = Vec::new();
+    put_sasl(
+        &mut out,
+        &SaslOutcome {
+            code: code.clone(),
+            additional_data: None,
+        },
+    );
+    writer.write_all(&out).await.map_err(|e| e.to_string())?;
+    if code != SaslCode::Ok {
+        return Err(format!("SASL {} refused", init.mechanism.as_str()));
+    }
+    let header = read_header(reader, frames).await?;
+    writer
+        .write_all(&AMQP_HEADER)
+        .await
+        .map_err(|e| e.to_string())?;
+    if header != AMQP_HEADER {
+        return Err(format!("protocol header {header:?} after SASL"));
+    }
+    match Performative::decode(&read_frame(reader, frames).await?).map_err(|e| e.to_string())? {
+        Performative::Open(open) => Ok((auth, open)),
+        other => Err(format!("expected open, got {other:?}")),
+    }
+}
+
+/// Where the attach of a link leads.
+enum Route {
+    Node(Node),
+    Consumer(ConsumerRequest),
+    Producer(Producer),
+    Refuse(&'static str, String),
 }
 
 fn source_address(attach: &Attach) -> Option<String> {
@@ -127,220 +450,760 @@ fn position_of(filter: Option<&FilterSet>) -> Result<EventPosition, String> {
     EventPosition::parse_filter_expression(&expression).map_err(|error| error.to_string())
 }
 
-async fn refuse_sender(sender: Sender, condition: &str, description: String) {
-    tracing::debug!(condition, %description, "refusing consumer link");
-    let _ = sender
-        .close_with_error(link_error(condition, description))
-        .await;
-}
-
-async fn refuse_receiver(receiver: Receiver, condition: &str, description: String) {
-    tracing::debug!(condition, %description, "refusing producer link");
-    let _ = receiver
-        .close_with_error(link_error(condition, description))
-        .await;
-}
-
-/// Accepts links on one session and spawns a task per link.
-async fn serve_links(mut session: ListenerSessionHandle, state: Arc<ConnectionState>) {
-    // Event Hubs settles deliveries it receives at once (receiver-settle-mode first) even when a
-    // client asks for `second`; the Python SDK's producer asks for `second` and waits forever on the
-    // unsettled dispositions that mode produces.
-    // Event Hubs sends events pre-settled (the .NET SDK asks for settle-on-send; the Python SDK does
-    // not settle at all), so consumer links always use sender-settle-mode `settled`.
-    let acceptor = LinkAcceptor::builder()
-        .supported_sender_settle_modes(SupportedSenderSettleModes::Settled)
-        .fallback_sender_settle_mode(SenderSettleMode::Settled)
-        .supported_receiver_settle_modes(SupportedReceiverSettleModes::First)
-        .fallback_receiver_settle_mode(ReceiverSettleMode::First)
-        .max_message_size(state.shared.max_message_bytes as u64 + 64 * 1024)
-        .add_offered_capabilities("com.microsoft:hubroute-emulator")
-        .add_desired_capabilities("com.microsoft:hubroute-emulator")
-        .properties(super::product_properties())
-        .build();
-    let mut links = tokio::task::JoinSet::new();
-    while let Some(attach) = session.next_incoming_attach().await {
-        let source = source_address(&attach);
-        let target = target_address(&attach);
-        let epoch = epoch_of(attach.properties.as_ref());
-        let filter = attach
-            .source
-            .as_ref()
-            .and_then(|source| source.filter.clone());
-        let endpoint = match acceptor.accept_incoming_attach(attach, &mut session).await {
-            Ok(endpoint) => endpoint,
-            Err(error) => {
-                tracing::debug!(%error, "link attach failed");
-                continue;
-            }
+impl Connection {
+    fn answer_open(&mut self, out: &mut Vec<u8>) {
+        let open = Open {
+            container_id: format!("hubroute-emulator-{}", uuid::Uuid::new_v4()),
+            hostname: None,
+            max_frame_size: MAX_FRAME_SIZE.into(),
+            channel_max: CHANNEL_MAX.into(),
+            idle_time_out: Some(IDLE_TIMEOUT_MS),
+            outgoing_locales: Some(Array::from(vec![Symbol::from("en-US")])),
+            incoming_locales: Some(Array::from(vec![Symbol::from("en-US")])),
+            offered_capabilities: capabilities(),
+            desired_capabilities: capabilities(),
+            properties: Some(product_properties()),
         };
-        let state = Arc::clone(&state);
-        match endpoint {
-            LinkEndpoint::Receiver(receiver) => {
-                links.spawn(serve_incoming(receiver, target.unwrap_or_default(), state));
-            }
-            LinkEndpoint::Sender(sender) => {
-                links.spawn(serve_outgoing(
-                    sender,
-                    source.unwrap_or_default(),
-                    target,
-                    epoch,
-                    filter,
-                    state,
-                ));
-            }
+        put_performative(out, 0, &open);
+    }
+
+    fn nodes(&mut self) -> NodeContext<'_> {
+        NodeContext {
+            namespace: &self.shared.namespace,
+            key: &self.shared.key,
+            auth: &mut self.auth,
         }
     }
-    links.abort_all();
-    let _ = session.end().await;
-}
 
-/// The client sends on this link: requests to a node, or events to an entity.
-async fn serve_incoming(receiver: Receiver, address: String, state: Arc<ConnectionState>) {
-    let Some(entity) = EntityAddress::parse(&address) else {
-        return refuse_receiver(
-            receiver,
-            conditions::NOT_FOUND,
-            format!("unknown address `{address}`"),
-        )
-        .await;
-    };
-    match entity {
-        EntityAddress::Cbs => state.nodes().serve_requests(Node::Cbs, receiver).await,
-        EntityAddress::Management => {
-            state
-                .nodes()
-                .serve_requests(Node::Management, receiver)
-                .await;
-        }
-        EntityAddress::ConsumerPartition { .. } => {
-            refuse_receiver(
-                receiver,
-                conditions::NOT_FOUND,
-                format!("`{address}` cannot be sent to"),
-            )
-            .await;
-        }
-        EntityAddress::EventHub { ref hub } | EntityAddress::Partition { ref hub, .. } => {
-            if !state.authorized(&entity) {
-                return refuse_receiver(
-                    receiver,
-                    conditions::UNAUTHORIZED_ACCESS,
-                    format!("unauthorized access to `{address}`: put a SAS token on $cbs or use SASL PLAIN"),
-                )
-                .await;
-            }
-            let hub = match state.shared.namespace.hub(hub) {
-                Ok(hub) => Arc::clone(hub),
+    fn authorized(&self, entity: &str) -> bool {
+        self.auth.authorizes(entity, chrono::Utc::now().timestamp())
+    }
+
+    /// Handles every complete frame read so far.
+    fn on_bytes(&mut self, frames: &mut FrameBuffer, out: &mut Vec<u8>) -> Result<(), Ending> {
+        loop {
+            let frame = match frames.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(()),
                 Err(error) => {
-                    return refuse_receiver(receiver, conditions::NOT_FOUND, error.to_string())
-                        .await;
+                    return Err(Ending::Close(Some(amqp_error(
+                        "amqp:connection:framing-error",
+                        error.to_string(),
+                    ))));
                 }
             };
-            let partition = match &entity {
-                EntityAddress::Partition { partition, .. } => match hub.partition(partition) {
-                    Ok(partition) => Some(Arc::clone(partition)),
-                    Err(error) => {
-                        return refuse_receiver(receiver, conditions::NOT_FOUND, error.to_string())
-                            .await;
-                    }
-                },
-                _ => None,
-            };
-            ProducerLink {
-                hub,
-                partition,
-                max_message_bytes: state.shared.max_message_bytes,
-            }
-            .run(receiver)
-            .await;
+            let performative = Performative::decode(&frame).map_err(|error| {
+                Ending::Close(Some(amqp_error("amqp:decode-error", error.to_string())))
+            })?;
+            tracing::trace!(channel = frame.channel, ?performative, "frame received");
+            self.on_performative(frame.channel, performative, out)?;
         }
+    }
+
+    fn on_performative(
+        &mut self,
+        channel: u16,
+        performative: Performative,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Ending> {
+        match performative {
+            Performative::Heartbeat => Ok(()),
+            Performative::Begin(begin) => {
+                self.on_begin(channel, &begin, out);
+                Ok(())
+            }
+            Performative::Close(_) => {
+                put_performative(out, 0, &Close { error: None });
+                Err(Ending::Peer)
+            }
+            Performative::Open(_) => Err(Ending::Close(Some(amqp_error(
+                "amqp:illegal-state",
+                "a second open",
+            )))),
+            other => {
+                if !self.sessions.contains_key(&channel) {
+                    return Err(Ending::Close(Some(amqp_error(
+                        "amqp:connection:framing-error",
+                        format!("a frame on channel {channel}, which has no session"),
+                    ))));
+                }
+                match other {
+                    Performative::End(_) => {
+                        if let Some(session) = self.sessions.remove(&channel) {
+                            put_performative(
+                                out,
+                                session.window.local_channel,
+                                &End { error: None },
+                            );
+                        }
+                        self.ready.retain(|(ready, _)| *ready != channel);
+                    }
+                    Performative::Attach(attach) => self.on_attach(channel, &attach, out),
+                    Performative::Detach(detach) => self.on_detach(channel, &detach, out),
+                    Performative::Flow(flow) => self.on_flow(channel, &flow, out),
+                    Performative::Transfer(transfer) => self.on_transfer(channel, &transfer, out),
+                    Performative::Disposition(_) => {}
+                    _ => unreachable!("handled above"),
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn on_begin(&mut self, channel: u16, begin: &Begin, out: &mut Vec<u8>) {
+        let local_channel = (0..CHANNEL_MAX)
+            .find(|c| !self.sessions.values().any(|s| s.window.local_channel == *c))
+            .unwrap_or(0);
+        let session = Session {
+            window: Window {
+                local_channel,
+                next_outgoing_id: 0,
+                next_delivery_id: 0,
+                remote_incoming_window: begin.incoming_window,
+                next_incoming_id: begin.next_outgoing_id,
+                incoming_window: INCOMING_WINDOW,
+            },
+            links: HashMap::new(),
+        };
+        let answer = Begin {
+            remote_channel: Some(channel),
+            next_outgoing_id: 0,
+            incoming_window: INCOMING_WINDOW,
+            outgoing_window: u32::MAX,
+            handle_max: HANDLE_MAX.into(),
+            offered_capabilities: capabilities(),
+            desired_capabilities: capabilities(),
+            properties: Some(product_properties()),
+        };
+        put_performative(out, local_channel, &answer);
+        self.sessions.insert(channel, session);
+    }
+
+    /// Decides what an attaching link is.
+    fn route(&self, attach: &Attach) -> Route {
+        // The client's role: a client receiver reads from its source, a client sender writes to its
+        // target.
+        let client_receives = attach.role == Role::Receiver;
+        let address = if client_receives {
+            source_address(attach)
+        } else {
+            target_address(attach)
+        }
+        .unwrap_or_default();
+        let Some(entity) = EntityAddress::parse(&address) else {
+            return Route::Refuse(
+                conditions::NOT_FOUND,
+                format!("unknown address `{address}`"),
+            );
+        };
+        match (&entity, client_receives) {
+            (EntityAddress::Cbs, _) => Route::Node(Node::Cbs),
+            (EntityAddress::Management, _) => Route::Node(Node::Management),
+            (
+                EntityAddress::ConsumerPartition {
+                    hub,
+                    consumer_group,
+                    partition,
+                },
+                true,
+            ) => {
+                if !self.authorized(&entity.to_string()) {
+                    return Route::Refuse(
+                        conditions::UNAUTHORIZED_ACCESS,
+                        format!(
+                            "unauthorized access to `{address}`: put a SAS token on $cbs or use SASL PLAIN"
+                        ),
+                    );
+                }
+                let hub = match self.shared.namespace.hub(hub) {
+                    Ok(hub) => Arc::clone(hub),
+                    Err(error) => return Route::Refuse(conditions::NOT_FOUND, error.to_string()),
+                };
+                if !hub.config.has_consumer_group(consumer_group) {
+                    return Route::Refuse(
+                        conditions::NOT_FOUND,
+                        format!(
+                            "consumer group `{consumer_group}` does not exist in event hub `{}`",
+                            hub.config.name
+                        ),
+                    );
+                }
+                let partition = match hub.partition(partition) {
+                    Ok(partition) => Arc::clone(partition),
+                    Err(error) => return Route::Refuse(conditions::NOT_FOUND, error.to_string()),
+                };
+                let filter = attach.source.as_ref().and_then(|s| s.filter.as_ref());
+                let position = match position_of(filter) {
+                    Ok(position) => position,
+                    Err(problem) => return Route::Refuse(conditions::ARGUMENT_ERROR, problem),
+                };
+                Route::Consumer(ConsumerRequest {
+                    hub,
+                    partition,
+                    consumer_group: consumer_group.clone(),
+                    entity: entity.to_string(),
+                    position,
+                    epoch: epoch_of(attach.properties.as_ref()),
+                })
+            }
+            (EntityAddress::EventHub { hub } | EntityAddress::Partition { hub, .. }, false) => {
+                if !self.authorized(&entity.to_string()) {
+                    return Route::Refuse(
+                        conditions::UNAUTHORIZED_ACCESS,
+                        format!(
+                            "unauthorized access to `{address}`: put a SAS token on $cbs or use SASL PLAIN"
+                        ),
+                    );
+                }
+                let hub = match self.shared.namespace.hub(hub) {
+                    Ok(hub) => Arc::clone(hub),
+                    Err(error) => return Route::Refuse(conditions::NOT_FOUND, error.to_string()),
+                };
+                let partition = match &entity {
+                    EntityAddress::Partition { partition, .. } => match hub.partition(partition) {
+                        Ok(partition) => Some(Arc::clone(partition)),
+                        Err(error) => {
+                            return Route::Refuse(conditions::NOT_FOUND, error.to_string());
+                        }
+                    },
+                    _ => None,
+                };
+                Route::Producer(Producer {
+                    hub,
+                    partition,
+                    max_message_bytes: self.shared.max_message_bytes,
+                })
+            }
+            (_, true) => Route::Refuse(
+                conditions::NOT_FOUND,
+                format!("`{address}` cannot be received from"),
+            ),
+            (_, false) => Route::Refuse(
+                conditions::NOT_FOUND,
+                format!("`{address}` cannot be sent to"),
+            ),
+        }
+    }
+
+    fn on_attach(&mut self, channel: u16, attach: &Attach, out: &mut Vec<u8>) {
+        let remote_handle = attach.handle.0;
+        let client_receives = attach.role == Role::Receiver;
+        let id = self.next_link_id;
+        self.next_link_id += 1;
+        let mut refusal = None;
+        let kind = match self.route(attach) {
+            Route::Node(node) if client_receives => LinkKind::Replies {
+                node,
+                address: target_address(attach).unwrap_or_default(),
+            },
+            Route::Node(node) => LinkKind::Requests(node),
+            Route::Producer(producer) => LinkKind::Producer(producer),
+            Route::Consumer(request) => match Consumer::admit(request, id, self.wake.clone()) {
+                Ok(consumer) => LinkKind::Consumer(Box::new(consumer)),
+                Err(refused) => {
+                    refusal = Some(refused);
+                    LinkKind::Refused
+                }
+            },
+            Route::Refuse(condition, description) => {
+                refusal = Some((condition, description));
+                LinkKind::Refused
+            }
+        };
+        let Some(session) = self.sessions.get_mut(&channel) else {
+            return;
+        };
+        let local_handle = (0..=HANDLE_MAX)
+            .find(|h| !session.links.values().any(|link| link.local_handle == *h))
+            .unwrap_or(HANDLE_MAX);
+        let role = if client_receives {
+            Role::Sender
+        } else {
+            Role::Receiver
+        };
+        let answer = Attach {
+            name: attach.name.clone(),
+            handle: local_handle.into(),
+            role: role.clone(),
+            // Event Hubs sends events pre-settled and settles what it receives at once
+            // (receiver-settle-mode first) even when a client asks otherwise; the Python SDK's
+            // producer asks for `second` and would wait forever on the dispositions that produces.
+            snd_settle_mode: if client_receives {
+                SenderSettleMode::Settled
+            } else {
+                attach.snd_settle_mode.clone()
+            },
+            rcv_settle_mode: ReceiverSettleMode::First,
+            source: attach.source.clone(),
+            target: attach.target.clone(),
+            unsettled: None,
+            incomplete_unsettled: false,
+            initial_delivery_count: client_receives.then_some(0),
+            max_message_size: Some(self.shared.max_message_bytes as u64 + 64 * 1024),
+            offered_capabilities: capabilities(),
+            desired_capabilities: capabilities(),
+            properties: Some(product_properties()),
+        };
+        let local_channel = session.window.local_channel;
+        put_performative(out, local_channel, &answer);
+        let mut link = Link {
+            id,
+            local_handle,
+            role,
+            kind,
+            delivery_count: attach.initial_delivery_count.unwrap_or(0),
+            credit: 0,
+            detaching: false,
+            partial: None,
+        };
+        if link.role == Role::Sender {
+            link.delivery_count = 0;
+        } else if !matches!(link.kind, LinkKind::Refused) {
+            link.credit = LINK_CREDIT;
+            put_flow(out, local_channel, &link_flow(session.window, &link));
+        }
+        if let Some((condition, description)) = refusal {
+            tracing::debug!(condition, %description, name = %attach.name, "refusing link");
+            link.detaching = true;
+            let detach = Detach {
+                handle: local_handle.into(),
+                closed: true,
+                error: Some(amqp_error(condition, description)),
+            };
+            put_performative(out, local_channel, &detach);
+        }
+        session.links.insert(remote_handle, link);
+    }
+
+    fn on_detach(&mut self, channel: u16, detach: &Detach, out: &mut Vec<u8>) {
+        let Some(session) = self.sessions.get_mut(&channel) else {
+            return;
+        };
+        let Some(link) = session.links.remove(&detach.handle.0) else {
+            return;
+        };
+        if !link.detaching {
+            let answer = Detach {
+                handle: link.local_handle.into(),
+                closed: detach.closed,
+                error: None,
+            };
+            put_performative(out, session.window.local_channel, &answer);
+        }
+        self.ready.retain(|key| *key != (channel, detach.handle.0));
+    }
+
+    fn on_flow(
+        &mut self,
+        channel: u16,
+        flow: &fe2o3_amqp_types::performatives::Flow,
+        out: &mut Vec<u8>,
+    ) {
+        let Some(session) = self.sessions.get_mut(&channel) else {
+            return;
+        };
+        let window = &mut session.window;
+        window.remote_incoming_window = flow
+            .next_incoming_id
+            .unwrap_or(0)
+            .wrapping_add(flow.incoming_window)
+            .wrapping_sub(window.next_outgoing_id);
+        let window = *window;
+        let Some(handle) = flow.handle.clone() else {
+            if flow.echo {
+                put_flow(out, window.local_channel, &session_flow(window));
+            }
+            return;
+        };
+        let Some(link) = session.links.get_mut(&handle.0) else {
+            return;
+        };
+        if link.role == Role::Sender {
+            link.credit = flow
+                .delivery_count
+                .unwrap_or(0)
+                .wrapping_add(flow.link_credit.unwrap_or(0))
+                .wrapping_sub(link.delivery_count);
+            let key = (channel, handle.0);
+            if matches!(link.kind, LinkKind::Consumer(_))
+                && link.credit > 0
+                && !link.detaching
+                && !self.ready.contains(&key)
+            {
+                self.ready.push(key);
+            }
+            if flow.drain && !self.ready.contains(&key) {
+                // Nothing to send now: use the credit up, as part 2, 2.6.7 asks of a drained sender.
+                link.delivery_count = link.delivery_count.wrapping_add(link.credit);
+                link.credit = 0;
+                put_flow(out, window.local_channel, &link_flow(window, link));
+            } else if flow.echo {
+                put_flow(out, window.local_channel, &link_flow(window, link));
+            }
+        } else if flow.echo {
+            put_flow(out, window.local_channel, &link_flow(window, link));
+        }
+    }
+
+    fn on_transfer(&mut self, channel: u16, transfer: &Transfer, out: &mut Vec<u8>) {
+        let Some(session) = self.sessions.get_mut(&channel) else {
+            return;
+        };
+        let window = &mut session.window;
+        window.next_incoming_id = window.next_incoming_id.wrapping_add(1);
+        window.incoming_window = window.incoming_window.saturating_sub(1);
+        if window.incoming_window <= INCOMING_WINDOW / 2 {
+            window.incoming_window = INCOMING_WINDOW;
+            put_flow(out, window.local_channel, &session_flow(*window));
+        }
+        let window = *window;
+        let Some(link) = session.links.get_mut(&transfer.handle) else {
+            return;
+        };
+        if transfer.aborted {
+            link.partial = None;
+            return;
+        }
+        let partial = match link.partial.take() {
+            Some(mut partial) => {
+                partial.payload.extend_from_slice(&transfer.payload);
+                partial.settled |= transfer.settled.unwrap_or(false);
+                partial
+            }
+            None => Partial {
+                delivery_id: transfer.delivery_id.unwrap_or(0),
+                settled: transfer.settled.unwrap_or(false),
+                message_format: transfer.message_format.unwrap_or(0),
+                payload: transfer.payload.to_vec(),
+            },
+        };
+        if transfer.more {
+            link.partial = Some(partial);
+            return;
+        }
+        link.delivery_count = link.delivery_count.wrapping_add(1);
+        link.credit = link.credit.saturating_sub(1);
+        if link.credit <= LINK_CREDIT / 2 && !matches!(link.kind, LinkKind::Refused) {
+            link.credit = LINK_CREDIT;
+            put_flow(out, window.local_channel, &link_flow(window, link));
+        }
+        let outcome = match &link.kind {
+            LinkKind::Producer(producer) => {
+                Some(producer.store(partial.message_format, &partial.payload))
+            }
+            LinkKind::Requests(node) => {
+                let node = *node;
+                Some(match self.nodes().answer(node, &partial.payload) {
+                    Ok(answer) => {
+                        self.replies.push(PendingReply {
+                            node,
+                            reply_to: answer.reply_to,
+                            message: answer.message,
+                            deadline: Instant::now() + REPLY_LINK_WAIT,
+                        });
+                        Ok(())
+                    }
+                    Err(problem) => Err((conditions::ARGUMENT_ERROR, problem)),
+                })
+            }
+            _ => None,
+        };
+        let Some(outcome) = outcome.filter(|_| !partial.settled) else {
+            return;
+        };
+        let state = match outcome {
+            Ok(()) => DeliveryState::Accepted(fe2o3_amqp_types::messaging::Accepted {}),
+            Err((condition, description)) => {
+                DeliveryState::Rejected(fe2o3_amqp_types::messaging::Rejected {
+                    error: Some(amqp_error(condition, description)),
+                })
+            }
+        };
+        let disposition = Disposition {
+            role: Role::Receiver,
+            first: partial.delivery_id,
+            last: None,
+            settled: true,
+            state: Some(state),
+            batchable: false,
+        };
+        put_performative(out, window.local_channel, &disposition);
+    }
+
+    fn on_wake(&mut self, wake: Wake, out: &mut Vec<u8>) {
+        let (id, evicted) = match wake {
+            Wake::Appended(id) => (id, None),
+            Wake::Evicted(id, reason) => (id, Some(reason)),
+        };
+        for (channel, session) in &mut self.sessions {
+            let Some((handle, link)) = session.links.iter_mut().find(|(_, link)| link.id == id)
+            else {
+                continue;
+            };
+            match evicted {
+                Some(reason) => {
+                    detach_with(
+                        session.window.local_channel,
+                        link,
+                        conditions::LINK_STOLEN,
+                        reason,
+                        out,
+                    );
+                }
+                None => {
+                    if link.credit > 0 && !self.ready.contains(&(*channel, *handle)) {
+                        self.ready.push((*channel, *handle));
+                    }
+                }
+            }
+            return;
+        }
+    }
+
+    /// The earliest moment something is due: a token expiring under a consumer, a reply link that
+    /// did not come, a heartbeat.
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut deadline = self.heartbeat_every.map(|every| self.last_write + every);
+        let mut earliest = |at: Instant| {
+            deadline = Some(deadline.map_or(at, |d| d.min(at)));
+        };
+        for reply in &self.replies {
+            earliest(reply.deadline);
+        }
+        let now = chrono::Utc::now().timestamp();
+        for session in self.sessions.values() {
+            for link in session.links.values() {
+                if let LinkKind::Consumer(consumer) = &link.kind
+                    && !link.detaching
+                    && let Some(until) = self.auth.authorized_until(&consumer.entity)
+                {
+                    let left = until.saturating_sub(now).max(0);
+                    earliest(Instant::now() + Duration::from_secs(left.unsigned_abs()));
+                }
+            }
+        }
+        deadline
+    }
+
+    fn on_timer(&mut self, out: &mut Vec<u8>) {
+        if self
+            .heartbeat_every
+            .is_some_and(|every| self.last_write + every <= Instant::now())
+        {
+            put_heartbeat(out);
+        }
+        let now = chrono::Utc::now().timestamp();
+        for session in self.sessions.values_mut() {
+            for link in session.links.values_mut() {
+                if let LinkKind::Consumer(consumer) = &link.kind
+                    && !link.detaching
+                    && self
+                        .auth
+                        .authorized_until(&consumer.entity)
+                        .is_some_and(|until| until <= now)
+                {
+                    let description = format!(
+                        "the token for `{}` expired; put a new one on $cbs before expiry",
+                        consumer.entity
+                    );
+                    detach_with(
+                        session.window.local_channel,
+                        link,
+                        conditions::UNAUTHORIZED_ACCESS,
+                        description,
+                        out,
+                    );
+                }
+            }
+        }
+    }
+
+    /// The largest transfer payload a frame may carry to this client.
+    fn max_payload(&self) -> usize {
+        (self.remote_max_frame_size as usize)
+            .saturating_sub(64)
+            .max(64)
+    }
+
+    /// Writes what links may send: responses, then consumers' events, until the write buffer is
+    /// full or nothing is left.
+    fn produce(&mut self, out: &mut Vec<u8>) {
+        if !self.replies.is_empty() {
+            self.send_replies(out);
+        }
+        let max_payload = self.max_payload();
+        let mut index = 0;
+        while index < self.ready.len() && out.len() < WRITE_HIGH_WATER {
+            let (channel, handle) = self.ready[index];
+            let Some(Session { window, links }) = self.sessions.get_mut(&channel) else {
+                self.ready.swap_remove(index);
+                continue;
+            };
+            let Some(link) = links.get_mut(&handle) else {
+                self.ready.swap_remove(index);
+                continue;
+            };
+            let LinkKind::Consumer(consumer) = &mut link.kind else {
+                self.ready.swap_remove(index);
+                continue;
+            };
+            if link.detaching || link.credit == 0 {
+                self.ready.swap_remove(index);
+                continue;
+            }
+            if window.remote_incoming_window == 0 {
+                index += 1;
+                continue;
+            }
+            let want = (link.credit as usize)
+                .min(READ_CHUNK)
+                .min(window.remote_incoming_window as usize);
+            let events = consumer.take(want);
+            if events.is_empty() {
+                consumer.wait();
+                self.ready.swap_remove(index);
+                continue;
+            }
+            for event in &events {
+                put_delivery(out, window, link.local_handle, &event.encoded, max_payload);
+                link.delivery_count = link.delivery_count.wrapping_add(1);
+                link.credit -= 1;
+            }
+            if link.credit == 0 {
+                self.ready.swap_remove(index);
+            } else {
+                index += 1;
+            }
+        }
+    }
+
+    /// Sends each pending response on its reply link: the link whose address the request named,
+    /// or after [`REPLY_LINK_WAIT`] the newest reply link of the node.
+    fn send_replies(&mut self, out: &mut Vec<u8>) {
+        let now = Instant::now();
+        let max_payload = self.max_payload();
+        let mut pending = std::mem::take(&mut self.replies);
+        pending.retain(|reply| {
+            let exact = |link: &Link| {
+                matches!(&link.kind, LinkKind::Replies { node, address }
+                    if *node == reply.node && Some(address.as_str()) == reply.reply_to.as_deref())
+            };
+            let any = |link: &Link| {
+                matches!(&link.kind, LinkKind::Replies { node, .. } if *node == reply.node)
+            };
+            let late = reply.reply_to.is_none() || reply.deadline <= now;
+            for Session { window, links } in self.sessions.values_mut() {
+                let found = links
+                    .values()
+                    .filter(|link| !link.detaching)
+                    .find(|link| exact(link))
+                    .or_else(|| {
+                        late.then(|| {
+                            links
+                                .values()
+                                .filter(|link| !link.detaching && any(link))
+                                .max_by_key(|link| link.id)
+                        })
+                        .flatten()
+                    })
+                    .map(|link| link.id);
+                let Some(id) = found else { continue };
+                let Some(link) = links.values_mut().find(|link| link.id == id) else {
+                    continue;
+                };
+                if link.credit == 0 || window.remote_incoming_window == 0 {
+                    return true;
+                }
+                put_delivery(out, window, link.local_handle, &reply.message, max_payload);
+                link.delivery_count = link.delivery_count.wrapping_add(1);
+                link.credit -= 1;
+                return false;
+            }
+            if late && reply.deadline <= now {
+                tracing::debug!(node = ?reply.node, "request without a reply link; response dropped");
+                return false;
+            }
+            true
+        });
+        self.replies = pending;
     }
 }
 
-/// The client receives on this link: replies from a node, or events from a partition.
-async fn serve_outgoing(
-    sender: Sender,
-    address: String,
-    reply_address: Option<String>,
-    epoch: Option<i64>,
-    filter: Option<FilterSet>,
-    state: Arc<ConnectionState>,
+/// A session-only flow carrying this side's session state.
+fn session_flow(window: Window) -> FlowState {
+    FlowState {
+        next_incoming_id: Some(window.next_incoming_id),
+        incoming_window: window.incoming_window,
+        next_outgoing_id: window.next_outgoing_id,
+        outgoing_window: u32::MAX,
+        ..FlowState::default()
+    }
+}
+
+/// A link flow: the session state plus the link's delivery count and credit.
+fn link_flow(window: Window, link: &Link) -> FlowState {
+    FlowState {
+        handle: Some(link.local_handle),
+        delivery_count: Some(link.delivery_count),
+        link_credit: Some(link.credit),
+        ..session_flow(window)
+    }
+}
+
+/// Appends one pre-settled delivery, in as many transfer frames as the client's max frame size
+/// needs, and counts them against the session.
+fn put_delivery(
+    out: &mut Vec<u8>,
+    window: &mut Window,
+    handle: u32,
+    message: &[u8],
+    max_payload: usize,
 ) {
-    let Some(entity) = EntityAddress::parse(&address) else {
-        return refuse_sender(
-            sender,
-            conditions::NOT_FOUND,
-            format!("unknown address `{address}`"),
-        )
-        .await;
+    let delivery_id = window.next_delivery_id;
+    window.next_delivery_id = window.next_delivery_id.wrapping_add(1);
+    let tag = delivery_id.to_be_bytes();
+    let mut frames = 0u32;
+    let mut put = |chunk: &[u8], more: bool| {
+        let header = TransferHeader {
+            handle,
+            delivery_id,
+            delivery_tag: &tag,
+            message_format: 0,
+            settled: true,
+            more,
+        };
+        put_transfer(out, window.local_channel, header, chunk);
+        frames += 1;
     };
-    let node = match entity {
-        EntityAddress::Cbs => Some(Node::Cbs),
-        EntityAddress::Management => Some(Node::Management),
-        _ => None,
-    };
-    if let Some(node) = node {
-        let replies = Arc::clone(&state.replies);
-        return replies
-            .serve(node, reply_address.unwrap_or_default(), sender)
-            .await;
+    if message.len() <= max_payload {
+        put(message, false);
+    } else {
+        let mut chunks = message.chunks(max_payload).peekable();
+        while let Some(chunk) = chunks.next() {
+            put(chunk, chunks.peek().is_some());
+        }
     }
-    let EntityAddress::ConsumerPartition {
-        hub,
-        consumer_group,
-        partition,
-    } = &entity
-    else {
-        return refuse_sender(
-            sender,
-            conditions::NOT_FOUND,
-            format!("`{address}` cannot be received from"),
-        )
-        .await;
-    };
-    if !state.authorized(&entity) {
-        return refuse_sender(
-            sender,
-            conditions::UNAUTHORIZED_ACCESS,
-            format!(
-                "unauthorized access to `{address}`: put a SAS token on $cbs or use SASL PLAIN"
-            ),
-        )
-        .await;
+    window.next_outgoing_id = window.next_outgoing_id.wrapping_add(frames);
+    window.remote_incoming_window = window.remote_incoming_window.saturating_sub(frames);
+}
+
+/// Detaches (closes) a link with an error; the client's detach will be the answer.
+fn detach_with(
+    local_channel: u16,
+    link: &mut Link,
+    condition: &str,
+    description: String,
+    out: &mut Vec<u8>,
+) {
+    if link.detaching {
+        return;
     }
-    let hub = match state.shared.namespace.hub(hub) {
-        Ok(hub) => Arc::clone(hub),
-        Err(error) => return refuse_sender(sender, conditions::NOT_FOUND, error.to_string()).await,
+    link.detaching = true;
+    link.credit = 0;
+    let detach = Detach {
+        handle: link.local_handle.into(),
+        closed: true,
+        error: Some(amqp_error(condition, description)),
     };
-    if !hub.config.has_consumer_group(consumer_group) {
-        return refuse_sender(
-            sender,
-            conditions::NOT_FOUND,
-            format!(
-                "consumer group `{consumer_group}` does not exist in event hub `{}`",
-                hub.config.name
-            ),
-        )
-        .await;
-    }
-    let partition = match hub.partition(partition) {
-        Ok(partition) => Arc::clone(partition),
-        Err(error) => return refuse_sender(sender, conditions::NOT_FOUND, error.to_string()).await,
-    };
-    let position = match position_of(filter.as_ref()) {
-        Ok(position) => position,
-        Err(problem) => return refuse_sender(sender, conditions::ARGUMENT_ERROR, problem).await,
-    };
-    ConsumerLink {
-        hub,
-        partition,
-        consumer_group: consumer_group.clone(),
-        position,
-        epoch,
-        auth: Arc::clone(&state.auth),
-        entity: entity.to_string(),
-    }
-    .run(sender)
-    .await;
+    put_performative(out, local_channel, &detach);
 }

@@ -1,172 +1,177 @@
-//! Consumer links: `<hub>/ConsumerGroups/<cg>/Partitions/<id>` with Event Hubs start positions.
+//! Consumer links: `<hub>/ConsumerGroups/<cg>/Partitions/<id>` with Event Hubs start positions,
+//! owner levels and the five-receiver limit.
 //!
-//! The link task reads stored events in order from the resolved start and sends them. fe2o3-amqp's
-//! `Sender` waits for link credit before each transfer, so the emulator never sends beyond the credit the
-//! consumer granted. Deliveries are pre-settled, as Event Hubs sends them. While caught up, the task
-//! waits on the partition's append signal, the consumer's detach, or eviction by a stronger owner.
+//! The connection task sends a consumer's events itself (see `connection`): each stored event is
+//! already the exact encoding a consumer receives, so serving one is a frame header and a copy into
+//! the connection's write buffer. While a consumer is caught up, a small watcher task waits for the
+//! partition to grow past it and wakes the connection; the same task reports eviction by a stronger
+//! owner. Neither touches an event, so a busy partition costs the watcher nothing while its
+//! consumers keep up.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
-use fe2o3_amqp::link::Sender;
-use fe2o3_amqp_types::definitions::{Error as AmqpError, ErrorCondition};
-use fe2o3_amqp_types::messaging::message::__private::Deserializable;
-use fe2o3_amqp_types::messaging::{Body, Message};
-use fe2o3_amqp_types::primitives::{Symbol, Value};
 use hubroute_protocol::{EventPosition, conditions};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-use crate::store::{Hub, Partition, PositionError};
+use crate::store::{AdmissionError, Hub, Partition, PositionError, StoredEvent};
 
-/// Events copied out of the partition per read.
-const READ_CHUNK: usize = 256;
+/// Identifies a link within its connection, never reused.
+pub(crate) type LinkId = u64;
 
-/// A link error with an Event Hubs condition symbol.
-pub(crate) fn link_error(condition: &str, description: impl Into<String>) -> AmqpError {
-    AmqpError::new(
-        ErrorCondition::Custom(Symbol::from(condition)),
-        Some(description.into()),
-        None,
-    )
+/// What a watcher tells its connection.
+#[derive(Debug)]
+pub(crate) enum Wake {
+    /// The partition has events past the consumer's position.
+    Appended(LinkId),
+    /// A receiver with a higher owner level took the partition.
+    Evicted(LinkId, String),
 }
 
-/// Completes when a token valid until `until` (Unix seconds) expires; never for `None`.
-async fn token_expiry(until: Option<i64>) {
-    match until {
-        Some(until) => {
-            let left = until.saturating_sub(chrono::Utc::now().timestamp()).max(0);
-            tokio::time::sleep(std::time::Duration::from_secs(left.unsigned_abs())).await;
-        }
-        None => std::future::pending().await,
-    }
+/// A consumer link's state between deliveries.
+#[derive(Debug)]
+pub(crate) struct Consumer {
+    hub: Arc<Hub>,
+    partition: Arc<Partition>,
+    consumer_group: String,
+    /// The entity path, as tokens name it.
+    pub(crate) entity: String,
+    /// The next sequence number to send.
+    next: i64,
+    receiver_id: u64,
+    /// The sequence number the watcher waits for (armed by [`Consumer::wait`]).
+    wanted: Arc<AtomicI64>,
+    armed: Arc<Notify>,
+    watcher: tokio::task::JoinHandle<()>,
 }
 
-/// Everything a consumer link needs, resolved at attach time.
-pub(crate) struct ConsumerLink {
+/// Everything needed to admit a consumer.
+pub(crate) struct ConsumerRequest {
     pub(crate) hub: Arc<Hub>,
     pub(crate) partition: Arc<Partition>,
     pub(crate) consumer_group: String,
+    pub(crate) entity: String,
     pub(crate) position: EventPosition,
     pub(crate) epoch: Option<i64>,
-    /// The connection's credentials: the link ends when its token expires unrenewed.
-    pub(crate) auth: Arc<std::sync::Mutex<super::auth::ConnectionAuth>>,
-    /// The entity path the link reads, as tokens name it.
-    pub(crate) entity: String,
 }
 
-impl ConsumerLink {
-    /// Runs the link until the consumer detaches, the connection drops or a stronger owner takes over.
-    pub(crate) async fn run(self, mut sender: Sender) {
+impl Consumer {
+    /// Resolves the start position and takes a receiver slot, or says why not (condition and
+    /// description to detach with).
+    pub(crate) fn admit(
+        request: ConsumerRequest,
+        link: LinkId,
+        wake: mpsc::Sender<Wake>,
+    ) -> Result<Self, (&'static str, String)> {
+        let ConsumerRequest {
+            hub,
+            partition,
+            consumer_group,
+            entity,
+            position,
+            epoch,
+        } = request;
+        let next = partition.resolve(&position).map_err(|error| match error {
+            PositionError::OutOfRange(reason) => (conditions::ARGUMENT_OUT_OF_RANGE, reason),
+        })?;
         let description = format!(
-            "partition {} of {} in consumer group {}",
-            self.partition.id, self.hub.config.name, self.consumer_group
+            "partition {} of {} in consumer group {consumer_group}",
+            partition.id, hub.config.name
         );
-        let admitted =
-            self.hub
-                .with_receivers(&self.consumer_group, &self.partition.id, |registry| {
-                    registry.admit(self.epoch, &description)
-                });
-        let (receiver_id, mut evicted) = match admitted {
-            Ok(admitted) => admitted,
-            Err(crate::store::AdmissionError::Excluded(reason)) => {
-                let _ = sender
-                    .close_with_error(link_error(conditions::LINK_STOLEN, reason))
-                    .await;
-                return;
-            }
-            Err(crate::store::AdmissionError::TooMany(reason)) => {
-                let _ = sender
-                    .close_with_error(link_error(conditions::RESOURCE_LIMIT_EXCEEDED, reason))
-                    .await;
-                return;
-            }
-        };
-        let outcome = self.stream(&mut sender, &mut evicted).await;
+        let (receiver_id, evicted) = hub
+            .with_receivers(&consumer_group, &partition.id, |registry| {
+                registry.admit(epoch, &description)
+            })
+            .map_err(|error| match error {
+                AdmissionError::Excluded(reason) => (conditions::LINK_STOLEN, reason),
+                AdmissionError::TooMany(reason) => (conditions::RESOURCE_LIMIT_EXCEEDED, reason),
+            })?;
+        let wanted = Arc::new(AtomicI64::new(i64::MAX));
+        let armed = Arc::new(Notify::new());
+        let watcher = tokio::spawn(watch(
+            partition.subscribe(),
+            Arc::clone(&wanted),
+            Arc::clone(&armed),
+            evicted,
+            link,
+            wake,
+        ));
+        Ok(Self {
+            hub,
+            partition,
+            consumer_group,
+            entity,
+            next,
+            receiver_id,
+            wanted,
+            armed,
+            watcher,
+        })
+    }
+
+    /// Up to `max` events from the consumer's position, which moves past them.
+    pub(crate) fn take(&mut self, max: usize) -> Vec<Arc<StoredEvent>> {
+        let events = self.partition.read_from(self.next, max);
+        if let Some(last) = events.last() {
+            self.next = last.sequence_number + 1;
+        }
+        events
+    }
+
+    /// Asks the watcher to wake the connection once the partition holds the next event.
+    pub(crate) fn wait(&self) {
+        self.wanted.store(self.next, Ordering::Release);
+        self.armed.notify_one();
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.watcher.abort();
         self.hub
             .with_receivers(&self.consumer_group, &self.partition.id, |registry| {
-                registry.release(receiver_id);
+                registry.release(self.receiver_id);
             });
-        if let Some(error) = outcome {
-            let _ = sender.close_with_error(error).await;
-        } else {
-            let _ = sender.close().await;
+    }
+}
+
+/// Waits, each time it is armed, for the partition to grow past `wanted`; reports eviction.
+async fn watch(
+    mut appended: watch::Receiver<i64>,
+    wanted: Arc<AtomicI64>,
+    armed: Arc<Notify>,
+    mut evicted: oneshot::Receiver<String>,
+    link: LinkId,
+    wake: mpsc::Sender<Wake>,
+) {
+    loop {
+        tokio::select! {
+            () = armed.notified() => {}
+            reason = &mut evicted => {
+                if let Ok(reason) = reason {
+                    let _ = wake.send(Wake::Evicted(link, reason)).await;
+                }
+                return;
+            }
         }
-    }
-
-    fn authorized_until(&self) -> Option<i64> {
-        self.auth
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .authorized_until(&self.entity)
-    }
-
-    /// Streams events; returns the error to close the link with, if any.
-    async fn stream(
-        &self,
-        sender: &mut Sender,
-        evicted: &mut tokio::sync::oneshot::Receiver<String>,
-    ) -> Option<AmqpError> {
-        let mut next = match self.partition.resolve(&self.position) {
-            Ok(next) => next,
-            Err(PositionError::OutOfRange(reason)) => {
-                return Some(link_error(conditions::ARGUMENT_OUT_OF_RANGE, reason));
+        let want = wanted.load(Ordering::Acquire);
+        let evicted_while_waiting = tokio::select! {
+            grown = appended.wait_for(|next| *next > want) => {
+                if grown.is_err() {
+                    return;
+                }
+                None
             }
+            reason = &mut evicted => Some(reason),
         };
-        let mut appended = self.partition.subscribe();
-        loop {
-            let authorized_until = self.authorized_until();
-            if authorized_until.is_some_and(|until| until <= chrono::Utc::now().timestamp()) {
-                break Some(link_error(
-                    conditions::UNAUTHORIZED_ACCESS,
-                    format!(
-                        "the token for `{}` expired; put a new one on $cbs before expiry",
-                        self.entity
-                    ),
-                ));
+        if let Some(reason) = evicted_while_waiting {
+            if let Ok(reason) = reason {
+                let _ = wake.send(Wake::Evicted(link, reason)).await;
             }
-            let events = self.partition.read_from(next, READ_CHUNK);
-            if events.is_empty() {
-                tokio::select! {
-                    () = token_expiry(authorized_until) => continue,
-                    changed = appended.changed() => {
-                        if changed.is_err() {
-                            break None;
-                        }
-                    }
-                    reason = &mut *evicted => {
-                        break Some(link_error(conditions::LINK_STOLEN, reason.unwrap_or_default()));
-                    }
-                    _ = sender.on_detach() => break None,
-                }
-                continue;
-            }
-            if let Ok(reason) = evicted.try_recv() {
-                break Some(link_error(conditions::LINK_STOLEN, reason));
-            }
-            let mut failed = false;
-            for event in events {
-                let Ok(Deserializable(message)) =
-                    serde_amqp::from_slice::<Deserializable<Message<Body<Value>>>>(&event.encoded)
-                else {
-                    tracing::error!(
-                        sequence_number = event.sequence_number,
-                        "stored event does not decode"
-                    );
-                    continue;
-                };
-                next = event.sequence_number + 1;
-                // Batchable transfers are encoded with all their fields, which the Python SDK needs.
-                // Deliveries are pre-settled, so there is no outcome to wait for.
-                match sender.send_batchable(message).await {
-                    Ok(_settled) => {}
-                    Err(error) => {
-                        tracing::debug!(%error, "consumer link ended while sending");
-                        failed = true;
-                        break;
-                    }
-                }
-            }
-            if failed {
-                break None;
-            }
+            return;
+        }
+        if wake.send(Wake::Appended(link)).await.is_err() {
+            return;
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The AMQP 1.0 listener: accepts TCP (optionally TLS) connections and serves each on its own task.
 //!
-//! The emulator is built on fe2o3-amqp's acceptor. Each connection gets a fresh SASL acceptor bound to
-//! its own authentication state; sessions and links are then routed by address (see `connection`).
+//! Each connection is served by `connection`, on `hubroute_amqp`'s frames: consumer links send the
+//! stored encoding of each event as it is, so serving an event is a frame header and a copy.
 //! [`RunningEmulator`] is the in-process handle tests, the quick start and the HTTP ingress use.
 
 mod auth;
@@ -11,15 +11,16 @@ mod nodes;
 mod producer;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use fe2o3_amqp::acceptor::ConnectionAcceptor;
 use fe2o3_amqp_types::messaging::annotations::OwnedKey;
+use fe2o3_amqp_types::messaging::message::__private::Serializable;
 use fe2o3_amqp_types::messaging::{
     ApplicationProperties, Body, Data, Message, MessageAnnotations, Properties,
 };
 use fe2o3_amqp_types::primitives::{SimpleValue, Symbol, Value};
+use hubroute_amqp::Stream;
 use hubroute_protocol::SasKey;
 use serde_bytes::ByteBuf;
 use tokio::net::{TcpListener, TcpStream};
@@ -180,7 +181,7 @@ impl RunningEmulator {
                 .0
                 .insert(OwnedKey::Symbol(Symbol::from(name)), value);
         }
-        let message = Message::builder()
+        let message: Message<Body<Value>> = Message::builder()
             .properties(event.properties)
             .application_properties(application_properties)
             .message_annotations(annotations)
@@ -188,7 +189,11 @@ impl RunningEmulator {
                 vec![Data(ByteBuf::from(event.body.to_vec()))].into(),
             ))
             .build();
-        partition.append(message, key.as_deref(), self.shared.max_message_bytes)
+        let encoded =
+            serde_amqp::to_vec(&Serializable(&message)).map_err(|error| Error::Config {
+                problem: format!("an event could not be encoded: {error}"),
+            })?;
+        partition.append(&encoded, key.as_deref(), self.shared.max_message_bytes)
     }
 
     /// Stops accepting, closes every connection and fsyncs partition files.
@@ -276,63 +281,25 @@ async fn accept_connections(
     }
 }
 
-/// Properties announced on Open, Begin and Attach. Setting them also makes fe2o3-amqp encode those
-/// performatives with all their fields, which the Python SDK requires.
-pub(crate) fn product_properties() -> fe2o3_amqp_types::definitions::Fields {
-    let mut properties = fe2o3_amqp_types::definitions::Fields::new();
-    properties.insert(
-        Symbol::from("product"),
-        Value::String("hubroute-emulator".to_owned()),
-    );
-    properties
-}
-
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Shared>,
 ) {
-    let auth = Arc::new(Mutex::new(auth::ConnectionAuth::default()));
-    let sasl = auth::EventHubsSasl::new(shared.key.clone(), Arc::clone(&auth));
-    // Every optional field is set so that the Open frame is encoded in full: the Python SDK's AMQP
-    // stack indexes all ten fields and fails on a frame whose trailing nulls are omitted.
-    let builder = ConnectionAcceptor::builder()
-        .container_id(format!("hubroute-emulator-{}", uuid::Uuid::new_v4()))
-        .max_frame_size(262_144u32)
-        .channel_max(1024u16)
-        .idle_time_out(240_000u32)
-        .add_outgoing_locales("en-US")
-        .add_incoming_locales("en-US")
-        .add_offered_capabilities("com.microsoft:hubroute-emulator")
-        .add_desired_capabilities("com.microsoft:hubroute-emulator")
-        .properties(product_properties())
-        .sasl_acceptor(sasl);
     // Event Hubs speaks TLS from the first byte on 5671 (no AMQP TLS protocol header), which is what
-    // the SDKs expect; so the TLS handshake happens here and fe2o3-amqp sees a plain stream.
-    let connection = match tls {
+    // the SDKs expect; so the TLS handshake happens before any AMQP byte.
+    let stream = match tls {
         Some(tls) => match tls.accept(stream).await {
-            Ok(stream) => builder.build().accept(stream).await,
+            Ok(stream) => Stream::from(stream),
             Err(error) => {
                 tracing::debug!(%peer, %error, "TLS handshake failed");
                 return;
             }
         },
-        None => builder.build().accept(stream).await,
+        None => Stream::from(stream),
     };
-    let connection = match connection {
-        Ok(connection) => connection,
-        Err(error) => {
-            tracing::debug!(%peer, %error, "AMQP connection handshake failed");
-            return;
-        }
-    };
-    let state = Arc::new(connection::ConnectionState {
-        shared,
-        auth,
-        replies: Arc::default(),
-    });
-    connection::serve_sessions(connection, state).await;
+    connection::serve(stream, peer, shared).await;
 }
 
 #[cfg(test)]

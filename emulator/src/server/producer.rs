@@ -1,78 +1,76 @@
 //! Producer links: `<hub>` (the emulator picks the partition) and `<hub>/Partitions/<id>`.
 //!
 //! A delivery is one event, or an Event Hubs batch (message format `0x80013700`) whose data sections
-//! each hold one encoded event; a batch lands in a single partition, as on the service. Deliveries are
-//! accepted once stored and rejected with an Event Hubs condition otherwise.
+//! each hold one encoded event; a batch lands in a single partition, as on the service. Events are
+//! stored as sent, with their `x-opt-*` annotations stamped in place (nothing else is re-encoded).
+//! A delivery is accepted once stored and rejected with an Event Hubs condition otherwise.
 
 use std::sync::Arc;
 
-use fe2o3_amqp::link::Receiver;
-use fe2o3_amqp_types::messaging::annotations::OwnedKey;
-use fe2o3_amqp_types::messaging::message::__private::Deserializable;
-use fe2o3_amqp_types::messaging::{Body, Message};
-use fe2o3_amqp_types::primitives::{Symbol, Value};
+use hubroute_amqp::codec::Value;
+use hubroute_amqp::message::{Body, MessageView, entries};
+use hubroute_amqp::performative::BATCH_MESSAGE_FORMAT;
 use hubroute_protocol::{annotations, conditions};
 
-use super::consumer::link_error;
 use crate::Error;
 use crate::store::{Hub, Partition};
 
-/// Message format of an Event Hubs batch.
-const BATCH_FORMAT: u32 = 0x8001_3700;
-
 /// A producer link's destination.
-pub(crate) struct ProducerLink {
+#[derive(Debug, Clone)]
+pub(crate) struct Producer {
     pub(crate) hub: Arc<Hub>,
     /// `Some` for `<hub>/Partitions/<id>`.
     pub(crate) partition: Option<Arc<Partition>>,
     pub(crate) max_message_bytes: usize,
 }
 
-fn partition_key(message: &Message<Body<Value>>) -> Option<String> {
-    let annotations = message.message_annotations.as_ref()?;
-    match annotations
-        .0
-        .get(&OwnedKey::Symbol(Symbol::from(annotations::PARTITION_KEY)))
-    {
-        Some(Value::String(key)) => Some(key.clone()),
-        Some(Value::Symbol(key)) => Some(key.to_string()),
+/// The `x-opt-partition-key` annotation of a message.
+fn partition_key<'a>(view: &MessageView<'a>) -> Option<&'a str> {
+    let annotations = view.message_annotations?;
+    entries(annotations).find_map(|entry| match entry {
+        Ok((Value::Symbol(annotations::PARTITION_KEY), value)) => value.as_text(),
         _ => None,
-    }
+    })
 }
 
-/// Unpacks a batch delivery into its events; a plain delivery is one event.
-fn events_of(
-    format: Option<u32>,
-    message: Message<Body<Value>>,
-) -> Result<Vec<Message<Body<Value>>>, String> {
-    if format != Some(BATCH_FORMAT) {
-        return Ok(vec![message]);
-    }
-    let Body::Data(sections) = message.body else {
-        return Err("a batch message must carry its events in data sections".to_owned());
-    };
-    sections
-        .into_iter()
-        .map(|section| {
-            serde_amqp::from_slice::<Deserializable<Message<Body<Value>>>>(&section.0)
-                .map(|Deserializable(event)| event)
-                .map_err(|error| format!("an event in the batch does not decode: {error}"))
-        })
-        .collect()
+fn malformed(problem: impl std::fmt::Display) -> (&'static str, String) {
+    (conditions::ARGUMENT_ERROR, problem.to_string())
 }
 
-impl ProducerLink {
-    fn store(&self, events: Vec<Message<Body<Value>>>) -> Result<(), (&'static str, String)> {
-        let key = events.first().and_then(partition_key);
-        let partition = match (&self.partition, &key) {
+impl Producer {
+    /// Stores one delivery; on failure, the condition and description to reject it with.
+    pub(crate) fn store(
+        &self,
+        message_format: u32,
+        payload: &[u8],
+    ) -> Result<(), (&'static str, String)> {
+        let envelope = MessageView::parse(payload)
+            .map_err(|error| malformed(format!("the message is not well-formed AMQP: {error}")))?;
+        let envelope_key = partition_key(&envelope);
+        let events: Vec<&[u8]> = if message_format == BATCH_MESSAGE_FORMAT {
+            match envelope.body {
+                Body::Data(sections) => sections.iter().collect(),
+                _ => {
+                    return Err(malformed(
+                        "a batch message must carry its events in data sections",
+                    ));
+                }
+            }
+        } else {
+            vec![payload]
+        };
+        let partition = match (&self.partition, envelope_key) {
             (Some(partition), _) => partition,
             (None, Some(key)) => self.hub.partition_for_key(key),
             (None, None) => self.hub.next_round_robin(),
         };
         for event in events {
-            let key = partition_key(&event).or_else(|| key.clone());
+            let view = MessageView::parse(event).map_err(|error| {
+                malformed(format!("an event in the batch does not decode: {error}"))
+            })?;
+            let key = partition_key(&view).or(envelope_key);
             partition
-                .append(event, key.as_deref(), self.max_message_bytes)
+                .append(event, key, self.max_message_bytes)
                 .map_err(|error| match error {
                     Error::MessageTooLarge { .. } => {
                         (conditions::MESSAGE_SIZE_EXCEEDED, error.to_string())
@@ -81,34 +79,5 @@ impl ProducerLink {
                 })?;
         }
         Ok(())
-    }
-
-    /// Receives and stores until the producer detaches.
-    pub(crate) async fn run(self, mut receiver: Receiver) {
-        loop {
-            let delivery = match receiver.recv::<Body<Value>>().await {
-                Ok(delivery) => delivery,
-                Err(error) => {
-                    tracing::debug!(%error, "producer link ended");
-                    break;
-                }
-            };
-            let format = *delivery.message_format();
-            let stored = events_of(format, delivery.message().clone())
-                .map_err(|problem| (conditions::ARGUMENT_ERROR, problem))
-                .and_then(|events| self.store(events));
-            let settled = match stored {
-                Ok(()) => receiver.accept(&delivery).await,
-                Err((condition, problem)) => {
-                    receiver
-                        .reject(&delivery, link_error(condition, problem))
-                        .await
-                }
-            };
-            if settled.is_err() {
-                break;
-            }
-        }
-        let _ = receiver.close().await;
     }
 }

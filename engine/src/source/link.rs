@@ -160,11 +160,18 @@ impl PartitionLink {
         Ok(link)
     }
 
-    /// Sends a token and waits for the service's answer (at connect time).
+    /// Sends a token and waits for the service's answer (at connect time, before the partition
+    /// link exists, so every event read meanwhile is a control event).
     async fn put_token(&mut self) -> Result<(), Fault> {
-        self.send_token().await?;
         loop {
+            self.drain_control()?;
+            if self.try_send_token()? {
+                break;
+            }
             self.fill().await?;
+        }
+        self.flush().await?;
+        loop {
             while let Some(event) = self
                 .connection
                 .next_event()
@@ -177,25 +184,30 @@ impl PartitionLink {
                 }
                 self.check_control(event)?;
             }
+            self.fill().await?;
         }
     }
 
-    /// Queues a put-token request; waits for credit on `$cbs` if the service has not granted any.
-    async fn send_token(&mut self) -> Result<(), Fault> {
+    fn drain_control(&mut self) -> Result<(), Fault> {
+        while let Some(event) = self
+            .connection
+            .next_event()
+            .map_err(|error| wire_fault(&self.partition, &error))?
+        {
+            self.check_control(event)?;
+        }
+        Ok(())
+    }
+
+    /// Queues a put-token request if the service granted credit on `$cbs`; false if it has not yet.
+    fn try_send_token(&mut self) -> Result<bool, Fault> {
+        if self.connection.credit(self.cbs.sender) == 0 {
+            return Ok(false);
+        }
         let (token, renew_at) = self
             .credentials
             .token(&self.audience)
             .map_err(Fault::from_error)?;
-        while self.connection.credit(self.cbs.sender) == 0 {
-            self.fill().await?;
-            while let Some(event) = self
-                .connection
-                .next_event()
-                .map_err(|error| wire_fault(&self.partition, &error))?
-            {
-                self.check_control(event)?;
-            }
-        }
         let request = Message {
             header: None,
             delivery_annotations: None,
@@ -226,14 +238,17 @@ impl PartitionLink {
         self.connection
             .send(self.cbs.sender, &payload, false)
             .map_err(|error| wire_fault(&self.partition, &error))?;
-        self.flush().await?;
         self.renew_at = renew_at;
-        Ok(())
+        Ok(true)
     }
 
-    /// Renews the token; the answer is checked when it arrives (see [`PartitionLink::next`]).
+    /// Renews the token; the answer is checked when it arrives (see [`PartitionLink::next`]). With
+    /// no credit on `$cbs` yet, it tries again a second later.
     pub(crate) async fn renew(&mut self) -> Result<(), Fault> {
-        self.send_token().await
+        if !self.try_send_token()? {
+            self.renew_at = Some(Instant::now() + Duration::from_secs(1));
+        }
+        self.flush().await
     }
 
     fn check_token_answer(&self, payload: &[u8]) -> Result<(), Fault> {
