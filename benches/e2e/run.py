@@ -18,7 +18,6 @@ are read back from the Parquet files and must match between hubroute and the SDK
 import argparse
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -103,14 +102,17 @@ def start_emulator(binary, partitions, work):
     return emulator, line
 
 
-def run_engine(binary, connection_string, events, work):
+def run_engine(binary, connection_string, events, work, profile=None):
     listen = f"127.0.0.1:{free_port()}"
     config = os.path.join(work, "hubroute.toml")
     with open(config, "w") as f:
         f.write(hubroute_config(connection_string, work, listen))
     log = open(os.path.join(work, "engine.log"), "w")
     start = time.monotonic()
-    engine = subprocess.Popen([binary, "run", "--config", config], stdout=log, stderr=log)
+    command = [binary, "run", "--config", config]
+    if profile:
+        command = ["perf", "record", "-F", "999", "-g", "-o", profile, "--"] + command
+    engine = subprocess.Popen(command, stdout=log, stderr=log)
     metrics = f"http://{listen}/metrics"
     routed = 0
     while routed < events:
@@ -139,6 +141,9 @@ def main():
     parser.add_argument("--no-sdk", action="store_true", help="skip the azure-eventhub baseline")
     parser.add_argument("--hubroute", default=default_binary(), help="release binary to run")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--profile", metavar="PERF_DATA",
+                        help="run the engine under `perf record -g` writing PERF_DATA (its CPU figures "
+                             "then include perf's own)")
     args = parser.parse_args()
     if not os.path.exists(args.hubroute):
         sys.exit(f"{args.hubroute} is missing: run `cargo build --release` first")
@@ -154,7 +159,8 @@ def main():
         print(f"filled {args.events} events in {fill_wall:.1f} s", file=sys.stderr)
 
         before = cpu_seconds(emulator.pid)
-        wall, cpu, rss, rows = run_engine(args.hubroute, connection_string, args.events, work)
+        wall, cpu, rss, rows = run_engine(args.hubroute, connection_string, args.events, work,
+                                          args.profile)
         served = cpu_seconds(emulator.pid) - before
         if rows["lake"] != args.events:
             sys.exit(f"the lake endpoint has {rows['lake']} rows, expected {args.events}")
