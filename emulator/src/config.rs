@@ -5,14 +5,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use hubroute_protocol::SasKey;
+use hubroute_protocol::address::DEFAULT_CONSUMER_GROUP;
 
 /// Key name of the default shared access key (the Event Hubs emulator's).
 pub const DEFAULT_KEY_NAME: &str = "RootManageSharedAccessKey";
 /// The default key value. It is a development placeholder, as in Microsoft's emulator: the emulator is
 /// for loopback testing, never for production data.
 pub const DEFAULT_KEY_VALUE: &str = "SAS_KEY_VALUE";
-/// The consumer group every event hub has.
-pub const DEFAULT_CONSUMER_GROUP: &str = "$Default";
 
 /// One event hub.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,8 +22,7 @@ pub mod simulate;
 mod store;
 
 pub use config::{
-    DEFAULT_CONSUMER_GROUP, DEFAULT_KEY_NAME, DEFAULT_KEY_VALUE, EmulatorConfig, HubConfig,
-    Retention, TlsFiles,
+    DEFAULT_KEY_NAME, DEFAULT_KEY_VALUE, EmulatorConfig, HubConfig, Retention, TlsFiles,
 };
 pub use config_file::load_config_file;
 pub use error::{Error, Result};

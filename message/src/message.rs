@@ -7,37 +7,51 @@ use serde::{Deserialize, Serialize};
 
 /// IoT Hub system properties, merged from the AMQP properties and message annotations.
 ///
-/// Field names follow IoT Hub's query keywords (`$contentType` → `content_type`).
+/// Field names follow IoT Hub's query keywords (`$contentType` → `content_type`). In JSON a field is
+/// written in camelCase (`contentType`, and `iothubEnqueuedTime` for the enqueued time), which is
+/// also how IoT Hub names system properties in storage; it is read under that name, under the query
+/// keyword (`$contentType`, `$enqueuedTime`) and, for the enqueued time, under IoT Hub's storage
+/// name `enqueuedTime`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SystemProperties {
     /// `$messageId`.
+    #[serde(alias = "$messageId")]
     pub message_id: Option<String>,
     /// `$correlationId`.
+    #[serde(alias = "$correlationId")]
     pub correlation_id: Option<String>,
     /// `$userId` (AMQP binary; usually UTF-8 text such as the hub name).
+    #[serde(alias = "$userId")]
     pub user_id: Option<Vec<u8>>,
     /// `$contentType`.
+    #[serde(alias = "$contentType")]
     pub content_type: Option<String>,
     /// `$contentEncoding`.
+    #[serde(alias = "$contentEncoding")]
     pub content_encoding: Option<String>,
     /// `$enqueuedTime` (`iothub-enqueuedtime`).
+    #[serde(alias = "$enqueuedTime", alias = "enqueuedTime")]
     pub iothub_enqueued_time: Option<DateTime<Utc>>,
     /// `$connectionDeviceId`.
+    #[serde(alias = "$connectionDeviceId")]
     pub connection_device_id: Option<String>,
     /// `$connectionModuleId`.
+    #[serde(alias = "$connectionModuleId")]
     pub connection_module_id: Option<String>,
     /// `$connectionAuthMethod`.
+    #[serde(alias = "$connectionAuthMethod")]
     pub connection_auth_method: Option<String>,
     /// `$connectionDeviceGenerationId`.
+    #[serde(alias = "$connectionDeviceGenerationId")]
     pub connection_device_generation_id: Option<String>,
-    /// `iothub-message-source`.
+    /// `iothub-message-source` (no query keyword: routes select it with their `source`).
     pub message_source: Option<String>,
     /// `$dt-dataschema`.
-    #[serde(rename = "dt-dataschema")]
+    #[serde(rename = "dt-dataschema", alias = "$dt-dataschema")]
     pub dt_dataschema: Option<String>,
     /// `$dt-subject`.
-    #[serde(rename = "dt-subject")]
+    #[serde(rename = "dt-subject", alias = "$dt-subject")]
     pub dt_subject: Option<String>,
 }
 
@@ -88,6 +102,27 @@ pub enum AppPropertyValue {
 }
 
 impl AppPropertyValue {
+    /// The value a JSON value stands for, as `hubroute route test --app-properties` and test
+    /// fixtures write application properties: a string, boolean or `null` as itself, an integer as
+    /// `Long` (`ULong` above `i64::MAX`), any other number as `Double`, and an object or array as
+    /// its JSON text (a string).
+    pub fn from_json(value: &serde_json::Value) -> Self {
+        match value {
+            serde_json::Value::String(s) => Self::String(s.clone()),
+            serde_json::Value::Bool(b) => Self::Bool(*b),
+            serde_json::Value::Number(n) => n
+                .as_i64()
+                .map(Self::Long)
+                .or_else(|| n.as_u64().map(Self::ULong))
+                .or_else(|| n.as_f64().map(Self::Double))
+                .unwrap_or_else(|| Self::String(n.to_string())),
+            serde_json::Value::Null => Self::Null,
+            other @ (serde_json::Value::Array(_) | serde_json::Value::Object(_)) => {
+                Self::String(other.to_string())
+            }
+        }
+    }
+
     /// The canonical string stored in the `application_properties` map (`None` for `Null`).
     pub fn canonical_string(&self) -> Option<String> {
         use base64::Engine as _;
@@ -226,5 +261,58 @@ mod tests {
             assert_eq!(value.canonical_string().as_deref(), string, "{value:?}");
             assert_eq!(value.type_name(), type_name, "{value:?}");
         }
+    }
+
+    #[test]
+    fn json_values_become_the_application_property_they_stand_for() {
+        let cases = [
+            (r#""hot""#, AppPropertyValue::from("hot")),
+            ("true", AppPropertyValue::Bool(true)),
+            ("-3", AppPropertyValue::Long(-3)),
+            ("18446744073709551615", AppPropertyValue::ULong(u64::MAX)),
+            ("2.5", AppPropertyValue::Double(2.5)),
+            ("1e3", AppPropertyValue::Double(1000.0)),
+            ("null", AppPropertyValue::Null),
+            (r#"{"a": [1]}"#, AppPropertyValue::from(r#"{"a":[1]}"#)),
+            ("[1, 2]", AppPropertyValue::from("[1,2]")),
+        ];
+        for (json, expected) in cases {
+            let value: serde_json::Value = serde_json::from_str(json).expect("valid JSON");
+            assert_eq!(AppPropertyValue::from_json(&value), expected, "{json}");
+        }
+    }
+
+    #[test]
+    fn system_properties_read_camel_case_query_keyword_and_storage_names() {
+        let time = DateTime::parse_from_rfc3339("2022-06-06T22:56:06.5Z")
+            .expect("a time")
+            .with_timezone(&Utc);
+        for json in [
+            r#"{"iothubEnqueuedTime": "2022-06-06T22:56:06.5Z", "connectionDeviceId": "d"}"#,
+            r#"{"$enqueuedTime": "2022-06-06T22:56:06.5Z", "$connectionDeviceId": "d"}"#,
+            r#"{"enqueuedTime": "2022-06-06T22:56:06.5Z", "connectionDeviceId": "d"}"#,
+        ] {
+            let system: SystemProperties = serde_json::from_str(json).expect(json);
+            assert_eq!(system.iothub_enqueued_time, Some(time), "{json}");
+            assert_eq!(system.connection_device_id.as_deref(), Some("d"), "{json}");
+        }
+        let keywords: SystemProperties = serde_json::from_str(
+            r#"{"$messageId": "m", "$correlationId": "c", "$userId": [104], "$contentType": "t",
+                "$contentEncoding": "e", "$connectionModuleId": "mod", "$connectionAuthMethod": "a",
+                "$connectionDeviceGenerationId": "g", "$dt-dataschema": "s", "$dt-subject": "x"}"#,
+        )
+        .expect("every query keyword is accepted");
+        let camel_case: SystemProperties = serde_json::from_str(
+            r#"{"messageId": "m", "correlationId": "c", "userId": [104], "contentType": "t",
+                "contentEncoding": "e", "connectionModuleId": "mod", "connectionAuthMethod": "a",
+                "connectionDeviceGenerationId": "g", "dt-dataschema": "s", "dt-subject": "x"}"#,
+        )
+        .expect("camelCase names");
+        assert_eq!(keywords, camel_case);
+        assert_ne!(camel_case, SystemProperties::default());
+        let written = serde_json::to_value(&camel_case).expect("serialises");
+        assert_eq!(written["messageId"], "m", "written names are unchanged");
+        let unknown = serde_json::from_str::<SystemProperties>(r#"{"enqueued": "x"}"#);
+        assert!(unknown.is_err(), "unknown names stay errors");
     }
 }

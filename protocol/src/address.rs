@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-/// The default consumer group.
+/// The consumer group every event hub has (the one clients read when none is configured).
 pub const DEFAULT_CONSUMER_GROUP: &str = "$Default";
 
 /// What a link address points at.

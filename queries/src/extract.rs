@@ -1,4 +1,4 @@
-//! Reads the inputs of a [`Plan`] out of a message batch, once per batch for all routes.
+//! Reads [`UniqueInputs`] out of a message batch, once per batch for all routes.
 //!
 //! Bodies are read only when some condition reads `$body`, and only for rows whose `contentType` is
 //! `application/json` and whose `contentEncoding` is `utf-8`, `utf-16` or `utf-32` (case-insensitive;
@@ -23,7 +23,7 @@ use arrow::datatypes::DataType;
 use hubroute_message::MessageColumns;
 use sonic_rs::{JsonContainerTrait, JsonValueTrait, Value};
 
-use crate::compile::{PathStep, Plan, Slot, SystemProperty};
+use crate::check::{PathStep, Slot, SystemProperty, UniqueInputs};
 use crate::repr::{self, DynamicBuilder, Repr, Values};
 use crate::scan::PathTree;
 use crate::value::Val;
@@ -76,10 +76,13 @@ fn decode_body<'b>(
     Some(Cow::Owned(text.into_bytes()))
 }
 
-/// Parses the bodies and twins the plan needs.
-pub(crate) fn parse_documents<'b>(columns: &MessageColumns<'b>, plan: &Plan) -> Documents<'b> {
-    let needs_body = plan.slots.iter().any(|s| matches!(s, Slot::Body(_)));
-    let needs_twin = plan.slots.iter().any(|s| matches!(s, Slot::Twin(_)));
+/// Parses the bodies and twins the inputs need.
+pub(crate) fn parse_documents<'b>(
+    columns: &MessageColumns<'b>,
+    inputs: &UniqueInputs,
+) -> Documents<'b> {
+    let needs_body = inputs.slots.iter().any(|s| matches!(s, Slot::Body(_)));
+    let needs_twin = inputs.slots.iter().any(|s| matches!(s, Slot::Twin(_)));
     let rows = columns.len();
     let mut documents = Documents::default();
     if needs_body {
@@ -298,11 +301,11 @@ fn app_properties(map: &MapArray, names: &[&str], rows: usize) -> Vec<ArrayRef> 
 }
 
 /// The layout of a slot's column.
-pub(crate) fn slot_repr(plan: &Plan, slot: usize) -> Repr {
-    match &plan.slots[slot] {
+pub(crate) fn slot_repr(inputs: &UniqueInputs, slot: usize) -> Repr {
+    match &inputs.slots[slot] {
         Slot::App(_) | Slot::System(_) => Repr::Str,
         Slot::Body(_) | Slot::Twin(_) => Repr::Dynamic,
-        Slot::AppOr { then, .. } => slot_repr(plan, *then),
+        Slot::AppOr { then, .. } => slot_repr(inputs, *then),
     }
 }
 
@@ -327,14 +330,14 @@ fn app_or(app: &ArrayRef, then: &ArrayRef, repr: Repr) -> ArrayRef {
     repr::build(repr, rows, values)
 }
 
-/// One column per slot of the plan, in the layout of [`slot_repr`].
+/// One column per input slot, in the layout of [`slot_repr`].
 pub(crate) fn extract(
     columns: &MessageColumns<'_>,
     documents: &Documents<'_>,
-    plan: &Plan,
+    inputs: &UniqueInputs,
 ) -> Vec<ArrayRef> {
     let rows = columns.len();
-    let app_names: Vec<&str> = plan
+    let app_names: Vec<&str> = inputs
         .slots
         .iter()
         .filter_map(|s| match s {
@@ -343,7 +346,7 @@ pub(crate) fn extract(
         })
         .collect();
     let mut apps = app_properties(columns.application_properties, &app_names, rows).into_iter();
-    let body_steps: Vec<&[PathStep]> = plan
+    let body_steps: Vec<&[PathStep]> = inputs
         .slots
         .iter()
         .filter_map(|s| match s {
@@ -357,8 +360,8 @@ pub(crate) fn extract(
         body_paths(&documents.bodies, &body_steps, rows)
     }
     .into_iter();
-    let mut out: Vec<ArrayRef> = Vec::with_capacity(plan.slots.len());
-    for (index, slot) in plan.slots.iter().enumerate() {
+    let mut out: Vec<ArrayRef> = Vec::with_capacity(inputs.slots.len());
+    for (index, slot) in inputs.slots.iter().enumerate() {
         let column = match slot {
             Slot::App(_) => apps.next(),
             Slot::System(property) => Some(system(columns, *property)),
@@ -371,12 +374,12 @@ pub(crate) fn extract(
                 Some(repr::build(Repr::Dynamic, rows, values))
             }
             Slot::AppOr { app, then } => {
-                Some(app_or(&out[*app], &out[*then], slot_repr(plan, index)))
+                Some(app_or(&out[*app], &out[*then], slot_repr(inputs, index)))
             }
         };
         out.push(column.unwrap_or_else(|| {
             let undefined = std::iter::repeat_n(Val::Undefined, rows);
-            repr::build(slot_repr(plan, index), rows, undefined)
+            repr::build(slot_repr(inputs, index), rows, undefined)
         }));
     }
     out

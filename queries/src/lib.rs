@@ -7,10 +7,11 @@
 //! those columns, with our own scalar functions where DataFusion has none, and subexpressions shared
 //! by routes are computed once per batch.
 //!
-//! The pipeline, file by file: `lexer.rs` → `parser.rs` (AST) → `compile.rs` (type checking,
-//! input slots) → `physical.rs` (DAG of all routes, lowered to `PhysicalExpr`s in stages) over the
-//! columns of `extract.rs` (body paths found by `scan.rs`), laid out as `repr.rs` describes, with
-//! `udf.rs` for what DataFusion lacks and `value.rs` for per-value semantics.
+//! The pipeline, file by file: `lexer.rs` → `parser.rs` (AST) → `check.rs` (type checking,
+//! unique input slots) → `physical.rs` (DAG of all routes, lowered to `PhysicalExpr`s in stages,
+//! and their evaluation) over the columns of `extract.rs` (body paths found by `scan.rs`), laid out
+//! as `repr.rs` describes, with `udf.rs` for what DataFusion lacks and `value.rs` for value kinds
+//! and per-value semantics. `route_set.rs` ties them together behind [`RouteSet`] and [`compile`].
 //!
 //! The language is IoT Hub's (reference §1); where cloud behaviour is unverified we follow the Edge
 //! engine (`Microsoft.Azure.Devices.Routing.Core`):
@@ -34,17 +35,17 @@
 //! Kleene `AND`/`OR`/`NOT` and null-propagating operators IoT Hub's; dynamically typed values keep
 //! their JSON type and the `null`/`undefined` distinction in a struct column (`repr.rs`).
 
-mod compile;
+mod check;
 mod error;
-mod eval;
 mod extract;
 mod lexer;
 mod parser;
 mod physical;
 mod repr;
+mod route_set;
 mod scan;
 mod udf;
 mod value;
 
 pub use error::{Diagnostic, Error, Result};
-pub use eval::{RouteCondition, RouteSet, RouteSetOutcome, Truth, compile};
+pub use route_set::{RouteCondition, RouteSet, RouteSetOutcome, Truth, compile};

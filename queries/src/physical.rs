@@ -21,6 +21,7 @@
 //! IoT Hub's .NET comparisons do.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use arrow::array::ArrayRef;
@@ -36,16 +37,51 @@ use datafusion_physical_expr::expressions::{
 };
 use datafusion_physical_expr::utils::{collect_columns, reassign_expr_columns};
 
-use crate::compile::Node;
+use crate::check::Node;
 use crate::parser::BinaryOp;
 use crate::repr::{self, Repr};
 use crate::udf::{DynamicChild, DynamicKindTest, NanToUndefined, RowFunction, RowOp};
-use crate::value::{Function, Val};
+use crate::value::{Function, Kind, KindSet, Val};
 
-/// A node of the shared expression DAG; children are indices of earlier nodes.
-#[derive(Debug)]
+/// A literal in the DAG. Two literals are the same node when they are the same value of the same
+/// kind, numbers bit for bit: `0` and `-0` stay apart (`1 / -0` is `-Infinity`).
+#[derive(Debug, Clone)]
+pub(crate) struct Constant(Val<'static>);
+
+impl Constant {
+    /// Everything that tells one literal from another: its kind, and the bits of a number, the
+    /// value of a boolean or the text of a string.
+    fn identity(&self) -> (Kind, u64, &str) {
+        match &self.0 {
+            Val::Bool(b) => (Kind::Bool, u64::from(*b), ""),
+            Val::Number(n) => (Kind::Number, n.to_bits(), ""),
+            Val::Str(s) => (Kind::String, 0, s),
+            other @ (Val::Undefined | Val::Null | Val::Object | Val::Array) => {
+                (other.kind(), 0, "")
+            }
+        }
+    }
+}
+
+impl PartialEq for Constant {
+    fn eq(&self, other: &Self) -> bool {
+        self.identity() == other.identity()
+    }
+}
+
+impl Eq for Constant {}
+
+impl Hash for Constant {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.identity().hash(state);
+    }
+}
+
+/// A node of the shared expression DAG; children are indices of earlier nodes, so structural
+/// equality of nodes is equality of the subexpressions they stand for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum DagNode {
-    Const(Val<'static>),
+    Const(Constant),
     Input(usize),
     Negate(usize),
     Not(usize),
@@ -57,15 +93,15 @@ pub(crate) enum DagNode {
 #[derive(Debug, Default)]
 pub(crate) struct Dag {
     pub(crate) nodes: Vec<DagNode>,
-    /// Structural key (the node's `Debug` text over child indices) → index.
-    index: HashMap<String, usize>,
+    /// Node → its index in `nodes`.
+    index: HashMap<DagNode, usize>,
 }
 
 impl Dag {
     /// Adds `node` and its subtrees, reusing structurally equal nodes; returns its index.
     pub(crate) fn intern(&mut self, node: &Node) -> usize {
         let node = match node {
-            Node::Const(value) => DagNode::Const(value.clone()),
+            Node::Const(value) => DagNode::Const(Constant(value.clone())),
             Node::Input(slot) => DagNode::Input(*slot),
             Node::Negate(operand) => DagNode::Negate(self.intern(operand)),
             Node::Not(operand) => DagNode::Not(self.intern(operand)),
@@ -77,12 +113,11 @@ impl Dag {
                 DagNode::Call(*function, args.iter().map(|a| self.intern(a)).collect())
             }
         };
-        let key = format!("{node:?}");
-        if let Some(&existing) = self.index.get(&key) {
+        if let Some(&existing) = self.index.get(&node) {
             return existing;
         }
-        self.nodes.push(node);
-        self.index.insert(key, self.nodes.len() - 1);
+        self.nodes.push(node.clone());
+        self.index.insert(node, self.nodes.len() - 1);
         self.nodes.len() - 1
     }
 
@@ -278,6 +313,7 @@ impl Lowered {
     }
 }
 
+/// Turns DAG nodes into DataFusion expressions over the columns available so far.
 struct Lowering<'d> {
     nodes: &'d [DagNode],
     /// Columns available to the expressions being lowered: inputs, then materialized nodes.
@@ -384,7 +420,7 @@ impl Lowering<'_> {
             return Ok(self.column(column));
         }
         match &self.nodes[node] {
-            DagNode::Const(value) => {
+            DagNode::Const(Constant(value)) => {
                 let (value, repr) = repr::scalar(value);
                 Lowered::ok(literal(value), repr)
             }
@@ -486,20 +522,23 @@ impl Lowering<'_> {
         dynamic: &Lowered,
         literal_side: &Lowered,
     ) -> Result<Lowered> {
-        let kind = literal_side.repr;
+        let literal_repr = literal_side.repr;
+        let Some(literal_kind) = literal_repr.kind() else {
+            let args = [dynamic.clone(), literal_side.clone()];
+            return self.row_function(RowOp::Compare(op), Repr::Truth, &args);
+        };
         let truth = |expr| Lowered::ok(expr, Repr::Truth);
-        if kind == Repr::Truth && !matches!(op, BinaryOp::Eq | BinaryOp::NotEq) {
+        if literal_repr == Repr::Truth && !matches!(op, BinaryOp::Eq | BinaryOp::NotEq) {
             return truth(literal(ScalarValue::Boolean(None)));
         }
         let compared = binary(
-            self.typed(dynamic, kind)?,
+            self.typed(dynamic, literal_repr)?,
             comparison_operator(op),
             Arc::clone(&literal_side.expr),
         );
-        let same = || -> Result<_> {
-            let kind = kind.kind().unwrap_or(repr::UNDEFINED);
+        let same = || {
             self.call(
-                DynamicKindTest::same_primitive(kind),
+                DynamicKindTest::same_primitive(literal_kind),
                 vec![Arc::clone(&dynamic.expr)],
             )
         };
@@ -523,6 +562,7 @@ impl Lowering<'_> {
             Lowered::ok(self.call(f, args)?, Repr::Number)
         };
         let typed_result = Lowered::ok;
+        let is_one_of = |kinds| self.kind_test(function, kinds, &args[0]);
         match function {
             Function::Abs => math_of(math::abs(), vec![number(0)?]),
             Function::Exp => math_of(math::exp(), vec![number(0)?]),
@@ -534,14 +574,14 @@ impl Lowering<'_> {
                 Repr::Number,
             ),
             Function::AsNumber if args[0].repr == Repr::Number => Ok(args[0].clone()),
-            Function::IsArray
-            | Function::IsBool
-            | Function::IsDefined
-            | Function::IsNull
-            | Function::IsNumber
-            | Function::IsObject
-            | Function::IsPrimitive
-            | Function::IsString => self.kind_test(function, &args[0]),
+            Function::IsArray => is_one_of(KindSet::of(&[Kind::Array])),
+            Function::IsBool => is_one_of(KindSet::of(&[Kind::Bool])),
+            Function::IsDefined => is_one_of(KindSet::DEFINED),
+            Function::IsNull => is_one_of(KindSet::of(&[Kind::Null])),
+            Function::IsNumber => is_one_of(KindSet::of(&[Kind::Number])),
+            Function::IsObject => is_one_of(KindSet::of(&[Kind::Object])),
+            Function::IsPrimitive => is_one_of(KindSet::PRIMITIVE),
+            Function::IsString => is_one_of(KindSet::of(&[Kind::String])),
             Function::Concat => {
                 let mut joined = string(0)?;
                 for i in 1..args.len() {
@@ -595,20 +635,8 @@ impl Lowering<'_> {
         }
     }
 
-    /// `IS_DEFINED`, `IS_NULL`, `IS_STRING`, …: the value's kind is in a set.
-    fn kind_test(&self, function: Function, arg: &Lowered) -> Result<Lowered> {
-        let kinds: u8 = match function {
-            Function::IsArray => 1 << repr::ARRAY,
-            Function::IsBool => 1 << repr::BOOL,
-            Function::IsNull => 1 << repr::NULL,
-            Function::IsNumber => 1 << repr::NUMBER,
-            Function::IsObject => 1 << repr::OBJECT,
-            Function::IsString => 1 << repr::STRING,
-            Function::IsPrimitive => {
-                (1 << repr::NULL) | (1 << repr::BOOL) | (1 << repr::NUMBER) | (1 << repr::STRING)
-            }
-            _ => !(1 << repr::UNDEFINED),
-        };
+    /// `IS_DEFINED`, `IS_NULL`, `IS_STRING`, …: the value's kind is in `kinds`.
+    fn kind_test(&self, function: Function, kinds: KindSet, arg: &Lowered) -> Result<Lowered> {
         let expr = match arg.repr.kind() {
             None => {
                 let name = format!("{function:?}").to_lowercase();
@@ -618,11 +646,61 @@ impl Lowering<'_> {
                 )?
             }
             // A typed value is `undefined` (NULL) or of its kind.
-            Some(kind) if kinds & (1 << kind) != 0 => {
+            Some(kind) if kinds.contains(kind) => {
                 Arc::new(IsNotNullExpr::new(Arc::clone(&arg.expr)))
             }
             Some(_) => literal(ScalarValue::Boolean(Some(false))),
         };
         Lowered::ok(expr, Repr::Truth)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_are_one_node_exactly_when_they_are_the_same_value() {
+        let cases = [
+            (Val::Number(2.5), Val::Number(2.5), true),
+            (Val::Number(0.0), Val::Number(-0.0), false),
+            (Val::Number(1.0), Val::Str("1".into()), false),
+            (Val::Number(1.0), Val::Bool(true), false),
+            (Val::Bool(true), Val::Bool(true), true),
+            (Val::Bool(true), Val::Bool(false), false),
+            (Val::Str("a".into()), Val::Str("a".into()), true),
+            (Val::Str("a".into()), Val::Str("a ".into()), false),
+            (Val::Str(String::new().into()), Val::Null, false),
+            (Val::Null, Val::Undefined, false),
+            (Val::Undefined, Val::Undefined, true),
+        ];
+        for (a, b, same) in cases {
+            let mut dag = Dag::default();
+            let (x, y) = (
+                dag.intern(&Node::Const(a.clone())),
+                dag.intern(&Node::Const(b.clone())),
+            );
+            assert_eq!(x == y, same, "{a:?} and {b:?}");
+        }
+    }
+
+    #[test]
+    fn equal_subtrees_are_one_node_and_different_ones_are_not() {
+        let compare = |slot: usize, value: f64| {
+            Node::Binary(
+                BinaryOp::Gt,
+                Box::new(Node::Input(slot)),
+                Box::new(Node::Const(Val::Number(value))),
+            )
+        };
+        let mut dag = Dag::default();
+        let first = dag.intern(&compare(0, 30.0));
+        assert_eq!(dag.intern(&compare(0, 30.0)), first);
+        assert_ne!(dag.intern(&compare(1, 30.0)), first);
+        assert_ne!(dag.intern(&compare(0, 31.0)), first);
+        let negated = dag.intern(&Node::Not(Box::new(compare(0, 30.0))));
+        assert_eq!(dag.nodes[negated], DagNode::Not(first));
+        // Inputs 0 and 1, literals 30 and 31, three comparisons and the NOT.
+        assert_eq!(dag.nodes.len(), 8, "{:#?}", dag.nodes);
     }
 }

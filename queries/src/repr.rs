@@ -8,7 +8,7 @@
 //!
 //! A dynamically typed value (a body or twin path, `??` over different types) keeps its JSON type
 //! and the `null`-versus-`undefined` distinction in [`Repr::Dynamic`]: a struct of a `kind` per row
-//! ([`UNDEFINED`] … [`ARRAY`], never null) and `number`, `string` and `boolean` children, each valid
+//! (the code of a [`Kind`], never null) and `number`, `string` and `boolean` children, each valid
 //! exactly where `kind` says the value has that type. A typed view of a dynamic value is therefore
 //! a zero-copy child, and `$body.temperature > 30` is a plain `Float64` comparison.
 
@@ -23,22 +23,7 @@ use arrow::datatypes::{DataType, Field, Fields, Float64Type, UInt8Type};
 use datafusion_common::{DataFusionError, ScalarValue};
 use datafusion_expr::ColumnarValue;
 
-use crate::value::Val;
-
-/// `kind` of a dynamic value: `undefined`.
-pub(crate) const UNDEFINED: u8 = 0;
-/// `kind` of a dynamic value: JSON `null`.
-pub(crate) const NULL: u8 = 1;
-/// `kind` of a dynamic value: a boolean, in the `boolean` child.
-pub(crate) const BOOL: u8 = 2;
-/// `kind` of a dynamic value: a number, in the `number` child.
-pub(crate) const NUMBER: u8 = 3;
-/// `kind` of a dynamic value: a string, in the `string` child.
-pub(crate) const STRING: u8 = 4;
-/// `kind` of a dynamic value: a JSON object.
-pub(crate) const OBJECT: u8 = 5;
-/// `kind` of a dynamic value: a JSON array.
-pub(crate) const ARRAY: u8 = 6;
+use crate::value::{Kind, KindSet, Val};
 
 /// Child indexes of the dynamic struct.
 const KIND: usize = 0;
@@ -74,12 +59,12 @@ impl Repr {
         }
     }
 
-    /// The `kind` a typed layout's values have.
-    pub(crate) fn kind(self) -> Option<u8> {
+    /// The kind a typed layout's values have (`None` for a dynamic value: any kind).
+    pub(crate) fn kind(self) -> Option<Kind> {
         match self {
-            Self::Truth => Some(BOOL),
-            Self::Number => Some(NUMBER),
-            Self::Str => Some(STRING),
+            Self::Truth => Some(Kind::Bool),
+            Self::Number => Some(Kind::Number),
+            Self::Str => Some(Kind::String),
             Self::Dynamic => None,
         }
     }
@@ -119,7 +104,7 @@ impl DynamicBuilder {
 
     /// Appends a value.
     pub(crate) fn push(&mut self, value: &Val<'_>) {
-        self.kinds.push(value.kind());
+        self.kinds.push(value.kind().code());
         self.numbers
             .push(if let Val::Number(n) = value { *n } else { 0.0 });
         self.booleans.push(matches!(value, Val::Bool(true)));
@@ -131,12 +116,13 @@ impl DynamicBuilder {
 
     pub(crate) fn finish(mut self) -> StructArray {
         let kinds = &self.kinds;
-        let valid_where = |kind: u8| {
-            let valid = BooleanBuffer::collect_bool(kinds.len(), |row| kinds[row] == kind);
+        let valid_where = |kind: Kind| {
+            let valid = BooleanBuffer::collect_bool(kinds.len(), |row| kinds[row] == kind.code());
             Some(NullBuffer::new(valid))
         };
-        let numbers = Float64Array::new(self.numbers.into(), valid_where(NUMBER));
-        let booleans = BooleanArray::new(BooleanBuffer::from(self.booleans), valid_where(BOOL));
+        let numbers = Float64Array::new(self.numbers.into(), valid_where(Kind::Number));
+        let booleans =
+            BooleanArray::new(BooleanBuffer::from(self.booleans), valid_where(Kind::Bool));
         let children: Vec<ArrayRef> = vec![
             Arc::new(numbers),
             Arc::new(self.strings.finish()),
@@ -195,7 +181,7 @@ pub(crate) fn scalar(value: &Val<'_>) -> (ScalarValue, Repr) {
         Val::Bool(b) => (ScalarValue::Boolean(Some(*b)), Repr::Truth),
         Val::Number(n) => (ScalarValue::Float64(Some(*n)), Repr::Number),
         Val::Str(s) => (ScalarValue::Utf8(Some(s.to_string())), Repr::Str),
-        other => {
+        other @ (Val::Undefined | Val::Null | Val::Object | Val::Array) => {
             let mut builder = DynamicBuilder::with_capacity(1);
             builder.push(other);
             (
@@ -228,7 +214,7 @@ pub(crate) fn child(array: &StructArray, repr: Repr) -> ArrayRef {
     Arc::clone(array.column(index))
 }
 
-/// The `kind` of every row of a dynamic array.
+/// The kind code ([`Kind::code`]) of every row of a dynamic array.
 pub(crate) fn kinds(array: &StructArray) -> &[u8] {
     array.column(KIND).as_primitive::<UInt8Type>().values()
 }
@@ -303,14 +289,14 @@ impl<'a> Values<'a> {
                 numbers,
                 strings,
                 booleans,
-            } => match kinds[row] {
-                NULL => Val::Null,
-                BOOL => Val::Bool(booleans.value(row)),
-                NUMBER => Val::Number(numbers.value(row)),
-                STRING => Val::Str(strings.value(row).into()),
-                OBJECT => Val::Object,
-                ARRAY => Val::Array,
-                _ => Val::Undefined,
+            } => match Kind::from_code(kinds[row]) {
+                Kind::Undefined => Val::Undefined,
+                Kind::Null => Val::Null,
+                Kind::Bool => Val::Bool(booleans.value(row)),
+                Kind::Number => Val::Number(numbers.value(row)),
+                Kind::String => Val::Str(strings.value(row).into()),
+                Kind::Object => Val::Object,
+                Kind::Array => Val::Array,
             },
         }
     }
@@ -338,10 +324,12 @@ pub(crate) fn verdicts(
             let array = array.as_struct();
             let kinds = kinds(array);
             let booleans = array.column(BOOLEAN_CHILD).as_boolean();
-            let matched =
-                BooleanBuffer::collect_bool(rows, |row| kinds[row] == BOOL && booleans.value(row));
+            let matched = BooleanBuffer::collect_bool(rows, |row| {
+                kinds[row] == Kind::Bool.code() && booleans.value(row)
+            });
+            let undefined = KindSet::of(&[Kind::Undefined, Kind::Null]);
             let defined =
-                BooleanBuffer::collect_bool(rows, |row| !matches!(kinds[row], UNDEFINED | NULL));
+                BooleanBuffer::collect_bool(rows, |row| !undefined.contains_code(kinds[row]));
             (matched, NullBuffer::new(defined))
         }
         None => return Err(unsupported(array.data_type())),
@@ -371,7 +359,11 @@ mod tests {
         let view = Values::of_array(array.as_ref()).expect("a dynamic array");
         for (row, value) in values.iter().enumerate() {
             assert_eq!(view.get(row), *value);
-            assert_eq!(kinds(array.as_struct())[row], value.kind(), "{value:?}");
+            assert_eq!(
+                kinds(array.as_struct())[row],
+                value.kind().code(),
+                "{value:?}"
+            );
         }
     }
 

@@ -17,7 +17,7 @@ use std::borrow::Cow;
 
 use memchr::{memchr2, memchr3};
 
-use crate::compile::PathStep;
+use crate::check::PathStep;
 use crate::value::Val;
 
 /// The paths to find, as a tree of the keys and indexes they go through.

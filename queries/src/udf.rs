@@ -20,7 +20,7 @@ use datafusion_expr::{
 
 use crate::parser::BinaryOp;
 use crate::repr::{self, Repr, Values};
-use crate::value::{self, Val};
+use crate::value::{self, Kind, KindSet, Val};
 
 fn wrong_argument(function: &str, value: &ColumnarValue) -> DataFusionError {
     DataFusionError::Internal(format!(
@@ -89,25 +89,25 @@ impl ScalarUDFImpl for DynamicChild {
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub(crate) struct DynamicKindTest {
     name: String,
-    /// Bit `k` set: kind `k` is in the set.
-    kinds: u8,
+    kinds: KindSet,
     undefined_outside_primitives: bool,
     signature: Signature,
 }
 
 impl DynamicKindTest {
-    /// The predicate `IS_DEFINED`, `IS_NULL`, … over kinds `kinds` (a bit set).
-    pub(crate) fn predicate(name: &str, kinds: u8) -> Arc<ScalarUDF> {
+    /// The predicate `IS_DEFINED`, `IS_NULL`, …: whether the value's kind is in `kinds`.
+    pub(crate) fn predicate(name: &str, kinds: KindSet) -> Arc<ScalarUDF> {
         Self::udf(format!("iothub_{name}"), kinds, false)
     }
 
     /// `true` where the value is a primitive of kind `kind`, `false` where it is another
     /// primitive (`null`, boolean, number, string), `NULL` elsewhere.
-    pub(crate) fn same_primitive(kind: u8) -> Arc<ScalarUDF> {
-        Self::udf(format!("dynamic_same_primitive_{kind}"), 1 << kind, true)
+    pub(crate) fn same_primitive(kind: Kind) -> Arc<ScalarUDF> {
+        let name = format!("dynamic_same_primitive_{kind:?}").to_lowercase();
+        Self::udf(name, KindSet::of(&[kind]), true)
     }
 
-    fn udf(name: String, kinds: u8, undefined_outside_primitives: bool) -> Arc<ScalarUDF> {
+    fn udf(name: String, kinds: KindSet, undefined_outside_primitives: bool) -> Arc<ScalarUDF> {
         Arc::new(ScalarUDF::new_from_impl(Self {
             name,
             kinds,
@@ -118,10 +118,10 @@ impl DynamicKindTest {
 
     fn test(&self, kinds: &[u8]) -> BooleanArray {
         let holds =
-            BooleanBuffer::collect_bool(kinds.len(), |row| self.kinds & (1 << kinds[row]) != 0);
+            BooleanBuffer::collect_bool(kinds.len(), |row| self.kinds.contains_code(kinds[row]));
         let defined = self.undefined_outside_primitives.then(|| {
             NullBuffer::new(BooleanBuffer::collect_bool(kinds.len(), |row| {
-                (repr::NULL..=repr::STRING).contains(&kinds[row])
+                KindSet::PRIMITIVE.contains_code(kinds[row])
             }))
         });
         BooleanArray::new(holds, defined)
@@ -151,7 +151,7 @@ impl ScalarUDFImpl for DynamicKindTest {
             },
             scalar @ ColumnarValue::Scalar(_) => {
                 let kind = Values::of(scalar)?.get(0).kind();
-                let result = self.test(&[kind]);
+                let result = self.test(&[kind.code()]);
                 Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(
                     &result, 0,
                 )?))
@@ -336,7 +336,7 @@ mod tests {
             Val::Undefined,
             Val::Object,
         ];
-        let udf = DynamicKindTest::same_primitive(repr::STRING);
+        let udf = DynamicKindTest::same_primitive(Kind::String);
         let result = invoke(
             &udf,
             vec![ColumnarValue::Array(dynamic(&values))],

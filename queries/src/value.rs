@@ -17,7 +17,88 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 
 use crate::parser::BinaryOp;
-use crate::repr;
+
+/// The JSON type of a value. Its code (`Kind as u8`) is what a dynamic Arrow value stores per row
+/// (`repr.rs`), so the discriminants are part of that layout.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Kind {
+    Undefined = 0,
+    Null = 1,
+    Bool = 2,
+    Number = 3,
+    String = 4,
+    Object = 5,
+    Array = 6,
+}
+
+impl Kind {
+    /// Every kind, indexed by its code.
+    const ALL: [Self; 7] = [
+        Self::Undefined,
+        Self::Null,
+        Self::Bool,
+        Self::Number,
+        Self::String,
+        Self::Object,
+        Self::Array,
+    ];
+
+    /// The kind stored as `code`. Codes are only ever written from a [`Kind`]; anything else reads
+    /// as `undefined`.
+    pub(crate) fn from_code(code: u8) -> Self {
+        Self::ALL
+            .get(usize::from(code))
+            .copied()
+            .unwrap_or(Self::Undefined)
+    }
+
+    /// The code stored in a dynamic Arrow value.
+    pub(crate) const fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// A set of [`Kind`]s, one bit per kind code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct KindSet(u8);
+
+impl KindSet {
+    /// Every kind but `undefined`: what `is_defined` tests.
+    pub(crate) const DEFINED: Self = Self::of(&[
+        Kind::Null,
+        Kind::Bool,
+        Kind::Number,
+        Kind::String,
+        Kind::Object,
+        Kind::Array,
+    ]);
+    /// `null`, booleans, numbers and strings: what `is_primitive` tests, and the kinds a value can
+    /// be compared with a literal as.
+    pub(crate) const PRIMITIVE: Self =
+        Self::of(&[Kind::Null, Kind::Bool, Kind::Number, Kind::String]);
+
+    /// The set of `kinds`.
+    pub(crate) const fn of(kinds: &[Kind]) -> Self {
+        let mut bits = 0;
+        let mut index = 0;
+        while index < kinds.len() {
+            bits |= 1 << kinds[index].code();
+            index += 1;
+        }
+        Self(bits)
+    }
+
+    /// Whether the set holds the kind stored as `code` (the per-row test over dynamic arrays).
+    pub(crate) fn contains_code(self, code: u8) -> bool {
+        1_u8.checked_shl(u32::from(code))
+            .is_some_and(|bit| self.0 & bit != 0)
+    }
+
+    pub(crate) fn contains(self, kind: Kind) -> bool {
+        self.contains_code(kind.code())
+    }
+}
 
 /// One IoT Hub runtime value.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -58,16 +139,16 @@ impl Val<'_> {
         }
     }
 
-    /// The JSON type as the `kind` code of a dynamic Arrow value (`repr.rs`).
-    pub(crate) fn kind(&self) -> u8 {
+    /// The JSON type.
+    pub(crate) fn kind(&self) -> Kind {
         match self {
-            Self::Undefined => repr::UNDEFINED,
-            Self::Null => repr::NULL,
-            Self::Bool(_) => repr::BOOL,
-            Self::Number(_) => repr::NUMBER,
-            Self::Str(_) => repr::STRING,
-            Self::Object => repr::OBJECT,
-            Self::Array => repr::ARRAY,
+            Self::Undefined => Kind::Undefined,
+            Self::Null => Kind::Null,
+            Self::Bool(_) => Kind::Bool,
+            Self::Number(_) => Kind::Number,
+            Self::Str(_) => Kind::String,
+            Self::Object => Kind::Object,
+            Self::Array => Kind::Array,
         }
     }
 }
@@ -241,6 +322,25 @@ mod tests {
         for (op, a, b, expected) in cases {
             assert_eq!(compare(op, &a, &b), expected, "{a:?} {op:?} {b:?}");
         }
+    }
+
+    #[test]
+    fn kind_codes_round_trip_and_kind_sets_hold_their_kinds() {
+        for (code, kind) in Kind::ALL.into_iter().enumerate() {
+            assert_eq!(usize::from(kind.code()), code, "{kind:?}");
+            assert_eq!(Kind::from_code(kind.code()), kind);
+        }
+        assert_eq!(Kind::from_code(200), Kind::Undefined);
+        let members = |set: KindSet| -> Vec<Kind> {
+            Kind::ALL.into_iter().filter(|&k| set.contains(k)).collect()
+        };
+        assert_eq!(
+            members(KindSet::PRIMITIVE),
+            [Kind::Null, Kind::Bool, Kind::Number, Kind::String]
+        );
+        assert_eq!(members(KindSet::DEFINED), Kind::ALL[1..]);
+        assert_eq!(members(KindSet::of(&[Kind::Array])), [Kind::Array]);
+        assert!(!KindSet::DEFINED.contains_code(200));
     }
 
     #[test]

@@ -37,19 +37,6 @@ struct Case {
     expected: String,
 }
 
-fn app_value(value: &serde_json::Value) -> AppPropertyValue {
-    match value {
-        serde_json::Value::String(s) => AppPropertyValue::String(s.clone()),
-        serde_json::Value::Bool(b) => AppPropertyValue::Bool(*b),
-        serde_json::Value::Number(n) => n.as_i64().map_or_else(
-            || AppPropertyValue::Double(n.as_f64().unwrap_or(0.0)),
-            AppPropertyValue::Long,
-        ),
-        serde_json::Value::Null => AppPropertyValue::Null,
-        other => AppPropertyValue::String(other.to_string()),
-    }
-}
-
 fn encode(text: &str, encoding: &str) -> Vec<u8> {
     match encoding {
         "utf16" => text.encode_utf16().flat_map(u16::to_le_bytes).collect(),
@@ -75,7 +62,7 @@ fn parse_message(lines: &[&str], at: &str) -> Message {
                     .unwrap_or_else(|e| panic!("{at}: bad app properties: {e}"));
                 message.application_properties = object
                     .iter()
-                    .map(|(k, v)| (k.clone(), app_value(v)))
+                    .map(|(k, v)| (k.clone(), AppPropertyValue::from_json(v)))
                     .collect();
             }
             "body" | "body-text" => message.body = json.as_bytes().to_vec().into(),

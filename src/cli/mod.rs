@@ -60,12 +60,16 @@ impl Cli {
     }
 }
 
-/// Installs the global `tracing` subscriber writing to stderr.
+/// Installs the global `tracing` subscriber writing to stderr, in colour only when stderr is a
+/// terminal (not a file or a pipe) and `NO_COLOR` is unset or empty.
 pub(crate) fn init_tracing(format: LogFormat, default_filter: &str) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -3,14 +3,15 @@
 //! `route test` builds a one-message batch and runs the same evaluator the engine runs, so what it
 //! prints is exactly what routing would do. The route comes from `--condition` (prints the truth
 //! value) or from a whole configuration with `--config` and `--message FILE` (prints the routes and
-//! endpoints the message reaches, fallback included, through the engine's own routing table).
+//! endpoints the message reaches, fallback included, and the application properties each endpoint's
+//! enrichments add, through the engine's own routing table).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use hubroute_engine::config::LoadedConfig;
-use hubroute_engine::routing::RoutingTable;
+use hubroute_engine::routing::{Explanation, RoutingTable};
 use hubroute_message::{AppPropertyValue, Message, SystemProperties};
 
 /// `hubroute route` subcommands.
@@ -56,8 +57,12 @@ struct MessageArgs {
     /// (conditions see their canonical string).
     #[arg(long, value_name = "JSON_OBJECT")]
     app_properties: Option<String>,
-    /// System properties as a JSON object keyed by query keyword: contentType, contentEncoding,
-    /// messageId, correlationId, connectionDeviceId, connectionModuleId, iothubEnqueuedTime, ...
+    /// System properties as a JSON object, each named by its query keyword (`$contentType`,
+    /// `$enqueuedTime`, ...) or as IoT Hub names them in storage (`contentType`, `enqueuedTime`,
+    /// ...): messageId, correlationId, userId (an array of bytes), contentType, contentEncoding,
+    /// enqueuedTime (also iothubEnqueuedTime), connectionDeviceId, connectionModuleId,
+    /// connectionAuthMethod, connectionDeviceGenerationId, dt-dataschema, dt-subject,
+    /// messageSource.
     #[arg(long, value_name = "JSON_OBJECT")]
     system_properties: Option<String>,
     /// Device or module twin as JSON, for `$twin` queries.
@@ -81,19 +86,6 @@ struct MessageFile {
     system_properties: Option<serde_json::Value>,
     #[serde(default)]
     twin: Option<serde_json::Value>,
-}
-
-fn app_property(value: &serde_json::Value) -> AppPropertyValue {
-    match value {
-        serde_json::Value::String(s) => AppPropertyValue::String(s.clone()),
-        serde_json::Value::Bool(b) => AppPropertyValue::Bool(*b),
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) => AppPropertyValue::Long(i),
-            None => AppPropertyValue::Double(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        serde_json::Value::Null => AppPropertyValue::Null,
-        other => AppPropertyValue::String(other.to_string()),
-    }
 }
 
 impl MessageArgs {
@@ -128,7 +120,7 @@ impl MessageArgs {
                 serde_json::from_str(json).context("--app-properties must be a JSON object")?;
             message.application_properties = object
                 .iter()
-                .map(|(name, value)| (name.clone(), app_property(value)))
+                .map(|(name, value)| (name.clone(), AppPropertyValue::from_json(value)))
                 .collect();
         }
         message.twin.clone_from(&self.twin);
@@ -168,6 +160,14 @@ fn explain(path: &std::path::Path, message: &Message) -> anyhow::Result<ExitCode
         }
     };
     let explanation = table.explain(message).context("evaluating the routes")?;
+    print!("{}", render(&explanation));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The routes, fallback, endpoints and enrichments of an explanation, one line each (one line per
+/// enriched endpoint, values quoted as JSON strings).
+fn render(explanation: &Explanation) -> String {
+    use std::fmt::Write as _;
     let list = |names: &[String]| {
         if names.is_empty() {
             "(none)".to_owned()
@@ -175,13 +175,25 @@ fn explain(path: &std::path::Path, message: &Message) -> anyhow::Result<ExitCode
             names.join(", ")
         }
     };
-    println!("routes: {}", list(&explanation.routes));
-    println!(
-        "fallback: {}",
-        if explanation.fallback { "yes" } else { "no" }
+    let fallback = if explanation.fallback { "yes" } else { "no" };
+    let mut text = format!(
+        "routes: {}\nfallback: {fallback}\nendpoints: {}\n",
+        list(&explanation.routes),
+        list(&explanation.endpoints)
     );
-    println!("endpoints: {}", list(&explanation.endpoints));
-    Ok(ExitCode::SUCCESS)
+    if explanation.enrichments.is_empty() {
+        text.push_str("enrichments: (none)\n");
+    } else {
+        text.push_str("enrichments:\n");
+        for (endpoint, added) in &explanation.enrichments {
+            let added: Vec<String> = added
+                .iter()
+                .map(|(key, value)| format!("{key}={}", serde_json::Value::from(value.as_str())))
+                .collect();
+            let _ = writeln!(text, "  {endpoint}: {}", added.join(", "));
+        }
+    }
+    text
 }
 
 fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
@@ -225,7 +237,7 @@ mod tests {
     #[test]
     fn route_test_prints_the_evaluators_verdict() {
         let json = r#"{"contentType":"application/json","contentEncoding":"utf-8"}"#;
-        let cases: [(&[&str], &str); 8] = [
+        let cases: [(&[&str], &str); 11] = [
             (&["--condition", "true"], "true"),
             (&["--condition", "-5 < 3"], "true"),
             (&["--condition", ""], "true"),
@@ -251,6 +263,33 @@ mod tests {
                     "as_number(severity) <= 2",
                     "--app-properties",
                     r#"{"severity":"3"}"#,
+                ],
+                "false",
+            ),
+            (
+                &[
+                    "--condition",
+                    "$enqueuedTime > '2022-06-06T22:56:06Z' AND $connectionDeviceId = 'd1'",
+                    "--system-properties",
+                    r#"{"$enqueuedTime":"2022-06-06T22:56:07Z","$connectionDeviceId":"d1"}"#,
+                ],
+                "true",
+            ),
+            (
+                &[
+                    "--condition",
+                    "$enqueuedTime > '2022-06-06T22:56:06Z' AND $connectionDeviceId = 'd1'",
+                    "--system-properties",
+                    r#"{"enqueuedTime":"2022-06-06T22:56:07Z","connectionDeviceId":"d1"}"#,
+                ],
+                "true",
+            ),
+            (
+                &[
+                    "--condition",
+                    "$enqueuedTime > '2022-06-06T22:56:06Z'",
+                    "--system-properties",
+                    r#"{"iothubEnqueuedTime":"2022-06-06T22:56:05Z"}"#,
                 ],
                 "false",
             ),

@@ -1,17 +1,15 @@
 //! End-to-end tests of the routing engine as a service: the emulator feeds simulated device
-//! telemetry, the engine routes it into real sinks (Parquet on local disk, PostgreSQL, an HTTP
-//! webhook server in this test), and every count is checked against an independent computation
+//! telemetry, the engine routes it into real sinks (Parquet on local disk, PostgreSQL, the HTTP
+//! webhook receiver of `support`), and every count is checked against an independent computation
 //! of IoT Hub's routing decisions over the same deterministic messages.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, AsArray};
 use hubroute_emulator::simulate::{
     DeviceMessage, Rate, Simulation, SimulationConfig, SimulationTarget, StopAfter,
     TelemetryGenerator,
@@ -21,68 +19,9 @@ use hubroute_engine::config::LoadedConfig;
 use hubroute_engine::pipeline::RunningEngine;
 use hubroute_protocol::ConnectionString;
 
+use crate::support::{Hook, metrics_of, parquet_message_ids, wait_until};
+
 const DEVICES: u32 = 50;
-
-/// The HTTP endpoint of the webhook routes: records every message it accepts and can be told to
-/// hang (a stalled sink) until released.
-#[derive(Clone)]
-struct Hook {
-    addr: SocketAddr,
-    received: Arc<Mutex<Vec<serde_json::Value>>>,
-    stalled: Arc<AtomicBool>,
-    /// Answer 400 (a permanent failure) to every request.
-    rejecting: Arc<AtomicBool>,
-}
-
-impl Hook {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let hook = Self {
-            addr: listener.local_addr().unwrap(),
-            received: Arc::default(),
-            stalled: Arc::default(),
-            rejecting: Arc::default(),
-        };
-        let state = hook.clone();
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |body: axum::body::Bytes| {
-                let state = state.clone();
-                async move {
-                    while state.stalled.load(Ordering::SeqCst) {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    if state.rejecting.load(Ordering::SeqCst) {
-                        return axum::http::StatusCode::BAD_REQUEST;
-                    }
-                    let events: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
-                    state.received.lock().unwrap().extend(events);
-                    axum::http::StatusCode::OK
-                }
-            }),
-        );
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        hook
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
-    }
-
-    fn message_ids(&self) -> Vec<String> {
-        self.received
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                e["systemProperties"]["messageId"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect()
-    }
-}
 
 async fn emulator() -> RunningEmulator {
     Emulator::start(EmulatorConfig {
@@ -152,17 +91,6 @@ fn committed(engine: &RunningEngine) -> u64 {
         .sum()
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(
-            started.elapsed() < timeout,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// `config` with its dead letters stored under `dir`.
 fn with_local_dead_letters(config: String, dir: &Path) -> String {
     config
@@ -192,39 +120,6 @@ fn metric_sum(text: &str, prefix: &str) -> u64 {
         .filter(|line| line.starts_with(prefix))
         .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum()
-}
-
-/// `message_id` of every row of every Parquet file under `dir`.
-fn parquet_message_ids(dir: &Path) -> Vec<String> {
-    let mut ids = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "parquet") {
-                let file = std::fs::File::open(&path).unwrap();
-                let reader =
-                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-                        .unwrap()
-                        .build()
-                        .unwrap();
-                for batch in reader {
-                    let batch = batch.unwrap();
-                    let column = batch
-                        .column_by_name("message_id")
-                        .unwrap()
-                        .as_string::<i32>();
-                    ids.extend((0..column.len()).map(|i| column.value(i).to_owned()));
-                }
-            }
-        }
-    }
-    ids
 }
 
 async fn postgres() -> tokio_postgres::Client {
@@ -888,7 +783,7 @@ async fn a_killed_engine_restarts_from_its_checkpoints_and_loses_nothing() {
 }
 
 #[test]
-fn route_test_with_a_config_names_the_routes_and_endpoints_a_message_reaches() {
+fn route_test_with_a_config_names_the_routes_endpoints_and_enrichments_a_message_reaches() {
     let dir = tempfile::tempdir().unwrap();
     let config = routing_config(
         dir.path(),
@@ -902,16 +797,23 @@ fn route_test_with_a_config_names_the_routes_and_endpoints_a_message_reaches() {
         (
             r#"{"body":{"temperature":31,"status":"alarm","location":{"line":"line-1"}},
                 "appProperties":{"severity":"high"},
-                "systemProperties":{"contentType":"application/json","contentEncoding":"utf-8"}}"#,
-            "routes: hot, alarms, high-severity, line-one\nfallback: no\nendpoints: lake, alerts-db, ops-hook\n",
+                "systemProperties":{"contentType":"application/json","contentEncoding":"utf-8"},
+                "twin":{"tags":{"site":"plant-7"}}}"#,
+            "routes: hot, alarms, high-severity, line-one\nfallback: no\nendpoints: lake, alerts-db, ops-hook\n\
+             enrichments:\n  ops-hook: hub=\"plant-hub\", site=\"plant-7\"\n",
         ),
         (
             r#"{"body":{"temperature":20},"systemProperties":{"contentType":"application/json","contentEncoding":"utf-8"}}"#,
-            "routes: (none)\nfallback: yes\nendpoints: lake\n",
+            "routes: (none)\nfallback: yes\nendpoints: lake\nenrichments: (none)\n",
         ),
         (
             r#"{"body":{"temperature":40}}"#,
-            "routes: (none)\nfallback: yes\nendpoints: lake\n",
+            "routes: (none)\nfallback: yes\nendpoints: lake\nenrichments: (none)\n",
+        ),
+        (
+            r#"{"appProperties":{"severity":"high"}}"#,
+            "routes: high-severity\nfallback: no\nendpoints: ops-hook\n\
+             enrichments:\n  ops-hook: hub=\"plant-hub\", site=\"$twin.tags.site\"\n",
         ),
     ];
     for (message, expected) in cases {
@@ -967,17 +869,6 @@ fn quickstart_routes_live_and_reports_where_the_data_landed() {
 fn messages_of_quickstart(events: u64) -> Vec<DeviceMessage> {
     let mut generator = TelemetryGenerator::new(0, NonZeroU32::new(100).unwrap());
     (0..events).map(|_| generator.next_message()).collect()
-}
-
-/// Reads `/routes` of a running engine.
-/// The engine's Prometheus metrics text.
-async fn metrics_of(addr: impl std::fmt::Display) -> String {
-    reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 /// The engine's `/routes` document.

@@ -5,9 +5,11 @@
 //! Peers that `.ci/test` provides are located through `support`; a missing peer fails the test
 //! with instructions, it never skips.
 
+mod check;
 mod crate_graph;
 mod emulator;
 mod engine;
-mod pipeline;
+mod example;
+mod logs;
 mod source;
 mod support;

@@ -1,16 +1,24 @@
 //! Shared helpers of the end-to-end tests: locating peers (the `hubroute` binary, Python with the
-//! official Azure SDK), running the emulator as a child process, and reading events back with a
-//! plain fe2o3-amqp receiver.
+//! official Azure SDK), running the emulator as a child process, reading events back with a plain
+//! fe2o3-amqp receiver, a webhook receiver for the engine's webhook endpoints, and reading what the
+//! engine wrote and reports (Parquet files, `/metrics`).
 //!
 //! A missing peer is a failure with instructions, never a skip.
 
 use std::{
     io::{BufRead as _, BufReader},
-    path::PathBuf,
+    net::SocketAddr,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::Duration,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
 };
+
+use arrow::array::{Array, AsArray};
 
 use fe2o3_amqp::{
     Connection, Receiver, Session,
@@ -74,7 +82,7 @@ pub(crate) fn run_python(script: &str, args: &[&str]) -> String {
         .stderr(stderr.try_clone().expect("clone stderr file"))
         .spawn()
         .unwrap_or_else(|error| panic!("running {}: {error}", path.display()));
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().expect("waiting for Python") {
             break Some(status);
@@ -114,6 +122,27 @@ pub(crate) fn run_python(script: &str, args: &[&str]) -> String {
     }
 }
 
+/// The lines a child writes to `output` (its piped stdout or stderr). A thread keeps draining the
+/// pipe to its end, even once the receiver is dropped, so the child never blocks on (or dies of) a
+/// full pipe.
+pub(crate) fn lines_of(output: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (lines_tx, lines) = mpsc::sync_channel(16);
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    lines
+}
+
+/// `hubroute emulator` with its AMQP listener and HTTP ingress on free loopback ports.
+pub(crate) fn emulator_command() -> Command {
+    let mut command = hubroute();
+    command.args(["emulator", "--listen", "127.0.0.1:0"]);
+    command.args(["--http", "127.0.0.1:0"]);
+    command
+}
+
 /// A `hubroute emulator` child process, killed on drop.
 #[derive(Debug)]
 pub(crate) struct EmulatorProcess {
@@ -128,14 +157,7 @@ impl EmulatorProcess {
     /// Starts `hubroute emulator --listen 127.0.0.1:0 --http 127.0.0.1:0 <args>` and waits until it
     /// has printed `hubs` connection strings and its ingress address.
     pub(crate) fn start(args: &[&str], hubs: usize) -> Self {
-        let mut child = hubroute()
-            .args([
-                "emulator",
-                "--listen",
-                "127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-            ])
+        let mut child = emulator_command()
             .args(args)
             // fe2o3-amqp logs every peer disconnect as an error; keep the test output readable.
             .env(
@@ -146,14 +168,7 @@ impl EmulatorProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawning `hubroute emulator`");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (lines_tx, lines) = mpsc::sync_channel(16);
-        // Keeps draining stdout after start-up so the child never blocks on (or dies of) a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = lines_tx.send(line);
-            }
-        });
+        let lines = lines_of(child.stdout.take().expect("piped stdout"));
         let mut process = Self {
             child,
             connection_strings: Vec::new(),
@@ -321,4 +336,123 @@ pub(crate) fn app_property(message: &Message<Body<Value>>, name: &str) -> Option
         fe2o3_amqp::types::primitives::SimpleValue::String(s) => Some(s.clone()),
         other => Some(format!("{other:?}")),
     }
+}
+
+/// An HTTP webhook receiver: records every message it accepts and can be told to
+/// hang (a stalled sink) until released.
+#[derive(Clone)]
+pub(crate) struct Hook {
+    addr: SocketAddr,
+    pub(crate) received: Arc<Mutex<Vec<serde_json::Value>>>,
+    pub(crate) stalled: Arc<AtomicBool>,
+    /// Answer 400 (a permanent failure) to every request.
+    pub(crate) rejecting: Arc<AtomicBool>,
+}
+
+impl Hook {
+    /// Serves `POST /hook` on a free loopback port.
+    pub(crate) async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hook = Self {
+            addr: listener.local_addr().unwrap(),
+            received: Arc::default(),
+            stalled: Arc::default(),
+            rejecting: Arc::default(),
+        };
+        let state = hook.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let state = state.clone();
+                async move {
+                    while state.stalled.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    if state.rejecting.load(Ordering::SeqCst) {
+                        return axum::http::StatusCode::BAD_REQUEST;
+                    }
+                    let events: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+                    state.received.lock().unwrap().extend(events);
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        hook
+    }
+
+    /// The URL to configure as the webhook endpoint.
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    /// `systemProperties.messageId` of every message received, in arrival order.
+    pub(crate) fn message_ids(&self) -> Vec<String> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                e["systemProperties"]["messageId"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+}
+
+/// Polls `done` every 50 ms; panics naming `what` once `timeout` has passed.
+pub(crate) async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < timeout,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `message_id` of every row of every Parquet file under `dir`.
+pub(crate) fn parquet_message_ids(dir: &Path) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                let file = std::fs::File::open(&path).unwrap();
+                let reader =
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                        .unwrap()
+                        .build()
+                        .unwrap();
+                for batch in reader {
+                    let batch = batch.unwrap();
+                    let column = batch
+                        .column_by_name("message_id")
+                        .unwrap()
+                        .as_string::<i32>();
+                    ids.extend((0..column.len()).map(|i| column.value(i).to_owned()));
+                }
+            }
+        }
+    }
+    ids
+}
+
+/// The Prometheus metrics text a running engine serves at `addr`.
+pub(crate) async fn metrics_of(addr: impl std::fmt::Display) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }

@@ -74,6 +74,9 @@ pub struct Explanation {
     pub fallback: bool,
     /// Endpoints the message is delivered to, each once, in configuration order.
     pub endpoints: Vec<String>,
+    /// The application properties enrichments add, per endpoint of `endpoints` that has any (in
+    /// the same order): `(endpoint, [(key, value), …])`, keys in configuration order.
+    pub enrichments: Vec<(String, Vec<(String, String)>)>,
 }
 
 impl RoutingTable {
@@ -211,10 +214,14 @@ impl RoutingTable {
         })
     }
 
-    /// Which routes and endpoints `message` reaches.
+    /// Which routes and endpoints `message` reaches, and what enrichments each endpoint adds.
     pub fn explain(&self, message: &Message) -> Result<Explanation> {
         let batch = MessageBatchBuilder::batch_of(std::slice::from_ref(message))?;
         let routed = self.route(&batch)?;
+        let reached: Vec<usize> = (0..self.endpoints.len())
+            .filter(|&endpoint| !routed.rows[endpoint].is_empty())
+            .collect();
+        let twin = message.twin.as_deref();
         Ok(Explanation {
             routes: self
                 .routes
@@ -224,14 +231,28 @@ impl RoutingTable {
                 .map(|(r, _)| r.name.clone())
                 .collect(),
             fallback: routed.fallback > 0,
-            endpoints: self
-                .endpoints
+            endpoints: reached
                 .iter()
-                .zip(&routed.rows)
-                .filter(|(_, rows)| !rows.is_empty())
-                .map(|(e, _)| e.clone())
+                .map(|&endpoint| self.endpoints[endpoint].clone())
+                .collect(),
+            enrichments: reached
+                .iter()
+                .filter_map(|&endpoint| {
+                    let added: Vec<(String, String)> = self
+                        .enrichments_of(endpoint)
+                        .map(|e| (e.key.clone(), e.value.resolve(twin)))
+                        .collect();
+                    (!added.is_empty()).then(|| (self.endpoints[endpoint].clone(), added))
+                })
                 .collect(),
         })
+    }
+
+    /// The enrichments of `endpoint`, in configuration order.
+    fn enrichments_of(&self, endpoint: usize) -> impl Iterator<Item = &Enrichment> {
+        self.enrichments
+            .iter()
+            .filter(move |e| e.endpoints.contains(&endpoint))
     }
 
     /// The rows of `batch` bound for `endpoint`, with that endpoint's enrichments added as
@@ -244,11 +265,7 @@ impl RoutingTable {
     ) -> Result<RecordBatch> {
         let indices = UInt32Array::from(rows.to_vec());
         let taken = take_record_batch(batch, &indices).map_err(hubroute_message::Error::from)?;
-        let enrichments: Vec<&Enrichment> = self
-            .enrichments
-            .iter()
-            .filter(|e| e.endpoints.contains(&endpoint))
-            .collect();
+        let enrichments: Vec<&Enrichment> = self.enrichments_of(endpoint).collect();
         if enrichments.is_empty() {
             return Ok(taken);
         }

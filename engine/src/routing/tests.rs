@@ -107,25 +107,41 @@ fn rows_reach_each_matching_endpoint_once() {
 }
 
 #[test]
-fn explain_names_routes_endpoints_and_fallback() {
+fn explain_names_routes_endpoints_fallback_and_enrichments() {
     let table = table();
+    let enriched = |location: &str| {
+        let added = [("hub", "my-hub"), ("location", location)];
+        let added = added.map(|(k, v)| (k.to_owned(), v.to_owned())).to_vec();
+        vec![("a".to_owned(), added)]
+    };
     let cases = [
         (
             Some("critical"),
+            Some(r#"{"tags":{"location":"lab"}}"#),
             vec!["hot", "critical-a", "critical-c"],
             false,
             vec!["a", "c"],
+            enriched("lab"),
         ),
-        (Some("cold"), vec![], true, vec!["fb"]),
-        (Some("ignore"), vec![], false, vec![]),
+        (
+            Some("hot"),
+            None,
+            vec!["hot"],
+            false,
+            vec!["a"],
+            enriched("$twin.tags.location"),
+        ),
+        (Some("cold"), None, vec![], true, vec!["fb"], vec![]),
+        (Some("ignore"), None, vec![], false, vec![], vec![]),
     ];
-    for (level, routes, fallback, endpoints) in cases {
+    for (level, twin, routes, fallback, endpoints, enrichments) in cases {
         let explanation = table
-            .explain(&message(level, "Telemetry", None))
+            .explain(&message(level, "Telemetry", twin))
             .expect("explain");
         assert_eq!(explanation.routes, routes, "{level:?}");
         assert_eq!(explanation.fallback, fallback, "{level:?}");
         assert_eq!(explanation.endpoints, endpoints, "{level:?}");
+        assert_eq!(explanation.enrichments, enrichments, "{level:?}");
     }
 }
 

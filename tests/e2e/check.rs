@@ -1,5 +1,5 @@
-//! End-to-end tests of the routing engine's configuration through the real binary: `hubroute
-//! check` accepts the shipped example and points a bad condition at its line and column.
+//! End-to-end tests of `hubroute check` through the real binary: it accepts the shipped example and
+//! points a bad condition at its line and column.
 
 use std::process::Command;
 
@@ -29,14 +29,15 @@ fn check_accepts_the_example_and_locates_a_bad_condition() {
     let text = std::fs::read_to_string(&example).expect("read example");
     let line = text
         .lines()
-        .position(|l| l == "condition = \"level = 'critical'\"")
-        .expect("example has the critical route")
+        .position(|l| l == "condition = \"severity = 'high'\"")
+        .expect("example has the high-severity route")
         + 1;
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, text.replace("level = 'critical'", "level = = 1")).expect("write");
+    std::fs::write(&bad, text.replace("severity = 'high'", "severity = = 1")).expect("write");
     let (ok, _, stderr) = check(&bad);
     assert!(!ok);
-    let expected = format!("bad.toml:{line}:13: route `critical`: the condition does not compile");
+    let expected =
+        format!("bad.toml:{line}:13: route `high-severity`: the condition does not compile");
     assert!(stderr.contains(&expected), "{expected:?} not in {stderr}");
 }

@@ -1,12 +1,14 @@
-//! Type checking and lowering of the AST into an evaluation tree over shared input slots.
+//! Type checking of the AST into an evaluation tree ([`Node`]) over shared input slots.
 //!
 //! IoT Hub rejects statically ill-typed conditions when a route is saved; so do we, with a positioned
 //! message and a suggestion. Application and system properties are statically strings, literals have
 //! their own type, and body/twin values are `Dynamic` (checked at run time, never converted).
 //!
-//! Every property, body path and twin path a condition reads becomes a [`Slot`] interned in a [`Plan`]
-//! shared by all conditions of a route set, so each is extracted once per batch however many routes
-//! use it.
+//! Every property, body path and twin path a condition reads becomes a [`Slot`] interned in the
+//! [`UniqueInputs`] shared by all conditions of a route set, so each is extracted once per batch
+//! however many routes use it.
+
+use std::ops::RangeInclusive;
 
 use crate::error::{Diagnostic, Error, Result};
 use crate::parser::{BinaryOp, Expr, ExprKind, Literal, NameForm};
@@ -99,13 +101,13 @@ pub(crate) enum Slot {
     },
 }
 
-/// The inputs of a set of conditions, deduplicated.
+/// The inputs of a set of conditions, each once: a [`Node::Input`] is an index into `slots`.
 #[derive(Debug, Default)]
-pub(crate) struct Plan {
+pub(crate) struct UniqueInputs {
     pub(crate) slots: Vec<Slot>,
 }
 
-impl Plan {
+impl UniqueInputs {
     fn intern(&mut self, slot: Slot) -> usize {
         if let Some(i) = self.slots.iter().position(|s| *s == slot) {
             return i;
@@ -115,7 +117,7 @@ impl Plan {
     }
 }
 
-/// The lowered, type-checked expression.
+/// A type-checked expression.
 #[derive(Debug, Clone)]
 pub(crate) enum Node {
     Const(Val<'static>),
@@ -126,161 +128,87 @@ pub(crate) enum Node {
     Call(Function, Vec<Node>),
 }
 
-/// Argument kinds of function signatures.
+/// What a function's arguments must be.
 #[derive(Debug, Clone, Copy)]
-enum Param {
-    Number,
-    String,
+enum Params {
+    Numbers,
+    Strings,
+    /// `as_number`: a number passes through, anything else must be a string.
     StringOrNumber,
+    /// `substring(s, start[, length])`.
+    StringThenNumbers,
     Any,
 }
 
-/// `(name, function, min args, max args, parameter kind, result type)`.
-const FUNCTIONS: [(&str, Function, usize, usize, Param, Type); 26] = [
-    ("abs", Function::Abs, 1, 1, Param::Number, Type::Number),
-    ("exp", Function::Exp, 1, 1, Param::Number, Type::Number),
-    ("power", Function::Power, 2, 2, Param::Number, Type::Number),
-    (
-        "square",
-        Function::Square,
-        1,
-        1,
-        Param::Number,
-        Type::Number,
-    ),
-    (
-        "ceiling",
-        Function::Ceiling,
-        1,
-        1,
-        Param::Number,
-        Type::Number,
-    ),
-    ("floor", Function::Floor, 1, 1, Param::Number, Type::Number),
-    ("sign", Function::Sign, 1, 1, Param::Number, Type::Number),
-    ("sqrt", Function::Sqrt, 1, 1, Param::Number, Type::Number),
-    (
-        "as_number",
-        Function::AsNumber,
-        1,
-        1,
-        Param::StringOrNumber,
-        Type::Number,
-    ),
-    ("is_array", Function::IsArray, 1, 1, Param::Any, Type::Bool),
-    ("is_bool", Function::IsBool, 1, 1, Param::Any, Type::Bool),
-    (
-        "is_defined",
-        Function::IsDefined,
-        1,
-        1,
-        Param::Any,
-        Type::Bool,
-    ),
-    ("is_null", Function::IsNull, 1, 1, Param::Any, Type::Bool),
-    (
-        "is_number",
-        Function::IsNumber,
-        1,
-        1,
-        Param::Any,
-        Type::Bool,
-    ),
-    (
-        "is_object",
-        Function::IsObject,
-        1,
-        1,
-        Param::Any,
-        Type::Bool,
-    ),
-    (
-        "is_primitive",
-        Function::IsPrimitive,
-        1,
-        1,
-        Param::Any,
-        Type::Bool,
-    ),
-    (
-        "is_string",
-        Function::IsString,
-        1,
-        1,
-        Param::Any,
-        Type::Bool,
-    ),
-    (
-        "concat",
-        Function::Concat,
-        2,
-        usize::MAX,
-        Param::String,
-        Type::String,
-    ),
-    (
-        "length",
-        Function::Length,
-        1,
-        1,
-        Param::String,
-        Type::Number,
-    ),
-    ("lower", Function::Lower, 1, 1, Param::String, Type::String),
-    ("upper", Function::Upper, 1, 1, Param::String, Type::String),
-    (
-        "substring",
-        Function::Substring,
-        2,
-        3,
-        Param::String,
-        Type::String,
-    ),
-    (
-        "index_of",
-        Function::IndexOf,
-        2,
-        2,
-        Param::String,
-        Type::Number,
-    ),
-    (
-        "starts_with",
-        Function::StartsWith,
-        2,
-        2,
-        Param::String,
-        Type::Bool,
-    ),
-    (
-        "ends_with",
-        Function::EndsWith,
-        2,
-        2,
-        Param::String,
-        Type::Bool,
-    ),
-    (
-        "contains",
-        Function::Contains,
-        2,
-        2,
-        Param::String,
-        Type::Bool,
-    ),
+/// A built-in function: its name, how many arguments it takes, of what type, and its result type.
+#[derive(Debug)]
+struct Builtin {
+    name: &'static str,
+    function: Function,
+    arity: RangeInclusive<usize>,
+    params: Params,
+    result: Type,
+}
+
+const fn builtin(
+    name: &'static str,
+    function: Function,
+    arity: RangeInclusive<usize>,
+    params: Params,
+    result: Type,
+) -> Builtin {
+    Builtin {
+        name,
+        function,
+        arity,
+        params,
+        result,
+    }
+}
+
+/// Every function of the route language (names match case-insensitively). Laid out by hand, one
+/// line per function, so the table reads as one.
+#[rustfmt::skip]
+const FUNCTIONS: [Builtin; 26] = [
+    builtin("abs", Function::Abs, 1..=1, Params::Numbers, Type::Number),
+    builtin("exp", Function::Exp, 1..=1, Params::Numbers, Type::Number),
+    builtin("power", Function::Power, 2..=2, Params::Numbers, Type::Number),
+    builtin("square", Function::Square, 1..=1, Params::Numbers, Type::Number),
+    builtin("ceiling", Function::Ceiling, 1..=1, Params::Numbers, Type::Number),
+    builtin("floor", Function::Floor, 1..=1, Params::Numbers, Type::Number),
+    builtin("sign", Function::Sign, 1..=1, Params::Numbers, Type::Number),
+    builtin("sqrt", Function::Sqrt, 1..=1, Params::Numbers, Type::Number),
+    builtin("as_number", Function::AsNumber, 1..=1, Params::StringOrNumber, Type::Number),
+    builtin("is_array", Function::IsArray, 1..=1, Params::Any, Type::Bool),
+    builtin("is_bool", Function::IsBool, 1..=1, Params::Any, Type::Bool),
+    builtin("is_defined", Function::IsDefined, 1..=1, Params::Any, Type::Bool),
+    builtin("is_null", Function::IsNull, 1..=1, Params::Any, Type::Bool),
+    builtin("is_number", Function::IsNumber, 1..=1, Params::Any, Type::Bool),
+    builtin("is_object", Function::IsObject, 1..=1, Params::Any, Type::Bool),
+    builtin("is_primitive", Function::IsPrimitive, 1..=1, Params::Any, Type::Bool),
+    builtin("is_string", Function::IsString, 1..=1, Params::Any, Type::Bool),
+    builtin("concat", Function::Concat, 2..=usize::MAX, Params::Strings, Type::String),
+    builtin("length", Function::Length, 1..=1, Params::Strings, Type::Number),
+    builtin("lower", Function::Lower, 1..=1, Params::Strings, Type::String),
+    builtin("upper", Function::Upper, 1..=1, Params::Strings, Type::String),
+    builtin("substring", Function::Substring, 2..=3, Params::StringThenNumbers, Type::String),
+    builtin("index_of", Function::IndexOf, 2..=2, Params::Strings, Type::Number),
+    builtin("starts_with", Function::StartsWith, 2..=2, Params::Strings, Type::Bool),
+    builtin("ends_with", Function::EndsWith, 2..=2, Params::Strings, Type::Bool),
+    builtin("contains", Function::Contains, 2..=2, Params::Strings, Type::Bool),
 ];
 
-/// Type-checks `expr` and lowers it, interning its inputs into `plan`.
-pub(crate) fn lower(source: &str, expr: &Expr, plan: &mut Plan) -> Result<Node> {
-    Lowerer { source, plan }.lower(expr).map(|(node, _)| node)
+/// Type-checks `expr` (the text of `source`), interning the inputs it reads into `inputs`.
+pub(crate) fn check(source: &str, expr: &Expr, inputs: &mut UniqueInputs) -> Result<Node> {
+    Checker { source, inputs }.check(expr).map(|(node, _)| node)
 }
 
-struct Lowerer<'s, 'p> {
+struct Checker<'s, 'i> {
     source: &'s str,
-    plan: &'p mut Plan,
+    inputs: &'i mut UniqueInputs,
 }
 
-impl Lowerer<'_, '_> {
+impl Checker<'_, '_> {
     fn text(&self, expr: &Expr) -> &str {
         &self.source[expr.start..expr.end]
     }
@@ -324,7 +252,7 @@ impl Lowerer<'_, '_> {
         ))
     }
 
-    fn lower(&mut self, expr: &Expr) -> Result<(Node, Type)> {
+    fn check(&mut self, expr: &Expr) -> Result<(Node, Type)> {
         match &expr.kind {
             ExprKind::Literal(literal) => Ok(match literal {
                 Literal::Bool(b) => (Node::Const(Val::Bool(*b)), Type::Bool),
@@ -335,12 +263,12 @@ impl Lowerer<'_, '_> {
             }),
             ExprKind::Name { form, name } => self.name(expr, *form, name),
             ExprKind::Negate(operand) => {
-                let (node, ty) = self.lower(operand)?;
+                let (node, ty) = self.check(operand)?;
                 self.expect(operand, ty, Type::Number, "unary -")?;
                 Ok((Node::Negate(Box::new(node)), Type::Number))
             }
             ExprKind::Not(operand) => {
-                let (node, ty) = self.lower(operand)?;
+                let (node, ty) = self.check(operand)?;
                 if !(ty.may_be(Type::Bool) || ty == Type::Null) {
                     self.expect(operand, ty, Type::Bool, "NOT")?;
                 }
@@ -352,8 +280,8 @@ impl Lowerer<'_, '_> {
     }
 
     fn binary(&mut self, op: BinaryOp, left: &Expr, right: &Expr) -> Result<(Node, Type)> {
-        let (l, lt) = self.lower(left)?;
-        let (r, rt) = self.lower(right)?;
+        let (l, lt) = self.check(left)?;
+        let (r, rt) = self.check(right)?;
         let context = format!("`{}`", op.symbol());
         let ty = match op {
             BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::Rem => {
@@ -451,19 +379,17 @@ impl Lowerer<'_, '_> {
     }
 
     fn call(&mut self, expr: &Expr, name: &str, args: &[Expr]) -> Result<(Node, Type)> {
-        let Some(&(canonical, function, min, max, param, result)) = FUNCTIONS
-            .iter()
-            .find(|(n, ..)| n.eq_ignore_ascii_case(name))
-        else {
-            let known: Vec<&str> = FUNCTIONS.iter().map(|(n, ..)| *n).collect();
+        let Some(builtin) = FUNCTIONS.iter().find(|f| f.name.eq_ignore_ascii_case(name)) else {
+            let known: Vec<&str> = FUNCTIONS.iter().map(|f| f.name).collect();
             return Err(self.error(
                 expr,
                 format!("unknown function `{name}`"),
                 Some(format!("route conditions support: {}", known.join(", "))),
             ));
         };
-        if args.len() < min || args.len() > max {
-            let expected = match (min, max) {
+        let canonical = builtin.name;
+        if !builtin.arity.contains(&args.len()) {
+            let expected = match (*builtin.arity.start(), *builtin.arity.end()) {
                 (min, max) if min == max => format!("{min}"),
                 (min, usize::MAX) => format!("at least {min}"),
                 (min, max) => format!("{min} to {max}"),
@@ -479,25 +405,25 @@ impl Lowerer<'_, '_> {
         }
         let mut nodes = Vec::with_capacity(args.len());
         for (i, arg) in args.iter().enumerate() {
-            let (node, ty) = self.lower(arg)?;
-            let wanted = match (function, param, i) {
-                (Function::Substring, _, 1 | 2) | (_, Param::Number, _) => Some(Type::Number),
-                (_, Param::String, _) => Some(Type::String),
-                (_, Param::StringOrNumber, _) if ty == Type::Number => None,
-                (_, Param::StringOrNumber, _) => Some(Type::String),
-                (_, Param::Any, _) => None,
+            let (node, ty) = self.check(arg)?;
+            let wanted = match (builtin.params, i) {
+                (Params::Numbers, _) | (Params::StringThenNumbers, 1..) => Some(Type::Number),
+                (Params::Strings | Params::StringThenNumbers, _) => Some(Type::String),
+                (Params::StringOrNumber, _) if ty == Type::Number => None,
+                (Params::StringOrNumber, _) => Some(Type::String),
+                (Params::Any, _) => None,
             };
             if let Some(wanted) = wanted {
                 self.expect(arg, ty, wanted, &format!("{canonical}()"))?;
             }
             nodes.push(node);
         }
-        Ok((Node::Call(function, nodes), result))
+        Ok((Node::Call(builtin.function, nodes), builtin.result))
     }
 
     fn name(&mut self, expr: &Expr, form: NameForm, name: &str) -> Result<(Node, Type)> {
         if form == NameForm::App {
-            let slot = self.plan.intern(Slot::App(name.to_lowercase()));
+            let slot = self.inputs.intern(Slot::App(name.to_lowercase()));
             return Ok((Node::Input(slot), Type::String));
         }
         let system = if let Some(path) = strip_root(name, "body") {
@@ -517,7 +443,7 @@ impl Lowerer<'_, '_> {
                 .map(|(_, p)| (Slot::System(*p), Type::String))
         };
         match (form, system) {
-            (NameForm::Braced, Some((slot, ty))) => Ok((Node::Input(self.plan.intern(slot)), ty)),
+            (NameForm::Braced, Some((slot, ty))) => Ok((Node::Input(self.inputs.intern(slot)), ty)),
             (NameForm::Braced, None) => {
                 let known: Vec<String> = SYSTEM_PROPERTIES
                     .iter()
@@ -534,14 +460,17 @@ impl Lowerer<'_, '_> {
             }
             (_, Some((slot, ty))) => {
                 let app = self
-                    .plan
+                    .inputs
                     .intern(Slot::App(format!("${}", name.to_lowercase())));
-                let then = self.plan.intern(slot);
-                Ok((Node::Input(self.plan.intern(Slot::AppOr { app, then })), ty))
+                let then = self.inputs.intern(slot);
+                Ok((
+                    Node::Input(self.inputs.intern(Slot::AppOr { app, then })),
+                    ty,
+                ))
             }
             (_, None) => {
                 let slot = self
-                    .plan
+                    .inputs
                     .intern(Slot::App(format!("${}", name.to_lowercase())));
                 Ok((Node::Input(slot), Type::String))
             }
@@ -605,7 +534,7 @@ mod tests {
 
     fn suggestion(source: &str) -> Option<String> {
         let expr = parse(source).expect("parses").expect("not empty");
-        let error = lower(source, &expr, &mut Plan::default()).expect_err("ill-typed");
+        let error = check(source, &expr, &mut UniqueInputs::default()).expect_err("ill-typed");
         error.diagnostic().and_then(|d| d.suggestion.clone())
     }
 
@@ -641,22 +570,22 @@ mod tests {
 
     #[test]
     fn inputs_are_interned_once_across_conditions() {
-        let mut plan = Plan::default();
+        let mut inputs = UniqueInputs::default();
         for source in [
             "$body.a = 1 AND p = 'x'",
             "$body.a > 2 OR P = 'y'",
             "$body.b = 1",
         ] {
             let expr = parse(source).expect("parses").expect("not empty");
-            lower(source, &expr, &mut plan).expect("well typed");
+            check(source, &expr, &mut inputs).expect("well typed");
         }
-        let bodies = plan
+        let bodies = inputs
             .slots
             .iter()
             .filter(|s| matches!(s, Slot::Body(_)))
             .count();
-        assert_eq!(bodies, 2, "{:?}", plan.slots);
-        let p = plan
+        assert_eq!(bodies, 2, "{:?}", inputs.slots);
+        let p = inputs
             .slots
             .iter()
             .filter(|s| **s == Slot::App("p".to_owned()));

@@ -1,6 +1,6 @@
-//! Compiled conditions and their evaluation over message batches.
+//! The public face of the crate: compiled conditions, and what evaluating them over a batch yields.
 //!
-//! A [`RouteSet`] holds many conditions over one shared input [`Plan`]: per batch it parses each
+//! A [`RouteSet`] holds many conditions over one set of [`UniqueInputs`]: per batch it parses each
 //! referenced body/twin once and extracts every referenced input once into Arrow columns, then
 //! evaluates the conditions as DataFusion physical expressions over them (`physical.rs`), with the
 //! subexpressions that several routes share (`$body.status = 'alarm'`, `as_number(severity)`)
@@ -12,7 +12,7 @@ use arrow::buffer::{BooleanBuffer, NullBuffer};
 use arrow::record_batch::RecordBatch;
 use hubroute_message::{Message, MessageBatchBuilder, MessageColumns};
 
-use crate::compile::{Node, Plan, lower};
+use crate::check::{Node, UniqueInputs, check};
 use crate::error::{Error, Result};
 use crate::extract::{extract, parse_documents, slot_repr};
 use crate::parser::parse;
@@ -59,7 +59,7 @@ pub struct RouteSetOutcome {
 /// Many compiled conditions sharing input extraction and common subexpressions.
 #[derive(Debug)]
 pub struct RouteSet {
-    plan: Plan,
+    inputs: UniqueInputs,
     physical: PhysicalPlan,
 }
 
@@ -69,29 +69,29 @@ type Verdicts = Vec<(BooleanBuffer, NullBuffer)>;
 impl RouteSet {
     /// Compiles many conditions at once; index-aligned with the input.
     pub fn compile<'a>(conditions: impl IntoIterator<Item = &'a str>) -> Result<Self> {
-        let mut plan = Plan::default();
+        let mut inputs = UniqueInputs::default();
         let mut nodes = Vec::new();
         for (index, condition) in conditions.into_iter().enumerate() {
-            let node = compile_into(condition, &mut plan).map_err(|source| Error::Route {
+            let node = compile_into(condition, &mut inputs).map_err(|source| Error::Route {
                 index,
                 source: Box::new(source),
             })?;
             nodes.push(node);
         }
-        Self::new(plan, &nodes)
+        Self::new(inputs, &nodes)
     }
 
-    fn new(plan: Plan, conditions: &[Option<Node>]) -> Result<Self> {
+    fn new(inputs: UniqueInputs, conditions: &[Option<Node>]) -> Result<Self> {
         let mut dag = Dag::default();
         let roots: Vec<Option<usize>> = conditions
             .iter()
             .map(|node| node.as_ref().map(|n| dag.intern(n)))
             .collect();
-        let inputs: Vec<_> = (0..plan.slots.len())
-            .map(|slot| slot_repr(&plan, slot))
+        let layouts: Vec<_> = (0..inputs.slots.len())
+            .map(|slot| slot_repr(&inputs, slot))
             .collect();
-        let physical = PhysicalPlan::new(&dag, &inputs, &roots)?;
-        Ok(Self { plan, physical })
+        let physical = PhysicalPlan::new(&dag, &layouts, &roots)?;
+        Ok(Self { inputs, physical })
     }
 
     /// Number of conditions.
@@ -140,8 +140,8 @@ impl RouteSet {
     fn verdicts(&self, batch: &RecordBatch) -> Result<Verdicts> {
         let columns = MessageColumns::try_new(batch)?;
         let rows = columns.len();
-        let documents = parse_documents(&columns, &self.plan);
-        let inputs = extract(&columns, &documents, &self.plan);
+        let documents = parse_documents(&columns, &self.inputs);
+        let inputs = extract(&columns, &documents, &self.inputs);
         let values = self.physical.evaluate(inputs, rows)?;
         values
             .iter()
@@ -153,9 +153,9 @@ impl RouteSet {
     }
 }
 
-fn compile_into(condition: &str, plan: &mut Plan) -> Result<Option<Node>> {
+fn compile_into(condition: &str, inputs: &mut UniqueInputs) -> Result<Option<Node>> {
     parse(condition)?
-        .map(|expr| lower(condition, &expr, plan))
+        .map(|expr| check(condition, &expr, inputs))
         .transpose()
 }
 
@@ -169,10 +169,10 @@ pub struct RouteCondition {
 ///
 /// Errors render as `line L, column C: message`, the offending line with a caret, and a suggestion.
 pub fn compile(condition: &str) -> Result<RouteCondition> {
-    let mut plan = Plan::default();
-    let node = compile_into(condition, &mut plan)?;
+    let mut inputs = UniqueInputs::default();
+    let node = compile_into(condition, &mut inputs)?;
     Ok(RouteCondition {
-        set: RouteSet::new(plan, &[node])?,
+        set: RouteSet::new(inputs, &[node])?,
     })
 }
 
@@ -238,6 +238,15 @@ mod tests {
             let truth = compiled.evaluate_message(&message).expect("evaluates");
             assert_eq!(truth, expected, "{condition}");
         }
+    }
+
+    #[test]
+    fn zero_and_negative_zero_literals_are_not_shared() {
+        let set = RouteSet::compile(["1 / 0 > 0", "1 / -0 > 0"]).expect("compiles");
+        let batch =
+            MessageBatchBuilder::batch_of(&[Message::telemetry(Vec::new())]).expect("batch");
+        let truths = set.truths(&batch).expect("evaluates");
+        assert_eq!(truths, [[Truth::True], [Truth::False]]);
     }
 
     #[test]
