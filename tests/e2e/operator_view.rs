@@ -9,7 +9,9 @@ use std::num::NonZeroU32;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use hubroute_emulator::simulate::{Rate, Simulation, SimulationConfig, SimulationTarget, StopAfter};
+use hubroute_emulator::simulate::{
+    Rate, Simulation, SimulationConfig, SimulationTarget, StopAfter,
+};
 use hubroute_emulator::{Emulator, EmulatorConfig, RunningEmulator};
 use hubroute_engine::config::LoadedConfig;
 use hubroute_engine::pipeline::RunningEngine;
@@ -38,7 +40,11 @@ impl LiveEngine {
         .expect("the emulator starts");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hubroute.toml");
-        std::fs::write(&path, config(dir.path(), &emulator.connection_string("hub"))).unwrap();
+        std::fs::write(
+            &path,
+            config(dir.path(), &emulator.connection_string("hub")),
+        )
+        .unwrap();
         let engine = RunningEngine::start(LoadedConfig::load(&path).unwrap())
             .await
             .expect("the engine starts");
@@ -68,8 +74,10 @@ impl LiveEngine {
         loop {
             let metrics = live.metrics().await;
             let done = value(&metrics, "hubroute_events_routed_total") == Some(EVENTS as f64)
-                && value(&metrics, "hubroute_endpoint_delivered_total{endpoint=\"lake\"}")
-                    == Some(EVENTS as f64)
+                && value(
+                    &metrics,
+                    "hubroute_endpoint_delivered_total{endpoint=\"lake\"}",
+                ) == Some(EVENTS as f64)
                 && (0..4).all(|p| {
                     value(
                         &metrics,
@@ -217,30 +225,94 @@ fn expected_values(metrics: &str) -> BTreeMap<(String, String, String), String> 
         );
     };
     for route in ["archive", "hot-temperature", "never-defined"] {
-        put("routes", route, "matched", format!("hubroute_route_matched_total{{route=\"{route}\"}}"));
-        put("routes", route, "undefined", format!("hubroute_route_undefined_total{{route=\"{route}\"}}"));
+        put(
+            "routes",
+            route,
+            "matched",
+            format!("hubroute_route_matched_total{{route=\"{route}\"}}"),
+        );
+        put(
+            "routes",
+            route,
+            "undefined",
+            format!("hubroute_route_undefined_total{{route=\"{route}\"}}"),
+        );
     }
     for endpoint in ["lake", "alerts-db"] {
         let labels = format!("{{endpoint=\"{endpoint}\"}}");
-        put("endpoints", endpoint, "delivered", format!("hubroute_endpoint_delivered_total{labels}"));
-        put("endpoints", endpoint, "failed", format!("hubroute_endpoint_failed_total{labels}"));
-        put("endpoints", endpoint, "dead_lettered", format!("hubroute_endpoint_dead_lettered_total{labels}"));
-        put("endpoints", endpoint, "queue_depth", format!("hubroute_endpoint_queue_depth{labels}"));
+        put(
+            "endpoints",
+            endpoint,
+            "delivered",
+            format!("hubroute_endpoint_delivered_total{labels}"),
+        );
+        put(
+            "endpoints",
+            endpoint,
+            "failed",
+            format!("hubroute_endpoint_failed_total{labels}"),
+        );
+        put(
+            "endpoints",
+            endpoint,
+            "dead_lettered",
+            format!("hubroute_endpoint_dead_lettered_total{labels}"),
+        );
+        put(
+            "endpoints",
+            endpoint,
+            "queue_depth",
+            format!("hubroute_endpoint_queue_depth{labels}"),
+        );
     }
     for partition in 0..4 {
         let labels = format!("{{partition=\"{partition}\"}}");
         let row = partition.to_string();
-        put("partitions", &row, "events", format!("hubroute_partition_events_total{labels}"));
-        put("partitions", &row, "lag_events", format!("hubroute_partition_lag_events{labels}"));
-        put("partitions", &row, "checkpoint", format!("hubroute_partition_checkpoint_sequence_number{labels}"));
+        put(
+            "partitions",
+            &row,
+            "events",
+            format!("hubroute_partition_events_total{labels}"),
+        );
+        put(
+            "partitions",
+            &row,
+            "lag_events",
+            format!("hubroute_partition_lag_events{labels}"),
+        );
+        put(
+            "partitions",
+            &row,
+            "checkpoint",
+            format!("hubroute_partition_checkpoint_sequence_number{labels}"),
+        );
     }
-    put("totals", "", "events_routed", "hubroute_events_routed_total".to_owned());
-    put("totals", "", "fallback_matched", "hubroute_fallback_matched_total".to_owned());
-    put("totals", "", "reconnects", "hubroute_source_reconnects".to_owned());
+    put(
+        "totals",
+        "",
+        "events_routed",
+        "hubroute_events_routed_total".to_owned(),
+    );
+    put(
+        "totals",
+        "",
+        "fallback_matched",
+        "hubroute_fallback_matched_total".to_owned(),
+    );
+    put(
+        "totals",
+        "",
+        "reconnects",
+        "hubroute_source_reconnects".to_owned(),
+    );
     let mut with_health = expected;
     for endpoint in ["lake", "alerts-db"] {
         with_health.insert(
-            ("endpoints".to_owned(), endpoint.to_owned(), "health".to_owned()),
+            (
+                "endpoints".to_owned(),
+                endpoint.to_owned(),
+                "health".to_owned(),
+            ),
             health(metrics, endpoint).unwrap_or_else(|| panic!("no health of {endpoint}")),
         );
     }
@@ -265,8 +337,14 @@ async fn the_status_page_draws_its_charts_and_shows_the_numbers_of_metrics_in_ch
     let client = reqwest::Client::new();
     let index = client.get(format!("{url}/")).send().await.unwrap();
     assert_eq!(index.status(), 200);
-    let policy = index.headers()["content-security-policy"].to_str().unwrap().to_owned();
-    assert!(policy.contains("default-src 'none'") && policy.contains("script-src 'self'"), "{policy}");
+    let policy = index.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        policy.contains("default-src 'none'") && policy.contains("script-src 'self'"),
+        "{policy}"
+    );
     for path in ["/", "/status", "/metrics"] {
         let post = client.post(format!("{url}{path}")).send().await.unwrap();
         assert_eq!(post.status(), 405, "POST {path} must be refused");
@@ -294,7 +372,9 @@ async fn the_status_page_draws_its_charts_and_shows_the_numbers_of_metrics_in_ch
     let (expected, shown) = loop {
         let expected = expected_values(&live.metrics().await);
         let shown = page_values(&browser).await;
-        let agree = expected.iter().all(|(key, value)| shown.get(key) == Some(value));
+        let agree = expected
+            .iter()
+            .all(|(key, value)| shown.get(key) == Some(value));
         if agree || started.elapsed() > Duration::from_secs(20) {
             break (expected, shown);
         }
@@ -305,9 +385,17 @@ async fn the_status_page_draws_its_charts_and_shows_the_numbers_of_metrics_in_ch
         .filter(|(key, value)| shown.get(*key) != Some(*value))
         .map(|(key, value)| format!("{key:?}: /metrics {value}, page {:?}", shown.get(key)))
         .collect();
-    assert!(wrong.is_empty(), "the page disagrees with /metrics:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "the page disagrees with /metrics:\n{}",
+        wrong.join("\n")
+    );
     assert_eq!(
-        expected[&("routes".to_owned(), "never-defined".to_owned(), "undefined".to_owned())],
+        expected[&(
+            "routes".to_owned(),
+            "never-defined".to_owned(),
+            "undefined".to_owned()
+        )],
         EVENTS.to_string()
     );
     // Latency quantiles are drawn from the histogram for endpoints that committed.
@@ -411,7 +499,12 @@ fn dashboard_expressions(dashboard: &Value) -> Vec<String> {
     fn panels(list: &Value, out: &mut Vec<String>) {
         for panel in list.as_array().into_iter().flatten() {
             for target in panel["targets"].as_array().into_iter().flatten() {
-                out.push(target["expr"].as_str().expect("a target with expr").to_owned());
+                out.push(
+                    target["expr"]
+                        .as_str()
+                        .expect("a target with expr")
+                        .to_owned(),
+                );
             }
             panels(&panel["panels"], out);
         }
@@ -437,7 +530,10 @@ async fn the_grafana_dashboard_and_the_view_query_only_series_a_live_engine_expo
     let metrics = live.metrics().await;
     // Series name → every label name it carries.
     let mut exported: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for line in metrics.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let name_end = line.find(['{', ' ']).unwrap();
         let labels = exported.entry(line[..name_end].to_owned()).or_default();
         if let Some(inside) = line[name_end..].strip_prefix('{') {
@@ -457,7 +553,11 @@ async fn the_grafana_dashboard_and_the_view_query_only_series_a_live_engine_expo
     assert!(dashboard["id"].is_null());
     assert!(dashboard["schemaVersion"].as_u64().unwrap() >= 36);
     let variables = dashboard["templating"]["list"].as_array().unwrap();
-    assert!(variables.iter().any(|v| v["type"] == "datasource" && v["query"] == "prometheus"));
+    assert!(
+        variables
+            .iter()
+            .any(|v| v["type"] == "datasource" && v["query"] == "prometheus")
+    );
     let expressions = dashboard_expressions(&dashboard);
     assert!(expressions.len() >= 15, "{expressions:?}");
 
@@ -473,9 +573,17 @@ async fn the_grafana_dashboard_and_the_view_query_only_series_a_live_engine_expo
                 problems.push(format!("`{name}` (in `{expression}`) is not in /metrics"));
             }
         }
-        for label in labels.iter().filter(|l| !TARGET_LABELS.contains(&l.as_str())) {
-            if !names.iter().any(|n| exported.get(n).is_some_and(|l| l.contains(label))) {
-                problems.push(format!("label `{label}` of `{expression}` is on none of {names:?}"));
+        for label in labels
+            .iter()
+            .filter(|l| !TARGET_LABELS.contains(&l.as_str()))
+        {
+            if !names
+                .iter()
+                .any(|n| exported.get(n).is_some_and(|l| l.contains(label)))
+            {
+                problems.push(format!(
+                    "label `{label}` of `{expression}` is on none of {names:?}"
+                ));
             }
         }
     }
@@ -486,13 +594,19 @@ async fn the_grafana_dashboard_and_the_view_query_only_series_a_live_engine_expo
             Some(have) => {
                 for label in *labels {
                     if !have.contains(*label) {
-                        problems.push(format!("the view reads `{name}` by `{label}`, which it lacks"));
+                        problems.push(format!(
+                            "the view reads `{name}` by `{label}`, which it lacks"
+                        ));
                     }
                 }
             }
         }
     }
-    assert!(problems.is_empty(), "{}\n\n/metrics:\n{metrics}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{}\n\n/metrics:\n{metrics}",
+        problems.join("\n")
+    );
     // The dashboard covers what the issue asks for.
     for needed in [
         "hubroute_route_matched_total",
@@ -503,7 +617,10 @@ async fn the_grafana_dashboard_and_the_view_query_only_series_a_live_engine_expo
         "hubroute_partition_lag_seconds",
         "hubroute_source_reconnects",
     ] {
-        assert!(covered.contains(needed), "the dashboard does not chart {needed}");
+        assert!(
+            covered.contains(needed),
+            "the dashboard does not chart {needed}"
+        );
     }
 }
 
@@ -567,9 +684,14 @@ async fn top_on_a_pipe_prints_the_service_and_says_disconnected_when_it_stops() 
                 Err(_) => break,
             }
         }
-        panic!("`hubroute top` printed no line with {what}; it printed:\n{}", seen.join("\n"));
+        panic!(
+            "`hubroute top` printed no line with {what}; it printed:\n{}",
+            seen.join("\n")
+        );
     };
-    let line = next_matching("every event routed", &|l| l.starts_with(&format!("routed {EVENTS} ")));
+    let line = next_matching("every event routed", &|l| {
+        l.starts_with(&format!("routed {EVENTS} "))
+    });
     assert!(
         line.contains(&format!("matched: archive {EVENTS}, hot-temperature "))
             && line.contains(&format!("delivered: lake healthy {EVENTS}"))
@@ -580,9 +702,17 @@ async fn top_on_a_pipe_prints_the_service_and_says_disconnected_when_it_stops() 
     let LiveEngine { engine, .. } = live;
     let url = format!("http://{}", engine.http_addr());
     engine.shutdown().await.unwrap();
-    let line = next_matching("the disconnection", &|l| l.starts_with("disconnected, retrying"));
-    assert!(line.starts_with(&format!("disconnected, retrying: {url}/metrics: ")), "{line}");
-    assert!(child.try_wait().unwrap().is_none(), "`top` must keep retrying, not exit");
+    let line = next_matching("the disconnection", &|l| {
+        l.starts_with("disconnected, retrying")
+    });
+    assert!(
+        line.starts_with(&format!("disconnected, retrying: {url}/metrics: ")),
+        "{line}"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "`top` must keep retrying, not exit"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }

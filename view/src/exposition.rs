@@ -224,19 +224,32 @@ mod tests {
             .collect()
     }
 
+    /// A line, and the name, labels and value it reads as.
+    type SampleCase<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], f64);
+
     #[test]
     fn sample_lines_read_as_name_labels_and_value() {
-        let cases: &[(&str, &str, &[(&str, &str)], f64)] = &[
+        let cases: &[SampleCase<'_>] = &[
             ("plain 1", "plain", &[], 1.0),
             ("with_ts 2.5 1700000000000", "with_ts", &[], 2.5),
-            ("a_total{route=\"archive\"} 901", "a_total", &[("route", "archive")], 901.0),
+            (
+                "a_total{route=\"archive\"} 901",
+                "a_total",
+                &[("route", "archive")],
+                901.0,
+            ),
             (
                 "b_bucket{le=\"0.001\",endpoint=\"lake\"} 0",
                 "b_bucket",
                 &[("le", "0.001"), ("endpoint", "lake")],
                 0.0,
             ),
-            ("c_bucket{le=\"+Inf\"} 7", "c_bucket", &[("le", "+Inf")], 7.0),
+            (
+                "c_bucket{le=\"+Inf\"} 7",
+                "c_bucket",
+                &[("le", "+Inf")],
+                7.0,
+            ),
             ("d{x=\"a,b} c\"} -3", "d", &[("x", "a,b} c")], -3.0),
             (
                 "e{x=\"q\\\"uote\\\\ and\\nline\"} 1e3",
@@ -245,7 +258,12 @@ mod tests {
                 1000.0,
             ),
             ("f{x=\"1\",} 4", "f", &[("x", "1")], 4.0),
-            ("g{ x = \"1\" , y=\"2\" } 5", "g", &[("x", "1"), ("y", "2")], 5.0),
+            (
+                "g{ x = \"1\" , y=\"2\" } 5",
+                "g",
+                &[("x", "1"), ("y", "2")],
+                5.0,
+            ),
             ("h{} +Inf", "h", &[], f64::INFINITY),
             ("i -Inf", "i", &[], f64::NEG_INFINITY),
             (

@@ -128,7 +128,10 @@ mod tests {
             previous = current;
         }
         let all = history.since(None);
-        assert_eq!(all.iter().map(|s| s.t).collect::<Vec<_>>(), [3000, 4000, 5000]);
+        assert_eq!(
+            all.iter().map(|s| s.t).collect::<Vec<_>>(),
+            [3000, 4000, 5000]
+        );
         assert_eq!(all[0].routes["a"], 10.0);
         let newer = history.since(Some(4000));
         assert_eq!(newer.len(), 1);

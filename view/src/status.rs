@@ -454,9 +454,8 @@ impl Status {
             })
             .collect::<Vec<_>>();
 
-        let mut partition_ids: Vec<String> = routes
-            .map(|r| r.partitions.clone())
-            .unwrap_or_default();
+        let mut partition_ids: Vec<String> =
+            routes.map(|r| r.partitions.clone()).unwrap_or_default();
         merge(
             &mut partition_ids,
             reader.label_values(
@@ -775,7 +774,11 @@ hubroute_config_reloads_total{outcome="applied"} 2
         let lake = &status.endpoints[0];
         assert_eq!(lake.health.as_deref(), Some("degraded"));
         assert_eq!(
-            (lake.delivered.total, lake.failed.total, lake.dead_lettered.total),
+            (
+                lake.delivered.total,
+                lake.failed.total,
+                lake.dead_lettered.total
+            ),
             (800.0, 2.0, 2.0)
         );
         assert_eq!(lake.queue_depth, Some(3.0));
@@ -853,7 +856,10 @@ hubroute_config_reloads_total{outcome="applied"} 2
             .collect();
         assert_eq!(
             endpoints,
-            [("db", Some("sqlite"), 0.0), ("lake", Some("parquet"), 800.0)]
+            [
+                ("db", Some("sqlite"), 0.0),
+                ("lake", Some("parquet"), 800.0)
+            ]
         );
         let ids: Vec<_> = status.partitions.iter().map(|p| p.id.as_str()).collect();
         assert_eq!(ids, ["0", "1", "2", "10"]);
@@ -875,7 +881,10 @@ hubroute_config_reloads_total{outcome="applied"} 2
              hubroute_endpoint_flush_seconds_count{{endpoint=\"lake\"}} 1\n\
              process_open_fds 12\n"
         );
-        let before = text.replace("_parked_total{endpoint=\"lake\"} 4", "_parked_total{endpoint=\"lake\"} 2");
+        let before = text.replace(
+            "_parked_total{endpoint=\"lake\"} 4",
+            "_parked_total{endpoint=\"lake\"} 2",
+        );
         let status = Status::compute(&scrape(&text), Some((1.0, &scrape(&before))), None, None);
         let lake = status.endpoints.iter().find(|e| e.name == "lake").unwrap();
         assert_eq!(
@@ -905,7 +914,12 @@ hubroute_config_reloads_total{outcome="applied"} 2
 
     #[test]
     fn histogram_quantiles_interpolate_within_buckets() {
-        let buckets = [(0.1, 50.0), (0.2, 90.0), (0.4, 100.0), (f64::INFINITY, 100.0)];
+        let buckets = [
+            (0.1, 50.0),
+            (0.2, 90.0),
+            (0.4, 100.0),
+            (f64::INFINITY, 100.0),
+        ];
         let cases = [
             (0.0, Some(0.0)),
             (0.25, Some(0.05)),
@@ -921,7 +935,10 @@ hubroute_config_reloads_total{outcome="applied"} 2
                 "q={q}: {got:?} != {want:?}"
             );
         }
-        assert_eq!(histogram_quantile(0.5, &[(1.0, 0.0), (f64::INFINITY, 0.0)]), None);
+        assert_eq!(
+            histogram_quantile(0.5, &[(1.0, 0.0), (f64::INFINITY, 0.0)]),
+            None
+        );
         assert_eq!(histogram_quantile(0.5, &[]), None);
         // Everything above the highest finite bound: that bound is all we know.
         assert_eq!(
@@ -945,14 +962,19 @@ hubroute_config_reloads_total{outcome="applied"} 2
         assert!(window.status(None).is_none());
         window.push(0.0, scrape(&text(0)));
         // Since start: all 100 commits were fast.
-        assert_eq!(window.status(None).unwrap().endpoints[0].p99_seconds, Some(0.99));
+        assert_eq!(
+            window.status(None).unwrap().endpoints[0].p99_seconds,
+            Some(0.99)
+        );
         for second in 1..=20 {
             window.push(f64::from(second), scrape(&text(second * 10)));
         }
         assert!(window.scrapes.len() <= 12, "{}", window.scrapes.len());
         assert!(window.scrapes[0].0 <= 10.0);
         // Over the last 10 s only slow commits happened.
-        let p50 = window.status(None).unwrap().endpoints[0].p50_seconds.unwrap();
+        let p50 = window.status(None).unwrap().endpoints[0]
+            .p50_seconds
+            .unwrap();
         assert!(p50 > 1.0, "{p50}");
         window.clear();
         assert!(window.latest().is_none());

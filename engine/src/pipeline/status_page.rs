@@ -185,7 +185,14 @@ mod tests {
             ("status.js", STATUS_JS),
             ("status.css", STATUS_CSS),
         ] {
-            for banned in ["http://", "https://", "//cdn", "@import", "eval(", "innerHTML"] {
+            for banned in [
+                "http://",
+                "https://",
+                "//cdn",
+                "@import",
+                "eval(",
+                "innerHTML",
+            ] {
                 // The SVG namespace is an identifier, not a fetch.
                 let allowed = "http://www.w3.org/2000/svg";
                 let text = text.replace(allowed, "");
@@ -193,7 +200,10 @@ mod tests {
             }
         }
         for asset in ["/assets/status.js", "/assets/status.css"] {
-            assert!(INDEX_HTML.contains(asset), "index.html does not load {asset}");
+            assert!(
+                INDEX_HTML.contains(asset),
+                "index.html does not load {asset}"
+            );
         }
         assert!(!INDEX_HTML.contains("<form"), "the page is read-only");
     }

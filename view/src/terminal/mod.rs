@@ -116,7 +116,10 @@ async fn plain(poller: &mut Poller, interval: Duration) -> Result<()> {
         let line = plain_line(poller, &[]);
         let mut stdout = std::io::stdout().lock();
         // A closed pipe (`top | head`) ends `top` quietly.
-        if writeln!(stdout, "{line}").and_then(|()| stdout.flush()).is_err() {
+        if writeln!(stdout, "{line}")
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
             return Ok(());
         }
     }
@@ -142,7 +145,10 @@ enum Output {
     /// block's height.
     Inline(Option<Terminal<CrosstermBackend<Stdout>>>),
     /// Plain lines on stderr, at most one per `every`.
-    Lines { every: Duration, last: Option<Instant> },
+    Lines {
+        every: Duration,
+        last: Option<Instant>,
+    },
 }
 
 /// The quick start's live view of its own engine: on a terminal, the same screen as `top` in a
@@ -198,7 +204,8 @@ impl LiveView {
         match &mut self.output {
             Output::Inline(terminal) => {
                 if terminal.is_none() && self.screen.status.is_some() {
-                    let rows = ratatui::crossterm::terminal::size().map_or(INLINE_HEIGHT, |(_, r)| r);
+                    let rows =
+                        ratatui::crossterm::terminal::size().map_or(INLINE_HEIGHT, |(_, r)| r);
                     let height = self
                         .screen
                         .natural_height()

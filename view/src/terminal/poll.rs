@@ -173,7 +173,10 @@ mod tests {
         let Connection::Disconnected { problem, .. } = poller.connection() else {
             panic!("{:?}", poller.connection());
         };
-        assert!(problem.contains(&format!("http://{addr}/metrics")), "{problem}");
+        assert!(
+            problem.contains(&format!("http://{addr}/metrics")),
+            "{problem}"
+        );
         // The last status stays on screen.
         assert_eq!(poller.status().unwrap().events_routed.total, 20.0);
         tokio::time::sleep(Duration::from_millis(20)).await;

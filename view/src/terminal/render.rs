@@ -243,12 +243,7 @@ impl Table {
                 .collect(),
         );
         for row in 0..shown {
-            lines.push(
-                self.columns
-                    .iter()
-                    .map(|c| c.cells[row].clone())
-                    .collect(),
-            );
+            lines.push(self.columns.iter().map(|c| c.cells[row].clone()).collect());
         }
         for (offset, line) in lines.iter().enumerate() {
             let y = area.y + 1 + u16::try_from(offset).unwrap_or(u16::MAX);
@@ -297,29 +292,23 @@ fn fit_text(text: &str, width: u16, align: Align) -> String {
 }
 
 /// Adds one column per unknown series name found over `rows`.
-fn extra_columns<'a>(
-    columns: &mut Vec<Column>,
-    rows: impl Iterator<Item = &'a [Extra]> + Clone,
-) {
+fn extra_columns(columns: &mut Vec<Column>, rows: &[&[Extra]]) {
     let mut names: Vec<&str> = Vec::new();
-    for extras in rows.clone() {
-        for extra in extras {
+    for extras in rows {
+        for extra in *extras {
             if !names.contains(&extra.name.as_str()) {
                 names.push(&extra.name);
             }
         }
     }
     for (offset, name) in names.iter().enumerate() {
-        let mut column = Column::new(
-            name,
-            100 + u16::try_from(offset).unwrap_or(0),
-            Align::Right,
-        );
-        for extras in rows.clone() {
+        let mut column = Column::new(name, 100 + u16::try_from(offset).unwrap_or(0), Align::Right);
+        for extras in rows {
             let value = extras.iter().find(|e| e.name == *name);
-            column
-                .cells
-                .push((value.map_or_else(|| "–".to_owned(), |e| count(e.value)), Style::new()));
+            column.cells.push((
+                value.map_or_else(|| "–".to_owned(), |e| count(e.value)),
+                Style::new(),
+            ));
         }
         columns.push(column);
     }
@@ -376,8 +365,16 @@ fn route_table(status: &Status, sort: SortOrder) -> Table {
             .cells
             .push((count(row.undefined.total), Style::new()));
     }
-    let mut columns = vec![name, endpoint, matched_rate, undefined_rate, matched, undefined];
-    extra_columns(&mut columns, rows.iter().map(|r| r.extra.as_slice()));
+    let mut columns = vec![
+        name,
+        endpoint,
+        matched_rate,
+        undefined_rate,
+        matched,
+        undefined,
+    ];
+    let extras: Vec<&[Extra]> = rows.iter().map(|r| r.extra.as_slice()).collect();
+    extra_columns(&mut columns, &extras);
     Table {
         title: format!("ROUTES {}", rows.len()),
         columns,
@@ -412,7 +409,8 @@ fn endpoint_table(status: &Status, sort: SortOrder) -> Table {
     let mut p99 = Column::new("p99", 3, Align::Right);
     for row in &rows {
         name.cells.push((row.name.clone(), Style::new()));
-        kind.cells.push((row.kind.clone().unwrap_or_default(), MUTED));
+        kind.cells
+            .push((row.kind.clone().unwrap_or_default(), MUTED));
         health.cells.push((
             row.health.clone().unwrap_or_else(|| "unknown".to_owned()),
             health_style(row.health.as_deref()),
@@ -447,7 +445,8 @@ fn endpoint_table(status: &Status, sort: SortOrder) -> Table {
         p50,
         p99,
     ];
-    extra_columns(&mut columns, rows.iter().map(|r| r.extra.as_slice()));
+    let extras: Vec<&[Extra]> = rows.iter().map(|r| r.extra.as_slice()).collect();
+    extra_columns(&mut columns, &extras);
     Table {
         title: format!("ENDPOINTS {}", rows.len()),
         columns,
@@ -470,7 +469,9 @@ fn partition_table(status: &Status, sort: SortOrder) -> Table {
                     .then_with(|| partition_number(&a.id).cmp(&partition_number(&b.id)))
             });
         }
-        SortOrder::Name => rows.sort_by(|a, b| partition_number(&a.id).cmp(&partition_number(&b.id))),
+        SortOrder::Name => {
+            rows.sort_by(|a, b| partition_number(&a.id).cmp(&partition_number(&b.id)));
+        }
     }
     let mut name = Column::new("partition", 0, Align::Left);
     let mut events_rate = Column::new("events/s", 2, Align::Right);
@@ -503,7 +504,8 @@ fn partition_table(status: &Status, sort: SortOrder) -> Table {
         checkpoint,
         uncommitted,
     ];
-    extra_columns(&mut columns, rows.iter().map(|r| r.extra.as_slice()));
+    let extras: Vec<&[Extra]> = rows.iter().map(|r| r.extra.as_slice()).collect();
+    extra_columns(&mut columns, &extras);
     Table {
         title: format!("PARTITIONS {}", rows.len()),
         columns,

@@ -169,11 +169,17 @@ fn every_width_shows_one_line_per_row_and_drops_whole_columns() {
         // One line per route, endpoint and partition, whatever the width: nothing wraps.
         for prefix in ["arch", "hot-", "high", "lake", "alerts-d", "alerts-h"] {
             let count = lines.iter().filter(|l| l.starts_with(prefix)).count();
-            assert_eq!(count, 1, "width {width}: `{prefix}` on {count} lines\n{text}");
+            assert_eq!(
+                count, 1,
+                "width {width}: `{prefix}` on {count} lines\n{text}"
+            );
         }
         let rows = lines.iter().filter(|l| !l.is_empty()).count();
         if let Some(previous) = previous_rows {
-            assert_eq!(rows, previous, "width {width}: the row count changed\n{text}");
+            assert_eq!(
+                rows, previous,
+                "width {width}: the row count changed\n{text}"
+            );
         }
         previous_rows = Some(rows);
 
@@ -182,9 +188,18 @@ fn every_width_shows_one_line_per_row_and_drops_whole_columns() {
         let partitions = headers_on(&lines, "partition", PARTITION_HEADERS);
         // The name column and the first number an operator reads are always there.
         if width >= 32 {
-            assert!(routes.contains(&"matched/s".to_owned()), "width {width}\n{text}");
-            assert!(endpoints.contains(&"health".to_owned()), "width {width}\n{text}");
-            assert!(partitions.contains(&"lag".to_owned()), "width {width}\n{text}");
+            assert!(
+                routes.contains(&"matched/s".to_owned()),
+                "width {width}\n{text}"
+            );
+            assert!(
+                endpoints.contains(&"health".to_owned()),
+                "width {width}\n{text}"
+            );
+            assert!(
+                partitions.contains(&"lag".to_owned()),
+                "width {width}\n{text}"
+            );
         }
         let counts = (routes.len(), endpoints.len(), partitions.len());
         if let Some(before) = previous_counts {
@@ -200,7 +215,10 @@ fn every_width_shows_one_line_per_row_and_drops_whole_columns() {
             assert_eq!(partitions.len(), PARTITION_HEADERS.len(), "{text}");
         }
         if width <= 60 {
-            assert!(endpoints.len() < ENDPOINT_HEADERS.len(), "width {width}\n{text}");
+            assert!(
+                endpoints.len() < ENDPOINT_HEADERS.len(),
+                "width {width}\n{text}"
+            );
         }
     }
 }
@@ -219,11 +237,26 @@ fn the_numbers_shown_are_the_metrics() {
             .collect()
     };
     // route, endpoint, matched/s, undefined/s, matched, undefined
-    assert_eq!(row("archive"), ["archive", "lake", "9000", "0", "18000", "0"]);
+    assert_eq!(
+        row("archive"),
+        ["archive", "lake", "9000", "0", "18000", "0"]
+    );
     // endpoint, type, health, delivered/s, delivered, failed, dead-lettered, queue, p50, p99, parked
     assert_eq!(
         row("alerts-hook"),
-        ["alerts-hook", "webhook", "dead", "127", "254", "3", "3", "–", "–", "–", "7"]
+        [
+            "alerts-hook",
+            "webhook",
+            "dead",
+            "127",
+            "254",
+            "3",
+            "3",
+            "–",
+            "–",
+            "–",
+            "7"
+        ]
     );
     assert_eq!(row("lake")[8..10], ["250ms".to_owned(), "495ms".to_owned()]);
     // partition, events/s, events, lag, lag time, checkpoint, in flight
@@ -231,7 +264,10 @@ fn the_numbers_shown_are_the_metrics() {
     assert!(text.contains("routed 18000 (9000/s)"), "{text}");
     assert!(text.contains("hub quickstart-hub"), "{text}");
     // The dead endpoint sorts first.
-    let hook = lines.iter().position(|l| l.starts_with("alerts-hook")).unwrap();
+    let hook = lines
+        .iter()
+        .position(|l| l.starts_with("alerts-hook"))
+        .unwrap();
     let lake = lines.iter().position(|l| l.starts_with("lake")).unwrap();
     assert!(hook < lake, "{text}");
 }
@@ -247,8 +283,14 @@ fn health_has_colour_and_a_disconnected_service_is_shown_dimmed_with_the_reason(
         let x = lines[y][..x].chars().count();
         buffer[(u16::try_from(x).unwrap(), u16::try_from(y).unwrap())].clone()
     };
-    assert_eq!(cell_of(&buffer, &lines_now, "lake", "healthy").fg, Color::Green);
-    assert_eq!(cell_of(&buffer, &lines_now, "alerts-hook", "dead").bg, Color::Red);
+    assert_eq!(
+        cell_of(&buffer, &lines_now, "lake", "healthy").fg,
+        Color::Green
+    );
+    assert_eq!(
+        cell_of(&buffer, &lines_now, "alerts-hook", "dead").bg,
+        Color::Red
+    );
     assert!(lines_now[0].ends_with("● connected"), "{}", lines_now[0]);
 
     screen.connection = Connection::Disconnected {
@@ -280,7 +322,10 @@ fn health_has_colour_and_a_disconnected_service_is_shown_dimmed_with_the_reason(
         for_seconds: 0.0,
     };
     let text = lines(&draw(&fresh, 80, 10)).join("\n");
-    assert!(text.contains("disconnected, retrying for 0µs: connection refused"), "{text}");
+    assert!(
+        text.contains("disconnected, retrying for 0µs: connection refused"),
+        "{text}"
+    );
     assert!(text.contains("waiting for the first scrape"), "{text}");
 }
 
@@ -311,7 +356,11 @@ fn a_short_terminal_shows_every_table_with_what_fits_and_counts_the_rest() {
         .unwrap();
     let shown = lines
         .iter()
-        .filter(|l| ["route-", "arch", "hot-", "high"].iter().any(|p| l.starts_with(p)))
+        .filter(|l| {
+            ["route-", "arch", "hot-", "high"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
         .count();
     assert_eq!(shown + hidden, 43, "{text}");
     assert!(lines.last().unwrap().starts_with("q quit"), "{text}");
@@ -320,7 +369,11 @@ fn a_short_terminal_shows_every_table_with_what_fits_and_counts_the_rest() {
     screen.section = Section::Routes;
     let text = lines_of(&screen, 100, 20);
     assert!(!text.contains("ENDPOINTS"), "{text}");
-    assert_eq!(text.lines().filter(|l| l.starts_with("route-")).count(), 13, "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("route-")).count(),
+        13,
+        "{text}"
+    );
 }
 
 fn lines_of(screen: &Screen, width: u16, height: u16) -> String {
@@ -360,18 +413,42 @@ fn other_series_and_sorting() {
 fn keys_switch_views_and_sorting_and_quit() {
     let mut screen = screen();
     let cases = [
-        (KeyCode::Char('r'), KeyModifiers::NONE, true, Section::Routes),
-        (KeyCode::Char('e'), KeyModifiers::NONE, true, Section::Endpoints),
-        (KeyCode::Char('p'), KeyModifiers::NONE, true, Section::Partitions),
+        (
+            KeyCode::Char('r'),
+            KeyModifiers::NONE,
+            true,
+            Section::Routes,
+        ),
+        (
+            KeyCode::Char('e'),
+            KeyModifiers::NONE,
+            true,
+            Section::Endpoints,
+        ),
+        (
+            KeyCode::Char('p'),
+            KeyModifiers::NONE,
+            true,
+            Section::Partitions,
+        ),
         (KeyCode::Char('o'), KeyModifiers::NONE, true, Section::Other),
         (KeyCode::Char('x'), KeyModifiers::NONE, true, Section::Other),
         (KeyCode::Char('a'), KeyModifiers::NONE, true, Section::All),
         (KeyCode::Char('q'), KeyModifiers::NONE, false, Section::All),
         (KeyCode::Esc, KeyModifiers::NONE, false, Section::All),
-        (KeyCode::Char('c'), KeyModifiers::CONTROL, false, Section::All),
+        (
+            KeyCode::Char('c'),
+            KeyModifiers::CONTROL,
+            false,
+            Section::All,
+        ),
     ];
     for (code, modifiers, keep_going, section) in cases {
-        assert_eq!(apply_key(&mut screen, code, modifiers), keep_going, "{code:?}");
+        assert_eq!(
+            apply_key(&mut screen, code, modifiers),
+            keep_going,
+            "{code:?}"
+        );
         assert_eq!(screen.section, section, "{code:?}");
     }
     apply_key(&mut screen, KeyCode::Char('s'), KeyModifiers::NONE);
