@@ -21,6 +21,7 @@ use crate::health::HealthStatus;
 
 /// Serves until `shutdown` is cancelled.
 pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    // Every configured route, endpoint and partition has its counters from the start, at 0.
     {
         let config = shared.config.read().unwrap_or_else(PoisonError::into_inner);
         shared.metrics.initialise_series(

@@ -107,8 +107,8 @@ pub(super) async fn sample(
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
+            // Queue depths and health are refreshed by the engine's housekeeping every second.
             _ = tick.tick() => {
-                shared.refresh_endpoints();
                 let routes = super::http::routes_summary(&shared);
                 board.sample(&shared, routes);
             }
