@@ -7,6 +7,7 @@
 #   fidelity checks run the real SDKs against our endpoints).
 # - Azurite: Azure Blob emulator from npm, installed under .ci/node_modules, listening on 127.0.0.1:10000.
 # - moto: an S3-compatible server from PyPI (in .venv), listening on 127.0.0.1:9010.
+# - Chromium: Debian's chromium and chromium-driver, for the status page's browser test.
 
 HUBROUTE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HUBROUTE_STATE="${HUBROUTE_STATE:-$HUBROUTE_ROOT/.ci/state}"
@@ -86,4 +87,22 @@ ensure_s3() {
     fi
     export HUBROUTE_S3_ENDPOINT="http://127.0.0.1:9010"
     log "S3 (moto) ready"
+}
+
+ensure_chromium() {
+    if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+        log "installing Debian's chromium and chromium-driver (the status page test drives them)"
+        command -v apt-get >/dev/null || die "chromium is missing and there is no apt-get; install chromium and chromium-driver"
+        # Another apt run (ours or a neighbour's) may hold the lock for a while: wait rather than fail.
+        apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends chromium chromium-driver >"$HUBROUTE_STATE/apt-chromium.log" 2>&1 ||
+            { apt-get -o DPkg::Lock::Timeout=300 update >>"$HUBROUTE_STATE/apt-chromium.log" 2>&1 &&
+                apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends chromium chromium-driver >>"$HUBROUTE_STATE/apt-chromium.log" 2>&1; } ||
+            die "apt-get install chromium chromium-driver failed; see $HUBROUTE_STATE/apt-chromium.log"
+    fi
+    export HUBROUTE_CHROMIUM
+    HUBROUTE_CHROMIUM="$(command -v chromium)"
+    export HUBROUTE_CHROMEDRIVER
+    HUBROUTE_CHROMEDRIVER="$(command -v chromedriver)"
+    "$HUBROUTE_CHROMIUM" --version >/dev/null 2>&1 || die "$HUBROUTE_CHROMIUM does not run"
+    log "Chromium ready: $HUBROUTE_CHROMIUM"
 }

@@ -115,11 +115,23 @@ impl SimulationConfig {
 /// Live counters of a running simulation, readable from another task (for a progress line).
 #[derive(Debug, Default)]
 pub struct SimulationProgress {
+    /// Counted before an event leaves, so it is never behind what a consumer has read.
+    submitted: AtomicU64,
     sent: AtomicU64,
     errors: AtomicU64,
 }
 
 impl SimulationProgress {
+    /// Events handed to the target so far: acknowledged, refused or still in flight. Read after
+    /// a consumer's count, it is never below it (acknowledgements come later, pipelined).
+    pub fn submitted(&self) -> u64 {
+        self.submitted.load(Ordering::Relaxed)
+    }
+
+    fn submit(&self) {
+        self.submitted.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Events acknowledged by the target so far.
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
@@ -365,9 +377,11 @@ impl Schedule {
         };
         match self.stop {
             StopAfter::Events(total) if self.issued >= total => return false,
+            // A limit too far to represent (`Duration::MAX`: "until stopped") is no limit.
             StopAfter::Duration(limit) => {
-                let deadline = self.started + limit;
-                if due.unwrap_or_else(Instant::now) >= deadline || Instant::now() >= deadline {
+                if let Some(deadline) = self.started.checked_add(limit)
+                    && (due.unwrap_or_else(Instant::now) >= deadline || Instant::now() >= deadline)
+                {
                     return false;
                 }
             }
@@ -505,6 +519,7 @@ impl AmqpProducer {
                 settle(delivery, progress).await?;
             }
             let message = amqp_message(generator.next_message(), self.partition_key);
+            progress.submit();
             let delivery =
                 self.sender
                     .send_batchable(message)
@@ -612,6 +627,7 @@ async fn send_http(
             request = request.header(format!("iothub-app-{name}"), value);
         }
         let request = request.body(message.body);
+        progress.submit();
         in_flight.push(async move {
             match request.send().await {
                 Ok(response) if response.status().is_success() => true,
@@ -722,6 +738,17 @@ mod tests {
         }
     }
 
+    /// The quick start without `--events` runs "until stopped" as `Duration::MAX`; adding that to
+    /// an `Instant` panicked and the fleet sent nothing.
+    #[tokio::test(start_paused = true)]
+    async fn an_unbounded_duration_runs_until_stopped() {
+        let rate = Rate::PerSecond(NonZeroU32::new(1000).unwrap());
+        let mut schedule = Schedule::new(rate, StopAfter::Duration(Duration::MAX));
+        for _ in 0..2000 {
+            assert!(schedule.next().await);
+        }
+    }
+
     #[tokio::test]
     async fn http_sends_count_refusals_as_errors() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -745,9 +772,12 @@ mod tests {
         let mut config = SimulationConfig::new(SimulationTarget::Http { base_url });
         config.stop = StopAfter::Events(50);
         config.max_in_flight = 8;
-        let report = Simulation::new(config).run().await.unwrap();
+        let simulation = Simulation::new(config);
+        let progress = simulation.progress();
+        let report = simulation.run().await.unwrap();
         server.abort();
         assert_eq!((report.sent, report.errors), (45, 5));
+        assert_eq!(progress.submitted(), 50);
         assert_eq!(seen.load(Ordering::Relaxed), 50);
     }
 }

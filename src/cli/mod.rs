@@ -6,6 +6,7 @@ mod quickstart;
 mod route;
 mod run;
 mod simulate;
+mod top;
 
 use std::process::ExitCode;
 
@@ -46,15 +47,18 @@ enum Command {
     Run(run::RunArgs),
     /// Try hubroute with nothing installed: emulator, simulated devices, example routes and sinks.
     Quickstart(quickstart::QuickstartArgs),
+    /// Watch a running service: routes, endpoints and partitions, refreshed every second.
+    Top(top::TopArgs),
 }
 
 impl Cli {
-    /// The log filter when `RUST_LOG` is unset: warnings only for the quick start, whose live
-    /// progress line would be broken up by info lines; `info` otherwise.
+    /// The log filter when `RUST_LOG` is unset: warnings only for the quick start and `top`, whose
+    /// live views would be broken up by info lines; `info` otherwise.
     pub(crate) fn default_log_filter(&self) -> &'static str {
         // fe2o3-amqp reports ordinary peer disconnects at ERROR; its logs are opt-in through RUST_LOG.
         match self.command {
-            Command::Quickstart(_) => "warn,fe2o3_amqp=off",
+            // The quick start's live view and `top`'s screen would be broken up by info lines.
+            Command::Quickstart(_) | Command::Top(_) => "warn,fe2o3_amqp=off",
             _ => "info,fe2o3_amqp=off",
         }
     }
@@ -86,6 +90,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(args) => Ok(check::run(&args)),
         Command::Run(args) => run::run(&args),
         Command::Quickstart(args) => quickstart::run(args),
+        Command::Top(args) => top::run(&args),
     }
 }
 

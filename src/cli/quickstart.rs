@@ -2,18 +2,18 @@
 //!
 //! It starts the embedded Event Hubs emulator, a built-in webhook receiver and a simulated device
 //! fleet, writes an example configuration (hot temperatures to SQLite, everything to Parquet on
-//! local disk, high-severity messages to the webhook) and runs the real engine on it, showing a
-//! live progress line. After `--events N` are committed by every endpoint, or on Ctrl-C, it
+//! local disk, high-severity messages to the webhook) and runs the real engine on it, showing
+//! `hubroute top`'s view of it live: one block redrawn in place on a terminal, a plain line every
+//! five seconds on a pipe. After `--events N` are committed by every endpoint, or on Ctrl-C, it
 //! prints where the data landed and how to query it.
 
-use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use hubroute_emulator::simulate::{
@@ -23,10 +23,9 @@ use hubroute_emulator::{Emulator, EmulatorConfig};
 use hubroute_engine::config::LoadedConfig;
 use hubroute_engine::pipeline::RunningEngine;
 use hubroute_protocol::ConnectionString;
+use hubroute_view::terminal::LiveView;
 use tokio::io::AsyncWriteExt as _;
 
-/// Routes of the example configuration, in the order the progress line shows them.
-const ROUTES: [&str; 3] = ["archive", "hot-temperature", "high-severity"];
 /// The SQLite table of hot-temperature alerts.
 const ALERTS_TABLE: &str = "hot_temperature";
 
@@ -94,45 +93,41 @@ async fn quickstart(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     let sent = simulation.progress();
     let fleet = tokio::spawn(async move { simulation.run().await });
     eprintln!(
-        "hubroute quickstart: emulator at {}, config {}, metrics http://{}/metrics; Ctrl-C to stop",
+        "hubroute quickstart: emulator at {}, config {}; status page http://{2}/ (or `hubroute top \
+         --url http://{2}`); Ctrl-C to stop",
         emulator.amqp_addr(),
         config_path.display(),
         engine.http_addr()
     );
 
-    let started = Instant::now();
-    let interactive = std::io::stderr().is_terminal();
+    let mut live = LiveView::new(&format!("http://{}", engine.http_addr()), "quickstart")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let stop = super::shutdown_signal();
     tokio::pin!(stop);
-    let mut last_print = Instant::now();
-    let (mut last_routed, mut last_tick) = (0, started);
     loop {
         tokio::select! {
             () = &mut stop => break,
             _ = tick.tick() => {}
         }
-        let committed = committed_events(&engine);
-        let routed = engine.metrics().events_routed();
-        let rate = (routed - last_routed) as f64 / last_tick.elapsed().as_secs_f64().max(0.001);
-        (last_routed, last_tick) = (routed, Instant::now());
-        let line = progress_line(&engine, committed, sent.sent(), &receiver, rate);
-        if interactive {
-            eprint!("\r{line}\x1b[K");
-        } else if last_print.elapsed() >= Duration::from_secs(5) {
-            eprintln!("{line}");
-            last_print = Instant::now();
-        }
+        // `sent` is read after the engine's counters, so it is never behind what was routed.
+        live.refresh(|| {
+            vec![
+                ("sent".to_owned(), sent.submitted().to_string()),
+                (
+                    "webhook got".to_owned(),
+                    receiver.received.load(Ordering::Relaxed).to_string(),
+                ),
+            ]
+        })
+        .await?;
         if engine.is_finished() {
             break;
         }
-        if args.events.is_some_and(|n| committed >= n) {
+        if args.events.is_some_and(|n| committed_events(&engine) >= n) {
             break;
         }
     }
-    if interactive {
-        eprintln!();
-    }
+    live.finish();
     fleet.abort();
     let summary = engine.shutdown().await?;
     emulator.shutdown().await.context("stopping the emulator")?;
@@ -149,33 +144,6 @@ fn committed_events(engine: &RunningEngine) -> u64 {
         .filter_map(|(_, committed)| *committed)
         .map(|sequence_number| u64::try_from(sequence_number + 1).unwrap_or(0))
         .sum()
-}
-
-fn progress_line(
-    engine: &RunningEngine,
-    committed: u64,
-    sent: u64,
-    receiver: &WebhookReceiver,
-    rate: f64,
-) -> String {
-    let metrics = engine.metrics();
-    let routed = metrics.events_routed();
-    let routes: Vec<String> = ROUTES
-        .iter()
-        .map(|r| format!("{r} {}", metrics.route_matched(r)))
-        .collect();
-    let health: Vec<String> = engine
-        .endpoint_health()
-        .iter()
-        .map(|(name, status)| format!("{name} {}", status.as_str()))
-        .collect();
-    format!(
-        "sent {sent} | routed {routed} ({rate:.0}/s) | committed {committed} (lag {}) | {} | {} | webhook got {}",
-        routed.saturating_sub(committed),
-        routes.join(", "),
-        health.join(", "),
-        receiver.received.load(Ordering::Relaxed),
-    )
 }
 
 fn print_summary(dir: &Path, config: &Path, routed: u64, webhook: u64) {

@@ -1,5 +1,7 @@
 //! The operator's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (200 while no endpoint
-//! is dead and the engine runs, 503 otherwise) and `/routes` (JSON summary of routes and endpoints).
+//! is dead and the engine runs, 503 otherwise), `/routes` (JSON summary of routes and endpoints),
+//! and the status page (`/`, its assets and its data at `/status`; see `status_page`).
+//! Every route is a `GET`: nothing here changes the engine.
 
 use std::sync::{Arc, PoisonError};
 use std::time::Instant;
@@ -13,16 +15,39 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::status_page::{self, StatusBoard};
 use super::{Shared, lock};
 use crate::health::HealthStatus;
 
 /// Serves until `shutdown` is cancelled.
 pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    // Every configured route, endpoint and partition has its counters from the start, at 0.
+    {
+        let config = shared.config.read().unwrap_or_else(PoisonError::into_inner);
+        shared.metrics.initialise_series(
+            config.config.routes.iter().map(|r| r.name.as_str()),
+            shared.endpoints.iter().map(|e| e.name.as_str()),
+            shared.partitions.iter().map(|p| p.id.as_str()),
+        );
+    }
+    let board = Arc::new(StatusBoard::default());
+    tokio::spawn(status_page::sample(
+        Arc::clone(&board),
+        Arc::clone(&shared),
+        shutdown.clone(),
+    ));
+    let page = Router::new()
+        .route("/", get(status_page::index))
+        .route("/assets/status.js", get(status_page::script))
+        .route("/assets/status.css", get(status_page::stylesheet))
+        .route("/status", get(status_page::status))
+        .with_state(board);
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/routes", get(routes))
-        .with_state(shared);
+        .with_state(shared)
+        .merge(page);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
@@ -89,6 +114,11 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn routes(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(routes_summary(&shared)).into_response()
+}
+
+/// The `/routes` document (the status page reads its route and endpoint names from it too).
+pub(super) fn routes_summary(shared: &Shared) -> serde_json::Value {
     let loaded = shared
         .config
         .read()
@@ -117,14 +147,13 @@ async fn routes(State(shared): State<Arc<Shared>>) -> Response {
             "matched": shared.metrics.fallback_matched.get(),
         })
     });
-    axum::Json(json!({
+    json!({
         "hub_name": shared.hub_name,
         "event_hub": shared.event_hub,
         "partitions": shared.partitions.iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
         "routes": routes,
         "fallback": fallback,
-        "endpoints": endpoint_summaries(&shared),
+        "endpoints": endpoint_summaries(shared),
         "events_routed": shared.metrics.events_routed(),
-    }))
-    .into_response()
+    })
 }

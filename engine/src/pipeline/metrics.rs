@@ -181,6 +181,32 @@ impl Metrics {
     pub fn events_routed(&self) -> u64 {
         self.events_routed.get()
     }
+
+    /// Creates every per-route, per-endpoint and per-partition counter at zero, so that a
+    /// dashboard sees `0` rather than no series before the first match, failure or event (a
+    /// series that appears only with its first failure hides that failure from `rate()`).
+    pub(crate) fn initialise_series<'a>(
+        &self,
+        routes: impl IntoIterator<Item = &'a str>,
+        endpoints: impl IntoIterator<Item = &'a str>,
+        partitions: impl IntoIterator<Item = &'a str>,
+    ) {
+        for route in routes {
+            let labels = route_labels(route);
+            let _ = self.route_matched.get_or_create(&labels);
+            let _ = self.route_undefined.get_or_create(&labels);
+        }
+        for endpoint in endpoints {
+            let labels = endpoint_labels(endpoint);
+            let _ = self.endpoint_delivered.get_or_create(&labels);
+            let _ = self.endpoint_failed.get_or_create(&labels);
+            let _ = self.endpoint_dead_lettered.get_or_create(&labels);
+        }
+        for partition in partitions {
+            let labels = partition_labels(partition);
+            let _ = self.partition_events.get_or_create(&labels);
+        }
+    }
 }
 
 pub(crate) fn route_labels(route: &str) -> Labels {

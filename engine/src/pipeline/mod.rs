@@ -21,6 +21,7 @@
 
 mod http;
 mod metrics;
+mod status_page;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
