@@ -14,7 +14,10 @@
 //!   it has been completely uploaded under its final name; the database transaction containing it has
 //!   committed; the webhook answered 2xx. For every ticket the sink sends exactly one [`Ack`] on the
 //!   [`AckSender`] it was built with, after *every* row of that ticket is either committed or listed in
-//!   [`Ack::failed`] as permanently failed. Acks may arrive in any order relative to tickets.
+//!   [`Ack::failed`] as permanently failed. Acks may arrive in any order relative to tickets. A sink
+//!   that keeps tickets open for long (a file that rolls by age) should hand the failed rows' data
+//!   back in [`Ack::failed_rows`] and say so through [`Sink::reports_failed_rows`], so that the engine
+//!   need not keep its own copy of the rows meanwhile.
 //! * **Permanent failures.** A row that can never be delivered (constraint violation, 4xx) is reported in
 //!   `Ack::failed` with its error; the engine dead-letters it. Retryable errors are retried inside the
 //!   sink (capped exponential backoff) and never surface as row failures; while retrying, `write`
@@ -75,12 +78,26 @@ pub struct FailedRow {
 }
 
 /// The final outcome of one ticket: every row not in `failed` is committed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Ack {
     /// The ticket of the `write` this answers.
     pub ticket: Ticket,
     /// Rows permanently failed, to be dead-lettered by the engine.
     pub failed: Vec<FailedRow>,
+    /// The failed rows themselves (message schema), row `i` for `failed[i]`, from a sink that
+    /// [reports them](Sink::reports_failed_rows). `None` from other sinks, and when nothing failed.
+    pub failed_rows: Option<RecordBatch>,
+}
+
+impl Ack {
+    /// Every row of `ticket` is committed.
+    pub fn committed(ticket: Ticket) -> Self {
+        Self {
+            ticket,
+            failed: Vec::new(),
+            failed_rows: None,
+        }
+    }
 }
 
 /// Where a sink sends its acks. Bounded: the engine drains it continuously.
@@ -103,6 +120,13 @@ pub trait Sink: Send + fmt::Debug {
 
     /// Whether duplicates of a row (same event hub, partition, sequence number) are absorbed.
     fn idempotent(&self) -> bool;
+
+    /// Whether every [`Ack`] with failed rows carries their data in [`Ack::failed_rows`]. The engine
+    /// keeps no copy of what it wrote to such a sink, which matters for sinks that hold tickets for
+    /// minutes (files rolled by age): their rows would otherwise stay in memory until the ack.
+    fn reports_failed_rows(&self) -> bool {
+        false
+    }
 
     /// Buffers `batch`; resolves only when the sink has room (backpressure). An error here is fatal
     /// for the sink (it could not even buffer), not a row failure.

@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use arrow::array::TimestampMillisecondArray;
 use arrow::record_batch::RecordBatch;
 use hubroute_message::MessageColumns;
 use hubroute_sinks::{
@@ -66,6 +67,8 @@ struct EndpointState {
     name: String,
     kind: &'static str,
     policy: FullPolicy,
+    /// The sink returns failed rows in its acks: its tickets keep no copy of the source batch.
+    reports_failed_rows: bool,
     /// Weak, so that the engine's own view never keeps the queue open at shutdown.
     queue: mpsc::WeakSender<SinkBatch>,
     health: Mutex<EndpointHealth>,
@@ -78,15 +81,21 @@ struct PartitionState {
     progress: Mutex<PartitionProgress>,
 }
 
-/// A ticket between routing and its ack. It keeps the source batch (shared by every ticket of the
-/// batch, not copied) and the row indices, enough to rebuild the endpoint's rows for dead letters.
+/// A ticket between routing and its ack: where its rows came from, for the checkpoint, commit
+/// latency and dead letters.
 #[derive(Debug)]
 struct InFlight {
     partition: usize,
     batch: BatchId,
     endpoint: usize,
-    source: RecordBatch,
+    /// The source row of each of the ticket's rows, in order.
     indices: Vec<u32>,
+    /// The source batch's enqueued times (its buffer is shared, the rows are not): commit latency.
+    enqueued: TimestampMillisecondArray,
+    /// The source batch (shared by every ticket of the batch, not copied), to rebuild the rows of a
+    /// failure for the dead-letter store. `None` for sinks that hand failed rows back in the ack,
+    /// which is what keeps a file sink's open files from pinning every source batch in memory.
+    source: Option<RecordBatch>,
     table: Arc<RoutingTable>,
     routed_at: Instant,
 }
@@ -174,6 +183,7 @@ impl RunningEngine {
                 name: endpoint.name().to_owned(),
                 kind: sink_kind(&endpoint.sink),
                 policy: endpoint.full_policy,
+                reports_failed_rows: sink.reports_failed_rows(),
                 queue: queue.downgrade(),
                 health: Mutex::new(EndpointHealth::new(health_policy)),
             });
@@ -576,6 +586,12 @@ impl Shared {
             offset: source.last_offset.clone(),
         };
         let batch_id = lock(&self.partitions[partition].progress).push(position, parts.len());
+        let enqueued = MessageColumns::try_new(&source.batch)
+            .map(|columns| columns.enqueued_time.clone())
+            .map_err(|error| Error::Decode {
+                partition: source.partition.clone(),
+                problem: error.to_string(),
+            })?;
         for (endpoint, indices, rows) in parts {
             let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
             lock(&self.in_flight).insert(
@@ -584,8 +600,10 @@ impl Shared {
                     partition,
                     batch: batch_id,
                     endpoint,
-                    source: source.batch.clone(),
                     indices,
+                    enqueued: enqueued.clone(),
+                    source: (!self.endpoints[endpoint].reports_failed_rows)
+                        .then(|| source.batch.clone()),
                     table: Arc::clone(&table),
                     routed_at: Instant::now(),
                 },
@@ -617,7 +635,12 @@ impl Shared {
                                     .to_owned(),
                             })
                             .collect();
-                        self.settle(Ack { ticket, failed }).await;
+                        self.settle(Ack {
+                            ticket,
+                            failed,
+                            failed_rows: None,
+                        })
+                        .await;
                     }
                 },
             }
@@ -650,12 +673,19 @@ impl Shared {
         let total = in_flight.indices.len();
         let failed = ack.failed.len();
         if failed > 0 {
-            match in_flight.table.rows_for(
-                in_flight.endpoint,
-                &in_flight.source,
-                &in_flight.indices,
-            ) {
-                Ok(rows) => self.dead_letter(&endpoint.name, &rows, &ack.failed).await,
+            let rows = match (ack.failed_rows, &in_flight.source) {
+                (Some(rows), _) => Ok((rows, renumbered(&ack.failed))),
+                (None, Some(source)) => in_flight
+                    .table
+                    .rows_for(in_flight.endpoint, source, &in_flight.indices)
+                    .map(|rows| (rows, ack.failed.clone()))
+                    .map_err(|error| error.to_string()),
+                (None, None) => Err(
+                    "the sink reported failed rows without their data (a sink bug)".to_owned(),
+                ),
+            };
+            match rows {
+                Ok((rows, failed)) => self.dead_letter(&endpoint.name, &rows, &failed).await,
                 Err(error) => {
                     tracing::error!(endpoint = %endpoint.name, %error, "cannot rebuild failed rows for the dead-letter store");
                 }
@@ -695,9 +725,6 @@ impl Shared {
         in_flight: &InFlight,
         failed: &[FailedRow],
     ) {
-        let Ok(columns) = MessageColumns::try_new(&in_flight.source) else {
-            return;
-        };
         let histogram = self.metrics.endpoint_commit_latency.get_or_create(labels);
         let now_ms = chrono::Utc::now().timestamp_millis();
         let mut failed_rows: Vec<usize> = failed.iter().map(|f| f.row).collect();
@@ -706,7 +733,7 @@ impl Shared {
             if failed_rows.binary_search(&row).is_ok() {
                 continue;
             }
-            let enqueued = columns.enqueued_time.value(index as usize);
+            let enqueued = in_flight.enqueued.value(index as usize);
             histogram.observe((now_ms - enqueued).max(0) as f64 / 1000.0);
         }
     }
@@ -875,6 +902,18 @@ impl Shared {
         tracing::info!(%file, "configuration reloaded: new routes apply from the next batch");
         Ok(())
     }
+}
+
+/// `failed` numbered by position (row `i` of the rows a sink handed back is `failed[i]`).
+fn renumbered(failed: &[FailedRow]) -> Vec<FailedRow> {
+    failed
+        .iter()
+        .enumerate()
+        .map(|(row, failure)| FailedRow {
+            row,
+            error: failure.error.clone(),
+        })
+        .collect()
 }
 
 /// Drains the acks of one endpoint until its sink is gone.

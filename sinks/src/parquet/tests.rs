@@ -363,28 +363,55 @@ impl ObjectStore for DeniedStore {
 }
 
 #[tokio::test]
-async fn a_permanent_upload_error_fails_every_row_of_the_file() {
+async fn a_permanent_upload_error_fails_every_row_of_the_file_and_hands_the_rows_back() {
     let (tx, mut rx) = mpsc::channel(16);
-    let mut sink = ParquetSink::with_store(
-        ParquetSinkConfig::new("lake", ObjectStoreConfig::default()),
-        Arc::new(DeniedStore(InMemory::new())),
-        tx,
-    )
-    .unwrap();
+    let mut config = ParquetSinkConfig::new("lake", ObjectStoreConfig::default());
+    config.columns = vec![TypedColumn {
+        name: "temperature".to_owned(),
+        path: "$.temperature".to_owned(),
+        data_type: TypedColumnType::Float64,
+    }];
+    let mut sink =
+        ParquetSink::with_store(config, Arc::new(DeniedStore(InMemory::new())), tx).unwrap();
+    assert!(sink.reports_failed_rows());
+    // Two tickets share one file: each gets exactly its own rows back.
     sink.write(sink_batch(4, &messages("0", 0..3, 1)))
         .await
         .unwrap();
+    sink.write(sink_batch(5, &messages("0", 3..5, 1)))
+        .await
+        .unwrap();
     sink.flush(FlushReason::Shutdown).await.unwrap();
-    let ack = acks_for(&mut rx, 1).await.remove(0);
-    assert_eq!(
-        ack.failed.iter().map(|f| f.row).collect::<Vec<_>>(),
-        [0, 1, 2]
-    );
-    assert!(
-        ack.failed[0].error.contains("forbids writes"),
-        "{:?}",
-        ack.failed[0]
-    );
+    let mut acks = acks_for(&mut rx, 2).await;
+    acks.sort_by_key(|ack| ack.ticket);
+    for (ack, expected) in acks.iter().zip([vec![0, 1, 2], vec![3, 4]]) {
+        let rows: Vec<usize> = ack.failed.iter().map(|f| f.row).collect();
+        assert_eq!(rows, (0..expected.len()).collect::<Vec<_>>());
+        assert!(
+            ack.failed[0].error.contains("forbids writes"),
+            "{:?}",
+            ack.failed[0]
+        );
+        let data = ack.failed_rows.as_ref().expect("the rows come back");
+        assert_eq!(
+            data.schema(),
+            hubroute_message::message_schema(),
+            "only the message columns, not the typed ones"
+        );
+        let sequence_numbers: Vec<i64> = data
+            .column_by_name(message_columns::SEQUENCE_NUMBER)
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .values()
+            .to_vec();
+        assert_eq!(sequence_numbers, expected);
+        let bodies = data.column_by_name(message_columns::BODY).unwrap().as_binary::<i32>();
+        assert!(
+            std::str::from_utf8(bodies.value(0))
+                .unwrap()
+                .starts_with(&format!("{{\"temperature\":{}.5", expected[0]))
+        );
+    }
 }
 
 /// Creates a container in the Azurite instance `.ci/run` starts, through the Azure SDK in the venv.

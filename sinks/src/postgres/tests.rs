@@ -286,10 +286,7 @@ async fn a_lost_connection_is_reopened_and_no_row_is_lost() {
     let ack = received.recv().await.unwrap();
     assert_eq!(
         ack,
-        Ack {
-            ticket: 2,
-            failed: vec![]
-        }
+        Ack::committed(2)
     );
     assert_eq!(table.count().await, 20);
     table.drop_table().await;

@@ -150,10 +150,7 @@ async fn a_locked_database_is_retried_until_the_lock_goes() {
     sink.flush(FlushReason::Shutdown).await.unwrap();
     assert_eq!(
         received.recv().await.unwrap(),
-        Ack {
-            ticket: 2,
-            failed: vec![]
-        }
+        Ack::committed(2)
     );
     assert_eq!(count(&path, "m"), 5);
 }

@@ -242,7 +242,11 @@ async fn run(
         }
         for (ticket, mut failed) in pending {
             failed.sort_by_key(|f| f.row);
-            acks.send(Ack { ticket, failed })
+            acks.send(Ack {
+                ticket,
+                failed,
+                failed_rows: None,
+            })
                 .await
                 .map_err(|_| Error::AcksClosed { sink: name.clone() })?;
         }
