@@ -38,15 +38,14 @@ mod path;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, UInt32Array};
-use arrow::compute::take_record_batch;
+use arrow::array::AsArray;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use hubroute_message::columns as message_columns;
+use object_store::ObjectStore;
 use object_store::path::Path;
-use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression as ParquetCompression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -58,36 +57,14 @@ pub use config::{Compression, ParquetSinkConfig, TypedColumn, TypedColumnType};
 
 use self::columns::FileSchema;
 use self::path::{FileName, PathTemplate};
-use crate::error::object_store_error_is_retryable;
+use crate::object_files::{RowSet, settle_all, split_by_partition, upload_with_retries};
 use crate::sink::background;
 use crate::{
-    AckLedger, AckSender, Error, FailedRow, FlushReason, Result, RetryPolicy, Sink, SinkBatch,
-    Ticket,
+    AckLedger, AckSender, Error, FlushReason, Result, RetryPolicy, Sink, SinkBatch, Ticket,
 };
-
-/// Files larger than this are uploaded as multipart uploads in parts of this size.
-const PART_BYTES: usize = 8 * 1024 * 1024;
 
 /// Rows per row group: small enough to keep the in-progress row group a fraction of the file.
 const ROW_GROUP_ROWS: usize = 65_536;
-
-/// Which rows of a ticket's batch a file holds.
-#[derive(Debug)]
-enum RowSet {
-    /// Rows `0..n`: the whole batch belonged to one partition.
-    All(usize),
-    /// These row indices.
-    Some(Vec<u32>),
-}
-
-impl RowSet {
-    fn rows(&self) -> Vec<usize> {
-        match self {
-            Self::All(n) => (0..*n).collect(),
-            Self::Some(rows) => rows.iter().map(|&r| r as usize).collect(),
-        }
-    }
-}
 
 type Writer = Box<ArrowWriter<Vec<u8>>>;
 
@@ -360,114 +337,16 @@ impl Upload {
             }
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
-        let mut attempt = 0;
-        let outcome = loop {
-            match put(self.store.as_ref(), &self.path, &bytes).await {
-                Ok(()) => break None,
-                Err(error) if object_store_error_is_retryable(&error) => {
-                    let delay = self.retry.delay(attempt, None);
-                    tracing::warn!(sink = %self.sink, path = %self.path, %error, ?delay, "upload failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    attempt = attempt.saturating_add(1);
-                }
-                Err(error) => {
-                    tracing::error!(sink = %self.sink, path = %self.path, %error, "upload failed permanently");
-                    break Some(format!("upload of {} failed: {error}", self.path));
-                }
-            }
-        };
+        let outcome = upload_with_retries(
+            &self.sink,
+            self.store.as_ref(),
+            &self.path,
+            &bytes,
+            self.retry,
+        )
+        .await;
         settle_all(&self.ledger, self.tickets, outcome).await
     }
-}
-
-/// Settles every ticket part of a file: committed, or each row failed with `error`.
-async fn settle_all(
-    ledger: &AckLedger,
-    tickets: Vec<(Ticket, RowSet)>,
-    error: Option<String>,
-) -> Result<()> {
-    for (ticket, rows) in tickets {
-        let failed = match &error {
-            None => Vec::new(),
-            Some(error) => rows
-                .rows()
-                .into_iter()
-                .map(|row| FailedRow {
-                    row,
-                    error: error.clone(),
-                })
-                .collect(),
-        };
-        ledger.settle(ticket, failed).await?;
-    }
-    Ok(())
-}
-
-/// Uploads `bytes` to `path` so that the object appears complete or not at all.
-async fn put(store: &dyn ObjectStore, path: &Path, bytes: &Bytes) -> object_store::Result<()> {
-    if bytes.len() <= PART_BYTES {
-        store.put(path, bytes.clone().into()).await?;
-        return Ok(());
-    }
-    let mut upload = store.put_multipart(path).await?;
-    let result = put_parts(upload.as_mut(), bytes).await;
-    if result.is_err()
-        && let Err(error) = upload.abort().await
-    {
-        tracing::warn!(%path, %error, "aborting a failed multipart upload failed");
-    }
-    result
-}
-
-async fn put_parts(upload: &mut dyn MultipartUpload, bytes: &Bytes) -> object_store::Result<()> {
-    let parts: Vec<_> = (0..bytes.len())
-        .step_by(PART_BYTES)
-        .map(|start| {
-            let end = (start + PART_BYTES).min(bytes.len());
-            upload.put_part(bytes.slice(start..end).into())
-        })
-        .collect();
-    futures::future::try_join_all(parts).await?;
-    upload.complete().await?;
-    Ok(())
-}
-
-/// Splits a batch by partition: `(partition, rows, which rows)`; no copy when it has one partition.
-fn split_by_partition(
-    batch: &RecordBatch,
-    sink: &str,
-) -> Result<Vec<(String, RecordBatch, RowSet)>> {
-    let partitions = batch
-        .column_by_name(message_columns::PARTITION)
-        .and_then(|c| c.as_string_opt::<i32>())
-        .ok_or(hubroute_message::Error::NotAMessageBatch {
-            column: message_columns::PARTITION,
-            problem: "is missing or not a string".to_owned(),
-        })?;
-    let first = partitions.value(0);
-    if (1..partitions.len()).all(|i| partitions.value(i) == first) {
-        return Ok(vec![(
-            first.to_owned(),
-            batch.clone(),
-            RowSet::All(batch.num_rows()),
-        )]);
-    }
-    let mut groups: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-    for i in 0..partitions.len() {
-        let row = u32::try_from(i).expect("batches hold fewer than 2^32 rows");
-        groups.entry(partitions.value(i)).or_default().push(row);
-    }
-    groups
-        .into_iter()
-        .map(|(partition, rows)| {
-            let indices = UInt32Array::from(rows.clone());
-            let part = take_record_batch(batch, &indices).map_err(|source| Error::Arrow {
-                sink: sink.to_owned(),
-                source,
-            })?;
-            Ok((partition.to_owned(), part, RowSet::Some(rows)))
-        })
-        .collect()
 }
 
 #[async_trait]

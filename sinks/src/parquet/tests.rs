@@ -11,11 +11,12 @@ use arrow::datatypes::{Float64Type, Int64Type};
 use futures::TryStreamExt as _;
 use hubroute_message::{Message, MessageBatchBuilder};
 use object_store::memory::InMemory;
-use object_store::{ObjectStoreExt as _, PutPayload, PutResult};
+use object_store::{MultipartUpload, ObjectStoreExt as _, PutPayload, PutResult};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tokio::sync::mpsc;
 
 use super::*;
+use crate::object_files::PART_BYTES;
 use crate::{Ack, ObjectStoreConfig, Secret};
 
 fn messages(
