@@ -23,7 +23,7 @@ pub use dead_letter::{DeadLetter, DeadLetterConfig, DeadLetterProperty, DeadLett
 pub use error::{Error, Result};
 pub use object_store_config::{ObjectStoreConfig, Secret};
 pub use parquet::{Compression, ParquetSink, ParquetSinkConfig, TypedColumn, TypedColumnType};
-pub use postgres::{PostgresSink, PostgresSinkConfig};
+pub use postgres::{PostgresSink, PostgresSinkConfig, SslMode};
 pub(crate) use sink::AckLedger;
 pub use sink::{
     Ack, AckSender, FailedRow, FlushReason, RetryPolicy, Sink, SinkBatch, Ticket, drive_sink,
