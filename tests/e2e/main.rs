@@ -1,5 +1,5 @@
 //! End-to-end tests: the real `hubroute` binary and public crate APIs against real peers (the
-//! emulator, PostgreSQL, Azurite, HTTP servers, the official Azure Python SDK).
+//! emulator, PostgreSQL, Azurite, HTTP servers, the official Azure Python SDK, fastavro).
 //!
 //! Everything lives in this one test binary so the full dependency stack is linked once.
 //! Peers that `.ci/test` provides are located through `support`; a missing peer fails the test
@@ -10,4 +10,5 @@ mod emulator;
 mod engine;
 mod pipeline;
 mod source;
+mod storage;
 mod support;
