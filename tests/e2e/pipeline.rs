@@ -1,5 +1,6 @@
-//! End-to-end tests of the routing engine's configuration through the real binary: `hubroute
-//! check` accepts the shipped example and points a bad condition at its line and column.
+//! End-to-end tests of the configuration through the real binary: `hubroute check` accepts the
+//! shipped examples, points a bad condition at its line and column, and rejects storage settings
+//! outside IoT Hub's ranges.
 
 use std::process::Command;
 

@@ -479,7 +479,8 @@ mod tests {
 
     #[test]
     fn channel_binding_hashes_with_the_certificates_signature_hash() {
-        let cases: [(&rcgen::SignatureAlgorithm, fn(&[u8]) -> Vec<u8>); 2] = [
+        type Digest = fn(&[u8]) -> Vec<u8>;
+        let cases: [(&rcgen::SignatureAlgorithm, Digest); 2] = [
             (&rcgen::PKCS_ECDSA_P256_SHA256, |c| {
                 sha2::Sha256::digest(c).to_vec()
             }),
