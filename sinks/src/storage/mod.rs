@@ -146,6 +146,8 @@ pub struct StorageSink {
     open: BTreeMap<String, OpenFile>,
     /// Partitions seen, without an open file, for `write_empty_files`.
     idle: BTreeMap<String, Idle>,
+    /// Size of each partition's last file: the buffer reserved for its next one.
+    last_file_bytes: BTreeMap<String, usize>,
     claimed: ClaimedNames,
     uploads: JoinSet<Result<()>>,
     /// One permit per upload in flight; rolling a file waits for one (backpressure).
@@ -180,7 +182,7 @@ impl StorageSink {
                     .to_owned(),
             ));
         }
-        FileEncoder::new(config.encoding).map_err(|source| Error::Avro {
+        FileEncoder::new(config.encoding, 0).map_err(|source| Error::Avro {
             sink: config.name.clone(),
             source: Box::new(source),
         })?;
@@ -193,16 +195,26 @@ impl StorageSink {
             format: Arc::new(format),
             open: BTreeMap::new(),
             idle: BTreeMap::new(),
+            last_file_bytes: BTreeMap::new(),
             claimed: ClaimedNames::default(),
             uploads: JoinSet::new(),
         })
     }
 
-    fn open_file(&self, event_hub: &str, window: DateTime<Utc>) -> Result<OpenFile> {
-        let encoder = FileEncoder::new(self.config.encoding).map_err(|source| Error::Avro {
-            sink: self.name.to_string(),
-            source: Box::new(source),
-        })?;
+    fn open_file(
+        &self,
+        partition: &str,
+        event_hub: &str,
+        window: DateTime<Utc>,
+    ) -> Result<OpenFile> {
+        let capacity = self.last_file_bytes.get(partition).copied().unwrap_or(0);
+        let capacity =
+            capacity.min(usize::try_from(self.config.max_chunk_bytes).unwrap_or(usize::MAX));
+        let encoder =
+            FileEncoder::new(self.config.encoding, capacity).map_err(|source| Error::Avro {
+                sink: self.name.to_string(),
+                source: Box::new(source),
+            })?;
         Ok(OpenFile {
             encoder: Some(Box::new(encoder)),
             encoding: None,
@@ -234,7 +246,7 @@ impl StorageSink {
                 .and_then(|c| c.as_string_opt::<i32>())
                 .map(|c| c.value(0).to_owned())
                 .unwrap_or_default();
-            let file = self.open_file(&event_hub, Utc::now())?;
+            let file = self.open_file(partition, &event_hub, Utc::now())?;
             self.open.insert(partition.to_owned(), file);
             self.idle.remove(partition);
         }
@@ -262,7 +274,7 @@ impl StorageSink {
                 let Some(idle) = self.idle.get(partition).cloned() else {
                     return Ok(());
                 };
-                self.open_file(&idle.event_hub, idle.window)?
+                self.open_file(partition, &idle.event_hub, idle.window)?
             }
         };
         let OpenFile {
@@ -272,6 +284,11 @@ impl StorageSink {
             tickets,
             ..
         } = file;
+        let encoder = encoder.expect("settled above");
+        if !tickets.is_empty() {
+            self.last_file_bytes
+                .insert(partition.to_owned(), encoder.len());
+        }
         let iothub = self
             .config
             .iothub
@@ -294,7 +311,7 @@ impl StorageSink {
                 partition: partition.to_owned(),
                 window,
                 claimed: Arc::clone(&self.claimed),
-                encoder: encoder.expect("settled above"),
+                encoder,
                 tickets,
                 ledger: self.ledger.clone(),
                 retry: self.config.retry,

@@ -59,15 +59,21 @@ impl std::fmt::Debug for FileEncoder {
 }
 
 impl FileEncoder {
-    /// An empty file of `encoding`: an Avro file starts with its header.
-    pub(crate) fn new(encoding: StorageEncoding) -> Result<Self, apache_avro::Error> {
+    /// An empty file of `encoding`: an Avro file starts with its header. `capacity` is the size
+    /// the file is expected to reach (the partition's previous file), reserved up front so that a
+    /// large file is not copied as its buffer grows.
+    pub(crate) fn new(
+        encoding: StorageEncoding,
+        capacity: usize,
+    ) -> Result<Self, apache_avro::Error> {
         let codec = match encoding {
             StorageEncoding::Avro => Codec::Null,
             StorageEncoding::AvroDeflate => Codec::Deflate(DeflateSettings::default()),
-            StorageEncoding::Json => return Ok(Self::Json(Vec::new())),
+            StorageEncoding::Json => return Ok(Self::Json(Vec::with_capacity(capacity))),
         };
         let marker: [u8; 16] = rand::random();
-        let header = avro_header(codec, &marker)?;
+        let mut header = avro_header(codec, &marker)?;
+        header.reserve(capacity);
         let writer = Writer::builder()
             .schema(&SCHEMA)
             .writer(header)

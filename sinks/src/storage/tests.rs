@@ -387,7 +387,7 @@ async fn the_avro_header_is_iot_hubs_byte_for_byte() {
         (StorageEncoding::Avro, "null"),
         (StorageEncoding::AvroDeflate, "deflate"),
     ] {
-        let bytes = FileEncoder::new(encoding).unwrap().finish().unwrap();
+        let bytes = FileEncoder::new(encoding, 0).unwrap().finish().unwrap();
         // Magic, then one metadata block of two entries (zig-zag varints: 2 -> 0x04), keys and
         // values as length-prefixed bytes, the end of the map (0x00), then the 16-byte marker.
         let mut expected = b"Obj\x01\x04".to_vec();
@@ -585,7 +585,7 @@ async fn files_are_written_each_interval_and_empty_ones_for_quiet_partitions() {
 async fn an_empty_avro_file_is_a_valid_avro_file_without_records() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("empty.avro");
-    let bytes = FileEncoder::new(StorageEncoding::AvroDeflate)
+    let bytes = FileEncoder::new(StorageEncoding::AvroDeflate, 0)
         .unwrap()
         .finish()
         .unwrap();
