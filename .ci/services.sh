@@ -2,7 +2,8 @@
 # fails loudly: a test run must never proceed, and then skip, without its peers.
 #
 # - PostgreSQL: the machine's server at 127.0.0.1:5432 (user postgres, trust auth, database `test`);
-#   started with pg_ctlcluster if it is down.
+#   started with pg_ctlcluster if it is down. ensure_postgres_tls adds TLS: a test CA and server
+#   certificate, ssl = on, and the role hubroute_tls that may connect only over TLS.
 # - Python: a virtualenv at .venv with the official Azure SDK packages and pyarrow (protocol and format
 #   fidelity checks run the real SDKs against our endpoints).
 # - Azurite: Azure Blob emulator from npm, installed under .ci/node_modules, listening on 127.0.0.1:10000.
@@ -37,6 +38,61 @@ ensure_postgres() {
             die "could not create database test"
     fi
     log "PostgreSQL ready"
+}
+
+# PostgreSQL over TLS for the sink's sslmode tests: a test CA and a server certificate for localhost
+# and 127.0.0.1 (generated once with openssl into <data_directory>/hubroute-tls, where the tests
+# find ca.crt), ssl = on with them, and the role hubroute_tls (password hubroute_tls) that
+# pg_hba.conf admits only over TLS with SCRAM (hostssl), rejecting it without (hostnossl). The
+# plain tests keep using user postgres over 127.0.0.1 without TLS.
+ensure_postgres_tls() {
+    local admin=(psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -Atq)
+    local data hba dir
+    data="$("${admin[@]}" -c 'show data_directory')" || die "cannot ask PostgreSQL for its data directory"
+    hba="$("${admin[@]}" -c 'show hba_file')" || die "cannot ask PostgreSQL for its hba_file"
+    dir="$data/hubroute-tls"
+    if [[ ! -s "$dir/server.crt" || ! -s "$dir/ca.crt" ]]; then
+        log "generating a test CA and a PostgreSQL server certificate in $dir"
+        mkdir -p "$dir" || die "cannot create $dir"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=hubroute test CA" \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+            -keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null || die "openssl could not create the test CA"
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+            -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null || die "openssl could not create the server key"
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' >"$dir/server.ext"
+        openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+            -days 3650 -sha256 -extfile "$dir/server.ext" -out "$dir/server.crt" 2>/dev/null ||
+            die "openssl could not sign the server certificate"
+        chown -R postgres:postgres "$dir" && chmod 600 "$dir/server.key" "$dir/ca.key" ||
+            die "cannot give $dir to the postgres user"
+    fi
+    "${admin[@]}" -c "ALTER SYSTEM SET ssl = on" \
+        -c "ALTER SYSTEM SET ssl_cert_file = '$dir/server.crt'" \
+        -c "ALTER SYSTEM SET ssl_key_file = '$dir/server.key'" ||
+        die "cannot configure ssl in PostgreSQL"
+    if ! grep -q '^hostssl all hubroute_tls ' "$hba"; then
+        log "admitting role hubroute_tls only over TLS in $hba"
+        { printf '# hubroute tests (.ci/services.sh): role hubroute_tls only over TLS\n'
+          printf 'hostssl all hubroute_tls 127.0.0.1/32 scram-sha-256\n'
+          printf 'hostnossl all hubroute_tls 127.0.0.1/32 reject\n'
+          cat "$hba"; } >"$hba.hubroute" && cat "$hba.hubroute" >"$hba" && rm "$hba.hubroute" ||
+            die "cannot edit $hba"
+    fi
+    "${admin[@]}" -c "DO \$\$ BEGIN
+            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'hubroute_tls') THEN
+                CREATE ROLE hubroute_tls LOGIN PASSWORD 'hubroute_tls';
+            END IF;
+        END \$\$" || die "cannot create role hubroute_tls"
+    psql -h 127.0.0.1 -U postgres -d test -v ON_ERROR_STOP=1 -Atqc "GRANT CREATE ON SCHEMA public TO hubroute_tls" ||
+        die "cannot grant hubroute_tls the public schema of database test"
+    "${admin[@]}" -c "SELECT pg_reload_conf()" >/dev/null || die "cannot reload PostgreSQL's configuration"
+    PGPASSWORD=hubroute_tls psql "host=127.0.0.1 dbname=test user=hubroute_tls sslmode=verify-full sslrootcert=$dir/ca.crt" \
+        -v ON_ERROR_STOP=1 -Atqc "select 1" >/dev/null ||
+        die "PostgreSQL does not accept hubroute_tls over TLS (verify-full with $dir/ca.crt)"
+    if PGPASSWORD=hubroute_tls psql "host=127.0.0.1 dbname=test user=hubroute_tls sslmode=disable" -Atqc "select 1" >/dev/null 2>&1; then
+        die "PostgreSQL accepts hubroute_tls without TLS; check $hba"
+    fi
+    log "PostgreSQL TLS ready (CA $dir/ca.crt)"
 }
 
 ensure_python() {

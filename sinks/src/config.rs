@@ -5,11 +5,11 @@ use serde::Deserialize;
 
 use crate::{
     AckSender, ParquetSink, ParquetSinkConfig, PostgresSink, PostgresSinkConfig, Result, Sink,
-    SqliteSink, SqliteSinkConfig, WebhookSink, WebhookSinkConfig,
+    SqliteSink, SqliteSinkConfig, StorageSink, StorageSinkConfig, WebhookSink, WebhookSinkConfig,
 };
 
-/// An endpoint's sink configuration: `type = "parquet" | "webhook" | "postgres" | "sqlite"` plus
-/// that sink's fields.
+/// An endpoint's sink configuration: `type = "parquet" | "webhook" | "postgres" | "sqlite" |
+/// "storage"` plus that sink's fields.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SinkConfig {
@@ -21,6 +21,8 @@ pub enum SinkConfig {
     Postgres(PostgresSinkConfig),
     /// A table in an SQLite database file.
     Sqlite(SqliteSinkConfig),
+    /// IoT Hub's storage endpoint: Avro, Avro Deflate or JSON files on an object store.
+    Storage(StorageSinkConfig),
 }
 
 impl SinkConfig {
@@ -31,6 +33,7 @@ impl SinkConfig {
             Self::Webhook(c) => &c.name,
             Self::Postgres(c) => &c.name,
             Self::Sqlite(c) => &c.name,
+            Self::Storage(c) => &c.name,
         }
     }
 }
@@ -42,6 +45,7 @@ pub fn build_sink(config: SinkConfig, acks: AckSender) -> Result<Box<dyn Sink>> 
         SinkConfig::Webhook(c) => Box::new(WebhookSink::new(c, acks)?),
         SinkConfig::Postgres(c) => Box::new(PostgresSink::new(c, acks)?),
         SinkConfig::Sqlite(c) => Box::new(SqliteSink::new(c, acks)?),
+        SinkConfig::Storage(c) => Box::new(StorageSink::new(c, acks)?),
     })
 }
 
@@ -73,6 +77,14 @@ mod tests {
                 Ok("lite"),
             ),
             (
+                r#"{"type":"storage","name":"archive","encoding":"json","batch_frequency":60}"#,
+                Ok("archive"),
+            ),
+            (
+                r#"{"type":"storage","name":"archive","batch_frequency":30}"#,
+                Err("batch_frequency must be a whole number of seconds from 60 to 720"),
+            ),
+            (
                 r#"{"type":"kafka","name":"k"}"#,
                 Err("unknown variant `kafka`"),
             ),
@@ -101,6 +113,12 @@ mod tests {
                 },
             )),
             SinkConfig::Webhook(WebhookSinkConfig::new("hook", "http://127.0.0.1:9/x")),
+            SinkConfig::Storage(StorageSinkConfig::new(
+                "archive",
+                crate::ObjectStoreConfig::Local {
+                    root: dir.path().to_owned(),
+                },
+            )),
         ];
         for config in configs {
             let name = config.name().to_owned();

@@ -36,6 +36,14 @@ pub enum Error {
         /// The parquet error (boxed: it is large).
         source: Box<parquet::errors::ParquetError>,
     },
+    /// Encoding an Avro file failed (a bug if it ever happens: records follow IoT Hub's schema).
+    #[error("sink `{sink}`: Avro encoding failed: {source}")]
+    Avro {
+        /// The endpoint.
+        sink: String,
+        /// The apache-avro error (boxed: it is large).
+        source: Box<apache_avro::Error>,
+    },
     /// Building an Arrow batch for a sink failed (a bug if it ever happens).
     #[error("sink `{sink}`: arrow error: {source}")]
     Arrow {
@@ -106,6 +114,7 @@ impl Error {
             Self::Schema(_)
             | Self::Config { .. }
             | Self::Parquet { .. }
+            | Self::Avro { .. }
             | Self::Arrow { .. }
             | Self::Json { .. }
             | Self::AcksClosed { .. } => false,

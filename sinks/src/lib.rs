@@ -1,5 +1,6 @@
-//! Destinations for routed messages: Parquet on object storage, PostgreSQL, SQLite, webhooks, and the
-//! dead-letter store, all behind one [`Sink`] contract.
+//! Destinations for routed messages: Parquet on object storage, IoT Hub's storage-endpoint files
+//! (Avro, Avro Deflate, JSON), PostgreSQL, SQLite, webhooks, and the dead-letter store, all behind one
+//! [`Sink`] contract.
 //!
 //! This crate knows nothing of SQL route conditions or AMQP: it receives Arrow batches of the message
 //! schema (`hubroute-message`) and reports, per ticket, when rows are committed.
@@ -7,11 +8,13 @@
 mod config;
 mod dead_letter;
 mod error;
+mod object_files;
 mod object_store_config;
 mod parquet;
 mod postgres;
 mod sink;
 mod sqlite;
+mod storage;
 mod table;
 mod webhook;
 
@@ -22,11 +25,12 @@ pub use dead_letter::{
 pub use error::{Error, Result};
 pub use object_store_config::{ObjectStoreConfig, Secret};
 pub use parquet::{Compression, ParquetSink, ParquetSinkConfig, TypedColumn, TypedColumnType};
-pub use postgres::{PostgresSink, PostgresSinkConfig};
+pub use postgres::{PostgresSink, PostgresSinkConfig, SslMode};
 pub(crate) use sink::AckLedger;
 pub use sink::{
     Ack, AckSender, FailedRow, FlushReason, RetryPolicy, Sink, SinkBatch, Ticket, drive_sink,
 };
 pub use sqlite::{SqliteSink, SqliteSinkConfig};
+pub use storage::{StorageEncoding, StorageSink, StorageSinkConfig};
 pub use table::{ColumnMapping, SqlType, TableConfig};
 pub use webhook::{SignatureConfig, WebhookFormat, WebhookSink, WebhookSinkConfig};

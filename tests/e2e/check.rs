@@ -1,5 +1,6 @@
-//! End-to-end tests of `hubroute check` through the real binary: it accepts the shipped example and
-//! points a bad condition at its line and column.
+//! End-to-end tests of the configuration through the real binary: `hubroute check` accepts the
+//! shipped examples, points a bad condition at its line and column, and rejects storage settings
+//! outside IoT Hub's ranges.
 
 use std::process::Command;
 
@@ -40,4 +41,88 @@ fn check_accepts_the_example_and_locates_a_bad_condition() {
     let expected =
         format!("bad.toml:{line}:13: route `high-severity`: the condition does not compile");
     assert!(stderr.contains(&expected), "{expected:?} not in {stderr}");
+}
+
+#[test]
+fn check_accepts_the_storage_example_and_rejects_iot_hub_out_of_range_settings() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/storage.toml");
+    let text = std::fs::read_to_string(&example).expect("read example");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The example reads the database password from the environment; `check` needs it set.
+    let with_password = text.replace("${PGPASSWORD}", "not-a-secret");
+    let good = dir.path().join("storage.toml");
+    std::fs::write(&good, &with_password).expect("write");
+    let (ok, stdout, stderr) = check(&good);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("ok: 2 endpoints, 2 routes"), "{stdout}");
+
+    let line_of = |needle: &str| {
+        with_password
+            .lines()
+            .position(|l| l.starts_with(needle))
+            .unwrap_or_else(|| panic!("the example has `{needle}`"))
+            + 1
+    };
+    let cases = [
+        (
+            "batch_frequency = 300",
+            "batch_frequency = 30",
+            "batch_frequency must be a whole number of seconds from 60 to 720",
+        ),
+        (
+            "max_chunk_bytes = 314572800",
+            "max_chunk_bytes = 1024",
+            "max_chunk_bytes must be from 10485760",
+        ),
+        (
+            "file_name_format = ",
+            "file_name_format = \"{iothub}/{YYYY}/{MM}/{DD}/{HH}/{mm}\"",
+            "lacks {partition}",
+        ),
+        (
+            "encoding = ",
+            "encoding = \"parquet\"",
+            "unknown variant `parquet`",
+        ),
+        (
+            "sslmode = ",
+            "sslmode = \"verify\"",
+            "unknown variant `verify`",
+        ),
+        (
+            "sslrootcert = ",
+            "sslrootcert = \"/nonexistent/ca.pem\"",
+            "sslrootcert `/nonexistent/ca.pem` is not a file",
+        ),
+    ];
+    for (setting, replacement, expected) in cases {
+        let line = line_of(setting);
+        let bad_text: String = with_password
+            .lines()
+            .enumerate()
+            .map(|(i, l)| {
+                if i + 1 == line {
+                    replacement.to_owned()
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, bad_text).expect("write");
+        let (ok, _, stderr) = check(&bad);
+        assert!(!ok, "{replacement} was accepted");
+        // Sinks are tagged by `type`, so serde reports errors inside one at its table.
+        let table = with_password.lines().take(line).collect::<Vec<_>>();
+        let table_line = table
+            .iter()
+            .rposition(|l| *l == "[endpoints.sink]")
+            .expect("the setting is in a sink table")
+            + 1;
+        assert!(
+            stderr.contains(&format!("bad.toml:{table_line}:")) && stderr.contains(expected),
+            "{replacement}: {expected:?} at line {table_line} not in {stderr}"
+        );
+    }
 }

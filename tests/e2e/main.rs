@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `hubroute` binary and public crate APIs against real peers (the
-//! emulator, PostgreSQL, Azurite, HTTP servers, the official Azure Python SDK, headless Chromium).
+//! emulator, PostgreSQL, Azurite, HTTP servers, the official Azure Python SDK, fastavro, headless
+//! Chromium).
 //!
 //! Everything lives in this one test binary so the full dependency stack is linked once.
 //! Peers that `.ci/test` provides are located through `support`; a missing peer fails the test
@@ -14,4 +15,5 @@ mod example;
 mod logs;
 mod operator_view;
 mod source;
+mod storage;
 mod support;

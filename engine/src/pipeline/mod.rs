@@ -353,6 +353,7 @@ fn sink_kind(config: &hubroute_sinks::SinkConfig) -> &'static str {
         SinkConfig::Webhook(_) => "webhook",
         SinkConfig::Postgres(_) => "postgres",
         SinkConfig::Sqlite(_) => "sqlite",
+        SinkConfig::Storage(_) => "storage",
     }
 }
 
@@ -680,9 +681,9 @@ impl Shared {
                     .rows_for(in_flight.endpoint, source, &in_flight.indices)
                     .map(|rows| (rows, ack.failed.clone()))
                     .map_err(|error| error.to_string()),
-                (None, None) => Err(
-                    "the sink reported failed rows without their data (a sink bug)".to_owned(),
-                ),
+                (None, None) => {
+                    Err("the sink reported failed rows without their data (a sink bug)".to_owned())
+                }
             };
             match rows {
                 Ok((rows, failed)) => self.dead_letter(&endpoint.name, &rows, &failed).await,

@@ -39,15 +39,14 @@ mod path;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, UInt32Array};
-use arrow::compute::take_record_batch;
+use arrow::array::AsArray;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use hubroute_message::columns as message_columns;
+use object_store::ObjectStore;
 use object_store::path::Path;
-use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression as ParquetCompression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -60,15 +59,13 @@ pub use config::{Compression, ParquetSinkConfig, TypedColumn, TypedColumnType};
 
 use self::columns::FileSchema;
 use self::path::{FileName, PathTemplate};
-use crate::error::object_store_error_is_retryable;
+use crate::object_files::{
+    RowSet, fail_all_with_rows, settle_all, split_by_partition, upload_with_retries,
+};
 use crate::sink::background;
 use crate::{
-    AckLedger, AckSender, Error, FailedRow, FlushReason, Result, RetryPolicy, Sink, SinkBatch,
-    Ticket,
+    AckLedger, AckSender, Error, FlushReason, Result, RetryPolicy, Sink, SinkBatch, Ticket,
 };
-
-/// Files larger than this are uploaded as multipart uploads in parts of this size.
-const PART_BYTES: usize = 8 * 1024 * 1024;
 
 /// Rows per row group: small enough to keep the in-progress row group a fraction of the file.
 const ROW_GROUP_ROWS: usize = 65_536;
@@ -83,31 +80,6 @@ const UNIQUE_PER_ROW: &[&str] = &[
     message_columns::IOTHUB_ENQUEUED_TIME,
     message_columns::BODY,
 ];
-
-/// Which rows of a ticket's batch a file holds.
-#[derive(Debug)]
-enum RowSet {
-    /// Rows `0..n`: the whole batch belonged to one partition.
-    All(usize),
-    /// These row indices.
-    Some(Vec<u32>),
-}
-
-impl RowSet {
-    fn rows(&self) -> Vec<usize> {
-        match self {
-            Self::All(n) => (0..*n).collect(),
-            Self::Some(rows) => rows.iter().map(|&r| r as usize).collect(),
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Self::All(n) => *n,
-            Self::Some(rows) => rows.len(),
-        }
-    }
-}
 
 type Writer = Box<ArrowWriter<Vec<u8>>>;
 
@@ -377,49 +349,31 @@ impl Upload {
             Ok::<_, parquet::errors::ParquetError>(Bytes::from(std::mem::take(writer.inner_mut())))
         })
         .await;
+        let parquet_error = |source| Error::Parquet {
+            sink: self.sink.to_string(),
+            path: self.path.to_string(),
+            source: Box::new(source),
+        };
         let bytes = match finished {
             Ok(Ok(bytes)) => bytes,
             // The rows exist only in this file: without it they cannot be dead-lettered, so the
             // sink stops and the engine never checkpoints them (they are read again after a restart).
-            Ok(Err(source)) => {
-                return Err(Error::Parquet {
-                    sink: self.sink.to_string(),
-                    path: self.path.to_string(),
-                    source: Box::new(source),
-                });
-            }
+            Ok(Err(source)) => return Err(parquet_error(source)),
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
-        let mut attempt = 0;
-        let failure = loop {
-            match put(self.store.as_ref(), &self.path, &bytes).await {
-                Ok(()) => break None,
-                Err(error) if object_store_error_is_retryable(&error) => {
-                    let delay = self.retry.delay(attempt, None);
-                    tracing::warn!(sink = %self.sink, path = %self.path, %error, ?delay, "upload failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    attempt = attempt.saturating_add(1);
-                }
-                Err(error) => {
-                    tracing::error!(sink = %self.sink, path = %self.path, %error, "upload failed permanently");
-                    break Some(format!("upload of {} failed: {error}", self.path));
-                }
-            }
-        };
-        match failure {
-            None => {
-                for (ticket, _) in self.tickets {
-                    self.ledger.settle(ticket, Vec::new()).await?;
-                }
-                Ok(())
-            }
+        let outcome = upload_with_retries(
+            &self.sink,
+            self.store.as_ref(),
+            &self.path,
+            &bytes,
+            self.retry,
+        )
+        .await;
+        match outcome {
+            None => settle_all(&self.ledger, self.tickets, None).await,
             Some(error) => {
-                let rows = read_back(&bytes).map_err(|source| Error::Parquet {
-                    sink: self.sink.to_string(),
-                    path: self.path.to_string(),
-                    source: Box::new(source),
-                })?;
-                fail_all(&self.ledger, self.tickets, &error, &rows).await
+                let rows = read_back(&bytes).map_err(parquet_error)?;
+                fail_all_with_rows(&self.ledger, self.tickets, &error, &rows).await
             }
         }
     }
@@ -431,7 +385,8 @@ fn read_back(bytes: &Bytes) -> std::result::Result<RecordBatch, parquet::errors:
     let reader =
         parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes.clone())?
             .build()?;
-    let message_columns: Vec<usize> = (0..hubroute_message::message_schema().fields().len()).collect();
+    let message_columns: Vec<usize> =
+        (0..hubroute_message::message_schema().fields().len()).collect();
     let batches = reader
         .map(|batch| batch.and_then(|batch| batch.project(&message_columns)))
         .collect::<std::result::Result<Vec<_>, _>>()?;
@@ -439,97 +394,6 @@ fn read_back(bytes: &Bytes) -> std::result::Result<RecordBatch, parquet::errors:
         &hubroute_message::message_schema(),
         &batches,
     )?)
-}
-
-/// Fails every row of a file with `error`, handing each ticket its rows back.
-async fn fail_all(
-    ledger: &AckLedger,
-    tickets: Vec<(Ticket, RowSet)>,
-    error: &str,
-    rows: &RecordBatch,
-) -> Result<()> {
-    let mut offset = 0;
-    for (ticket, set) in tickets {
-        let failed = set
-            .rows()
-            .into_iter()
-            .map(|row| FailedRow {
-                row,
-                error: error.to_owned(),
-            })
-            .collect();
-        let data = rows.slice(offset, set.len().min(rows.num_rows().saturating_sub(offset)));
-        offset += set.len();
-        ledger.settle_with_rows(ticket, failed, Some(data)).await?;
-    }
-    Ok(())
-}
-
-/// Uploads `bytes` to `path` so that the object appears complete or not at all.
-async fn put(store: &dyn ObjectStore, path: &Path, bytes: &Bytes) -> object_store::Result<()> {
-    if bytes.len() <= PART_BYTES {
-        store.put(path, bytes.clone().into()).await?;
-        return Ok(());
-    }
-    let mut upload = store.put_multipart(path).await?;
-    let result = put_parts(upload.as_mut(), bytes).await;
-    if result.is_err()
-        && let Err(error) = upload.abort().await
-    {
-        tracing::warn!(%path, %error, "aborting a failed multipart upload failed");
-    }
-    result
-}
-
-async fn put_parts(upload: &mut dyn MultipartUpload, bytes: &Bytes) -> object_store::Result<()> {
-    let parts: Vec<_> = (0..bytes.len())
-        .step_by(PART_BYTES)
-        .map(|start| {
-            let end = (start + PART_BYTES).min(bytes.len());
-            upload.put_part(bytes.slice(start..end).into())
-        })
-        .collect();
-    futures::future::try_join_all(parts).await?;
-    upload.complete().await?;
-    Ok(())
-}
-
-/// Splits a batch by partition: `(partition, rows, which rows)`; no copy when it has one partition.
-fn split_by_partition(
-    batch: &RecordBatch,
-    sink: &str,
-) -> Result<Vec<(String, RecordBatch, RowSet)>> {
-    let partitions = batch
-        .column_by_name(message_columns::PARTITION)
-        .and_then(|c| c.as_string_opt::<i32>())
-        .ok_or(hubroute_message::Error::NotAMessageBatch {
-            column: message_columns::PARTITION,
-            problem: "is missing or not a string".to_owned(),
-        })?;
-    let first = partitions.value(0);
-    if (1..partitions.len()).all(|i| partitions.value(i) == first) {
-        return Ok(vec![(
-            first.to_owned(),
-            batch.clone(),
-            RowSet::All(batch.num_rows()),
-        )]);
-    }
-    let mut groups: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-    for i in 0..partitions.len() {
-        let row = u32::try_from(i).expect("batches hold fewer than 2^32 rows");
-        groups.entry(partitions.value(i)).or_default().push(row);
-    }
-    groups
-        .into_iter()
-        .map(|(partition, rows)| {
-            let indices = UInt32Array::from(rows.clone());
-            let part = take_record_batch(batch, &indices).map_err(|source| Error::Arrow {
-                sink: sink.to_owned(),
-                source,
-            })?;
-            Ok((partition.to_owned(), part, RowSet::Some(rows)))
-        })
-        .collect()
 }
 
 #[async_trait]

@@ -11,11 +11,12 @@ use arrow::datatypes::{Float64Type, Int64Type};
 use futures::TryStreamExt as _;
 use hubroute_message::{Message, MessageBatchBuilder};
 use object_store::memory::InMemory;
-use object_store::{ObjectStoreExt as _, PutPayload, PutResult};
+use object_store::{MultipartUpload, ObjectStoreExt as _, PutPayload, PutResult};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tokio::sync::mpsc;
 
 use super::*;
+use crate::object_files::PART_BYTES;
 use crate::{Ack, ObjectStoreConfig, Secret};
 
 fn messages(
@@ -405,7 +406,10 @@ async fn a_permanent_upload_error_fails_every_row_of_the_file_and_hands_the_rows
             .values()
             .to_vec();
         assert_eq!(sequence_numbers, expected);
-        let bodies = data.column_by_name(message_columns::BODY).unwrap().as_binary::<i32>();
+        let bodies = data
+            .column_by_name(message_columns::BODY)
+            .unwrap()
+            .as_binary::<i32>();
         assert!(
             std::str::from_utf8(bodies.value(0))
                 .unwrap()

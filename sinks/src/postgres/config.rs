@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
+use super::tls::{SslMode, check_sslrootcert};
 use crate::{RetryPolicy, Secret, TableConfig};
 
 /// A PostgreSQL table receiving messages through binary `COPY`.
@@ -15,6 +16,8 @@ use crate::{RetryPolicy, Secret, TableConfig};
 /// user = "hubroute"
 /// dbname = "telemetry"
 /// password = "${PGPASSWORD}"
+/// sslmode = "verify-full"
+/// sslrootcert = "/etc/hubroute/db-ca.pem"
 /// table = { name = "messages" }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -37,6 +40,16 @@ pub struct PostgresSinkConfig {
     /// Password; write `"${PGPASSWORD}"` to read it from the environment. None for trust or peer auth.
     #[serde(default)]
     pub password: Option<Secret>,
+    /// TLS, as libpq's `sslmode`: `disable`, `prefer` (default: TLS when the server offers it,
+    /// unverified), `require`, `verify-ca` (the certificate chains to a trusted CA) or
+    /// `verify-full` (and is issued for `host`). Azure Database for PostgreSQL requires TLS.
+    #[serde(default)]
+    pub sslmode: SslMode,
+    /// The CA certificates `verify-ca` and `verify-full` trust (and `require`, which then checks
+    /// the chain, as libpq does): a PEM file, or `"system"` for the operating system's trust store
+    /// (the default). The file is read when the configuration is loaded.
+    #[serde(default, deserialize_with = "sslrootcert")]
+    pub sslrootcert: Option<String>,
     /// The target table and its column mapping.
     pub table: TableConfig,
     /// Rows per transaction (default 10 000); a ticket is never split, so one can be larger.
@@ -51,6 +64,12 @@ pub struct PostgresSinkConfig {
     /// Backoff for retryable failures (connection loss, serialization failures, lock timeouts).
     #[serde(default)]
     pub retry: RetryPolicy,
+}
+
+fn sslrootcert<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let sslrootcert = String::deserialize(deserializer)?;
+    check_sslrootcert(&sslrootcert).map_err(serde::de::Error::custom)?;
+    Ok(Some(sslrootcert))
 }
 
 fn default_host() -> String {
@@ -91,6 +110,8 @@ impl PostgresSinkConfig {
             user: default_user(),
             dbname: default_dbname(),
             password: None,
+            sslmode: SslMode::default(),
+            sslrootcert: None,
             table,
             batch_max_rows: default_batch_max_rows(),
             linger: default_linger(),

@@ -17,6 +17,7 @@
 //! (missing table, no unique key, access denied) stops the sink.
 
 mod config;
+mod tls;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -25,9 +26,12 @@ use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use tokio_postgres::{Client, NoTls, Statement, Transaction};
+use tokio_postgres::{Client, Statement, Transaction};
 
 pub use config::PostgresSinkConfig;
+pub use tls::SslMode;
+
+use self::tls::RustlsConnector;
 
 use crate::table::{
     Row, SqlType, SqlValue, TableMapping, TableSink, TableSinkSettings, TableWriter, WriteError,
@@ -58,13 +62,23 @@ impl PostgresSink {
             .user(&config.user)
             .dbname(&config.dbname)
             .application_name(format!("hubroute {}", config.name))
-            .connect_timeout(config.connect_timeout);
+            .connect_timeout(config.connect_timeout)
+            .ssl_mode(config.sslmode.negotiation());
         if let Some(password) = &config.password {
             pg.password(password.expose());
         }
+        let tls = RustlsConnector::new(config.sslmode, config.sslrootcert.as_deref()).map_err(
+            |problem| Error::Config {
+                sink: config.name.clone(),
+                problem,
+            },
+        )?;
         let writer = PostgresWriter {
             sink: config.name.clone(),
             config: pg,
+            tls,
+            host: config.host.clone(),
+            sslrootcert: config.sslrootcert.clone(),
             sql: Arc::new(Sql::new(&mapping)),
             types: mapping
                 .columns
@@ -170,6 +184,10 @@ struct Connection {
 struct PostgresWriter {
     sink: String,
     config: tokio_postgres::Config,
+    /// TLS per `sslmode`, built once (roots are read at start-up).
+    tls: RustlsConnector,
+    host: String,
+    sslrootcert: Option<String>,
     sql: Arc<Sql>,
     /// Binary COPY column types, in mapping order.
     types: Vec<Type>,
@@ -208,6 +226,10 @@ fn classify(error: &tokio_postgres::Error) -> Failure {
                 "; the table needs a unique constraint on (event_hub, partition, sequence_number)"
             }
             "42P01" => "; create the table or set `create = true`",
+            "28000" if db.message().contains("no encryption") => {
+                "; the server accepts this user only over TLS: set sslmode = \"require\", \
+                 \"verify-ca\" or \"verify-full\""
+            }
             _ => "",
         };
         Failure::Fatal {
@@ -243,10 +265,17 @@ impl PostgresWriter {
             self.connection = None;
         }
         if self.connection.is_none() {
-            let connection = self
-                .open()
-                .await
-                .map_err(|e| self.write_error("connect", classify(&e)))?;
+            let connection = self.open().await.map_err(|e| {
+                let failure =
+                    match tls::describe_failure(&e, &self.host, self.sslrootcert.as_deref()) {
+                        Some(message) => Failure::Fatal {
+                            code: None,
+                            message,
+                        },
+                        None => classify(&e),
+                    };
+                self.write_error("connect", failure)
+            })?;
             self.connection = Some(connection);
         }
         Ok(self.connection.as_mut().expect("connected above"))
@@ -272,7 +301,7 @@ impl PostgresWriter {
     }
 
     async fn open(&self) -> std::result::Result<Connection, tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(NoTls).await?;
+        let (client, connection) = self.config.connect(self.tls.clone()).await?;
         let sink = self.sink.clone();
         tokio::spawn(async move {
             if let Err(error) = connection.await {

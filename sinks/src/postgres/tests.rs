@@ -7,6 +7,8 @@ use hubroute_message::{Message, MessageBatchBuilder};
 use tokio::sync::mpsc;
 
 use super::*;
+use tokio_postgres::NoTls;
+
 use crate::{Ack, ColumnMapping, TableConfig};
 
 const START_POSTGRES: &str = "PostgreSQL is not reachable at 127.0.0.1:5432 (user postgres, database test); \
@@ -284,10 +286,7 @@ async fn a_lost_connection_is_reopened_and_no_row_is_lost() {
         .unwrap();
     sink.flush(FlushReason::Shutdown).await.unwrap();
     let ack = received.recv().await.unwrap();
-    assert_eq!(
-        ack,
-        Ack::committed(2)
-    );
+    assert_eq!(ack, Ack::committed(2));
     assert_eq!(table.count().await, 20);
     table.drop_table().await;
 }
@@ -403,4 +402,137 @@ fn the_password_is_masked_in_debug_output() {
         Some("hunter2")
     );
     assert!(!format!("{config:?}").contains("hunter2"));
+}
+
+/// The test CA `.ci/services.sh` (`ensure_postgres_tls`) generated: `<data_directory>/hubroute-tls`.
+async fn test_ca() -> String {
+    let data: String = admin()
+        .await
+        .query_one("SHOW data_directory", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let ca = format!("{data}/hubroute-tls/ca.crt");
+    assert!(
+        std::path::Path::new(&ca).is_file(),
+        "{ca} is missing: PostgreSQL is not set up for TLS; run .ci/test (or: source .ci/services.sh \
+         && ensure_postgres_tls)"
+    );
+    ca
+}
+
+/// The role that `pg_hba.conf` admits only over TLS, with SCRAM.
+fn tls_config(
+    table: &TestTable,
+    sslmode: SslMode,
+    sslrootcert: Option<String>,
+) -> PostgresSinkConfig {
+    let mut config = config("pg-tls", TableConfig::new(&table.name));
+    config.user = "hubroute_tls".into();
+    config.password = Some(crate::Secret::new("hubroute_tls"));
+    config.sslmode = sslmode;
+    config.sslrootcert = sslrootcert;
+    config
+}
+
+#[tokio::test]
+async fn verified_tls_connections_write_rows() {
+    let ca = test_ca().await;
+    let cases = [
+        ("127.0.0.1", SslMode::VerifyFull, Some(ca.clone())),
+        ("localhost", SslMode::VerifyFull, Some(ca.clone())),
+        ("127.0.0.1", SslMode::VerifyCa, Some(ca.clone())),
+        ("127.0.0.1", SslMode::Require, None),
+        ("127.0.0.1", SslMode::Prefer, None),
+    ];
+    for (host, sslmode, sslrootcert) in cases {
+        let table = TestTable::new("tls").await;
+        let mut config = tls_config(&table, sslmode, sslrootcert);
+        config.host = host.into();
+        let acks = run(config, vec![batch(1, &messages("0", 0..5, r#"{"n":{n}}"#))]).await;
+        assert!(acks[0].failed.is_empty(), "{host} {sslmode:?}: {acks:?}");
+        assert_eq!(table.count().await, 5, "{host} {sslmode:?}");
+        table.drop_table().await;
+    }
+}
+
+/// Runs the sink until it stops and returns its error.
+async fn fatal_error(config: PostgresSinkConfig) -> Error {
+    let (acks, _received) = mpsc::channel(4);
+    let mut sink = PostgresSink::new(config, acks).unwrap();
+    sink.write(batch(1, &messages("0", 0..2, "{}")))
+        .await
+        .unwrap();
+    let error = tokio::time::timeout(Duration::from_secs(30), sink.flush(FlushReason::Shutdown))
+        .await
+        .expect("a TLS misconfiguration stops the sink instead of retrying")
+        .unwrap_err();
+    assert!(!error.is_retryable(), "{error}");
+    error
+}
+
+#[tokio::test]
+async fn a_server_requiring_tls_refuses_sslmode_disable_with_advice() {
+    let table = TestTable::new("notls").await;
+    let error = fatal_error(tls_config(&table, SslMode::Disable, None))
+        .await
+        .to_string();
+    assert!(
+        error.contains("28000")
+            && error.contains("no encryption")
+            && error.contains("set sslmode = \"require\""),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_is_refused_naming_the_ca_file() {
+    test_ca().await;
+    let dir = tempfile::tempdir().unwrap();
+    let other_ca = dir.path().join("other-ca.pem");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(&other_ca, params.self_signed(&key).unwrap().pem()).unwrap();
+    let other_ca = other_ca.display().to_string();
+    for sslmode in [SslMode::VerifyCa, SslMode::VerifyFull, SslMode::Require] {
+        let table = TestTable::new("wrongca").await;
+        let error = fatal_error(tls_config(&table, sslmode, Some(other_ca.clone())))
+            .await
+            .to_string();
+        assert!(
+            error.contains("not signed by a CA in the CA certificates in sslrootcert")
+                && error.contains(&other_ca)
+                && error.contains("wrong CA"),
+            "{sslmode:?}: {error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn scram_over_tls_binds_the_channel_to_the_servers_certificate() {
+    let ca = test_ca().await;
+    let tls = RustlsConnector::new(SslMode::VerifyFull, Some(&ca)).unwrap();
+    let mut pg = tokio_postgres::Config::new();
+    pg.host("127.0.0.1")
+        .port(5432)
+        .user("hubroute_tls")
+        .password("hubroute_tls")
+        .dbname("test")
+        .ssl_mode(tokio_postgres::config::SslMode::Require)
+        .channel_binding(tokio_postgres::config::ChannelBinding::Require);
+    let (client, connection) = pg
+        .connect(tls)
+        .await
+        .expect("SCRAM-SHA-256-PLUS with our tls-server-end-point binding");
+    tokio::spawn(connection);
+    let ssl: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl);
 }

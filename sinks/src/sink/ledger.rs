@@ -26,10 +26,14 @@ struct PendingTicket {
 }
 
 /// The failed rows in `failed` order: sorted by row, with their data reordered to match.
-fn ordered(mut failed: Vec<FailedRow>, rows: Option<RecordBatch>) -> (Vec<FailedRow>, Option<RecordBatch>) {
+fn ordered(
+    mut failed: Vec<FailedRow>,
+    rows: Option<RecordBatch>,
+) -> (Vec<FailedRow>, Option<RecordBatch>) {
     let mut order: Vec<u32> = (0..failed.len() as u32).collect();
     order.sort_by_key(|&i| failed[i as usize].row);
-    let rows = rows.and_then(|rows| take_record_batch(&rows, &UInt32Array::from(order.clone())).ok());
+    let rows =
+        rows.and_then(|rows| take_record_batch(&rows, &UInt32Array::from(order.clone())).ok());
     failed.sort_by_key(|row| row.row);
     (failed, rows)
 }
@@ -188,7 +192,11 @@ mod tests {
         assert_eq!(rows, vec![1, 3, 5]);
         let data = ack.failed_rows.expect("every part reported its rows");
         let values: Vec<i64> = data.column(0).as_primitive::<Int64Type>().values().to_vec();
-        assert_eq!(values, vec![1, 3, 5], "each row's data sits beside its failure");
+        assert_eq!(
+            values,
+            vec![1, 3, 5],
+            "each row's data sits beside its failure"
+        );
     }
 
     #[tokio::test]

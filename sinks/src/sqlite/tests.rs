@@ -148,10 +148,7 @@ async fn a_locked_database_is_retried_until_the_lock_goes() {
     );
     locker.execute_batch("COMMIT").unwrap();
     sink.flush(FlushReason::Shutdown).await.unwrap();
-    assert_eq!(
-        received.recv().await.unwrap(),
-        Ack::committed(2)
-    );
+    assert_eq!(received.recv().await.unwrap(), Ack::committed(2));
     assert_eq!(count(&path, "m"), 5);
 }
 

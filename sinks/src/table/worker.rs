@@ -247,8 +247,8 @@ async fn run(
                 failed,
                 failed_rows: None,
             })
-                .await
-                .map_err(|_| Error::AcksClosed { sink: name.clone() })?;
+            .await
+            .map_err(|_| Error::AcksClosed { sink: name.clone() })?;
         }
     }
     Ok(())

@@ -1,0 +1,194 @@
+//! What the sinks that write whole files to an object store (Parquet, IoT Hub storage files) share:
+//! splitting a batch by partition, uploading a finished file so that it appears complete or not at
+//! all, retrying that upload, and settling the tickets whose rows the file holds.
+//!
+//! A file is always uploaded from a finished in-memory buffer: one `put` up to [`PART_BYTES`],
+//! above that a multipart upload whose parts become visible only at `complete` (Azure block list
+//! commit, S3 `CompleteMultipartUpload`, local filesystem: a staged file renamed into place). A
+//! failed upload is aborted and retried from the same buffer, forever while the error is retryable.
+
+use std::collections::BTreeMap;
+
+use arrow::array::{Array, AsArray, UInt32Array};
+use arrow::compute::take_record_batch;
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use hubroute_message::columns as message_columns;
+use object_store::path::Path;
+use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt};
+
+use crate::error::object_store_error_is_retryable;
+use crate::{AckLedger, Error, FailedRow, Result, RetryPolicy, Ticket};
+
+/// Files larger than this are uploaded as multipart uploads in parts of this size.
+pub(crate) const PART_BYTES: usize = 8 * 1024 * 1024;
+
+/// Which rows of a ticket's batch a file holds.
+#[derive(Debug)]
+pub(crate) enum RowSet {
+    /// Rows `0..n`: the whole batch belonged to one partition.
+    All(usize),
+    /// These row indices.
+    Some(Vec<u32>),
+}
+
+impl RowSet {
+    pub(crate) fn rows(&self) -> Vec<usize> {
+        match self {
+            Self::All(n) => (0..*n).collect(),
+            Self::Some(rows) => rows.iter().map(|&r| r as usize).collect(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::All(n) => *n,
+            Self::Some(rows) => rows.len(),
+        }
+    }
+}
+
+/// Splits a batch by partition: `(partition, rows, which rows)`; no copy when it has one partition.
+pub(crate) fn split_by_partition(
+    batch: &RecordBatch,
+    sink: &str,
+) -> Result<Vec<(String, RecordBatch, RowSet)>> {
+    let partitions = batch
+        .column_by_name(message_columns::PARTITION)
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or(hubroute_message::Error::NotAMessageBatch {
+            column: message_columns::PARTITION,
+            problem: "is missing or not a string".to_owned(),
+        })?;
+    let first = partitions.value(0);
+    if (1..partitions.len()).all(|i| partitions.value(i) == first) {
+        return Ok(vec![(
+            first.to_owned(),
+            batch.clone(),
+            RowSet::All(batch.num_rows()),
+        )]);
+    }
+    let mut groups: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for i in 0..partitions.len() {
+        let row = u32::try_from(i).expect("batches hold fewer than 2^32 rows");
+        groups.entry(partitions.value(i)).or_default().push(row);
+    }
+    groups
+        .into_iter()
+        .map(|(partition, rows)| {
+            let indices = UInt32Array::from(rows.clone());
+            let part = take_record_batch(batch, &indices).map_err(|source| Error::Arrow {
+                sink: sink.to_owned(),
+                source,
+            })?;
+            Ok((partition.to_owned(), part, RowSet::Some(rows)))
+        })
+        .collect()
+}
+
+/// Uploads `bytes` to `path`, retrying retryable errors with `retry`'s backoff. Returns `None` once
+/// the object is committed, or the message of the permanent error that prevents it.
+pub(crate) async fn upload_with_retries(
+    sink: &str,
+    store: &dyn ObjectStore,
+    path: &Path,
+    bytes: &Bytes,
+    retry: RetryPolicy,
+) -> Option<String> {
+    let mut attempt = 0;
+    loop {
+        match put(store, path, bytes).await {
+            Ok(()) => return None,
+            Err(error) if object_store_error_is_retryable(&error) => {
+                let delay = retry.delay(attempt, None);
+                tracing::warn!(sink, %path, %error, ?delay, "upload failed; retrying");
+                tokio::time::sleep(delay).await;
+                attempt = attempt.saturating_add(1);
+            }
+            Err(error) => {
+                tracing::error!(sink, %path, %error, "upload failed permanently");
+                return Some(format!("upload of {path} failed: {error}"));
+            }
+        }
+    }
+}
+
+/// Settles every ticket part of a file: committed, or each row failed with `error`.
+pub(crate) async fn settle_all(
+    ledger: &AckLedger,
+    tickets: Vec<(Ticket, RowSet)>,
+    error: Option<String>,
+) -> Result<()> {
+    for (ticket, rows) in tickets {
+        let failed = match &error {
+            None => Vec::new(),
+            Some(error) => rows
+                .rows()
+                .into_iter()
+                .map(|row| FailedRow {
+                    row,
+                    error: error.clone(),
+                })
+                .collect(),
+        };
+        ledger.settle(ticket, failed).await?;
+    }
+    Ok(())
+}
+
+/// Uploads `bytes` to `path` so that the object appears complete or not at all.
+async fn put(store: &dyn ObjectStore, path: &Path, bytes: &Bytes) -> object_store::Result<()> {
+    if bytes.len() <= PART_BYTES {
+        store.put(path, bytes.clone().into()).await?;
+        return Ok(());
+    }
+    let mut upload = store.put_multipart(path).await?;
+    let result = put_parts(upload.as_mut(), bytes).await;
+    if result.is_err()
+        && let Err(error) = upload.abort().await
+    {
+        tracing::warn!(%path, %error, "aborting a failed multipart upload failed");
+    }
+    result
+}
+
+async fn put_parts(upload: &mut dyn MultipartUpload, bytes: &Bytes) -> object_store::Result<()> {
+    let parts: Vec<_> = (0..bytes.len())
+        .step_by(PART_BYTES)
+        .map(|start| {
+            let end = (start + PART_BYTES).min(bytes.len());
+            upload.put_part(bytes.slice(start..end).into())
+        })
+        .collect();
+    futures::future::try_join_all(parts).await?;
+    upload.complete().await?;
+    Ok(())
+}
+
+/// Fails every row of a file with `error`, handing each ticket its rows back from `rows` (every
+/// row of the file, in file order): for sinks that [report failed rows](crate::Sink::reports_failed_rows).
+pub(crate) async fn fail_all_with_rows(
+    ledger: &AckLedger,
+    tickets: Vec<(Ticket, RowSet)>,
+    error: &str,
+    rows: &RecordBatch,
+) -> Result<()> {
+    let mut offset = 0;
+    for (ticket, set) in tickets {
+        let failed = set
+            .rows()
+            .into_iter()
+            .map(|row| FailedRow {
+                row,
+                error: error.to_owned(),
+            })
+            .collect();
+        let data = rows.slice(
+            offset.min(rows.num_rows()),
+            set.len().min(rows.num_rows().saturating_sub(offset)),
+        );
+        offset += set.len();
+        ledger.settle_with_rows(ticket, failed, Some(data)).await?;
+    }
+    Ok(())
+}
