@@ -362,6 +362,8 @@ impl ClientConnection {
     pub async fn flush(&mut self) -> Result<()> {
         if !self.out.is_empty() {
             self.stream.write_all(&self.out).await?;
+            // TLS keeps records it could not yet put on the socket until flushed.
+            self.stream.flush().await?;
             self.out.clear();
             self.last_write = Instant::now();
         }

@@ -429,6 +429,23 @@ impl<'a> Reader<'a> {
         self.take(width).map(|_| ())
     }
 
+    /// Reads a `symbol`'s bytes without checking them as UTF-8 (for comparing against known ASCII
+    /// names), or skips any other value and returns `None`.
+    pub fn read_symbol_bytes(&mut self) -> Result<Option<&'a [u8]>> {
+        let code = self.peek_code()?;
+        if code != code::SYM8 && code != code::SYM32 {
+            self.skip()?;
+            return Ok(None);
+        }
+        self.position += 1;
+        let len = if code == code::SYM8 {
+            usize::from(self.u8()?)
+        } else {
+            self.u32()? as usize
+        };
+        self.take(len).map(Some)
+    }
+
     /// Reads a list header (`list0`, `list8`, `list32`); `null` is an empty list.
     pub fn read_list(&mut self) -> Result<Compound<'a>> {
         match self.read_value()? {
@@ -477,6 +494,15 @@ impl<'a> Fields<'a> {
         }
         self.left -= 1;
         self.reader.read_value()
+    }
+
+    /// Skips the next field without decoding it.
+    pub fn skip_next(&mut self) -> Result<()> {
+        if self.left == 0 {
+            return Ok(());
+        }
+        self.left -= 1;
+        self.reader.skip()
     }
 
     /// The next field as an optional `uint`.
@@ -683,6 +709,22 @@ mod tests {
         };
         let entries: Vec<Value<'_>> = map.iter().collect::<Result<_>>().expect("entries");
         assert_eq!(entries, vec![Value::Symbol("k"), Value::Long(-7)]);
+    }
+
+    #[test]
+    fn symbol_bytes_are_read_raw_and_other_values_skipped() {
+        let mut out = Vec::new();
+        put_symbol(&mut out, "x-opt-offset");
+        put_string(&mut out, "not a symbol");
+        put_symbol(&mut out, &"s".repeat(300));
+        let mut reader = Reader::new(&out);
+        assert_eq!(
+            reader.read_symbol_bytes().unwrap(),
+            Some(&b"x-opt-offset"[..])
+        );
+        assert_eq!(reader.read_symbol_bytes().unwrap(), None);
+        assert_eq!(reader.read_symbol_bytes().unwrap().map(<[u8]>::len), Some(300));
+        assert!(reader.is_empty());
     }
 
     #[test]

@@ -231,29 +231,19 @@ impl<'a> MessageView<'a> {
     }
 }
 
-/// The fields of a properties section a router reads.
+/// The fields of a properties section a router reads (the others are skipped unread).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Properties<'a> {
     /// `message-id`: ulong, uuid, binary or string.
     pub message_id: Option<Value<'a>>,
     /// `user-id`.
     pub user_id: Option<&'a [u8]>,
-    /// `to`.
-    pub to: Option<&'a str>,
-    /// `subject`.
-    pub subject: Option<&'a str>,
-    /// `reply-to`.
-    pub reply_to: Option<&'a str>,
     /// `correlation-id`: ulong, uuid, binary or string.
     pub correlation_id: Option<Value<'a>>,
     /// `content-type`.
     pub content_type: Option<&'a str>,
     /// `content-encoding`.
     pub content_encoding: Option<&'a str>,
-    /// `absolute-expiry-time`, ms since the epoch.
-    pub absolute_expiry_time: Option<i64>,
-    /// `creation-time`, ms since the epoch.
-    pub creation_time: Option<i64>,
 }
 
 fn optional<'a>(value: Value<'a>) -> Option<Value<'a>> {
@@ -270,31 +260,22 @@ fn text<'a>(value: Value<'a>, name: &str) -> Result<Option<&'a str>> {
     }
 }
 
-fn timestamp(value: Value<'_>, name: &str) -> Result<Option<i64>> {
-    match value {
-        Value::Null => Ok(None),
-        Value::Timestamp(t) => Ok(Some(t)),
-        other => Err(Error::Malformed(format!(
-            "property {name} must be a timestamp, not {other:?}"
-        ))),
-    }
-}
-
 impl<'a> Properties<'a> {
-    /// Reads a properties list.
+    /// Reads a properties list: `message-id`, `user-id`, (`to`, `subject`, `reply-to` skipped),
+    /// `correlation-id`, `content-type`, `content-encoding`; the rest is not read.
     pub fn read(list: Compound<'a>) -> Result<Self> {
         let mut fields = Fields::new(list);
+        let message_id = optional(fields.next_value()?);
+        let user_id = fields.binary("user-id")?;
+        for _ in 0..3 {
+            fields.skip_next()?;
+        }
         Ok(Properties {
-            message_id: optional(fields.next_value()?),
-            user_id: fields.binary("user-id")?,
-            to: text(fields.next_value()?, "to")?,
-            subject: text(fields.next_value()?, "subject")?,
-            reply_to: text(fields.next_value()?, "reply-to")?,
+            message_id,
+            user_id,
             correlation_id: optional(fields.next_value()?),
             content_type: text(fields.next_value()?, "content-type")?,
             content_encoding: text(fields.next_value()?, "content-encoding")?,
-            absolute_expiry_time: timestamp(fields.next_value()?, "absolute-expiry-time")?,
-            creation_time: timestamp(fields.next_value()?, "creation-time")?,
         })
     }
 }
@@ -439,7 +420,6 @@ mod tests {
         assert_eq!(properties.message_id, Some(Value::String("m-1")));
         assert_eq!(properties.content_type, Some("application/json"));
         assert_eq!(properties.content_encoding, Some("utf-8"));
-        assert_eq!(properties.creation_time, Some(7));
         let app: Vec<_> = entries(view.application_properties.expect("app"))
             .collect::<Result<_>>()
             .expect("entries");

@@ -102,16 +102,14 @@ def start_emulator(binary, partitions, work):
     return emulator, line
 
 
-def run_engine(binary, connection_string, events, work, profile=None):
+def run_engine(binary, connection_string, events, work, prefix=()):
     listen = f"127.0.0.1:{free_port()}"
     config = os.path.join(work, "hubroute.toml")
     with open(config, "w") as f:
         f.write(hubroute_config(connection_string, work, listen))
     log = open(os.path.join(work, "engine.log"), "w")
     start = time.monotonic()
-    command = [binary, "run", "--config", config]
-    if profile:
-        command = ["perf", "record", "-F", "999", "-g", "-o", profile, "--"] + command
+    command = [*prefix, binary, "run", "--config", config]
     engine = subprocess.Popen(command, stdout=log, stderr=log)
     metrics = f"http://{listen}/metrics"
     routed = 0
@@ -141,9 +139,10 @@ def main():
     parser.add_argument("--no-sdk", action="store_true", help="skip the azure-eventhub baseline")
     parser.add_argument("--hubroute", default=default_binary(), help="release binary to run")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    parser.add_argument("--profile", metavar="PERF_DATA",
-                        help="run the engine under `perf record -g` writing PERF_DATA (its CPU figures "
-                             "then include perf's own)")
+    parser.add_argument("--engine-prefix", default="", metavar="COMMAND",
+                        help="run the engine under a profiler, e.g. 'perf record -g -o perf.data --' "
+                             "or 'heaptrack -o engine' (its CPU and memory figures then include the "
+                             "profiler's own)")
     args = parser.parse_args()
     if not os.path.exists(args.hubroute):
         sys.exit(f"{args.hubroute} is missing: run `cargo build --release` first")
@@ -160,7 +159,7 @@ def main():
 
         before = cpu_seconds(emulator.pid)
         wall, cpu, rss, rows = run_engine(args.hubroute, connection_string, args.events, work,
-                                          args.profile)
+                                          args.engine_prefix.split())
         served = cpu_seconds(emulator.pid) - before
         if rows["lake"] != args.events:
             sys.exit(f"the lake endpoint has {rows['lake']} rows, expected {args.events}")

@@ -275,6 +275,9 @@ impl MessageBatchBuilder {
             Arc::new(self.body.finish()),
             Arc::new(self.twin.finish()),
         ];
+        // The next batch is probably like this one: reserve its body buffer once instead of
+        // growing it by doubling (each growth copies everything appended so far).
+        self.body = BinaryBuilder::with_capacity(self.rows, self.body_bytes);
         self.rows = 0;
         self.body_bytes = 0;
         // The builders produce non-nullable map fields while the schema declares the map column

@@ -246,6 +246,7 @@ pub(crate) async fn serve(stream: Stream, peer: std::net::SocketAddr, shared: Ar
     connection.answer_open(&mut out.bytes);
     // A client may pipeline its first frames (begin, attach) behind its open.
     let mut ending = connection.on_bytes(&mut frames, &mut out.bytes).err();
+    let mut unflushed = false;
     while ending.is_none() {
         connection.produce(&mut out.bytes);
         let deadline = connection.next_deadline();
@@ -258,10 +259,16 @@ pub(crate) async fn serve(stream: Stream, peer: std::net::SocketAddr, shared: Ar
                 Ok(n) => {
                     out.advance(n);
                     connection.last_write = Instant::now();
+                    unflushed = true;
                     Ok(())
                 }
                 Err(_) => Err(Ending::Peer),
             },
+            // TLS keeps records it could not yet put on the socket until flushed.
+            flushed = writer.flush(), if unflushed && out.len() == 0 => {
+                unflushed = false;
+                flushed.map_err(|_| Ending::Peer)
+            }
             Some(wake) = woken.recv() => {
                 connection.on_wake(wake, &mut out.bytes);
                 Ok(())

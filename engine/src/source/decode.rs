@@ -312,6 +312,41 @@ fn text(value: Value<'_>) -> Option<&str> {
     value.as_text()
 }
 
+/// The message annotations a row reads.
+#[derive(Debug, Clone, Copy)]
+enum Annotation {
+    SequenceNumber,
+    Offset,
+    EnqueuedTime,
+    IothubEnqueuedTime,
+    PartitionKey,
+    ConnectionDeviceId,
+    ConnectionModuleId,
+    ConnectionAuthMethod,
+    ConnectionAuthGenerationId,
+    MessageSource,
+    DtDataschema,
+    DtSubject,
+}
+
+const ANNOTATIONS: [(&str, Annotation); 12] = [
+    (keys::SEQUENCE_NUMBER, Annotation::SequenceNumber),
+    (keys::OFFSET, Annotation::Offset),
+    (keys::ENQUEUED_TIME, Annotation::EnqueuedTime),
+    (keys::IOTHUB_ENQUEUED_TIME, Annotation::IothubEnqueuedTime),
+    (keys::PARTITION_KEY, Annotation::PartitionKey),
+    (keys::CONNECTION_DEVICE_ID, Annotation::ConnectionDeviceId),
+    (keys::CONNECTION_MODULE_ID, Annotation::ConnectionModuleId),
+    (keys::CONNECTION_AUTH_METHOD, Annotation::ConnectionAuthMethod),
+    (
+        keys::CONNECTION_AUTH_GENERATION_ID,
+        Annotation::ConnectionAuthGenerationId,
+    ),
+    (keys::MESSAGE_SOURCE, Annotation::MessageSource),
+    (keys::DT_DATASCHEMA, Annotation::DtDataschema),
+    (keys::DT_SUBJECT, Annotation::DtSubject),
+];
+
 impl Scratch {
     fn append(
         &mut self,
@@ -331,18 +366,26 @@ impl Scratch {
         if let Some(annotations) = view.message_annotations {
             let mut reader = annotations.reader();
             for _ in 0..annotations.count / 2 {
-                let key = reader.read_value()?;
+                // Keys are compared as bytes (every known key is ASCII); a value is decoded only
+                // under a key the row needs.
+                let key = match reader.read_symbol_bytes()? {
+                    Some(key) => ANNOTATIONS.iter().find(|(name, _)| name.as_bytes() == key),
+                    None => None,
+                };
+                let Some((_, annotation)) = key else {
+                    reader.skip()?;
+                    continue;
+                };
                 let value = reader.read_value()?;
-                let Value::Symbol(key) = key else { continue };
-                match key {
-                    keys::SEQUENCE_NUMBER => {
+                match annotation {
+                    Annotation::SequenceNumber => {
                         sequence_number = match value {
                             Value::Long(n) => Some(n),
                             Value::Int(n) => Some(i64::from(n)),
                             _ => None,
                         };
                     }
-                    keys::OFFSET => {
+                    Annotation::Offset => {
                         offset_seen = match value {
                             Value::String(s) => {
                                 self.offset.push_str(s);
@@ -356,27 +399,26 @@ impl Scratch {
                             _ => false,
                         };
                     }
-                    keys::ENQUEUED_TIME => {
+                    Annotation::EnqueuedTime => {
                         if let Value::Timestamp(t) = value {
                             enqueued_time = Some(t);
                         }
                     }
-                    keys::IOTHUB_ENQUEUED_TIME => {
+                    Annotation::IothubEnqueuedTime => {
                         if let Value::Timestamp(t) = value {
                             row.iothub_enqueued_time_ms = Some(t);
                         }
                     }
-                    keys::PARTITION_KEY => row.partition_key = text(value),
-                    keys::CONNECTION_DEVICE_ID => row.connection_device_id = text(value),
-                    keys::CONNECTION_MODULE_ID => row.connection_module_id = text(value),
-                    keys::CONNECTION_AUTH_METHOD => row.connection_auth_method = text(value),
-                    keys::CONNECTION_AUTH_GENERATION_ID => {
+                    Annotation::PartitionKey => row.partition_key = text(value),
+                    Annotation::ConnectionDeviceId => row.connection_device_id = text(value),
+                    Annotation::ConnectionModuleId => row.connection_module_id = text(value),
+                    Annotation::ConnectionAuthMethod => row.connection_auth_method = text(value),
+                    Annotation::ConnectionAuthGenerationId => {
                         row.connection_auth_generation_id = text(value);
                     }
-                    keys::MESSAGE_SOURCE => row.message_source = text(value),
-                    keys::DT_DATASCHEMA => row.dt_dataschema = text(value),
-                    keys::DT_SUBJECT => row.dt_subject = text(value),
-                    _ => {}
+                    Annotation::MessageSource => row.message_source = text(value),
+                    Annotation::DtDataschema => row.dt_dataschema = text(value),
+                    Annotation::DtSubject => row.dt_subject = text(value),
                 }
             }
         }

@@ -40,9 +40,14 @@ pub struct ParquetSinkConfig {
     #[serde(default = "default_max_file_age", with = "humantime_serde")]
     pub max_file_age: Duration,
     /// A file is closed once its encoded size reaches this many bytes (IoT Hub's
-    /// `maxChunkSizeInBytes`, default 300 MiB). Also the bound of memory held per open file.
+    /// `maxChunkSizeInBytes`, default 300 MiB).
     #[serde(default = "default_max_file_bytes")]
     pub max_file_bytes: u64,
+    /// The encoded bytes all open files of this endpoint may hold together (default 32 MiB). A
+    /// write that would pass it closes the largest open file early, so with many partitions active
+    /// files are smaller than `max_file_bytes` and memory does not grow with the partition count.
+    #[serde(default = "default_max_buffered_bytes")]
+    pub max_buffered_bytes: u64,
     /// Write a schema-only file for a partition that received nothing during `max_file_age`, as IoT
     /// Hub does (default false).
     #[serde(default)]
@@ -116,6 +121,10 @@ fn default_max_file_bytes() -> u64 {
     314_572_800
 }
 
+fn default_max_buffered_bytes() -> u64 {
+    32 * 1024 * 1024
+}
+
 fn default_max_concurrent_uploads() -> usize {
     4
 }
@@ -133,6 +142,7 @@ impl ParquetSinkConfig {
             write_empty_files: false,
             compression: Compression::default(),
             columns: Vec::new(),
+            max_buffered_bytes: default_max_buffered_bytes(),
             max_concurrent_uploads: default_max_concurrent_uploads(),
             retry: RetryPolicy::default(),
         }

@@ -19,8 +19,10 @@
 //!
 //! # Memory and backpressure
 //!
-//! Memory is bounded by `max_file_bytes` per open file plus `max_concurrent_uploads` finished
-//! buffers. Rolling a file waits for an upload slot, so a slow store makes `write` wait.
+//! The open files together hold at most `max_buffered_bytes` (the largest is rolled early when a
+//! write would pass it) and each at most `max_file_bytes`; at most `max_concurrent_uploads` finished
+//! buffers are uploading. Rolling a file waits for an upload slot, so a slow store makes `write`
+//! wait.
 //!
 //! # File layout
 //!
@@ -96,6 +98,8 @@ struct OpenFile {
     opened_wall: DateTime<Utc>,
     first_sequence_number: Option<i64>,
     tickets: Vec<(Ticket, RowSet)>,
+    /// Encoded bytes (written row groups plus the one in progress) when the writer last settled.
+    buffered: u64,
 }
 
 impl OpenFile {
@@ -179,10 +183,15 @@ impl ParquetSink {
     ) -> Result<Self> {
         let template = PathTemplate::parse(&config.name, &config.path_template)?;
         let schema = Arc::new(FileSchema::new(&config.name, &config.columns)?);
-        if config.max_concurrent_uploads == 0 || config.max_file_bytes == 0 {
+        if config.max_concurrent_uploads == 0
+            || config.max_file_bytes == 0
+            || config.max_buffered_bytes == 0
+        {
             return Err(Error::Config {
                 sink: config.name,
-                problem: "max_concurrent_uploads and max_file_bytes must be at least 1".to_owned(),
+                problem: "max_concurrent_uploads, max_file_bytes and max_buffered_bytes must be at \
+                          least 1"
+                    .to_owned(),
             });
         }
         let compression = match config.compression {
@@ -237,6 +246,7 @@ impl ParquetSink {
             opened_wall: Utc::now(),
             first_sequence_number: None,
             tickets: Vec::new(),
+            buffered: 0,
         })
     }
 
@@ -259,11 +269,12 @@ impl ParquetSink {
             .map(|c| c.as_primitive::<arrow::datatypes::Int64Type>().value(0));
         if let Some(file) = self.open.get_mut(partition) {
             let writer = file.settle().await?;
-            let size = writer.bytes_written() + writer.in_progress_size();
-            if size as u64 >= self.config.max_file_bytes {
+            file.buffered = (writer.bytes_written() + writer.in_progress_size()) as u64;
+            if file.buffered >= self.config.max_file_bytes {
                 self.roll(partition).await?;
             }
         }
+        self.keep_within_budget().await?;
         if !self.open.contains_key(partition) {
             let file = self.open_file(&event_hub)?;
             self.open.insert(partition.to_owned(), file);
@@ -275,6 +286,24 @@ impl ParquetSink {
         self.ledger.add_part(ticket);
         file.tickets.push((ticket, rows));
         file.encode(batch, Arc::clone(&self.schema), Arc::clone(&self.name));
+        Ok(())
+    }
+
+    /// Rolls the largest open files while all of them together hold more than
+    /// `max_buffered_bytes`: with many partitions active, files close smaller than
+    /// `max_file_bytes` rather than letting memory grow with the partition count.
+    async fn keep_within_budget(&mut self) -> Result<()> {
+        while self.open.values().map(|f| f.buffered).sum::<u64>() > self.config.max_buffered_bytes {
+            let Some(largest) = self
+                .open
+                .iter()
+                .max_by_key(|(_, file)| file.buffered)
+                .map(|(partition, _)| partition.clone())
+            else {
+                break;
+            };
+            self.roll(&largest).await?;
+        }
         Ok(())
     }
 

@@ -196,6 +196,48 @@ async fn files_roll_by_size_and_are_readable_by_parquet_and_pyarrow() {
     assert!(columns.iter().any(|c| c == "application_properties"));
 }
 
+#[tokio::test]
+async fn the_largest_open_file_rolls_early_when_all_open_files_pass_the_memory_budget() {
+    let store = Arc::new(InMemory::new());
+    let mut config = ParquetSinkConfig::new("lake", ObjectStoreConfig::default());
+    config.max_buffered_bytes = 20_000;
+    let (tx, mut rx) = mpsc::channel(64);
+    let mut sink = ParquetSink::with_store(config, store.clone(), tx).unwrap();
+    // Eight partitions, each far below max_file_bytes (300 MiB), together above the budget.
+    let mut ticket = 0;
+    for round in 0..4 {
+        for partition in 0..8 {
+            let start = round * 20;
+            sink.write(sink_batch(
+                ticket,
+                &messages(&partition.to_string(), start..start + 20, 200),
+            ))
+            .await
+            .unwrap();
+            ticket += 1;
+            let open: u64 = sink.open.values().map(|f| f.buffered).sum();
+            assert!(
+                open <= 20_000 + 12_000,
+                "open files hold {open} bytes, past the budget by more than one batch"
+            );
+        }
+    }
+    let rolled_before_shutdown = files(store.as_ref()).await.len();
+    assert!(
+        rolled_before_shutdown > 0,
+        "no file was rolled early although the open files passed the budget"
+    );
+    sink.flush(FlushReason::Shutdown).await.unwrap();
+    let acks = acks_for(&mut rx, 32).await;
+    assert!(acks.iter().all(|a| a.failed.is_empty()));
+    let batches: Vec<RecordBatch> = files(store.as_ref())
+        .await
+        .iter()
+        .flat_map(|(_, b)| read(b))
+        .collect();
+    assert_eq!(sequence_numbers(&batches).len(), 32 * 20, "every row is in a file");
+}
+
 #[tokio::test(start_paused = true)]
 async fn files_roll_by_age_and_only_then_are_acked() {
     let store = Arc::new(InMemory::new());
