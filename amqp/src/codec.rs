@@ -723,7 +723,10 @@ mod tests {
             Some(&b"x-opt-offset"[..])
         );
         assert_eq!(reader.read_symbol_bytes().unwrap(), None);
-        assert_eq!(reader.read_symbol_bytes().unwrap().map(<[u8]>::len), Some(300));
+        assert_eq!(
+            reader.read_symbol_bytes().unwrap().map(<[u8]>::len),
+            Some(300)
+        );
         assert!(reader.is_empty());
     }
 

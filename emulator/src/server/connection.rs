@@ -255,20 +255,27 @@ pub(crate) async fn serve(stream: Stream, peer: std::net::SocketAddr, shared: Ar
                 Ok(0) | Err(_) => Err(Ending::Peer),
                 Ok(_) => connection.on_bytes(&mut frames, &mut out.bytes),
             },
-            written = writer.write(out.pending()), if out.len() > 0 => match written {
-                Ok(n) => {
+            // Write what is queued; once all is written, flush (TLS keeps records it could not yet
+            // put on the socket until flushed).
+            written = async {
+                if out.len() > 0 {
+                    writer.write(out.pending()).await.map(Some)
+                } else {
+                    writer.flush().await.map(|()| None)
+                }
+            }, if out.len() > 0 || unflushed => match written {
+                Ok(Some(n)) => {
                     out.advance(n);
                     connection.last_write = Instant::now();
                     unflushed = true;
                     Ok(())
                 }
+                Ok(None) => {
+                    unflushed = false;
+                    Ok(())
+                }
                 Err(_) => Err(Ending::Peer),
             },
-            // TLS keeps records it could not yet put on the socket until flushed.
-            flushed = writer.flush(), if unflushed && out.len() == 0 => {
-                unflushed = false;
-                flushed.map_err(|_| Ending::Peer)
-            }
             Some(wake) = woken.recv() => {
                 connection.on_wake(wake, &mut out.bytes);
                 Ok(())

@@ -337,7 +337,10 @@ const ANNOTATIONS: [(&str, Annotation); 12] = [
     (keys::PARTITION_KEY, Annotation::PartitionKey),
     (keys::CONNECTION_DEVICE_ID, Annotation::ConnectionDeviceId),
     (keys::CONNECTION_MODULE_ID, Annotation::ConnectionModuleId),
-    (keys::CONNECTION_AUTH_METHOD, Annotation::ConnectionAuthMethod),
+    (
+        keys::CONNECTION_AUTH_METHOD,
+        Annotation::ConnectionAuthMethod,
+    ),
     (
         keys::CONNECTION_AUTH_GENERATION_ID,
         Annotation::ConnectionAuthGenerationId,

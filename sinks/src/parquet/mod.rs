@@ -189,9 +189,10 @@ impl ParquetSink {
         {
             return Err(Error::Config {
                 sink: config.name,
-                problem: "max_concurrent_uploads, max_file_bytes and max_buffered_bytes must be at \
+                problem:
+                    "max_concurrent_uploads, max_file_bytes and max_buffered_bytes must be at \
                           least 1"
-                    .to_owned(),
+                        .to_owned(),
             });
         }
         let compression = match config.compression {

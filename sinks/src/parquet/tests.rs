@@ -235,7 +235,11 @@ async fn the_largest_open_file_rolls_early_when_all_open_files_pass_the_memory_b
         .iter()
         .flat_map(|(_, b)| read(b))
         .collect();
-    assert_eq!(sequence_numbers(&batches).len(), 32 * 20, "every row is in a file");
+    assert_eq!(
+        sequence_numbers(&batches).len(),
+        32 * 20,
+        "every row is in a file"
+    );
 }
 
 #[tokio::test(start_paused = true)]
