@@ -13,6 +13,7 @@ pub mod address;
 pub mod connection_string;
 pub mod filter;
 pub mod iothub;
+pub mod iothub_amqp;
 pub mod sas;
 
 pub use connection_string::ConnectionString;
@@ -33,6 +34,12 @@ pub enum Error {
     #[error("invalid IoT Hub connection string: {problem}")]
     IotHubConnectionString {
         /// What is wrong, naming the offending key (never its secret value).
+        problem: String,
+    },
+    /// An IoT hub's `amqp:link:redirect` does not say where the Event Hubs-compatible endpoint is.
+    #[error("unusable redirect from the IoT hub: {problem}")]
+    Redirect {
+        /// What is missing or malformed.
         problem: String,
     },
     /// A SAS token could not be parsed.
