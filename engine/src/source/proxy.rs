@@ -4,7 +4,8 @@
 //!
 //! The conventions are curl's and Go's: a proxy URL without a port uses 80, `NO_PROXY` is a comma
 //! separated list of host names, domain suffixes (`example.com` and `.example.com` both match
-//! `a.example.com`) and IP addresses, with `*` for every host. As in the official SDKs, a proxy
+//! `a.example.com`) and IP addresses, with `*` for every host, and (as Go does) the environment's
+//! proxy is never used for loopback hosts (`localhost`, `127.0.0.0/8`, `::1`). As in the official SDKs, a proxy
 //! applies to WebSockets only (`transport = "amqp_websockets"`): proxies let port 443 out, not 5671.
 //!
 //! The tunnel is one `CONNECT host:port` request; TLS and the WebSocket handshake then run through
@@ -132,6 +133,9 @@ impl ProxyUrl {
         let Some((name, value)) = variable(PROXY_VARIABLES) else {
             return Ok(None);
         };
+        if is_loopback(host) {
+            return Ok(None);
+        }
         let proxy = Self::parse(&value).map_err(|problem| format!("{name}: {problem}"))?;
         if let Some((_, no_proxy)) = variable(NO_PROXY_VARIABLES)
             && bypasses(&no_proxy, host)
@@ -215,6 +219,15 @@ async fn read_answer(stream: &mut TcpStream) -> Result<String, String> {
     }
 }
 
+/// Whether `host` is this machine.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_matches(|c| c == '[' || c == ']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Whether `NO_PROXY`'s list covers `host`.
 fn bypasses(no_proxy: &str, host: &str) -> bool {
     let host = host
@@ -294,6 +307,14 @@ mod tests {
         ];
         for (no_proxy, host, expected) in cases {
             assert_eq!(bypasses(no_proxy, host), expected, "{no_proxy} / {host}");
+        }
+        for (host, expected) in [
+            ("localhost", true),
+            ("127.0.0.2", true),
+            ("[::1]", true),
+            ("10.0.0.1", false),
+        ] {
+            assert_eq!(is_loopback(host), expected, "{host}");
         }
     }
 }
