@@ -184,6 +184,10 @@ pub async fn connect(stream: Stream, url: &str, subprotocol: &str) -> io::Result
 /// request must name one of `paths` and offer one of `subprotocols`, else it is answered 404 or
 /// 400 with the reason. The first offered subprotocol the server knows is agreed to.
 pub async fn accept(stream: Stream, paths: &[&str], subprotocols: &[&str]) -> io::Result<Stream> {
+    #[expect(
+        clippy::result_large_err,
+        reason = "tungstenite's handshake callback returns its ErrorResponse by value"
+    )]
     let check = |request: &Request, mut response: Response| {
         let reject = |status: StatusCode, reason: String| -> ErrorResponse {
             let mut rejection = ErrorResponse::new(Some(reason));

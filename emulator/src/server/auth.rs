@@ -88,7 +88,7 @@ pub(crate) fn verify_token(
                 .is_some_and(|name| name != key.name) =>
         {
             hub.verify_event_hubs_token(&parsed, now)
-                .map_err(|problem| (401, problem))?
+                .map_err(|problem| (401, problem))?;
         }
         _ => key
             .verify(&parsed, now)

@@ -117,7 +117,7 @@ async fn redirect(
         max_frame_size: MAX_FRAME_SIZE,
         idle_timeout: IDLE_TIMEOUT,
     };
-    let refused = |error: hubroute_amqp::Error| classify(host_name, &policy.name, error);
+    let refused = |error: hubroute_amqp::Error| classify(host_name, &policy.name, &error);
     let mut connection = ClientConnection::open(stream, &client)
         .await
         .map_err(refused)?;
@@ -142,7 +142,7 @@ async fn wait_for_redirect(
     host_name: &str,
     policy: &str,
 ) -> Result<Redirect> {
-    let refused = |error: hubroute_amqp::Error| classify(host_name, policy, error);
+    let refused = |error: hubroute_amqp::Error| classify(host_name, policy, &error);
     connection.flush().await.map_err(refused)?;
     loop {
         while let Some(event) = connection.next_event().map_err(refused)? {
@@ -182,13 +182,13 @@ async fn wait_for_redirect(
 }
 
 /// What a failure to sign in or attach means: the hub refusing the policy, or anything else.
-fn classify(host_name: &str, policy: &str, error: hubroute_amqp::Error) -> Error {
+fn classify(host_name: &str, policy: &str, error: &hubroute_amqp::Error) -> Error {
     let unauthorized = |problem: String| Error::IotHubUnauthorized {
         host: host_name.to_owned(),
         policy: policy.to_owned(),
         problem,
     };
-    match &error {
+    match error {
         hubroute_amqp::Error::Refused { what, .. } if what == "SASL authentication" => {
             unauthorized(
                 "SASL PLAIN sign-in failed (a wrong key, an unknown policy, or a clock far off)"
