@@ -100,7 +100,7 @@ pub(crate) async fn connect(
         Some(proxy) => proxy.tunnel(host, port).await?,
         None => TcpStream::connect((host, port))
             .await
-            .map_err(|error| format!("TCP connect to {host}:{port} failed: {error}"))?,
+            .map_err(|error| format!("TCP connect failed: {error}"))?,
     };
     stream
         .set_nodelay(true)
@@ -113,7 +113,7 @@ pub(crate) async fn connect(
         let tls = connector
             .connect(server_name, stream)
             .await
-            .map_err(|error| format!("TLS handshake with {host}:{port} failed: {error}"))?;
+            .map_err(|error| format!("TLS handshake failed: {error}"))?;
         Stream::from(tls)
     } else {
         Stream::from(stream)
