@@ -162,6 +162,12 @@ pub struct ClientConnection {
 }
 
 fn refused(what: &str, error: Option<definitions::Error>) -> Error {
+    if let Some(redirect) = error.as_ref().and_then(crate::Redirect::from_error) {
+        return Error::Redirected {
+            what: what.to_owned(),
+            redirect,
+        };
+    }
     Error::Refused {
         what: what.to_owned(),
         condition: error.as_ref().map(|e| condition_text(&e.condition)),

@@ -18,9 +18,12 @@ pub mod codec;
 pub mod frame;
 pub mod message;
 pub mod performative;
+pub mod redirect;
 pub mod transport;
+pub mod websocket;
 
 pub use client::{ClientConfig, ClientConnection, Delivery, Event, SaslCredentials};
+pub use redirect::Redirect;
 pub use transport::Stream;
 
 /// Errors of the wire layer.
@@ -44,6 +47,14 @@ pub enum Error {
         condition: Option<String>,
         /// The peer's description.
         description: Option<String>,
+    },
+    /// The peer ended a link or the connection with a redirect: what was asked for is elsewhere.
+    #[error("{what} was redirected by the peer to {redirect}")]
+    Redirected {
+        /// What was redirected: a link, the connection.
+        what: String,
+        /// Where to go instead.
+        redirect: Redirect,
     },
     /// The transport failed or the peer went away.
     #[error("connection I/O failed: {0}")]

@@ -8,8 +8,11 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::websocket::WebSocket;
 
 /// A connection's transport.
 #[derive(Debug)]
@@ -18,6 +21,40 @@ pub enum Stream {
     Plain(TcpStream),
     /// TLS over TCP, either side.
     Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+    /// AMQP over WebSockets, over one of the others (see [`crate::websocket`]).
+    WebSocket(Box<WebSocket>),
+    /// A stream whose first bytes were read ahead; they are read again first.
+    Replay(Box<Replay>),
+}
+
+/// Bytes read ahead of a stream, and the stream.
+#[derive(Debug)]
+pub struct Replay {
+    prefix: Bytes,
+    inner: Stream,
+}
+
+impl Stream {
+    /// Reads up to `n` first bytes (fewer only if the peer closes) and returns them with a stream
+    /// that reads them again before the rest.
+    pub async fn read_ahead(mut self, n: usize) -> io::Result<(Stream, Bytes)> {
+        let mut prefix = Vec::with_capacity(n);
+        while prefix.len() < n {
+            let mut byte = [0u8; 64];
+            let wanted = (n - prefix.len()).min(byte.len());
+            let read = self.read(&mut byte[..wanted]).await?;
+            if read == 0 {
+                break;
+            }
+            prefix.extend_from_slice(&byte[..read]);
+        }
+        let prefix = Bytes::from(prefix);
+        let replay = Replay {
+            prefix: prefix.clone(),
+            inner: self,
+        };
+        Ok((Stream::Replay(Box::new(replay)), prefix))
+    }
 }
 
 impl From<TcpStream> for Stream {
@@ -47,6 +84,15 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
             Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+            Stream::WebSocket(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+            Stream::Replay(replay) => {
+                if replay.prefix.is_empty() {
+                    return Pin::new(&mut replay.inner).poll_read(cx, buf);
+                }
+                let n = replay.prefix.len().min(buf.remaining());
+                buf.put_slice(&replay.prefix.split_to(n));
+                Poll::Ready(Ok(()))
+            }
         }
     }
 }
@@ -60,6 +106,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
             Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+            Stream::WebSocket(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+            Stream::Replay(replay) => Pin::new(&mut replay.inner).poll_write(cx, buf),
         }
     }
 
@@ -67,6 +115,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(stream) => Pin::new(stream).poll_flush(cx),
             Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+            Stream::WebSocket(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+            Stream::Replay(replay) => Pin::new(&mut replay.inner).poll_flush(cx),
         }
     }
 
@@ -74,6 +124,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
             Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+            Stream::WebSocket(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+            Stream::Replay(replay) => Pin::new(&mut replay.inner).poll_shutdown(cx),
         }
     }
 }

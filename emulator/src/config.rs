@@ -1,11 +1,13 @@
 //! What the emulator serves: event hubs, partitions, consumer groups, the shared access key, retention,
-//! storage and TLS. Defaults mirror Microsoft's Event Hubs emulator where it has one.
+//! storage, TLS and the IoT hub in front of them. Defaults mirror Microsoft's Event Hubs emulator where it has one.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use hubroute_protocol::SasKey;
 use hubroute_protocol::address::DEFAULT_CONSUMER_GROUP;
+
+use crate::policies::IotHubIdentity;
 
 /// Key name of the default shared access key (the Event Hubs emulator's).
 pub const DEFAULT_KEY_NAME: &str = "RootManageSharedAccessKey";
@@ -87,6 +89,10 @@ pub struct EmulatorConfig {
     pub tls: Option<TlsFiles>,
     /// Largest accepted message, encoded (Event Hubs Standard: 1 MiB).
     pub max_message_bytes: usize,
+    /// The IoT hub the listener also answers as: a service signing in with one of its policies and
+    /// attaching to `messages/events` is redirected to its built-in endpoint. `None` serves Event
+    /// Hubs only.
+    pub iot_hub: Option<IotHubIdentity>,
 }
 
 impl Default for EmulatorConfig {
@@ -99,6 +105,7 @@ impl Default for EmulatorConfig {
             retention: Retention::default(),
             tls: None,
             max_message_bytes: 1024 * 1024,
+            iot_hub: Some(IotHubIdentity::default()),
         }
     }
 }

@@ -1,9 +1,12 @@
 //! A local Event Hubs-compatible endpoint: the peer for hubroute's source, its tests, benchmarks and
 //! quick start, faithful enough that the official Azure SDKs work against it unchanged.
 //!
-//! * `server`: the AMQP 1.0 listener (on `hubroute-amqp` frames) with SASL ANONYMOUS/PLAIN/MSSBCBS, the `$cbs`
-//!   node verifying SAS tokens, `$management` reads, producer links and consumer links with Event Hubs
-//!   semantics (selector-filter start positions, link credit, owner levels, the five-receiver limit).
+//! * `server`: the AMQP 1.0 listener (on `hubroute-amqp` frames; AMQP over WebSockets on the same
+//!   port) with SASL ANONYMOUS/PLAIN/MSSBCBS, the `$cbs` node verifying SAS tokens, `$management`
+//!   reads, producer links and consumer links with Event Hubs semantics (selector-filter start
+//!   positions, link credit, owner levels, the five-receiver limit), and the IoT hub's
+//!   `messages/events`, answered with a redirect to its built-in endpoint.
+//! * `policies`: the IoT hub's shared access policies and their rights.
 //! * `store`: partitions as append-only logs with retention, optionally on disk.
 //! * `config_file`: Microsoft's Event Hubs emulator `Config.json`.
 //! * `ingress`: IoT Hub-style HTTP device ingress stamping IoT Hub's annotations.
@@ -17,6 +20,7 @@ mod config;
 mod config_file;
 mod error;
 mod ingress;
+mod policies;
 mod server;
 pub mod simulate;
 mod store;
@@ -27,5 +31,8 @@ pub use config::{
 pub use config_file::load_config_file;
 pub use error::{Error, Result};
 pub use ingress::{EventPublisher, MAX_D2C_MESSAGE_BYTES, serve_ingress};
+pub use policies::{
+    AccessRights, IotHubIdentity, OWNER_POLICY, SharedAccessPolicy, default_policies,
+};
 pub use server::{Emulator, EventToPublish, PublishTarget, RunningEmulator};
 pub use store::PublishedPosition;

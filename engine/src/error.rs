@@ -34,6 +34,33 @@ pub enum Error {
         /// The service's reason.
         problem: String,
     },
+    /// An IoT hub refused the shared access policy of its connection string (not retried).
+    #[error(
+        "the IoT hub at {host} rejected shared access policy `{policy}`: {problem}; check \
+         SharedAccessKeyName and SharedAccessKey (copy the connection string of the `service` or \
+         `iothubowner` policy: the hub's Security settings → Shared access policies) and that the \
+         policy has the ServiceConnect permission"
+    )]
+    IotHubUnauthorized {
+        /// The hub's host name.
+        host: String,
+        /// The policy name (never its key).
+        policy: String,
+        /// The hub's reason.
+        problem: String,
+    },
+    /// An IoT hub's connection string could not be resolved to its Event Hubs-compatible endpoint.
+    #[error(
+        "cannot find the Event Hubs-compatible endpoint of the IoT hub at {host}: {problem}; check \
+         HostName, the network (and `proxy`), or give the built-in endpoint's Event Hub-compatible \
+         connection string instead (the hub's Hub settings → Built-in endpoints)"
+    )]
+    IotHubResolve {
+        /// The hub's host name.
+        host: String,
+        /// What failed.
+        problem: String,
+    },
     /// A `$management` request failed or returned something unexpected.
     #[error("reading the event hub `{event_hub}` via $management failed: {problem}")]
     Management {

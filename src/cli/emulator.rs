@@ -1,15 +1,17 @@
-//! `hubroute emulator`: serves a local Event Hubs-compatible endpoint plus the IoT Hub-style HTTP
-//! device ingress, prints one connection string per event hub on stdout, and runs until Ctrl-C or
-//! SIGTERM.
+//! `hubroute emulator`: serves a local Event Hubs-compatible endpoint (AMQP, and AMQP over
+//! WebSockets on the same port) in front of which it is an IoT hub, plus the IoT Hub-style HTTP
+//! device ingress; prints one connection string per event hub and the IoT hub's service connection
+//! string on stdout, and runs until Ctrl-C or SIGTERM.
 //!
 //! The connection strings go to stdout, each on a line of its own, so scripts and tests can read
-//! them (`grep ^Endpoint=`); logs go to stderr.
+//! them (`grep ^Endpoint=`, `grep ^HostName=`); logs go to stderr.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use hubroute_emulator::{
-    Emulator, EmulatorConfig, EventPublisher, HubConfig, TlsFiles, load_config_file, serve_ingress,
+    Emulator, EmulatorConfig, EventPublisher, HubConfig, IotHubIdentity, OWNER_POLICY, TlsFiles,
+    load_config_file, serve_ingress,
 };
 
 /// Arguments of `hubroute emulator`.
@@ -51,8 +53,10 @@ pub(crate) fn run(args: EmulatorArgs) -> anyhow::Result<ExitCode> {
         (Some(cert_pem), Some(key_pem)) => Some(TlsFiles { cert_pem, key_pem }),
         _ => None,
     };
+    let iot_hub = IotHubIdentity::new(hubs[0].name.clone());
     let config = EmulatorConfig {
         amqp_listen: args.listen,
+        iot_hub: Some(iot_hub),
         hubs,
         data_dir: args.data_dir,
         tls,
@@ -74,6 +78,11 @@ async fn serve(config: EmulatorConfig, http: SocketAddr) -> anyhow::Result<ExitC
     let http_addr = listener.local_addr()?;
     for hub in &hub_names {
         println!("{}", emulator.connection_string(hub));
+    }
+    // The IoT hub's own service connection string (policy `iothubowner`), for `[source]
+    // connection_string`: hubroute follows the hub's redirect to the event hub above.
+    if let Some(iot_hub) = emulator.iot_hub_connection_string(OWNER_POLICY) {
+        println!("{iot_hub}");
     }
     println!(
         "Device ingress: http://{http_addr}/devices/{{deviceId}}/messages/events (event hub `{}`)",

@@ -12,6 +12,7 @@ mod crate_graph;
 mod emulator;
 mod engine;
 mod example;
+mod iothub_connect;
 mod logs;
 mod operator_view;
 mod source;

@@ -375,6 +375,7 @@ async fn handshake(
     let mut auth = ConnectionAuth::default();
     let code = authenticate(
         &shared.key,
+        shared.iot_hub.as_ref(),
         &mut auth,
         init.mechanism.as_str(),
         init.initial_response
@@ -413,6 +414,8 @@ enum Route {
     Consumer(ConsumerRequest),
     Producer(Producer),
     Refuse(&'static str, String),
+    /// Detach with this error (the IoT hub's redirect to its built-in endpoint).
+    Redirect(definitions::Error),
 }
 
 fn source_address(attach: &Attach) -> Option<String> {
@@ -485,6 +488,7 @@ impl Connection {
         NodeContext {
             namespace: &self.shared.namespace,
             key: &self.shared.key,
+            iot_hub: self.shared.iot_hub.as_ref(),
             auth: &mut self.auth,
         }
     }
@@ -604,6 +608,18 @@ impl Connection {
             target_address(attach)
         }
         .unwrap_or_default();
+        if client_receives && hubroute_protocol::iothub_amqp::is_built_in_endpoint(&address) {
+            return match &self.shared.iot_hub {
+                Some(hub) => match hub.attach(self.auth.hub.as_ref(), &address) {
+                    Ok(redirect) => Route::Redirect(redirect),
+                    Err((condition, description)) => Route::Refuse(condition, description),
+                },
+                None => Route::Refuse(
+                    conditions::NOT_FOUND,
+                    "this emulator serves no IoT hub (`messages/events`)".to_owned(),
+                ),
+            };
+        }
         let Some(entity) = EntityAddress::parse(&address) else {
             return Route::Refuse(
                 conditions::NOT_FOUND,
@@ -714,13 +730,17 @@ impl Connection {
             Route::Producer(producer) => LinkKind::Producer(producer),
             Route::Consumer(request) => match Consumer::admit(request, id, self.wake.clone()) {
                 Ok(consumer) => LinkKind::Consumer(Box::new(consumer)),
-                Err(refused) => {
-                    refusal = Some(refused);
+                Err((condition, description)) => {
+                    refusal = Some(amqp_error(condition, description));
                     LinkKind::Refused
                 }
             },
             Route::Refuse(condition, description) => {
-                refusal = Some((condition, description));
+                refusal = Some(amqp_error(condition, description));
+                LinkKind::Refused
+            }
+            Route::Redirect(redirect) => {
+                refusal = Some(redirect);
                 LinkKind::Refused
             }
         };
@@ -776,13 +796,13 @@ impl Connection {
             link.credit = LINK_CREDIT;
             put_flow(out, local_channel, &link_flow(session.window, &link));
         }
-        if let Some((condition, description)) = refusal {
-            tracing::debug!(condition, %description, name = %attach.name, "refusing link");
+        if let Some(error) = refusal {
+            tracing::debug!(%error, name = %attach.name, "refusing link");
             link.detaching = true;
             let detach = Detach {
                 handle: local_handle.into(),
                 closed: true,
-                error: Some(amqp_error(condition, description)),
+                error: Some(error),
             };
             put_performative(out, local_channel, &detach);
         }

@@ -1,5 +1,11 @@
 //! The AMQP 1.0 listener: accepts TCP (optionally TLS) connections and serves each on its own task.
 //!
+//! The same port serves AMQP over WebSockets (`/$servicebus/websocket`, `/$iothub/websocket`,
+//! subprotocol `AMQPWSB10`): a connection's first four bytes tell AMQP's protocol header from an
+//! HTTP upgrade. One port rather than a second listener means the connection strings the emulator
+//! prints work for both transports as they are, and the IoT hub's redirect names one endpoint for
+//! both, as Azure's hosts serve both (5671 and 443) under one name.
+//!
 //! Each connection is served by `connection`, on `hubroute_amqp`'s frames: consumer links send the
 //! stored encoding of each event as it is, so serving an event is a frame header and a copy.
 //! [`RunningEmulator`] is the in-process handle tests, the quick start and the HTTP ingress use.
@@ -7,6 +13,7 @@
 mod auth;
 mod connection;
 mod consumer;
+mod iothub;
 mod nodes;
 mod producer;
 
@@ -29,12 +36,15 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{EmulatorConfig, TlsFiles};
 use crate::store::Namespace;
 use crate::{Error, PublishedPosition, Result};
+use iothub::IotHubFace;
 
 /// What every connection of one emulator shares.
 pub(crate) struct Shared {
     pub(crate) namespace: Arc<Namespace>,
     pub(crate) key: SasKey,
     pub(crate) max_message_bytes: usize,
+    /// The IoT hub the listener also answers as, if any.
+    pub(crate) iot_hub: Option<IotHubFace>,
     /// Cancelled on shutdown: connections close, the listener stops.
     pub(crate) stopping: CancellationToken,
 }
@@ -84,10 +94,38 @@ impl Emulator {
             context: "reading the listener address".to_owned(),
             source,
         })?;
+        let iot_hub = match &config.iot_hub {
+            Some(identity) => {
+                let served: Vec<&str> = config.hubs.iter().map(|hub| hub.name.as_str()).collect();
+                let event_hub = match &identity.event_hub {
+                    Some(name) if served.contains(&name.as_str()) => name.clone(),
+                    Some(name) => {
+                        return Err(Error::Config {
+                            problem: format!(
+                                "the IoT hub's built-in endpoint `{name}` is not a served event hub \
+                                 (served: {})",
+                                served.join(", ")
+                            ),
+                        });
+                    }
+                    None => served
+                        .first()
+                        .map(|name| (*name).to_owned())
+                        .unwrap_or_default(),
+                };
+                Some(IotHubFace {
+                    event_hub,
+                    policies: identity.policies.clone(),
+                    listener: amqp_addr,
+                })
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared {
             namespace,
             key: config.key.clone(),
             max_message_bytes: config.max_message_bytes,
+            iot_hub,
             stopping: CancellationToken::new(),
         });
         let accept_loop = tokio::spawn(accept_connections(listener, tls, Arc::clone(&shared)));
@@ -141,6 +179,26 @@ impl RunningEmulator {
             self.shared.key.name,
             self.shared.key.expose_secret(),
         )
+    }
+
+    /// The IoT hub service connection string of `policy` (`HostName=<ip>:<port>;SharedAccessKeyName=…;
+    /// SharedAccessKey=…`, plus `UseDevelopmentEmulator=true` without TLS): hubroute's source resolves
+    /// it through the hub's redirect. `None` without an IoT hub or for an unknown policy.
+    pub fn iot_hub_connection_string(&self, policy: &str) -> Option<String> {
+        let hub = self.shared.iot_hub.as_ref()?;
+        let policy = hub.policies.iter().find(|p| p.key.name == policy)?;
+        let emulator = if self.tls {
+            ""
+        } else {
+            ";UseDevelopmentEmulator=true"
+        };
+        Some(format!(
+            "HostName={}:{};SharedAccessKeyName={};SharedAccessKey={}{emulator}",
+            self.amqp_addr.ip(),
+            self.amqp_addr.port(),
+            policy.key.name,
+            policy.key.expose_secret(),
+        ))
     }
 
     /// Names and partition counts of the served event hubs.
@@ -299,7 +357,39 @@ async fn serve_connection(
         },
         None => Stream::from(stream),
     };
+    let stream = match tokio::time::timeout(SNIFF_TIMEOUT, websocket_or_amqp(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "WebSocket handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "the client sent nothing");
+            return;
+        }
+    };
     connection::serve(stream, peer, shared).await;
+}
+
+/// How long a client may take to send its first bytes (and a WebSocket handshake).
+const SNIFF_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The AMQP byte stream of a connection: as it is, or inside WebSocket messages when the client
+/// opened with an HTTP upgrade request.
+async fn websocket_or_amqp(stream: Stream) -> std::io::Result<Stream> {
+    use hubroute_protocol::iothub_amqp::{
+        EVENT_HUBS_WEBSOCKET_PATH, IOT_HUB_WEBSOCKET_PATH, WEBSOCKET_SUBPROTOCOL,
+    };
+    let (stream, first) = stream.read_ahead(4).await?;
+    if first.as_ref() != b"GET " {
+        return Ok(stream);
+    }
+    hubroute_amqp::websocket::accept(
+        stream,
+        &[EVENT_HUBS_WEBSOCKET_PATH, IOT_HUB_WEBSOCKET_PATH],
+        &[WEBSOCKET_SUBPROTOCOL, "amqp"],
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use fe2o3_amqp_types::primitives::{OrderedMap, SimpleValue, Timestamp, Value};
 use hubroute_protocol::{cbs, management};
 
 use super::auth::{ConnectionAuth, verify_token};
+use super::iothub::IotHubFace;
 use crate::store::Namespace;
 
 /// Which node a link belongs to.
@@ -79,6 +80,7 @@ fn response(
 pub(crate) struct NodeContext<'a> {
     pub(crate) namespace: &'a Namespace,
     pub(crate) key: &'a hubroute_protocol::SasKey,
+    pub(crate) iot_hub: Option<&'a IotHubFace>,
     pub(crate) auth: &'a mut ConnectionAuth,
 }
 
@@ -103,7 +105,12 @@ impl NodeContext<'_> {
                 );
             }
         };
-        match verify_token(self.key, &token, chrono::Utc::now().timestamp()) {
+        match verify_token(
+            self.key,
+            self.iot_hub,
+            &token,
+            chrono::Utc::now().timestamp(),
+        ) {
             Ok(token) => {
                 self.auth.add_token(&token);
                 (202, "Accepted".to_owned())
@@ -115,7 +122,7 @@ impl NodeContext<'_> {
     fn management_authorized(&mut self, request: &Message<Body<Value>>, entity: &str) -> bool {
         let now = chrono::Utc::now().timestamp();
         if let Some(token) = app_string(request, management::SECURITY_TOKEN)
-            && let Ok(token) = verify_token(self.key, &token, now)
+            && let Ok(token) = verify_token(self.key, self.iot_hub, &token, now)
         {
             self.auth.add_token(&token);
         }

@@ -332,6 +332,9 @@ impl LoadedConfig {
     fn validate(&self) -> Result<()> {
         let c = &self.config;
         let whole = |problem: String| self.error_at(0, problem);
+        c.source
+            .validate()
+            .map_err(|error| whole(error.to_string()))?;
         if c.routes.len() > limits::MAX_ROUTES {
             return Err(whole(format!(
                 "{} routes; the limit is {}",

@@ -1,14 +1,18 @@
 //! [`SourceConfig`]: what to read and how, with every default in one place.
 //!
 //! The connection string is parsed when the configuration is loaded (a typo fails at start-up, not at
-//! the first reconnect) and kept as a [`ConnectionString`], whose `Debug` masks the key.
+//! the first reconnect) and kept as a [`SourceConnectionString`]: an Event Hubs connection string,
+//! or an IoT hub's service connection string that the source resolves to the hub's Event
+//! Hubs-compatible endpoint when it starts. Both mask their keys in `Debug`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use hubroute_protocol::{ConnectionString, EventPosition, PositionKind};
+use hubroute_protocol::{ConnectionString, EventPosition, IotHubConnectionString, PositionKind};
 use serde::{Deserialize, Deserializer};
+
+pub use super::proxy::ProxyUrl;
 
 /// Where a partition starts when it has no checkpoint. A checkpoint always wins.
 ///
@@ -64,11 +68,86 @@ pub enum OutOfRangePolicy {
     Earliest,
 }
 
+/// What `connection_string` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceConnectionString {
+    /// `Endpoint=sb://…`: an event hub, such as an IoT hub's built-in endpoint ("Event Hub-compatible
+    /// endpoint").
+    EventHubs(ConnectionString),
+    /// `HostName=….azure-devices.net;SharedAccessKeyName=…;SharedAccessKey=…`: an IoT hub's service
+    /// connection string. The source asks the hub where its built-in endpoint is (IoT Hub's
+    /// `amqp:link:redirect`) and reads it with the same policy's key.
+    IotHub(IotHubConnectionString),
+}
+
+impl From<ConnectionString> for SourceConnectionString {
+    fn from(connection_string: ConnectionString) -> Self {
+        Self::EventHubs(connection_string)
+    }
+}
+
+impl SourceConnectionString {
+    /// Parses an Event Hubs connection string (`Endpoint=`) or an IoT hub's service connection string
+    /// (`HostName=`), telling them apart by their keys. An IoT Hub string must carry a policy's key
+    /// (`SharedAccessKeyName` and `SharedAccessKey`): it signs the hub's token and, after the
+    /// redirect, the Event Hubs tokens.
+    pub fn parse(text: &str) -> crate::Result<Self> {
+        let keys: Vec<String> = text
+            .split(';')
+            .filter_map(|part| part.split_once('='))
+            .map(|(key, _)| key.trim().to_ascii_lowercase())
+            .collect();
+        let has = |key: &str| keys.iter().any(|k| k == key);
+        if !has("hostname") {
+            return Ok(Self::EventHubs(ConnectionString::parse(text)?));
+        }
+        let problem = |problem: &str| crate::Error::SourceConfig {
+            problem: problem.to_owned(),
+        };
+        if has("endpoint") {
+            return Err(problem(
+                "the connection string has both HostName (an IoT hub) and Endpoint (an event hub);                  give one of them",
+            ));
+        }
+        let hub = IotHubConnectionString::parse(text)?;
+        if hub.device_id.is_some() {
+            return Err(problem(
+                "this is a device connection string (DeviceId): reading the built-in endpoint needs a                  service connection string, e.g. of the `service` or `iothubowner` shared access policy",
+            ));
+        }
+        if hub.policy.is_none() {
+            return Err(problem(
+                "an IoT Hub connection string needs SharedAccessKeyName and SharedAccessKey: the key                  also signs the Event Hubs tokens after the hub's redirect, which a                  SharedAccessSignature cannot",
+            ));
+        }
+        Ok(Self::IotHub(hub))
+    }
+}
+
 fn connection_string<'de, D: Deserializer<'de>>(
     deserializer: D,
-) -> Result<ConnectionString, D::Error> {
+) -> Result<SourceConnectionString, D::Error> {
     let text = String::deserialize(deserializer)?;
-    ConnectionString::parse(&text).map_err(serde::de::Error::custom)
+    SourceConnectionString::parse(&text).map_err(serde::de::Error::custom)
+}
+
+fn proxy<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<ProxyUrl>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    ProxyUrl::parse(&text)
+        .map(Some)
+        .map_err(|problem| serde::de::Error::custom(format!("invalid proxy: {problem}")))
+}
+
+/// How the AMQP connections travel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// AMQP over TCP: port 5671 with TLS (5672 for a development emulator).
+    #[default]
+    Amqp,
+    /// AMQP over WebSockets on port 443 (`wss://<host>/$servicebus/websocket`), for networks that
+    /// only let HTTPS out, optionally through an HTTP proxy.
+    AmqpWebsockets,
 }
 
 /// Configuration of an [`super::EventHubSource`].
@@ -76,9 +155,16 @@ fn connection_string<'de, D: Deserializer<'de>>(
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Event Hubs connection string (for IoT Hub: the built-in endpoint's "Event Hub-compatible
-    /// endpoint"). A secret: never logged.
+    /// endpoint"), or the IoT hub's own service connection string. A secret: never logged.
     #[serde(deserialize_with = "connection_string")]
-    pub connection_string: ConnectionString,
+    pub connection_string: SourceConnectionString,
+    /// AMQP over TCP (default) or over WebSockets.
+    #[serde(default)]
+    pub transport: Transport,
+    /// An HTTP CONNECT proxy for `amqp_websockets`; `None` uses `HTTPS_PROXY` (minus `NO_PROXY`)
+    /// if set.
+    #[serde(default, deserialize_with = "proxy")]
+    pub proxy: Option<ProxyUrl>,
     /// Event hub name; defaults to the connection string's `EntityPath`.
     #[serde(default)]
     pub event_hub: Option<String>,
@@ -160,9 +246,11 @@ mod defaults {
 
 impl SourceConfig {
     /// A configuration with every default, reading `connection_string`.
-    pub fn new(connection_string: ConnectionString) -> Self {
+    pub fn new(connection_string: impl Into<SourceConnectionString>) -> Self {
         Self {
-            connection_string,
+            connection_string: connection_string.into(),
+            transport: Transport::default(),
+            proxy: None,
             event_hub: None,
             consumer_group: defaults::consumer_group(),
             partitions: None,
@@ -185,15 +273,43 @@ impl SourceConfig {
         self.partition_start.get(partition).unwrap_or(&self.start)
     }
 
-    /// The event hub to read: `event_hub`, else the connection string's `EntityPath`.
+    /// The event hub to read: `event_hub`, else the connection string's `EntityPath`. An IoT Hub
+    /// connection string has none until the source resolves it.
     pub fn event_hub_name(&self) -> crate::Result<&str> {
         self.event_hub
             .as_deref()
-            .or(self.connection_string.entity_path.as_deref())
+            .or(self.event_hubs()?.entity_path.as_deref())
             .ok_or_else(|| crate::Error::SourceConfig {
                 problem: "no event hub name: add EntityPath=<hub> to the connection string or set `event_hub`"
                     .to_owned(),
             })
+    }
+
+    /// The Event Hubs connection string: the configured one, or what an IoT Hub connection string
+    /// resolved to.
+    pub(crate) fn event_hubs(&self) -> crate::Result<&ConnectionString> {
+        match &self.connection_string {
+            SourceConnectionString::EventHubs(connection_string) => Ok(connection_string),
+            SourceConnectionString::IotHub(hub) => Err(crate::Error::SourceConfig {
+                problem: format!(
+                    "the IoT hub {} has not been resolved to its Event Hubs-compatible endpoint yet",
+                    hub.host_name
+                ),
+            }),
+        }
+    }
+
+    /// The proxy of the connections to `host`: `proxy`, else `HTTPS_PROXY` unless `NO_PROXY`
+    /// lists `host`; never one for plain AMQP.
+    pub(crate) fn proxy_for(&self, host: &str) -> crate::Result<Option<ProxyUrl>> {
+        if self.transport != Transport::AmqpWebsockets {
+            return Ok(None);
+        }
+        match &self.proxy {
+            Some(proxy) => Ok(Some(proxy.clone())),
+            None => ProxyUrl::from_environment(host)
+                .map_err(|problem| crate::Error::SourceConfig { problem }),
+        }
     }
 
     pub(crate) fn validate(&self) -> crate::Result<()> {
@@ -213,7 +329,28 @@ impl SourceConfig {
                 "token_lifetime must be at least 10s (tokens are renewed at 80 % of it)",
             );
         }
-        self.event_hub_name().map(|_| ())
+        if self.proxy.is_some() && self.transport != Transport::AmqpWebsockets {
+            return problem(
+                "`proxy` needs transport = \"amqp_websockets\": proxies let HTTPS (port 443) out, \
+                 not AMQP's port 5671 (the official SDKs have the same rule)",
+            );
+        }
+        let host = match &self.connection_string {
+            SourceConnectionString::EventHubs(connection_string) => {
+                self.event_hub_name()?;
+                connection_string.host.as_str()
+            }
+            SourceConnectionString::IotHub(hub) => {
+                if self.event_hub.is_some() {
+                    return problem(
+                        "`event_hub` cannot be set with an IoT Hub connection string: the hub's \
+                         redirect names its Event Hubs-compatible endpoint",
+                    );
+                }
+                hub.host_name.as_str()
+            }
+        };
+        self.proxy_for(host).map(|_| ())
     }
 }
 

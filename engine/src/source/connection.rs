@@ -6,7 +6,6 @@
 //! text is never logged.
 
 use std::marker::PhantomData;
-use std::path::Path;
 use std::time::Duration;
 
 use fe2o3_amqp::connection::ConnectionHandle;
@@ -42,9 +41,9 @@ pub(crate) struct HubConnection {
 
 async fn open_transport(
     connection_string: &ConnectionString,
-    tls_ca_file: Option<&Path>,
+    config: &super::SourceConfig,
 ) -> Result<ConnectionHandle<()>> {
-    let stream = super::transport::open_stream(connection_string, tls_ca_file).await?;
+    let stream = super::transport::open_stream(connection_string, config).await?;
     Connection::builder()
         .container_id(format!("hubroute-{}", uuid::Uuid::new_v4()))
         .hostname(connection_string.host.as_str())
@@ -52,32 +51,28 @@ async fn open_transport(
         .sasl_profile(SaslProfile::Anonymous)
         .open_with_stream(stream)
         .await
-        .map_err(|error| connect_error(connection_string, format!("AMQP open failed: {error}")))
+        .map_err(|error| connect_error(config, format!("AMQP open failed: {error}")))
 }
 
 impl HubConnection {
     /// Connects to the endpoint of `config` and authorises the connection for `event_hub`.
     pub(crate) async fn open(config: &super::SourceConfig, event_hub: &str) -> Result<Self> {
-        let connection_string = &config.connection_string;
+        let connection_string = config.event_hubs()?;
         let credentials = Credentials::new(config)?;
         let opening = async {
-            let mut connection =
-                open_transport(connection_string, config.tls_ca_file.as_deref()).await?;
-            let mut session = Session::begin(&mut connection).await.map_err(|error| {
-                connect_error(connection_string, format!("AMQP begin failed: {error}"))
-            })?;
+            let mut connection = open_transport(connection_string, config).await?;
+            let mut session = Session::begin(&mut connection)
+                .await
+                .map_err(|error| connect_error(config, format!("AMQP begin failed: {error}")))?;
             let cbs = CbsClient::attach(&mut session).await.map_err(|error| {
-                connect_error(connection_string, format!("attaching $cbs failed: {error}"))
+                connect_error(config, format!("attaching $cbs failed: {error}"))
             })?;
             Ok::<_, Error>((connection, session, cbs))
         };
         let (connection, session, cbs) = tokio::time::timeout(OPEN_TIMEOUT, opening)
             .await
             .map_err(|_| {
-                connect_error(
-                    connection_string,
-                    format!("no AMQP handshake within {OPEN_TIMEOUT:?}"),
-                )
+                connect_error(config, format!("no AMQP handshake within {OPEN_TIMEOUT:?}"))
             })??;
         let mut hub = Self {
             connection,
@@ -86,12 +81,12 @@ impl HubConnection {
             credentials,
             audience: connection_string.audience(event_hub),
         };
-        hub.put_token(connection_string).await?;
+        hub.put_token(config).await?;
         Ok(hub)
     }
 
     /// Sends the token on `$cbs`.
-    async fn put_token(&mut self, connection_string: &ConnectionString) -> Result<()> {
+    async fn put_token(&mut self, config: &super::SourceConfig) -> Result<()> {
         let (token, _) = self.credentials.token(&self.audience)?;
         let expiry = Timestamp::from_milliseconds(token.expiry.saturating_mul(1000));
         let cbs_token = CbsToken::new(token.as_str(), cbs::SAS_TOKEN_TYPE, Some(expiry));
@@ -108,10 +103,7 @@ impl HubConnection {
                         .unwrap_or_default()
                 ),
             }),
-            Err(error) => Err(connect_error(
-                connection_string,
-                format!("put-token failed: {error}"),
-            )),
+            Err(error) => Err(connect_error(config, format!("put-token failed: {error}"))),
         }
     }
 

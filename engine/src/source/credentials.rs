@@ -7,6 +7,8 @@ use hubroute_protocol::{ConnectionString, SasToken};
 use tokio::time::Instant;
 
 use super::SourceConfig;
+use super::config::SourceConnectionString;
+use super::transport::Endpoint;
 use crate::{Error, Result};
 
 /// How a connection authenticates.
@@ -24,7 +26,7 @@ pub(crate) enum Credentials {
 impl Credentials {
     /// The credentials of `config`'s connection string.
     pub(crate) fn new(config: &SourceConfig) -> Result<Self> {
-        let connection_string = &config.connection_string;
+        let connection_string = config.event_hubs()?;
         match (
             &connection_string.key,
             &connection_string.shared_access_signature,
@@ -65,22 +67,21 @@ impl Credentials {
     }
 }
 
-/// `host:port` of a connection string's endpoint.
-pub(crate) fn endpoint(connection_string: &ConnectionString) -> String {
-    format!(
-        "{}:{}",
-        connection_string.host,
-        connection_string.effective_port()
-    )
+/// `host:port` of the endpoint `config` connects to, with its transport's port.
+pub(crate) fn endpoint(config: &SourceConfig) -> String {
+    match &config.connection_string {
+        SourceConnectionString::EventHubs(connection_string) => {
+            let endpoint = Endpoint::of(connection_string);
+            format!("{}:{}", endpoint.host, endpoint.port(config.transport))
+        }
+        SourceConnectionString::IotHub(hub) => hub.host_name.clone(),
+    }
 }
 
 /// A retryable connection failure.
-pub(crate) fn connect_error(
-    connection_string: &ConnectionString,
-    problem: impl std::fmt::Display,
-) -> Error {
+pub(crate) fn connect_error(config: &SourceConfig, problem: impl std::fmt::Display) -> Error {
     Error::Connect {
-        endpoint: endpoint(connection_string),
+        endpoint: endpoint(config),
         problem: problem.to_string(),
     }
 }

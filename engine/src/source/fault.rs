@@ -108,6 +108,15 @@ impl Fault {
                 condition,
                 description.as_deref().unwrap_or_default(),
             ),
+            hubroute_amqp::Error::Redirected { what, redirect } => Self::Fatal(Error::Amqp {
+                partition: partition.to_owned(),
+                condition: "amqp:link:redirect".to_owned(),
+                description: format!(
+                    "{what} was redirected to {redirect}: the connection string names an IoT hub's \
+                     own host; give it as HostName=… (an IoT Hub connection string) or give the \
+                     built-in endpoint's Event Hub-compatible endpoint"
+                ),
+            }),
             other => Self::lost(partition, other.to_string()),
         }
     }

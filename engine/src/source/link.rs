@@ -82,7 +82,7 @@ impl PartitionLink {
         match tokio::time::timeout(OPEN_TIMEOUT, opening).await {
             Ok(result) => result,
             Err(_) => Err(Fault::from_error(connect_error(
-                &config.connection_string,
+                config,
                 format!("no AMQP handshake and attach within {OPEN_TIMEOUT:?}"),
             ))),
         }
@@ -94,12 +94,11 @@ impl PartitionLink {
         partition: &str,
         position: &EventPosition,
     ) -> Result<Self, Fault> {
-        let connection_string = &config.connection_string;
+        let connection_string = config.event_hubs().map_err(Fault::from_error)?;
         let credentials = Credentials::new(config).map_err(Fault::from_error)?;
-        let stream =
-            super::transport::open_stream(connection_string, config.tls_ca_file.as_deref())
-                .await
-                .map_err(Fault::from_error)?;
+        let stream = super::transport::open_stream(connection_string, config)
+            .await
+            .map_err(Fault::from_error)?;
         let client = ClientConfig {
             container_id: format!("hubroute-{}", uuid::Uuid::new_v4().simple()),
             hostname: connection_string.host.clone(),
@@ -111,10 +110,9 @@ impl PartitionLink {
             .await
             .map_err(|error| match error {
                 hubroute_amqp::Error::Refused { .. } => wire_fault(partition, &error),
-                other => Fault::from_error(connect_error(
-                    connection_string,
-                    format!("AMQP open failed: {other}"),
-                )),
+                other => {
+                    Fault::from_error(connect_error(config, format!("AMQP open failed: {other}")))
+                }
             })?;
         let reply_to = format!("cbs-{}", uuid::Uuid::new_v4().simple());
         let (sender, _) = connection

@@ -13,11 +13,15 @@ mod connection;
 mod credentials;
 mod decode;
 mod fault;
+mod iothub;
 mod link;
+mod proxy;
 mod receiver;
 mod transport;
 
-pub use config::{OutOfRangePolicy, SourceConfig, StartPosition};
+pub use config::{
+    OutOfRangePolicy, ProxyUrl, SourceConfig, SourceConnectionString, StartPosition, Transport,
+};
 pub use decode::{Malformed, MessageDecoder};
 
 use std::sync::Arc;
@@ -68,7 +72,11 @@ pub enum PartitionOutcome {
 /// An event hub to read: its name, partitions and where each partition resumes.
 #[derive(Debug)]
 pub struct EventHubSource {
+    /// The configuration the receivers use: an IoT Hub connection string is replaced by the Event
+    /// Hubs connection string it resolved to, so reconnects and `$management` reuse it.
     config: Arc<SourceConfig>,
+    /// The Event Hubs namespace host (checkpoints are keyed by it, as the SDKs do).
+    namespace: String,
     event_hub: String,
     partitions: Vec<String>,
     checkpoints: Arc<dyn CheckpointStore>,
@@ -81,14 +89,20 @@ pub struct EventHubSource {
 }
 
 impl EventHubSource {
-    /// Validates `config`, connects once to discover the partitions (`$management` READ) and keeps
-    /// those configured in `partitions` (all by default). Fails fast: wrong key, unknown hub or an
+    /// Validates `config`, resolves an IoT Hub connection string to the hub's Event Hubs-compatible
+    /// endpoint, connects once to discover the partitions (`$management` READ) and keeps those
+    /// configured in `partitions` (all by default). Fails fast: wrong key, unknown hub or an
     /// unreachable endpoint are reported here, not retried.
     pub async fn connect(
-        config: SourceConfig,
+        mut config: SourceConfig,
         checkpoints: Arc<dyn CheckpointStore>,
     ) -> Result<Self> {
         config.validate()?;
+        if let SourceConnectionString::IotHub(hub) = &config.connection_string {
+            let resolved = iothub::resolve(&config, hub).await?;
+            config.connection_string = SourceConnectionString::EventHubs(resolved);
+        }
+        let namespace = config.event_hubs()?.host.clone();
         let event_hub = config.event_hub_name()?.to_owned();
         let mut hub = HubConnection::open(&config, &event_hub).await?;
         let discovered = hub.partition_ids(&event_hub).await;
@@ -110,6 +124,7 @@ impl EventHubSource {
         };
         Ok(Self {
             config: Arc::new(config),
+            namespace,
             event_hub,
             partitions,
             checkpoints,
@@ -173,7 +188,7 @@ impl EventHubSource {
     /// The checkpoint key of `partition` (namespace host, hub, consumer group, partition).
     pub fn checkpoint_key(&self, partition: &str) -> CheckpointKey {
         CheckpointKey {
-            fully_qualified_namespace: self.config.connection_string.host.clone(),
+            fully_qualified_namespace: self.namespace.clone(),
             event_hub: self.event_hub.clone(),
             consumer_group: self.config.consumer_group.clone(),
             partition: partition.to_owned(),
