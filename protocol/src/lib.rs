@@ -5,16 +5,19 @@
 //! with no I/O and no AMQP library dependency: values here are plain strings and numbers that each side
 //! converts into its own AMQP types.
 //!
-//! Everything follows the official Azure SDKs; `shared/reference/iothub-routing-and-eventhubs-amqp.md`
+//! `iothub` holds IoT Hub's service-side vocabulary (connection strings, SAS flavour, REST paths,
+//! message sources). Everything follows the official Azure SDKs; `shared/reference/iothub-routing-and-eventhubs-amqp.md`
 //! §4 cites the sources.
 
 pub mod address;
 pub mod connection_string;
 pub mod filter;
+pub mod iothub;
 pub mod sas;
 
 pub use connection_string::ConnectionString;
 pub use filter::{EventPosition, PositionKind};
+pub use iothub::IotHubConnectionString;
 pub use sas::{SasKey, SasToken};
 
 /// Errors from parsing protocol strings.
@@ -23,6 +26,12 @@ pub enum Error {
     /// A connection string is malformed or lacks a required part.
     #[error("invalid Event Hubs connection string: {problem}")]
     ConnectionString {
+        /// What is wrong, naming the offending key (never its secret value).
+        problem: String,
+    },
+    /// An IoT Hub connection string is malformed or lacks a required part.
+    #[error("invalid IoT Hub connection string: {problem}")]
+    IotHubConnectionString {
         /// What is wrong, naming the offending key (never its secret value).
         problem: String,
     },

@@ -196,6 +196,16 @@ impl SasToken {
         })
     }
 
+    /// `sr` exactly as the client encoded it (what the signature covers).
+    pub(crate) fn encoded_resource_uri(&self) -> &str {
+        &self.encoded_resource_uri
+    }
+
+    /// Whether the token's signature is `expected`, compared in constant time.
+    pub(crate) fn signature_matches(&self, expected: &str) -> bool {
+        constant_time_eq(expected.as_bytes(), self.signature.as_bytes())
+    }
+
     /// Whether this token's audience covers `resource_uri`: same scheme-less host and path, or a
     /// path prefix of it (a namespace-wide token authorises every entity), compared case-insensitively.
     pub fn covers(&self, resource_uri: &str) -> bool {
