@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, BinaryBuilder, Int64Builder, MapBuilder, MapFieldNames, StringBuilder,
-    TimestampMillisecondBuilder,
+    StringDictionaryBuilder, TimestampMillisecondBuilder,
 };
+use arrow::datatypes::Int32Type;
 use arrow::record_batch::RecordBatch;
 
 use crate::{AppPropertyValue, Message, Result, message_schema};
@@ -69,7 +70,6 @@ pub struct MessageRef<'a> {
 /// Application properties are appended between [`MessageBatchBuilder::append`] calls with
 /// [`MessageBatchBuilder::append_application_property`]; `append` then closes the row. A builder is
 /// reusable: [`MessageBatchBuilder::finish`] resets it.
-#[derive(Debug)]
 pub struct MessageBatchBuilder {
     event_hub: StringBuilder,
     partition: StringBuilder,
@@ -93,9 +93,19 @@ pub struct MessageBatchBuilder {
     application_properties: MapBuilder<StringBuilder, StringBuilder>,
     application_property_types: MapBuilder<StringBuilder, StringBuilder>,
     body: BinaryBuilder,
-    twin: StringBuilder,
+    /// Deduplicates twin texts: rows of one device share one dictionary value.
+    twin: StringDictionaryBuilder<Int32Type>,
     rows: usize,
     body_bytes: usize,
+}
+
+impl std::fmt::Debug for MessageBatchBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageBatchBuilder")
+            .field("rows", &self.rows)
+            .field("body_bytes", &self.body_bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 fn map_builder() -> MapBuilder<StringBuilder, StringBuilder> {
@@ -139,7 +149,7 @@ impl MessageBatchBuilder {
             application_properties: map_builder(),
             application_property_types: map_builder(),
             body: BinaryBuilder::new(),
-            twin: StringBuilder::new(),
+            twin: StringDictionaryBuilder::new(),
             rows: 0,
             body_bytes: 0,
         }
