@@ -108,7 +108,9 @@ impl std::fmt::Debug for MessageBatchBuilder {
     }
 }
 
-fn map_builder() -> MapBuilder<StringBuilder, StringBuilder> {
+/// A builder of the schema's string map columns (`application_properties`,
+/// `application_property_types`), for callers that rewrite one of them in place.
+pub fn string_map_builder() -> MapBuilder<StringBuilder, StringBuilder> {
     let names = MapFieldNames {
         entry: "entries".to_owned(),
         key: "key".to_owned(),
@@ -146,8 +148,8 @@ impl MessageBatchBuilder {
             message_source: StringBuilder::new(),
             dt_dataschema: StringBuilder::new(),
             dt_subject: StringBuilder::new(),
-            application_properties: map_builder(),
-            application_property_types: map_builder(),
+            application_properties: string_map_builder(),
+            application_property_types: string_map_builder(),
             body: BinaryBuilder::new(),
             twin: StringDictionaryBuilder::new(),
             rows: 0,

@@ -16,7 +16,7 @@ mod builder;
 mod columns_view;
 mod message;
 
-pub use builder::{MessageBatchBuilder, MessageRef};
+pub use builder::{MessageBatchBuilder, MessageRef, string_map_builder};
 pub use columns_view::{MessageColumns, TwinColumn};
 pub use message::{AppPropertyValue, Message, SystemProperties};
 
