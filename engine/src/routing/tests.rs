@@ -228,13 +228,34 @@ fn every_route_source_sees_exactly_its_message_source_values() {
     let cases: &[(Option<&str>, Option<RouteSource>)] = &[
         (Some("Telemetry"), Some(RouteSource::DeviceMessages)),
         (None, Some(RouteSource::DeviceMessages)),
-        (Some("twinChangeEvents"), Some(RouteSource::TwinChangeEvents)),
-        (Some("deviceLifecycleEvents"), Some(RouteSource::DeviceLifecycleEvents)),
-        (Some("moduleLifecycleEvents"), Some(RouteSource::DeviceLifecycleEvents)),
-        (Some("deviceConnectionStateEvents"), Some(RouteSource::DeviceConnectionStateEvents)),
-        (Some("deviceJobLifecycleEvents"), Some(RouteSource::DeviceJobLifecycleEvents)),
-        (Some("jobLifecycleEvents"), Some(RouteSource::DeviceJobLifecycleEvents)),
-        (Some("digitalTwinChangeEvents"), Some(RouteSource::DigitalTwinChangeEvents)),
+        (
+            Some("twinChangeEvents"),
+            Some(RouteSource::TwinChangeEvents),
+        ),
+        (
+            Some("deviceLifecycleEvents"),
+            Some(RouteSource::DeviceLifecycleEvents),
+        ),
+        (
+            Some("moduleLifecycleEvents"),
+            Some(RouteSource::DeviceLifecycleEvents),
+        ),
+        (
+            Some("deviceConnectionStateEvents"),
+            Some(RouteSource::DeviceConnectionStateEvents),
+        ),
+        (
+            Some("deviceJobLifecycleEvents"),
+            Some(RouteSource::DeviceJobLifecycleEvents),
+        ),
+        (
+            Some("jobLifecycleEvents"),
+            Some(RouteSource::DeviceJobLifecycleEvents),
+        ),
+        (
+            Some("digitalTwinChangeEvents"),
+            Some(RouteSource::DigitalTwinChangeEvents),
+        ),
         (Some("TwinChangeEvents"), None),
         (Some("somethingElse"), None),
     ];
@@ -249,21 +270,37 @@ fn every_route_source_sees_exactly_its_message_source_values() {
 
 #[test]
 fn enrichments_replace_a_property_of_the_same_key_and_read_twin_paths_case_insensitively() {
-    let text = CONFIG.replace("value = \"$twin.tags.location\"", "value = \"$twin.Tags.Location\"");
+    let text = CONFIG.replace(
+        "value = \"$twin.tags.location\"",
+        "value = \"$twin.Tags.Location\"",
+    );
     let loaded = LoadedConfig::parse(Path::new("t.toml"), &text).expect("valid config");
     let table = RoutingTable::compile(&loaded).expect("routes compile");
-    let mut m = message(Some("hot"), "Telemetry", Some(r#"{"tags":{"location":"lab","n":3}}"#));
+    let mut m = message(
+        Some("hot"),
+        "Telemetry",
+        Some(r#"{"tags":{"location":"lab","n":3}}"#),
+    );
     m.application_properties
         .push(("location".to_owned(), AppPropertyValue::Long(7)));
     let batch = MessageBatchBuilder::batch_of(&[m]).expect("batch");
     let enriched = table.rows_for(0, &batch, &[0]).expect("enrich");
-    let message = MessageColumns::try_new(&enriched).expect("schema").message(0);
+    let message = MessageColumns::try_new(&enriched)
+        .expect("schema")
+        .message(0);
     let locations: Vec<&AppPropertyValue> = message
         .application_properties
         .iter()
         .filter(|(k, _)| k == "location")
         .map(|(_, v)| v)
         .collect();
-    assert_eq!(locations, [&AppPropertyValue::from("lab")], "replaced, as a string");
-    assert_eq!(message.twin.as_deref(), Some(r#"{"tags":{"location":"lab","n":3}}"#));
+    assert_eq!(
+        locations,
+        [&AppPropertyValue::from("lab")],
+        "replaced, as a string"
+    );
+    assert_eq!(
+        message.twin.as_deref(),
+        Some(r#"{"tags":{"location":"lab","n":3}}"#)
+    );
 }
