@@ -248,6 +248,14 @@ impl IotHub {
             .push((host, tls));
     }
 
+    /// How many listeners serve the API (each registers its host name as it starts).
+    pub fn host_count(&self) -> usize {
+        self.host_names
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     fn primary_host(&self) -> Option<(String, bool)> {
         let hosts = self
             .host_names
