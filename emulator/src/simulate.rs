@@ -333,12 +333,7 @@ impl Simulation {
                 .await?;
                 schedule.start();
                 fleet
-                    .send_all(
-                        &mut schedule,
-                        &mut generator,
-                        max_in_flight,
-                        &self.progress,
-                    )
+                    .send_all(&mut schedule, &mut generator, max_in_flight, &self.progress)
                     .await;
             }
         }
@@ -645,9 +640,12 @@ impl FleetDevice {
         let now = chrono::Utc::now().timestamp();
         if now >= self.expires - TOKEN_LIFETIME_SECS / 2 {
             self.expires = now + TOKEN_LIFETIME_SECS;
-            self.token = self.credentials.token(self.expires).map_err(|e| Error::Simulate {
-                problem: format!("signing a device token: {e}"),
-            })?;
+            self.token = self
+                .credentials
+                .token(self.expires)
+                .map_err(|e| Error::Simulate {
+                    problem: format!("signing a device token: {e}"),
+                })?;
         }
         Ok(&self.token)
     }
@@ -705,7 +703,10 @@ impl DeviceFleet {
             devices.push(device?);
         }
         drop(pending);
-        tracing::info!(devices = devices.len(), "simulated devices registered with twin tags");
+        tracing::info!(
+            devices = devices.len(),
+            "simulated devices registered with twin tags"
+        );
         Ok(Self {
             http,
             base_url,
@@ -821,16 +822,27 @@ struct Registration<'a> {
 
 impl Registration<'_> {
     fn url(&self, path: &str) -> String {
-        format!("{}{path}?api-version={}", self.base_url, iothub::API_VERSION)
+        format!(
+            "{}{path}?api-version={}",
+            self.base_url,
+            iothub::API_VERSION
+        )
     }
 
-    async fn json(&self, request: reqwest::RequestBuilder, what: &str) -> Result<(u16, serde_json::Value)> {
+    async fn json(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<(u16, serde_json::Value)> {
         let response = request.send().await.map_err(|e| Error::Simulate {
             problem: format!("{what}: cannot reach {}: {e}", self.base_url),
         })?;
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
-        Ok((status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))))
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        ))
     }
 
     async fn register(&self, device: u32) -> Result<FleetDevice> {
@@ -1019,7 +1031,10 @@ mod tests {
         let response = hub
             .client
             .put(format!("{}/devices/device-00001", hub.base_url))
-            .header("authorization", owner.token(chrono::Utc::now().timestamp() + 60).unwrap())
+            .header(
+                "authorization",
+                owner.token(chrono::Utc::now().timestamp() + 60).unwrap(),
+            )
             .json(&serde_json::json!({"deviceId": "device-00001", "status": "disabled"}))
             .send()
             .await
@@ -1056,7 +1071,9 @@ mod tests {
             .iter()
             .filter_map(|(_, _, event)| {
                 event.message_annotations.iter().find_map(|(k, v)| match v {
-                    serde_amqp::Value::String(s) if k == annotations::MESSAGE_SOURCE => Some(s.clone()),
+                    serde_amqp::Value::String(s) if k == annotations::MESSAGE_SOURCE => {
+                        Some(s.clone())
+                    }
                     _ => None,
                 })
             })

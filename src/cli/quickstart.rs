@@ -23,7 +23,9 @@ use anyhow::Context as _;
 use hubroute_emulator::simulate::{
     Rate, Simulation, SimulationConfig, SimulationTarget, StopAfter,
 };
-use hubroute_emulator::{Emulator, EmulatorConfig, EventPublisher, IotHub, IotHubConfig, serve_http};
+use hubroute_emulator::{
+    Emulator, EmulatorConfig, EventPublisher, IotHub, IotHubConfig, serve_http,
+};
 use hubroute_engine::config::LoadedConfig;
 use hubroute_engine::pipeline::RunningEngine;
 use hubroute_protocol::IotHubConnectionString;
@@ -167,7 +169,10 @@ async fn quickstart(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
         // Done when every device message was routed (`archive` takes them all) and nothing
         // routed waits for a commit any more.
         let device_messages = engine.metrics().route_matched(ROUTES[0]);
-        if args.events.is_some_and(|n| device_messages >= n && committed >= routed) {
+        if args
+            .events
+            .is_some_and(|n| device_messages >= n && committed >= routed)
+        {
             break;
         }
     }

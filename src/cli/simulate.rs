@@ -24,7 +24,11 @@ pub(crate) struct SimulateArgs {
     /// Act as devices of an IoT hub instead: the IoT Hub service connection string `hubroute
     /// emulator` prints (`HostName=…;SharedAccessKeyName=iothubowner;…`). Devices are registered
     /// with twin tags, send with their own keys and report properties.
-    #[arg(long, env = "HUBROUTE_SIMULATE_IOTHUB_CONNECTION_STRING", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "HUBROUTE_SIMULATE_IOTHUB_CONNECTION_STRING",
+        hide_env_values = true
+    )]
     iothub: Option<String>,
     /// PEM CA certificates to trust for the hub's HTTPS (e.g. the emulator's `--tls-cert`).
     #[arg(long, requires = "iothub")]

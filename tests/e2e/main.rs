@@ -11,3 +11,4 @@ mod engine;
 mod pipeline;
 mod source;
 mod support;
+mod twins;

@@ -311,7 +311,9 @@ impl Inner {
                 u64::try_from(chrono::Utc::now().timestamp_millis() - queried_at_ms).unwrap_or(0),
             );
             next_resync += self.config.refresh.saturating_sub(age);
-        } else if !self.initial_load().await {
+        } else if self.initial_load().await {
+            next_resync = tokio::time::Instant::now() + self.config.refresh;
+        } else {
             return;
         }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
