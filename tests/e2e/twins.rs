@@ -722,16 +722,16 @@ async fn throttling_is_honoured_by_retry_after_and_start_without_twins_routes_at
     harness.simulate(4, 20).await;
     harness.hub.inject_fault(ServiceFault::Throttle {
         requests: 2,
-        retry_after: Duration::from_secs(2),
+        retry_after: Duration::from_secs(5),
     });
     let started = Instant::now();
     let engine = RunningEngine::start(harness.config(""))
         .await
         .expect("the engine starts");
     wait_routed(&engine, 20, Duration::from_secs(60)).await;
-    // Backoff alone would retry after 0.5 s and 1 s; the service asked for 2 s each time.
+    // Backoff alone would retry after 0.5 s and 1 s; the service asked for 5 s each time.
     assert!(
-        started.elapsed() >= Duration::from_secs(4),
+        started.elapsed() >= Duration::from_secs(10),
         "{:?}",
         started.elapsed()
     );
