@@ -43,9 +43,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use metrics::TwinMetrics;
+pub use store::TwinStore;
 
 use self::client::{RequestFailure, ServiceClient};
-use self::store::{Twin, TwinId, TwinState};
+use self::store::{Twin, TwinId};
 use crate::config::TwinsConfig;
 use crate::source::SourceConfig;
 use crate::{Error, Result};
@@ -82,7 +83,7 @@ pub struct Twins {
 struct Inner {
     config: TwinsConfig,
     client: ServiceClient,
-    state: Mutex<TwinState>,
+    state: Mutex<TwinStore>,
     metrics: TwinMetrics,
     readiness: watch::Sender<Readiness>,
     snapshot_path: Option<PathBuf>,
@@ -243,7 +244,7 @@ impl Twins {
 
 /// Devices (and modules) of telemetry rows that have no twin: created after the last full query
 /// and not announced by a lifecycle event in this stream. They are read one by one.
-fn unknown_devices(batch: &RecordBatch, state: &TwinState) -> Vec<TwinId> {
+fn unknown_devices(batch: &RecordBatch, state: &TwinStore) -> Vec<TwinId> {
     let Ok(columns) = MessageColumns::try_new(batch) else {
         return Vec::new();
     };

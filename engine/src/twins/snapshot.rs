@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use super::store::{Twin, TwinId, TwinState};
+use super::store::{Twin, TwinId, TwinStore};
 
 /// The `format` of the header.
 const FORMAT: &str = "hubroute-twin-snapshot/1";
@@ -121,7 +121,7 @@ pub(crate) fn encode(
     hub: &str,
     generation: &str,
     queried_at_ms: i64,
-    state: &TwinState,
+    state: &TwinStore,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(state.estimated_bytes() + 4096);
     let header = Header {
@@ -264,8 +264,8 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    fn state() -> TwinState {
-        let mut state = TwinState::default();
+    fn state() -> TwinStore {
+        let mut state = TwinStore::default();
         for (device, module, json) in [
             (
                 "dev-1",

@@ -99,9 +99,10 @@ pub(crate) struct Applied {
     pub(crate) unknown: u64,
 }
 
-/// The twins, and how far each partition's events have been applied.
+/// The twins, and how far each partition's events have been applied. The engine keeps one behind
+/// [`super::Twins`]; it is public so that benchmarks can measure it on its own.
 #[derive(Debug, Default)]
-pub(crate) struct TwinState {
+pub struct TwinStore {
     devices: HashMap<Box<str>, DeviceEntry>,
     /// Twins held (devices and modules).
     count: usize,
@@ -115,15 +116,41 @@ pub(crate) struct TwinState {
     touched_during_resync: Option<HashSet<TwinId>>,
 }
 
-impl TwinState {
+impl TwinStore {
     /// Twins held.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.count
+    }
+
+    /// Whether no twin is held.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Stores a twin given as JSON text (as the twin query returns it) for `device` (and `module`).
+    pub fn insert_json(&mut self, device: &str, module: Option<&str>, json: &str) -> Result<()> {
+        let value: Value = serde_json::from_str(json).map_err(|e| crate::Error::TwinService {
+            host: String::new(),
+            problem: format!("a twin is not JSON: {e}"),
+        })?;
+        self.insert(
+            &TwinId {
+                device: device.to_owned(),
+                module: module.map(str::to_owned),
+            },
+            Twin::from_value(&value),
+        );
+        Ok(())
+    }
+
+    /// [`TwinStore::attach`] for callers outside the engine: the batch with its `twin` column.
+    pub fn attach_twins(&mut self, batch: &RecordBatch) -> Result<RecordBatch> {
+        self.attach(batch).map(|(batch, _, _)| batch)
     }
 
     /// An estimate of the bytes the store occupies: twin and key text plus the map and allocator
     /// overhead per entry (see `benches/twin_store.rs` for the measurement behind it).
-    pub(crate) fn estimated_bytes(&self) -> usize {
+    pub fn estimated_bytes(&self) -> usize {
         const PER_DEVICE: usize = 96;
         const PER_MODULE: usize = 56;
         let modules = self.count.saturating_sub(self.devices.len());
@@ -253,7 +280,7 @@ impl TwinState {
         }
     }
 
-    /// Starts recording which twins events change, for [`TwinState::finish_resync`].
+    /// Starts recording which twins events change, for [`TwinStore::finish_resync`].
     pub(crate) fn begin_resync(&mut self) {
         self.touched_during_resync = Some(HashSet::new());
     }

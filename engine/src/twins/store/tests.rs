@@ -19,8 +19,8 @@ fn twin(value: &Value) -> Twin {
 
 /// A store holding `dev-1` (version 3, site a), `dev-2` (version 1, site b) and module
 /// `dev-1/filter` (version 2, role edge).
-fn store() -> TwinState {
-    let mut state = TwinState::default();
+fn store() -> TwinStore {
+    let mut state = TwinStore::default();
     state.insert(
         &id("dev-1", None),
         twin(&json!({"deviceId": "dev-1", "version": 3, "tags": {"site": "a"}, "properties": {"desired": {"$version": 2}, "reported": {"$version": 1}}})),
@@ -77,7 +77,7 @@ fn update(sequence_number: i64, device: &str, module: Option<&str>, body: &Value
 
 /// Attaches and returns, per row, the `tags` the row saw (`None`: no twin) and what was applied.
 fn attach(
-    state: &mut TwinState,
+    state: &mut TwinStore,
     messages: &[Message],
 ) -> (Vec<Option<Value>>, Applied, Vec<TwinId>) {
     let batch = MessageBatchBuilder::batch_of(messages).unwrap();
