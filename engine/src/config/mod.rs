@@ -141,6 +141,34 @@ pub struct EngineConfig {
     pub twins: Option<TwinsConfig>,
 }
 
+impl EngineConfig {
+    /// Routes, the fallback and enrichments that read `$twin`, described for a warning: without a
+    /// `[twins]` section they see `undefined` (enrichments their literal) for every message.
+    pub fn twin_readers(&self) -> Vec<String> {
+        let reads_twin = |text: &str| text.to_ascii_lowercase().contains("$twin");
+        let mut readers: Vec<String> = self
+            .routes
+            .iter()
+            .filter(|r| reads_twin(r.condition.get_ref()))
+            .map(|r| format!("route `{}`", r.name))
+            .collect();
+        if self
+            .fallback
+            .as_ref()
+            .is_some_and(|f| reads_twin(f.condition.get_ref()))
+        {
+            readers.push("the fallback route".to_owned());
+        }
+        readers.extend(
+            self.enrichments
+                .iter()
+                .filter(|e| reads_twin(&e.value))
+                .map(|e| format!("enrichment `{}`", e.key)),
+        );
+        readers
+    }
+}
+
 fn iothub_connection_string<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> std::result::Result<IotHubConnectionString, D::Error> {

@@ -186,12 +186,7 @@ impl RunningEngine {
             EventHubSource::connect(config.source.clone(), Arc::clone(&checkpoints)).await?;
         // twins: start loading device twins in the background; routers wait for them.
         let metrics = Metrics::default();
-        let twins = Twins::start(
-            config.twins.as_ref(),
-            &config.source,
-            &config.checkpoint.dir,
-            metrics.twins().clone(),
-        )?;
+        let twins = Twins::start(config, metrics.twins().clone())?;
         let partitions = source
             .partitions()
             .iter()

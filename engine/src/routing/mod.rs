@@ -260,7 +260,8 @@ impl RoutingTable {
     }
 }
 
-/// Rewrites the application property columns of `batch` with `enrichments` added to every row.
+/// Rewrites the application property columns of `batch` with `enrichments` added to every row
+/// (but digital twin change events, which IoT Hub never enriches).
 fn enrich(batch: &RecordBatch, enrichments: &[&Enrichment]) -> Result<RecordBatch> {
     let columns = MessageColumns::try_new(batch)?;
     // Per enrichment, its value for each distinct twin of the batch (`None`: the literal).
@@ -279,10 +280,16 @@ fn enrich(batch: &RecordBatch, enrichments: &[&Enrichment]) -> Result<RecordBatc
                 .collect(),
         })
         .collect();
-    let is_replaced = |name: &str| enrichments.iter().any(|e| e.key == name);
+    let sources = columns.message_source;
     let mut properties = hubroute_message::string_map_builder();
     let mut types = hubroute_message::string_map_builder();
     for row in 0..batch.num_rows() {
+        // IoT Hub does not enrich digital twin change events (reference §2.4).
+        let enriched = !(sources.is_valid(row)
+            && RouteSource::DigitalTwinChangeEvents
+                .message_sources()
+                .contains(&sources.value(row)));
+        let is_replaced = |name: &str| enriched && enrichments.iter().any(|e| e.key == name);
         for (name, value) in columns.application_properties_of(row) {
             if !is_replaced(name) {
                 properties.keys().append_value(name);
@@ -296,7 +303,7 @@ fn enrich(batch: &RecordBatch, enrichments: &[&Enrichment]) -> Result<RecordBatc
             }
         }
         let twin = columns.twin.key(row);
-        for (e, resolved) in enrichments.iter().zip(&per_twin) {
+        for (e, resolved) in enrichments.iter().zip(&per_twin).filter(|_| enriched) {
             let value = match &e.value {
                 EnrichmentValue::Static(value) => value.as_str(),
                 EnrichmentValue::Twin { literal, .. } => twin

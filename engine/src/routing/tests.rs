@@ -304,3 +304,30 @@ fn enrichments_replace_a_property_of_the_same_key_and_read_twin_paths_case_insen
         Some(r#"{"tags":{"location":"lab","n":3}}"#)
     );
 }
+
+#[test]
+fn digital_twin_change_events_are_never_enriched() {
+    let text = CONFIG.replace(
+        "[[routes]]\nname = \"off\"",
+        "[[routes]]\nname = \"pnp\"\nsource = \"DigitalTwinChangeEvents\"\nendpoint = \"a\"\n[[routes]]\nname = \"off\"",
+    );
+    let loaded = LoadedConfig::parse(Path::new("t.toml"), &text).expect("valid config");
+    let table = RoutingTable::compile(&loaded).expect("routes compile");
+    let pnp = message(
+        None,
+        "digitalTwinChangeEvents",
+        Some(r#"{"tags":{"location":"lab"}}"#),
+    );
+    let telemetry = message(Some("hot"), "Telemetry", None);
+    let batch = MessageBatchBuilder::batch_of(&[pnp, telemetry]).expect("batch");
+    let routed = table.route(&batch).expect("route");
+    assert_eq!(routed.rows[0], vec![0, 1], "both reach endpoint a");
+    let enriched = table.rows_for(0, &batch, &routed.rows[0]).expect("enrich");
+    let columns = MessageColumns::try_new(&enriched).expect("schema");
+    assert!(columns.message(0).application_properties.is_empty());
+    assert_eq!(
+        columns.message(1).application_properties.len(),
+        3,
+        "level, hub, location"
+    );
+}

@@ -31,7 +31,7 @@ mod snapshot;
 mod store;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -47,8 +47,7 @@ pub use store::TwinStore;
 
 use self::client::{RequestFailure, ServiceClient};
 use self::store::{Twin, TwinId};
-use crate::config::TwinsConfig;
-use crate::source::SourceConfig;
+use crate::config::{EngineConfig, TwinsConfig};
 use crate::{Error, Result};
 
 /// First backoff after a failed request; doubled up to `max_backoff`.
@@ -110,17 +109,18 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Twins {
-    /// Starts loading twins in the background (nothing when `config` is `None`). The snapshot
-    /// lives under `checkpoint_dir`, named after the hub and `source`'s event hub and consumer group.
-    pub fn start(
-        config: Option<&TwinsConfig>,
-        source: &SourceConfig,
-        checkpoint_dir: &Path,
-        metrics: TwinMetrics,
-    ) -> Result<Self> {
-        let Some(config) = config else {
+    /// Starts loading twins in the background (nothing without `[twins]`, but a warning for every
+    /// route and enrichment that reads `$twin`). The snapshot lives under the checkpoint
+    /// directory, named after the hub and the source's event hub and consumer group.
+    pub fn start(engine: &EngineConfig, metrics: TwinMetrics) -> Result<Self> {
+        let Some(config) = engine.twins.as_ref() else {
+            for reader in engine.twin_readers() {
+                tracing::warn!(%reader, "reads $twin, but there is no [twins] section: $twin is undefined for every message");
+            }
             return Ok(Self::default());
         };
+        let source = &engine.source;
+        let checkpoint_dir = engine.checkpoint.dir.as_path();
         let client = ServiceClient::new(config, metrics.clone())?;
         let event_hub = source
             .event_hub
