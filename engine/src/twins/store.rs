@@ -409,32 +409,26 @@ impl TwinStore {
         let mut keys: Vec<Option<i32>> = Vec::with_capacity(rows);
         let mut values = StringBuilder::new();
         let mut index: HashMap<(&str, Option<&str>), Option<i32>> = HashMap::new();
-        let mut last: Option<(String, i64)> = None;
+        let app = |row: usize, name: &str| {
+            columns
+                .application_properties_of(row)
+                .find(|(key, _)| *key == name)
+                .and_then(|(_, value)| value)
+        };
         for row in 0..rows {
             let partition = columns.partition.value(row);
             let sequence_number = columns.sequence_number.value(row);
-            let device = text(columns.connection_device_id, row).or_else(|| {
-                columns
-                    .application_properties_of(row)
-                    .find(|(name, _)| *name == event_properties::DEVICE_ID)
-                    .and_then(|(_, value)| value)
-            });
-            let module = text(columns.connection_module_id, row).or_else(|| {
-                columns
-                    .application_properties_of(row)
-                    .find(|(name, _)| *name == event_properties::MODULE_ID)
-                    .and_then(|(_, value)| value)
-            });
-            let source = text(columns.message_source, row);
-            if let (Some(device), Some(source)) = (device, source)
-                && is_twin_event(source)
-            {
+            let source = text(columns.message_source, row).filter(|s| is_twin_event(s));
+            // A message's twin is its sending device's (or module's): the connection annotations.
+            // Twin events name their device in application properties too.
+            let device = text(columns.connection_device_id, row)
+                .or_else(|| source.and_then(|_| app(row, event_properties::DEVICE_ID)));
+            let module = text(columns.connection_module_id, row)
+                .or_else(|| source.and_then(|_| app(row, event_properties::MODULE_ID)));
+            if let (Some(device), Some(source)) = (device, source) {
                 let applied_before = self.positions.get(partition).copied();
                 if applied_before.is_none_or(|before| sequence_number > before) {
-                    let op = columns
-                        .application_properties_of(row)
-                        .find(|(name, _)| *name == event_properties::OP_TYPE)
-                        .and_then(|(_, value)| value);
+                    let op = app(row, event_properties::OP_TYPE);
                     let id = TwinId {
                         device: device.to_owned(),
                         module: module.map(str::to_owned),
@@ -462,11 +456,17 @@ impl TwinStore {
                 }),
             };
             keys.push(key);
-            last = Some((partition.to_owned(), sequence_number));
         }
-        if let Some((partition, sequence_number)) = last {
-            let position = self.positions.entry(partition).or_insert(sequence_number);
-            *position = (*position).max(sequence_number);
+        if rows > 0 {
+            // A batch is one partition's, in order: its last row is its furthest position.
+            let partition = columns.partition.value(rows - 1);
+            let sequence_number = columns.sequence_number.value(rows - 1);
+            match self.positions.get_mut(partition) {
+                Some(position) => *position = (*position).max(sequence_number),
+                None => {
+                    self.positions.insert(partition.to_owned(), sequence_number);
+                }
+            }
         }
         let twins = DictionaryArray::<Int32Type>::try_new(
             Int32Array::from(keys),
