@@ -415,7 +415,7 @@ async fn twin_routes_pick_exactly_the_right_messages_and_follow_changes_mid_stre
             .unwrap();
         let properties = &message["properties"];
         assert_eq!(properties["site"], site_of(device).as_str(), "{message}");
-        let frequency = if device % 2 == 0 { "5s" } else { "1m" };
+        let frequency = if device.is_multiple_of(2) { "5s" } else { "1m" };
         assert_eq!(properties["frequency"], frequency, "{message}");
         assert_eq!(
             properties["firmware"],
@@ -515,8 +515,7 @@ async fn twin_routes_pick_exactly_the_right_messages_and_follow_changes_mid_stre
         .collect();
     assert_eq!(
         plant3_now,
-        phase2_ids(&|d, id| id == "p2-before-2"
-            || (id != "p2-before-2" && new_site(d).as_deref() == Some("plant-3"))),
+        phase2_ids(&|d, id| id == "p2-before-2" || new_site(d).as_deref() == Some("plant-3")),
         "the tag changes and the deletion apply from their events onward"
     );
     let fast_now: BTreeSet<String> = hooks
@@ -911,7 +910,7 @@ endpoint = "plant2"
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while hooks.ids("plant2").len() < 1 && Instant::now() < deadline {
+    while hooks.ids("plant2").is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
