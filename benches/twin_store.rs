@@ -110,7 +110,10 @@ fn report_memory() {
         let plain = per(after_baseline - start);
         let held = per(after_store - after_baseline);
         println!(
-            "twin_store/memory: {DEVICES} devices, twin JSON {twin_json:.0} B each; resident              growth per device: store {held:.0} B, the same twins as plain strings {plain:.0} B;              store overhead {:.1} % of the twins' size ({:.2}x the plain strings); the store's              estimate {:.0} B per device",
+            "twin_store/memory: {DEVICES} devices, twin JSON {twin_json:.0} B each; resident growth \
+             per device: store {held:.0} B, the same twins as plain strings {plain:.0} B; store \
+             overhead {:.1} % of the twins' size ({:.2}x the plain strings); the store's estimate \
+             {:.0} B per device",
             (held - twin_json) / twin_json * 100.0,
             held / plain,
             per(store.estimated_bytes()),

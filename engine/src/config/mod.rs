@@ -176,7 +176,9 @@ fn iothub_connection_string<'de, D: serde::Deserializer<'de>>(
     let parsed = IotHubConnectionString::parse(&text).map_err(serde::de::Error::custom)?;
     if parsed.policy.is_none() {
         return Err(serde::de::Error::custom(
-            "service_connection_string must be a service connection string              (HostName=…;SharedAccessKeyName=…;SharedAccessKey=…) of a policy with ServiceConnect,              such as `service` or `iothubowner`, not a device connection string",
+            "service_connection_string must be a service connection string \
+             (HostName=…;SharedAccessKeyName=…;SharedAccessKey=…) of a policy with ServiceConnect, \
+             such as `service` or `iothubowner`, not a device connection string",
         ));
     }
     Ok(parsed)
