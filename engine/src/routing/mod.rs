@@ -164,11 +164,6 @@ impl RoutingTable {
         self.routes.iter().map(|r| r.name.as_str())
     }
 
-    /// Route names with their sources, in configuration order.
-    pub fn routes(&self) -> impl Iterator<Item = (&str, RouteSource)> {
-        self.routes.iter().map(|r| (r.name.as_str(), r.source))
-    }
-
     /// Decides, for every row of `batch`, which endpoints receive it.
     pub fn route(&self, batch: &RecordBatch) -> Result<RoutedBatch> {
         let outcome = self.conditions.evaluate(batch)?;

@@ -125,16 +125,6 @@ impl TwinMetrics {
             .inc();
     }
 
-    /// Twin events applied so far.
-    pub fn patches_applied(&self) -> u64 {
-        self.patches_applied.get()
-    }
-
-    /// Twin events skipped as stale so far.
-    pub fn patches_stale(&self) -> u64 {
-        self.patches_stale.get()
-    }
-
     /// Twins held.
     pub fn held(&self) -> i64 {
         self.held.get()
