@@ -1,21 +1,26 @@
-//! IoT Hub-style device ingress over HTTP: `POST /devices/{deviceId}/messages/events`.
+//! IoT Hub's device telemetry endpoint over HTTP: `POST /devices/{id}/messages/events` and
+//! `POST /devices/{id}/modules/{mid}/messages/events`, authenticated by the device's (or module's)
+//! SAS token as IoT Hub authenticates it (see `iothub`).
 //!
-//! A device-to-cloud message posted here lands on the emulator's event hub exactly as IoT Hub would put
-//! it on its built-in endpoint: IoT Hub REST headers become AMQP properties and application properties,
-//! the partition is chosen by the device id (a partition key, so one device's messages stay in order),
-//! and the `iothub-connection-*`, `iothub-enqueuedtime` and `iothub-message-source` annotations are
-//! stamped. Events are appended in-process through [`EventPublisher`] (no AMQP round trip), so the
-//! ingress is as fast as the store and can be unit-tested against a recording publisher.
+//! A device-to-cloud message posted here lands on the emulator's event hub exactly as IoT Hub would
+//! put it on its built-in endpoint: IoT Hub REST headers become AMQP properties and application
+//! properties, the partition is chosen by the device id (a partition key, so one device's messages
+//! stay in order), and `iothub-connection-device-id`, `iothub-connection-module-id`,
+//! `iothub-connection-auth-method` (device, module or hub scope, by how the request was signed),
+//! `iothub-connection-auth-generation-id` (the identity's generation id), `iothub-enqueuedtime`
+//! and `iothub-message-source` (`Telemetry`) are stamped. Events are appended in-process through
+//! [`EventPublisher`] (no AMQP round trip), so the ingress is as fast as the store and can be
+//! unit-tested against a recording publisher.
 
-use std::{future::Future, sync::Arc};
+use std::sync::Arc;
 
 use axum::{
-    Json, Router,
+    Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, Path, State, rejection::BytesRejection},
-    http::{HeaderMap, StatusCode},
+    extract::{Path, State, rejection::BytesRejection},
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::post,
 };
 use fe2o3_amqp_types::{
     messaging::{MessageId, Properties},
@@ -24,20 +29,16 @@ use fe2o3_amqp_types::{
 use hubroute_protocol::annotations;
 use serde_amqp::Value;
 
-use crate::{Error, EventToPublish, PublishTarget, PublishedPosition, Result, RunningEmulator};
+use crate::iothub::{DeviceScope, IotHub, check_id, error_response};
+use crate::{EventToPublish, PublishTarget, PublishedPosition, Result, RunningEmulator};
 
 /// IoT Hub's device-to-cloud message size limit (256 KB).
 pub const MAX_D2C_MESSAGE_BYTES: usize = 256 * 1024;
 /// Header prefix of application properties in IoT Hub's REST API.
 const APP_PROPERTY_PREFIX: &str = "iothub-app-";
-/// The auth method IoT Hub stamps for a device authenticated with a SAS token.
-const SAS_AUTH_METHOD: &str =
-    r#"{"scope":"device","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}"#;
-/// IoT Hub's limit on device and module id length.
-const MAX_ID_LEN: usize = 128;
 
 /// Appends an event to an event hub without an AMQP round trip. [`RunningEmulator`] implements it;
-/// the ingress depends only on this so it can be tested on its own.
+/// the IoT hub depends only on this so it can be tested on its own.
 pub trait EventPublisher: Send + Sync + 'static {
     /// Appends `event` to `hub`, stamping the Event Hubs `x-opt-*` annotations.
     fn publish(
@@ -59,66 +60,36 @@ impl EventPublisher for RunningEmulator {
     }
 }
 
-/// Serves the device ingress for `hub` on `listener` until `shutdown` completes.
-pub async fn serve_ingress(
-    listener: tokio::net::TcpListener,
-    publisher: Arc<dyn EventPublisher>,
-    hub: impl Into<String>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<()> {
-    let address = listener.local_addr().ok();
-    axum::serve(listener, router(publisher, hub.into()))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|source| Error::Ingress {
-            problem: format!(
-                "HTTP device ingress on {} stopped: {source}",
-                address.map_or_else(|| "?".to_owned(), |a| a.to_string())
-            ),
-        })
-}
-
-#[derive(Clone)]
-struct IngressState {
-    publisher: Arc<dyn EventPublisher>,
-    hub: Arc<str>,
-}
-
-fn router(publisher: Arc<dyn EventPublisher>, hub: String) -> Router {
+/// The device telemetry routes, merged into the hub's HTTP API by `iothub::serve_http`.
+pub(crate) fn routes() -> Router<Arc<IotHub>> {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/devices/{device}/messages/events", post(device_message))
+        .route("/devices/{id}/messages/events", post(device_message))
         .route(
-            "/devices/{device}/modules/{module}/messages/events",
+            "/devices/{id}/modules/{mid}/messages/events",
             post(module_message),
         )
-        .layer(DefaultBodyLimit::max(MAX_D2C_MESSAGE_BYTES))
-        .with_state(IngressState {
-            publisher,
-            hub: hub.into(),
-        })
 }
 
 async fn device_message(
-    State(state): State<IngressState>,
+    State(hub): State<Arc<IotHub>>,
     Path(device): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    accept(&state, &device, None, &headers, body)
+    accept(&hub, &device, None, &headers, body)
 }
 
 async fn module_message(
-    State(state): State<IngressState>,
+    State(hub): State<Arc<IotHub>>,
     Path((device, module)): Path<(String, String)>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    accept(&state, &device, Some(&module), &headers, body)
+    accept(&hub, &device, Some(&module), &headers, body)
 }
 
 fn accept(
-    state: &IngressState,
+    hub: &IotHub,
     device: &str,
     module: Option<&str>,
     headers: &HeaderMap,
@@ -128,7 +99,7 @@ fn accept(
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             return error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
+                413,
                 "MessageTooLarge",
                 &format!(
                     "the message body exceeds IoT Hub's device-to-cloud limit of 256 KB ({MAX_D2C_MESSAGE_BYTES} bytes); \
@@ -138,60 +109,64 @@ fn accept(
         }
         Err(rejection) => {
             return error_response(
-                rejection.status(),
+                rejection.status().as_u16(),
                 "ArgumentInvalid",
                 &rejection.body_text(),
             );
         }
     };
-    let event = match device_event(device, module, headers, body, now_ms()) {
-        Ok(event) => event,
-        Err(problem) => {
-            return error_response(StatusCode::BAD_REQUEST, "ArgumentInvalid", &problem);
-        }
+    if let Err(error) = check_id("device id", device)
+        .and_then(|()| module.map_or(Ok(()), |m| check_id("module id", m)))
+    {
+        return error.into_response();
+    }
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let (scope, generation_id) = match hub.authenticate_device(authorization, device, module) {
+        Ok(authenticated) => authenticated,
+        Err(error) => return error.into_response(),
     };
-    match state.publisher.publish(
-        &state.hub,
-        PublishTarget::PartitionKey(device.to_owned()),
-        event,
-    ) {
+    let stamp = Stamp {
+        device,
+        module,
+        scope,
+        generation_id: &generation_id,
+        enqueued_ms: chrono::Utc::now().timestamp_millis(),
+    };
+    let event = match device_event(&stamp, headers, body) {
+        Ok(event) => event,
+        Err(problem) => return error_response(400, "ArgumentInvalid", &problem),
+    };
+    match hub.publish_telemetry(device, event) {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(error) => error_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
+            500,
             "ServerError",
             &format!(
                 "could not append the message to event hub `{}`: {error}",
-                state.hub
+                hub.name()
             ),
         ),
     }
 }
 
-fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(serde_json::json!({"ErrorCode": code, "Message": message})),
-    )
-        .into_response()
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+/// What IoT Hub stamps on a device's message.
+struct Stamp<'a> {
+    device: &'a str,
+    module: Option<&'a str>,
+    scope: DeviceScope,
+    generation_id: &'a str,
+    enqueued_ms: i64,
 }
 
 /// Builds the event IoT Hub would put on its built-in endpoint for this request; `Err` is a message
 /// for a 400 response.
 fn device_event(
-    device: &str,
-    module: Option<&str>,
+    stamp: &Stamp<'_>,
     headers: &HeaderMap,
     body: Bytes,
-    enqueued_ms: i64,
 ) -> Result<EventToPublish, String> {
-    check_id("device id", device)?;
-    if let Some(module) = module {
-        check_id("module id", module)?;
-    }
     let header = |name: &str| -> Result<Option<String>, String> {
         headers
             .get(name)
@@ -230,26 +205,26 @@ fn device_event(
     let mut message_annotations = vec![
         (
             annotations::CONNECTION_DEVICE_ID.to_owned(),
-            Value::String(device.to_owned()),
+            Value::String(stamp.device.to_owned()),
         ),
         (
             annotations::CONNECTION_AUTH_METHOD.to_owned(),
-            Value::String(SAS_AUTH_METHOD.to_owned()),
+            Value::String(stamp.scope.auth_method().to_owned()),
         ),
         (
             annotations::CONNECTION_AUTH_GENERATION_ID.to_owned(),
-            Value::String(generation_id(device)),
+            Value::String(stamp.generation_id.to_owned()),
         ),
         (
             annotations::IOTHUB_ENQUEUED_TIME.to_owned(),
-            Value::Timestamp(Timestamp::from_milliseconds(enqueued_ms)),
+            Value::Timestamp(Timestamp::from_milliseconds(stamp.enqueued_ms)),
         ),
         (
             annotations::MESSAGE_SOURCE.to_owned(),
             Value::String("Telemetry".to_owned()),
         ),
     ];
-    if let Some(module) = module {
+    if let Some(module) = stamp.module {
         message_annotations.push((
             annotations::CONNECTION_MODULE_ID.to_owned(),
             Value::String(module.to_owned()),
@@ -263,94 +238,35 @@ fn device_event(
     })
 }
 
-/// IoT Hub device ids: up to 128 ASCII letters, digits and `- . % _ * ? ! ( ) , : = @ $ '`.
-fn check_id(what: &str, id: &str) -> Result<(), String> {
-    let allowed = |c: char| c.is_ascii_alphanumeric() || "-.%_*?!(),:=@$'".contains(c);
-    if id.is_empty() || id.len() > MAX_ID_LEN || !id.chars().all(allowed) {
-        return Err(format!(
-            "{what} `{id}` is invalid: use 1 to {MAX_ID_LEN} ASCII letters, digits or - . % _ * ? ! ( ) , : = @ $ '"
-        ));
-    }
-    Ok(())
-}
-
-/// A stable stand-in for the generation id IoT Hub assigns when a device is created (an 18-digit
-/// number derived from creation ticks): here derived from the device id with FNV-1a, so it is the
-/// same for a device across messages and restarts, and differs between devices.
-fn generation_id(device: &str) -> String {
-    let hash = device
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-    format!("63{:016}", hash % 10_u64.pow(16))
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use hubroute_protocol::IotHubConnectionString;
 
     use super::*;
-
-    #[derive(Default)]
-    struct Recorder {
-        events: Mutex<Vec<(String, PublishTarget, EventToPublish)>>,
-    }
-
-    impl EventPublisher for Recorder {
-        fn publish(
-            &self,
-            hub: &str,
-            target: PublishTarget,
-            event: EventToPublish,
-        ) -> Result<PublishedPosition> {
-            self.events
-                .lock()
-                .unwrap()
-                .push((hub.to_owned(), target, event));
-            Ok(PublishedPosition {
-                partition: "0".to_owned(),
-                sequence_number: 0,
-                offset: "0".to_owned(),
-                enqueued_time_ms: 0,
-            })
-        }
-    }
-
-    /// Serves the ingress over a real socket for one request, as devices would reach it.
-    async fn send(
-        recorder: &Arc<Recorder>,
-        request: impl FnOnce(&reqwest::Client, String) -> reqwest::RequestBuilder,
-    ) -> (StatusCode, String) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let publisher: Arc<dyn EventPublisher> = Arc::<Recorder>::clone(recorder);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_ingress(listener, publisher, "hub", async {
-            stopped.await.ok();
-        }));
-        let response = request(&reqwest::Client::new(), base).send().await.unwrap();
-        let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
-        let text = response.text().await.unwrap();
-        stop.send(()).unwrap();
-        server.await.unwrap().unwrap();
-        (status, text)
-    }
+    use crate::iothub::IotHubConfig;
+    use crate::iothub::testing::TestHub;
 
     async fn post(
-        recorder: &Arc<Recorder>,
+        hub: &TestHub,
         uri: &str,
+        token: Option<String>,
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> (StatusCode, String) {
-        send(recorder, |client, base| {
-            let mut request = client.post(format!("{base}{uri}")).body(body);
-            for (name, value) in headers {
-                request = request.header(*name, *value);
-            }
-            request
-        })
-        .await
+        let mut request = hub.client.post(format!("{}{uri}", hub.base_url)).body(body);
+        if let Some(token) = token {
+            request = request.header("authorization", token);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
+        let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+        (status, response.text().await.unwrap())
+    }
+
+    fn token(device: &IotHubConnectionString) -> Option<String> {
+        Some(device.token(chrono::Utc::now().timestamp() + 600).unwrap())
     }
 
     fn annotation<'e>(event: &'e EventToPublish, key: &str) -> Option<&'e Value> {
@@ -360,12 +276,22 @@ mod tests {
             .find_map(|(k, v)| (k == key).then_some(v))
     }
 
+    fn string(event: &EventToPublish, key: &str) -> String {
+        match annotation(event, key) {
+            Some(Value::String(s)) => s.clone(),
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn a_device_message_is_stamped_like_the_iot_hub_built_in_endpoint() {
-        let recorder = Arc::new(Recorder::default());
-        let (status, _) = post(
-            &recorder,
+        let hub = TestHub::start(IotHubConfig::new("hub")).await;
+        let device = hub.register("dev-1", None).await;
+        hub.take_events();
+        let (status, text) = post(
+            &hub,
             "/devices/dev-1/messages/events?api-version=2021-04-12",
+            token(&device),
             &[
                 ("content-type", "application/json"),
                 ("content-encoding", "utf-8"),
@@ -377,10 +303,10 @@ mod tests {
             br#"{"temperature":21.5}"#.to_vec(),
         )
         .await;
-        assert_eq!(status, StatusCode::NO_CONTENT);
-        let events = recorder.events.lock().unwrap();
-        let (hub, target, event) = &events[0];
-        assert_eq!(hub, "hub");
+        assert_eq!(status, StatusCode::NO_CONTENT, "{text}");
+        let events = hub.take_events();
+        let (name, target, event) = &events[0];
+        assert_eq!(name, "hub");
         assert!(matches!(target, PublishTarget::PartitionKey(key) if key == "dev-1"));
         assert_eq!(&event.body[..], br#"{"temperature":21.5}"#);
         assert_eq!(
@@ -407,17 +333,15 @@ mod tests {
                 ("processingpath".to_owned(), Value::String("hot".into())),
             ]
         );
-        let string = |key| match annotation(event, key) {
-            Some(Value::String(s)) => s.clone(),
-            other => panic!("{key}: {other:?}"),
-        };
-        assert_eq!(string(annotations::CONNECTION_DEVICE_ID), "dev-1");
-        assert_eq!(string(annotations::CONNECTION_AUTH_METHOD), SAS_AUTH_METHOD);
-        assert_eq!(string(annotations::MESSAGE_SOURCE), "Telemetry");
+        assert_eq!(string(event, annotations::CONNECTION_DEVICE_ID), "dev-1");
         assert_eq!(
-            string(annotations::CONNECTION_AUTH_GENERATION_ID),
-            generation_id("dev-1")
+            string(event, annotations::CONNECTION_AUTH_METHOD),
+            DeviceScope::Device.auth_method()
         );
+        assert_eq!(string(event, annotations::MESSAGE_SOURCE), "Telemetry");
+        let generation = string(event, annotations::CONNECTION_AUTH_GENERATION_ID);
+        let registered = hub.hub.read(|r| r.get_identity("dev-1", None)).unwrap();
+        assert_eq!(registered["generationId"], generation.as_str());
         assert!(matches!(
             annotation(event, annotations::IOTHUB_ENQUEUED_TIME),
             Some(Value::Timestamp(t)) if t.milliseconds() > 1_600_000_000_000
@@ -427,10 +351,14 @@ mod tests {
 
     #[tokio::test]
     async fn iothub_content_headers_win_and_modules_are_stamped() {
-        let recorder = Arc::new(Recorder::default());
-        let (status, _) = post(
-            &recorder,
+        let hub = TestHub::start(IotHubConfig::new("hub")).await;
+        hub.register("dev-2", None).await;
+        let module = hub.register("dev-2", Some("filter")).await;
+        hub.take_events();
+        let (status, text) = post(
+            &hub,
             "/devices/dev-2/modules/filter/messages/events",
+            token(&module),
             &[
                 ("content-type", "text/plain"),
                 ("iothub-contenttype", "application/json"),
@@ -439,8 +367,8 @@ mod tests {
             b"{}".to_vec(),
         )
         .await;
-        assert_eq!(status, StatusCode::NO_CONTENT);
-        let events = recorder.events.lock().unwrap();
+        assert_eq!(status, StatusCode::NO_CONTENT, "{text}");
+        let events = hub.take_events();
         let event = &events[0].2;
         assert_eq!(
             event.properties.content_type,
@@ -450,14 +378,113 @@ mod tests {
             event.properties.content_encoding,
             Some(Symbol::from("utf-16"))
         );
+        assert_eq!(string(event, annotations::CONNECTION_MODULE_ID), "filter");
         assert_eq!(
-            annotation(event, annotations::CONNECTION_MODULE_ID),
-            Some(&Value::String("filter".into()))
+            string(event, annotations::CONNECTION_AUTH_METHOD),
+            DeviceScope::Module.auth_method()
+        );
+    }
+
+    #[tokio::test]
+    async fn devices_must_authenticate_with_their_own_key() {
+        let hub = TestHub::start(IotHubConfig::new("hub")).await;
+        let device = hub.register("dev-1", None).await;
+        let other = hub.register("dev-2", None).await;
+        let mut wrong_key = device.clone();
+        wrong_key.device_key = other.device_key.clone();
+        let mut disabled = hub.register("dev-off", None).await;
+        let owner = hub.owner();
+        let etag = hub.hub.read(|r| r.get_identity("dev-off", None)).unwrap()["etag"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let response = hub
+            .client
+            .put(format!("{}/devices/dev-off", hub.base_url))
+            .header(
+                "authorization",
+                owner.token(chrono::Utc::now().timestamp() + 60).unwrap(),
+            )
+            .header("if-match", format!("\"{etag}\""))
+            .json(&serde_json::json!({"deviceId": "dev-off", "status": "disabled"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        disabled.device_id = Some("dev-off".to_owned());
+        let device_policy = hub.policy_token("device");
+        // (case, URI, token, expected status, expected text)
+        let cases: Vec<(&str, &str, Option<String>, StatusCode, &str)> = vec![
+            (
+                "no token",
+                "/devices/dev-1/messages/events",
+                None,
+                StatusCode::UNAUTHORIZED,
+                "no Authorization",
+            ),
+            (
+                "another device's key",
+                "/devices/dev-1/messages/events",
+                token(&wrong_key),
+                StatusCode::UNAUTHORIZED,
+                "primary or secondary key",
+            ),
+            (
+                "a token for another device",
+                "/devices/dev-2/messages/events",
+                token(&device),
+                StatusCode::UNAUTHORIZED,
+                "does not cover",
+            ),
+            (
+                "an unknown device",
+                "/devices/ghost/messages/events",
+                token(&device),
+                StatusCode::NOT_FOUND,
+                "not registered",
+            ),
+            (
+                "a disabled device",
+                "/devices/dev-off/messages/events",
+                token(&disabled),
+                StatusCode::UNAUTHORIZED,
+                "disabled",
+            ),
+            (
+                "the service policy",
+                "/devices/dev-1/messages/events",
+                Some(hub.policy_token("service")),
+                StatusCode::UNAUTHORIZED,
+                "DeviceConnect",
+            ),
+        ];
+        for (name, uri, token, expected_status, expected_text) in cases {
+            let (status, text) = post(&hub, uri, token, &[], b"{}".to_vec()).await;
+            assert_eq!(status, expected_status, "{name}: {text}");
+            assert!(text.contains(expected_text), "{name}: {text}");
+        }
+        // A policy with DeviceConnect may send for any device, stamped with hub scope.
+        hub.take_events();
+        let (status, text) = post(
+            &hub,
+            "/devices/dev-1/messages/events",
+            Some(device_policy),
+            &[],
+            b"{}".to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{text}");
+        assert_eq!(
+            string(&hub.take_events()[0].2, annotations::CONNECTION_AUTH_METHOD),
+            DeviceScope::Hub.auth_method()
         );
     }
 
     #[tokio::test]
     async fn bad_requests_are_refused_with_a_json_reason() {
+        let hub = TestHub::start(IotHubConfig::new("hub")).await;
+        let device = hub.register("d", None).await;
+        hub.take_events();
         let too_big = vec![b'x'; MAX_D2C_MESSAGE_BYTES + 1];
         let long_id = format!("/devices/{}/messages/events", "d".repeat(129));
         // (case, URI, headers, body, expected status, expected text in the JSON `Message`)
@@ -504,32 +531,27 @@ mod tests {
             ),
         ];
         for (name, uri, headers, body, expected_status, expected_text) in cases {
-            let recorder = Arc::new(Recorder::default());
-            let (status, text) = post(&recorder, uri, &headers, body).await;
+            let (status, text) = post(&hub, uri, token(&device), &headers, body).await;
             assert_eq!(status, expected_status, "{name}: {text}");
             let json: serde_json::Value = serde_json::from_str(&text).unwrap();
             assert!(
                 json["Message"].as_str().unwrap().contains(expected_text),
                 "{name}: {text}"
             );
-            assert!(recorder.events.lock().unwrap().is_empty(), "{name}");
+            assert!(hub.take_events().is_empty(), "{name}");
         }
     }
 
     #[tokio::test]
     async fn healthz_answers_ok() {
-        let recorder = Arc::new(Recorder::default());
-        let (status, text) = send(&recorder, |client, base| {
-            client.get(format!("{base}/healthz"))
-        })
-        .await;
-        assert_eq!((status, text.as_str()), (StatusCode::OK, "ok"));
-    }
-
-    #[test]
-    fn generation_ids_are_stable_and_per_device() {
-        assert_eq!(generation_id("a"), generation_id("a"));
-        assert_ne!(generation_id("a"), generation_id("b"));
-        assert_eq!(generation_id("a").len(), 18);
+        let hub = TestHub::start(IotHubConfig::new("hub")).await;
+        let response = hub
+            .client
+            .get(format!("{}/healthz", hub.base_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "ok");
     }
 }

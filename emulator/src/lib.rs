@@ -9,7 +9,10 @@
 //! * `policies`: the IoT hub's shared access policies and their rights.
 //! * `store`: partitions as append-only logs with retention, optionally on disk.
 //! * `config_file`: Microsoft's Event Hubs emulator `Config.json`.
-//! * `ingress`: IoT Hub-style HTTP device ingress stamping IoT Hub's annotations.
+//! * `iothub`: the IoT hub side: device registry, twins, IoT Hub's service REST API with SAS
+//!   policies, twin change and lifecycle events into the hub, served next to the device ingress.
+//! * `ingress`: IoT Hub's HTTP device telemetry endpoint, authenticating devices and stamping IoT
+//!   Hub's annotations.
 //! * `simulate`: the device simulator and load generator.
 //!
 //! The emulator shares only the vocabulary (`hubroute-protocol`) and the wire format (`hubroute-amqp`)
@@ -20,6 +23,7 @@ mod config;
 mod config_file;
 mod error;
 mod ingress;
+pub mod iothub;
 mod policies;
 mod server;
 pub mod simulate;
@@ -30,7 +34,8 @@ pub use config::{
 };
 pub use config_file::load_config_file;
 pub use error::{Error, Result};
-pub use ingress::{EventPublisher, MAX_D2C_MESSAGE_BYTES, serve_ingress};
+pub use ingress::{EventPublisher, MAX_D2C_MESSAGE_BYTES};
+pub use iothub::{IotHub, IotHubConfig, ServiceFault, serve_http};
 pub use policies::{
     AccessRights, IotHubIdentity, OWNER_POLICY, SharedAccessPolicy, default_policies,
 };

@@ -33,7 +33,7 @@ use fe2o3_amqp_types::{
     primitives::{Binary, Symbol, Timestamp},
 };
 use futures::{StreamExt, stream::FuturesUnordered};
-use hubroute_protocol::{ConnectionString, annotations, cbs};
+use hubroute_protocol::{ConnectionString, IotHubConnectionString, annotations, cbs, iothub};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use tokio::time::Instant;
 
@@ -55,10 +55,16 @@ pub enum SimulationTarget {
         /// Send to this partition (`<hub>/Partitions/<id>`) instead of partitioning by device id.
         partition: Option<String>,
     },
-    /// The emulator's IoT Hub-style device ingress, e.g. `http://127.0.0.1:8088`.
-    Http {
-        /// Base URL; `/devices/{id}/messages/events` is appended.
-        base_url: String,
+    /// An IoT hub's device endpoint over HTTP(S) (`hubroute emulator`): devices are registered with
+    /// twin tags, authenticate with their own keys, and report properties.
+    IotHub {
+        /// A service connection string whose policy may write the registry (`iothubowner`, as the
+        /// emulator prints).
+        service: IotHubConnectionString,
+        /// PEM CA certificates to trust besides the web roots (the emulator's `--tls-cert`).
+        tls_ca_file: Option<std::path::PathBuf>,
+        /// Each device reports properties every this many of its messages (0: only at start).
+        report_every: u32,
     },
 }
 
@@ -171,6 +177,8 @@ impl SimulationReport {
 /// One simulated device message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceMessage {
+    /// Sending device's number, `42`.
+    pub device: u32,
     /// Sending device, `device-00042`.
     pub device_id: String,
     /// Unique message id, `<device>-<per-device sequence>`.
@@ -205,7 +213,7 @@ impl TelemetryGenerator {
         self.index += 1;
         let device = index % u64::from(self.devices);
         let device_sequence = index / u64::from(self.devices);
-        let device_id = format!("device-{device:05}");
+        let device_id = device_id(u32::try_from(device).unwrap_or(u32::MAX));
         let rng = &mut self.rng;
         let status = match rng.random_range(0..100) {
             0..=89 => "ok",
@@ -266,6 +274,7 @@ impl TelemetryGenerator {
             device % 3 + 1,
         );
         DeviceMessage {
+            device: u32::try_from(device).unwrap_or(u32::MAX),
             message_id: format!("{device_id}-{device_sequence}"),
             properties: vec![
                 ("severity", severity.to_owned()),
@@ -322,16 +331,22 @@ impl Simulation {
                 producer.close().await;
                 result?;
             }
-            SimulationTarget::Http { base_url } => {
-                schedule.start();
-                send_http(
-                    base_url.trim_end_matches('/'),
-                    &mut schedule,
-                    &mut generator,
-                    max_in_flight,
-                    &self.progress,
+            SimulationTarget::IotHub {
+                service,
+                tls_ca_file,
+                report_every,
+            } => {
+                let fleet = DeviceFleet::register(
+                    service,
+                    tls_ca_file.as_deref(),
+                    self.config.devices.get(),
+                    *report_every,
                 )
-                .await;
+                .await?;
+                schedule.start();
+                fleet
+                    .send_all(&mut schedule, &mut generator, max_in_flight, &self.progress)
+                    .await;
             }
         }
         Ok(SimulationReport {
@@ -599,51 +614,333 @@ fn amqp_message(message: DeviceMessage, partition_key: bool) -> Message<Data> {
     builder.data(Binary::from(message.body.to_vec())).build()
 }
 
-async fn send_http(
-    base_url: &str,
-    schedule: &mut Schedule,
-    generator: &mut TelemetryGenerator,
-    max_in_flight: usize,
-    progress: &SimulationProgress,
-) {
-    let client = reqwest::Client::new();
-    let mut in_flight = FuturesUnordered::new();
-    while schedule.next().await {
-        if in_flight.len() >= max_in_flight
-            && let Some(ok) = in_flight.next().await
-        {
+/// Device id of simulated device number `device`.
+pub fn device_id(device: u32) -> String {
+    format!("device-{device:05}")
+}
+
+/// The twin a simulated device is registered with: tags (`site` and `line` agree with the
+/// `location` of its telemetry, `fleet` is `simulated`) and desired properties
+/// (`telemetryConfig.sendFrequency`, `5s` for even devices and `1m` for odd ones).
+pub fn simulated_twin(device: u32) -> (serde_json::Value, serde_json::Value) {
+    let tags = serde_json::json!({
+        "site": format!("plant-{}", device % 7 + 1),
+        "line": format!("line-{}", device % 3 + 1),
+        "fleet": "simulated",
+    });
+    let frequency = if device.is_multiple_of(2) { "5s" } else { "1m" };
+    let desired = serde_json::json!({"telemetryConfig": {"sendFrequency": frequency}});
+    (tags, desired)
+}
+
+/// The properties a simulated device reports at start.
+fn initial_report(device: u32) -> serde_json::Value {
+    serde_json::json!({
+        "firmware": {"version": format!("1.{}.{}", device % 5, device % 11)},
+        "battery": {"level": 100},
+    })
+}
+
+/// One registered device: its credentials and current token.
+struct FleetDevice {
+    credentials: IotHubConnectionString,
+    token: String,
+    expires: i64,
+    sent: u64,
+}
+
+impl FleetDevice {
+    /// The device's token, renewed at half its lifetime.
+    fn token(&mut self) -> Result<&str> {
+        let now = chrono::Utc::now().timestamp();
+        if now >= self.expires - TOKEN_LIFETIME_SECS / 2 {
+            self.expires = now + TOKEN_LIFETIME_SECS;
+            self.token = self
+                .credentials
+                .token(self.expires)
+                .map_err(|e| Error::Simulate {
+                    problem: format!("signing a device token: {e}"),
+                })?;
+        }
+        Ok(&self.token)
+    }
+}
+
+/// A fleet registered on an IoT hub.
+struct DeviceFleet {
+    http: reqwest::Client,
+    base_url: String,
+    devices: Vec<FleetDevice>,
+    report_every: u32,
+}
+
+/// Devices registered concurrently at start.
+const REGISTRATION_CONCURRENCY: usize = 16;
+
+impl DeviceFleet {
+    /// Registers devices `0..count` (keeping existing ones and their keys), sets their twins and
+    /// sends their first reported properties.
+    async fn register(
+        service: &IotHubConnectionString,
+        tls_ca_file: Option<&std::path::Path>,
+        count: u32,
+        report_every: u32,
+    ) -> Result<Self> {
+        let failed = |problem: String| Error::Simulate { problem };
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = tls_ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| failed(format!("reading {}: {e}", path.display())))?;
+            for certificate in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| failed(format!("{} is not a PEM bundle: {e}", path.display())))?
+            {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| failed(format!("building the HTTP client: {e}")))?;
+        let base_url = service.base_url();
+        let service_token = service
+            .token(chrono::Utc::now().timestamp() + TOKEN_LIFETIME_SECS)
+            .map_err(|e| failed(format!("signing a service token: {e}")))?;
+        let context = Registration {
+            http: &http,
+            base_url: &base_url,
+            host: &service.host_name,
+            service_token: &service_token,
+            emulator: service.use_development_emulator,
+        };
+        let mut devices = Vec::with_capacity(count as usize);
+        let mut pending = futures::stream::iter((0..count).map(|device| context.register(device)))
+            .buffered(REGISTRATION_CONCURRENCY);
+        while let Some(device) = pending.next().await {
+            devices.push(device?);
+        }
+        drop(pending);
+        tracing::info!(
+            devices = devices.len(),
+            "simulated devices registered with twin tags"
+        );
+        Ok(Self {
+            http,
+            base_url,
+            devices,
+            report_every,
+        })
+    }
+
+    async fn send_all(
+        mut self,
+        schedule: &mut Schedule,
+        generator: &mut TelemetryGenerator,
+        max_in_flight: usize,
+        progress: &SimulationProgress,
+    ) {
+        let mut in_flight = FuturesUnordered::new();
+        while schedule.next().await {
+            if in_flight.len() >= max_in_flight
+                && let Some(ok) = in_flight.next().await
+            {
+                progress.record(ok);
+            }
+            let message = generator.next_message();
+            let index = message.device as usize;
+            let Some(device) = self.devices.get_mut(index) else {
+                progress.record(false);
+                continue;
+            };
+            let token = match device.token() {
+                Ok(token) => token.to_owned(),
+                Err(error) => {
+                    tracing::debug!(%error, "cannot sign a device token");
+                    progress.record(false);
+                    continue;
+                }
+            };
+            device.sent += 1;
+            let report = (self.report_every > 0
+                && device.sent.is_multiple_of(u64::from(self.report_every)))
+            .then(|| report_from(&message.body));
+            let mut request = self
+                .http
+                .post(format!(
+                    "{}/devices/{}/messages/events?api-version={}",
+                    self.base_url,
+                    message.device_id,
+                    iothub::API_VERSION
+                ))
+                .header("authorization", &token)
+                .header("content-type", "application/json")
+                .header("content-encoding", "utf-8")
+                .header("iothub-messageid", message.message_id);
+            for (name, value) in message.properties {
+                request = request.header(format!("iothub-app-{name}"), value);
+            }
+            let telemetry = request.body(message.body);
+            let reporting = report.map(|report| {
+                self.http
+                    .patch(format!(
+                        "{}/twins/{}/properties/reported?api-version={}",
+                        self.base_url,
+                        message.device_id,
+                        iothub::API_VERSION
+                    ))
+                    .header("authorization", &token)
+                    .json(&report)
+            });
+            progress.submit();
+            in_flight.push(async move {
+                let ok = settle_http(telemetry.send().await, "device endpoint refused an event");
+                if let Some(reporting) = reporting {
+                    settle_http(reporting.send().await, "reporting properties failed");
+                }
+                ok
+            });
+        }
+        while let Some(ok) = in_flight.next().await {
             progress.record(ok);
         }
-        let message = generator.next_message();
-        let mut request = client
-            .post(format!(
-                "{base_url}/devices/{}/messages/events?api-version=2021-04-12",
-                message.device_id
-            ))
-            .header("content-type", "application/json")
-            .header("content-encoding", "utf-8")
-            .header("iothub-messageid", message.message_id);
-        for (name, value) in message.properties {
-            request = request.header(format!("iothub-app-{name}"), value);
-        }
-        let request = request.body(message.body);
-        progress.submit();
-        in_flight.push(async move {
-            match request.send().await {
-                Ok(response) if response.status().is_success() => true,
-                Ok(response) => {
-                    tracing::debug!(status = %response.status(), "device ingress refused an event");
-                    false
-                }
-                Err(error) => {
-                    tracing::debug!(%error, "device ingress request failed");
-                    false
-                }
-            }
-        });
     }
-    while let Some(ok) = in_flight.next().await {
-        progress.record(ok);
+}
+
+/// What a device reports every `report_every` messages: its battery level from its telemetry.
+fn report_from(body: &[u8]) -> serde_json::Value {
+    let level = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|b| b.pointer("/battery/level").cloned())
+        .unwrap_or(serde_json::Value::Null);
+    serde_json::json!({"battery": {"level": level}})
+}
+
+fn settle_http(outcome: reqwest::Result<reqwest::Response>, what: &str) -> bool {
+    match outcome {
+        Ok(response) if response.status().is_success() => true,
+        Ok(response) => {
+            tracing::debug!(status = %response.status(), "{what}");
+            false
+        }
+        Err(error) => {
+            tracing::debug!(%error, "{what}");
+            false
+        }
+    }
+}
+
+/// What registering one device needs.
+struct Registration<'a> {
+    http: &'a reqwest::Client,
+    base_url: &'a str,
+    host: &'a str,
+    service_token: &'a str,
+    emulator: bool,
+}
+
+impl Registration<'_> {
+    fn url(&self, path: &str) -> String {
+        format!(
+            "{}{path}?api-version={}",
+            self.base_url,
+            iothub::API_VERSION
+        )
+    }
+
+    async fn json(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<(u16, serde_json::Value)> {
+        let response = request.send().await.map_err(|e| Error::Simulate {
+            problem: format!("{what}: cannot reach {}: {e}", self.base_url),
+        })?;
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        ))
+    }
+
+    async fn register(&self, device: u32) -> Result<FleetDevice> {
+        let id = device_id(device);
+        let failed = |what: &str, status: u16, body: &serde_json::Value| Error::Simulate {
+            problem: format!(
+                "{what} `{id}` failed ({status}): {body}; the service connection string's policy \
+                 needs RegistryWrite and ServiceConnect (use iothubowner)"
+            ),
+        };
+        let (mut status, mut body) = self
+            .json(
+                self.http
+                    .put(self.url(&format!("/devices/{id}")))
+                    .header("authorization", self.service_token)
+                    .json(&serde_json::json!({"deviceId": id})),
+                "registering a device",
+            )
+            .await?;
+        if status == 409 {
+            (status, body) = self
+                .json(
+                    self.http
+                        .get(self.url(&format!("/devices/{id}")))
+                        .header("authorization", self.service_token),
+                    "reading a device",
+                )
+                .await?;
+        }
+        if status != 200 {
+            return Err(failed("registering device", status, &body));
+        }
+        let key = body
+            .pointer("/authentication/symmetricKey/primaryKey")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| failed("reading the key of device", status, &body))?;
+        let emulator = if self.emulator {
+            ";UseDevelopmentEmulator=true"
+        } else {
+            ""
+        };
+        let credentials = IotHubConnectionString::parse(&format!(
+            "HostName={};DeviceId={id};SharedAccessKey={key}{emulator}",
+            self.host
+        ))
+        .map_err(|e| Error::Simulate {
+            problem: format!("device `{id}`: {e}"),
+        })?;
+        let (tags, desired) = simulated_twin(device);
+        let (status, body) = self
+            .json(
+                self.http
+                    .patch(self.url(&format!("/twins/{id}")))
+                    .header("authorization", self.service_token)
+                    .json(&serde_json::json!({"tags": tags, "properties": {"desired": desired}})),
+                "setting a twin",
+            )
+            .await?;
+        if status != 200 {
+            return Err(failed("setting the twin of device", status, &body));
+        }
+        let mut fleet_device = FleetDevice {
+            credentials,
+            token: String::new(),
+            expires: 0,
+            sent: 0,
+        };
+        let token = fleet_device.token()?.to_owned();
+        let (status, body) = self
+            .json(
+                self.http
+                    .patch(self.url(&format!("/twins/{id}/properties/reported")))
+                    .header("authorization", token)
+                    .json(&initial_report(device)),
+                "reporting properties",
+            )
+            .await?;
+        if !(200..300).contains(&status) {
+            // A disabled device cannot report; its messages will be refused and counted too.
+            tracing::warn!(device = %id, status, %body, "the device could not report its properties");
+        }
+        Ok(fleet_device)
     }
 }
 
@@ -750,34 +1047,76 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn http_sends_count_refusals_as_errors() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base_url = format!("http://{}", listener.local_addr().unwrap());
-        let seen = Arc::new(AtomicU64::new(0));
-        let counter = Arc::clone(&seen);
-        let app = axum::Router::new().route(
-            "/devices/{device}/messages/events",
-            axum::routing::post(move || {
-                let n = counter.fetch_add(1, Ordering::Relaxed);
-                async move {
-                    if n % 10 == 9 {
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE
-                    } else {
-                        axum::http::StatusCode::NO_CONTENT
-                    }
-                }
-            }),
-        );
-        let server = tokio::spawn(async move { axum::serve(listener, app).await });
-        let mut config = SimulationConfig::new(SimulationTarget::Http { base_url });
+    async fn an_iot_hub_fleet_registers_with_twins_reports_and_counts_refusals() {
+        use crate::iothub::IotHubConfig;
+        use crate::iothub::testing::TestHub;
+
+        let hub = TestHub::start(IotHubConfig::new("hub")).await;
+        // device-00001 exists already, disabled: the fleet keeps it, and the hub refuses its
+        // messages, which the simulator counts as errors.
+        let owner = hub.owner();
+        let response = hub
+            .client
+            .put(format!("{}/devices/device-00001", hub.base_url))
+            .header(
+                "authorization",
+                owner.token(chrono::Utc::now().timestamp() + 60).unwrap(),
+            )
+            .json(&serde_json::json!({"deviceId": "device-00001", "status": "disabled"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        hub.take_events();
+        let mut config = SimulationConfig::new(SimulationTarget::IotHub {
+            service: owner,
+            tls_ca_file: None,
+            report_every: 5,
+        });
+        config.devices = fleet(5);
         config.stop = StopAfter::Events(50);
         config.max_in_flight = 8;
         let simulation = Simulation::new(config);
         let progress = simulation.progress();
         let report = simulation.run().await.unwrap();
-        server.abort();
-        assert_eq!((report.sent, report.errors), (45, 5));
-        assert_eq!(progress.submitted(), 50);
-        assert_eq!(seen.load(Ordering::Relaxed), 50);
+        assert_eq!(
+            progress.submitted(),
+            50,
+            "every event is counted when submitted"
+        );
+        assert_eq!((report.sent, report.errors), (40, 10));
+        for device in 0..5 {
+            let twin = hub.hub.read(|r| r.twin(&device_id(device), None)).unwrap();
+            let (tags, desired) = simulated_twin(device);
+            assert_eq!(twin["tags"], tags);
+            assert_eq!(
+                twin["properties"]["desired"]["telemetryConfig"],
+                desired["telemetryConfig"]
+            );
+            let reported = &twin["properties"]["reported"]["firmware"];
+            if device == 1 {
+                assert!(reported.is_null(), "a disabled device cannot report");
+            } else {
+                assert_eq!(reported, &initial_report(device)["firmware"]);
+            }
+        }
+        let sources: Vec<String> = hub
+            .take_events()
+            .iter()
+            .filter_map(|(_, _, event)| {
+                event.message_annotations.iter().find_map(|(k, v)| match v {
+                    serde_amqp::Value::String(s) if k == annotations::MESSAGE_SOURCE => {
+                        Some(s.clone())
+                    }
+                    _ => None,
+                })
+            })
+            .collect();
+        let count = |source: &str| sources.iter().filter(|s| *s == source).count();
+        assert_eq!(count("Telemetry"), 40);
+        assert_eq!(count("deviceLifecycleEvents"), 4, "device-00001 existed");
+        // Per device: the twin patch and the first report; then every 5th message's report (the
+        // disabled device's report is refused like its messages).
+        assert_eq!(count("twinChangeEvents"), 5 + 4 + 4 * 2);
     }
 }

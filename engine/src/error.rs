@@ -164,6 +164,15 @@ pub enum Error {
         /// What changed.
         what: &'static str,
     },
+    /// IoT Hub's service API (device twins) failed in a way retrying cannot fix, or the twin store
+    /// stopped.
+    #[error("device twins from {host}: {problem}")]
+    TwinService {
+        /// The hub's host name.
+        host: String,
+        /// What failed and what to do.
+        problem: String,
+    },
     /// A batch is not in the message schema.
     #[error("a batch is not a message batch: {0}")]
     Message(#[from] hubroute_message::Error),

@@ -11,5 +11,6 @@ pub mod pipeline;
 pub mod progress;
 pub mod routing;
 pub mod source;
+pub mod twins;
 
 pub use error::{Error, Result};

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, BinaryBuilder, Int64Builder, MapBuilder, MapFieldNames, StringBuilder,
-    TimestampMillisecondBuilder,
+    StringDictionaryBuilder, TimestampMillisecondBuilder,
 };
+use arrow::datatypes::Int32Type;
 use arrow::record_batch::RecordBatch;
 
 use crate::{AppPropertyValue, Message, Result, message_schema};
@@ -69,7 +70,6 @@ pub struct MessageRef<'a> {
 /// Application properties are appended between [`MessageBatchBuilder::append`] calls with
 /// [`MessageBatchBuilder::append_application_property`]; `append` then closes the row. A builder is
 /// reusable: [`MessageBatchBuilder::finish`] resets it.
-#[derive(Debug)]
 pub struct MessageBatchBuilder {
     event_hub: StringBuilder,
     partition: StringBuilder,
@@ -93,12 +93,24 @@ pub struct MessageBatchBuilder {
     application_properties: MapBuilder<StringBuilder, StringBuilder>,
     application_property_types: MapBuilder<StringBuilder, StringBuilder>,
     body: BinaryBuilder,
-    twin: StringBuilder,
+    /// Deduplicates twin texts: rows of one device share one dictionary value.
+    twin: StringDictionaryBuilder<Int32Type>,
     rows: usize,
     body_bytes: usize,
 }
 
-fn map_builder() -> MapBuilder<StringBuilder, StringBuilder> {
+impl std::fmt::Debug for MessageBatchBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageBatchBuilder")
+            .field("rows", &self.rows)
+            .field("body_bytes", &self.body_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A builder of the schema's string map columns (`application_properties`,
+/// `application_property_types`), for callers that rewrite one of them in place.
+pub fn string_map_builder() -> MapBuilder<StringBuilder, StringBuilder> {
     let names = MapFieldNames {
         entry: "entries".to_owned(),
         key: "key".to_owned(),
@@ -136,10 +148,10 @@ impl MessageBatchBuilder {
             message_source: StringBuilder::new(),
             dt_dataschema: StringBuilder::new(),
             dt_subject: StringBuilder::new(),
-            application_properties: map_builder(),
-            application_property_types: map_builder(),
+            application_properties: string_map_builder(),
+            application_property_types: string_map_builder(),
             body: BinaryBuilder::new(),
-            twin: StringBuilder::new(),
+            twin: StringDictionaryBuilder::new(),
             rows: 0,
             body_bytes: 0,
         }

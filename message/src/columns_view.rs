@@ -2,10 +2,10 @@
 //! index typed arrays instead of downcasting per access.
 
 use arrow::array::{
-    Array, AsArray, BinaryArray, Int64Array, MapArray, RecordBatch, StringArray,
+    Array, AsArray, BinaryArray, DictionaryArray, Int64Array, MapArray, RecordBatch, StringArray,
     TimestampMillisecondArray,
 };
-use arrow::datatypes::TimestampMillisecondType;
+use arrow::datatypes::{Int32Type, TimestampMillisecondType};
 use chrono::DateTime;
 
 use crate::builder::app_property_from_parts;
@@ -40,7 +40,59 @@ pub struct MessageColumns<'a> {
     pub application_properties: &'a MapArray,
     pub application_property_types: &'a MapArray,
     pub body: &'a BinaryArray,
-    pub twin: &'a StringArray,
+    pub twin: TwinColumn<'a>,
+}
+
+/// The dictionary-encoded `twin` column: per row a key into the batch's distinct twin texts.
+#[derive(Debug, Clone, Copy)]
+pub struct TwinColumn<'a> {
+    keys: &'a DictionaryArray<Int32Type>,
+    values: &'a StringArray,
+}
+
+impl<'a> TwinColumn<'a> {
+    /// Whether row `row` has a twin.
+    pub fn is_valid(&self, row: usize) -> bool {
+        self.keys.is_valid(row)
+    }
+
+    /// The dictionary index of row `row`'s twin (`None` without one): rows with the same index
+    /// share one twin text.
+    pub fn key(&self, row: usize) -> Option<usize> {
+        self.keys
+            .is_valid(row)
+            .then(|| self.keys.keys().value(row))
+            .and_then(|key| usize::try_from(key).ok())
+    }
+
+    /// The twin JSON of row `row`; call [`is_valid`](Self::is_valid) first.
+    pub fn value(&self, row: usize) -> &'a str {
+        self.key(row).map_or("", |key| self.values.value(key))
+    }
+
+    /// The twin JSON of row `row`, if it has one.
+    pub fn get(&self, row: usize) -> Option<&'a str> {
+        self.key(row).map(|key| self.values.value(key))
+    }
+
+    /// The distinct twin texts of the batch, indexed by [`key`](Self::key).
+    pub fn values(&self) -> &'a StringArray {
+        self.values
+    }
+}
+
+fn twin_column<'a>(batch: &'a RecordBatch) -> Result<TwinColumn<'a>> {
+    let array = column(batch, columns::TWIN)?;
+    let wrong = || Error::NotAMessageBatch {
+        column: columns::TWIN,
+        problem: format!("has type {}", array.data_type()),
+    };
+    let keys = array
+        .as_any()
+        .downcast_ref::<DictionaryArray<Int32Type>>()
+        .ok_or_else(wrong)?;
+    let values = keys.values().as_string_opt::<i32>().ok_or_else(wrong)?;
+    Ok(TwinColumn { keys, values })
 }
 
 fn column<'a>(batch: &'a RecordBatch, name: &'static str) -> Result<&'a dyn Array> {
@@ -104,7 +156,7 @@ impl<'a> MessageColumns<'a> {
             application_properties: typed(batch, APPLICATION_PROPERTIES)?,
             application_property_types: typed(batch, APPLICATION_PROPERTY_TYPES)?,
             body: typed(batch, BODY)?,
-            twin: typed(batch, TWIN)?,
+            twin: twin_column(batch)?,
         })
     }
 
@@ -174,7 +226,7 @@ impl<'a> MessageColumns<'a> {
             },
             application_properties,
             body: bytes::Bytes::copy_from_slice(self.body.value(row)),
-            twin: text(self.twin),
+            twin: self.twin.get(row).map(str::to_owned),
         }
     }
 }
@@ -240,6 +292,33 @@ mod tests {
             DateTime::from_timestamp_millis(second.enqueued_time.timestamp_millis()).unwrap();
         assert_eq!(view.message(0), messages[0]);
         assert_eq!(view.message(1), second);
+    }
+
+    #[test]
+    fn rows_with_the_same_twin_share_one_dictionary_value() {
+        let twin = |json: Option<&str>| {
+            let mut message = Message::telemetry("{}");
+            message.twin = json.map(str::to_owned);
+            message
+        };
+        let a = r#"{"tags":{"site":"a"}}"#;
+        let b = r#"{"tags":{"site":"b"}}"#;
+        let batch = MessageBatchBuilder::batch_of(&[
+            twin(Some(a)),
+            twin(None),
+            twin(Some(b)),
+            twin(Some(a)),
+        ])
+        .unwrap();
+        let view = MessageColumns::try_new(&batch).unwrap();
+        assert_eq!(view.twin.values().len(), 2);
+        assert_eq!(view.twin.key(0), view.twin.key(3));
+        assert_eq!(view.twin.key(1), None);
+        assert_eq!(
+            (0..4).map(|row| view.twin.get(row)).collect::<Vec<_>>(),
+            [Some(a), None, Some(b), Some(a)]
+        );
+        assert_eq!(view.message(2).twin.as_deref(), Some(b));
     }
 
     #[test]

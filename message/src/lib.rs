@@ -16,8 +16,8 @@ mod builder;
 mod columns_view;
 mod message;
 
-pub use builder::{MessageBatchBuilder, MessageRef};
-pub use columns_view::MessageColumns;
+pub use builder::{MessageBatchBuilder, MessageRef, string_map_builder};
+pub use columns_view::{MessageColumns, TwinColumn};
 pub use message::{AppPropertyValue, Message, SystemProperties};
 
 use std::sync::{Arc, LazyLock};
@@ -96,6 +96,8 @@ pub mod columns {
     /// The message body, raw bytes as sent by the device.
     pub const BODY: &str = "body";
     /// The device (or module) twin as JSON text, when the engine knows it; used by `$twin` queries.
+    /// Dictionary-encoded ([`twin_type`](crate::twin_type)): a batch holds each distinct twin once
+    /// and one small key per row, so attaching twins copies no JSON per row.
     pub const TWIN: &str = "twin";
 }
 
@@ -113,6 +115,11 @@ fn string_map_type() -> DataType {
 /// The Arrow type of the millisecond UTC timestamps in the schema.
 pub fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+}
+
+/// The Arrow type of the `twin` column: dictionary keys (`Int32`) into distinct twin JSON texts.
+pub fn twin_type() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
 }
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -141,7 +148,7 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new(APPLICATION_PROPERTIES, string_map_type(), false),
         Field::new(APPLICATION_PROPERTY_TYPES, string_map_type(), false),
         Field::new(BODY, DataType::Binary, false),
-        utf8(TWIN, true),
+        Field::new(TWIN, twin_type(), true),
     ]))
 });
 

@@ -29,10 +29,13 @@ use crate::scan::PathTree;
 use crate::value::Val;
 
 /// The JSON documents of one batch (`None` where the row's body or twin is not queryable): bodies
-/// decoded to UTF-8 but not parsed (paths are read lazily), twins parsed.
+/// decoded to UTF-8 but not parsed (paths are read lazily), one per row; twins parsed, one per
+/// distinct twin of the batch (the `twin` column is dictionary-encoded, so a device's twin is parsed
+/// once however many of its messages the batch holds).
 #[derive(Debug, Default)]
 pub(crate) struct Documents<'b> {
     bodies: Vec<Option<Cow<'b, [u8]>>>,
+    /// Indexed by the `twin` column's dictionary key.
     twins: Vec<Option<Value>>,
 }
 
@@ -100,11 +103,12 @@ pub(crate) fn parse_documents<'b>(
             .collect();
     }
     if needs_twin {
-        documents.twins = (0..rows)
-            .map(|row| {
-                let twin = columns.twin;
-                twin.is_valid(row)
-                    .then(|| sonic_rs::from_str(twin.value(row)).ok())
+        let texts = columns.twin.values();
+        documents.twins = (0..texts.len())
+            .map(|key| {
+                texts
+                    .is_valid(key)
+                    .then(|| sonic_rs::from_str(texts.value(key)).ok())
                     .flatten()
             })
             .collect();
@@ -367,9 +371,21 @@ pub(crate) fn extract(
             Slot::System(property) => Some(system(columns, *property)),
             Slot::Body(_) => bodies.next(),
             Slot::Twin(steps) => {
-                let values = (0..rows).map(|row| match documents.twins.get(row) {
-                    Some(Some(doc)) => resolve_in_twin(doc, steps),
-                    _ => Val::Undefined,
+                let resolved: Vec<Val<'_>> = documents
+                    .twins
+                    .iter()
+                    .map(|doc| {
+                        doc.as_ref()
+                            .map_or(Val::Undefined, |d| resolve_in_twin(d, steps))
+                    })
+                    .collect();
+                let values = (0..rows).map(|row| {
+                    columns
+                        .twin
+                        .key(row)
+                        .and_then(|key| resolved.get(key))
+                        .cloned()
+                        .unwrap_or(Val::Undefined)
                 });
                 Some(repr::build(Repr::Dynamic, rows, values))
             }

@@ -54,6 +54,9 @@ pub struct RouteSetOutcome {
     pub matched: Vec<BooleanArray>,
     /// Per condition: how many rows evaluated to `undefined`/`null` (IoT Hub logs these).
     pub undefined: Vec<usize>,
+    /// Per condition, per row: valid where the condition was defined, null where it was
+    /// `undefined`/`null` (so callers can count undefined results over a subset of rows).
+    pub defined: Vec<NullBuffer>,
 }
 
 /// Many compiled conditions sharing input extraction and common subexpressions.
@@ -110,10 +113,12 @@ impl RouteSet {
         let mut outcome = RouteSetOutcome {
             matched: Vec::with_capacity(verdicts.len()),
             undefined: Vec::with_capacity(verdicts.len()),
+            defined: Vec::with_capacity(verdicts.len()),
         };
         for (matched, defined) in verdicts {
             outcome.undefined.push(defined.null_count());
             outcome.matched.push(BooleanArray::new(matched, None));
+            outcome.defined.push(defined);
         }
         Ok(outcome)
     }

@@ -22,6 +22,15 @@ pub(crate) fn run(args: &CheckArgs) -> ExitCode {
         .and_then(|loaded| RoutingTable::compile(&loaded).map(|table| (loaded, table)));
     match checked {
         Ok((loaded, table)) => {
+            if loaded.config.twins.is_none() {
+                for reader in loaded.config.twin_readers() {
+                    eprintln!(
+                        "warning: {reader} reads $twin, but there is no [twins] section: $twin is \
+                         undefined for every message (enrichments stamp their literal); add [twins] \
+                         service_connection_string"
+                    );
+                }
+            }
             println!(
                 "{}: ok: {} endpoints, {} routes, fallback {}, {} enrichments",
                 args.config.display(),

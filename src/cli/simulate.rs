@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use hubroute_emulator::simulate::{
     Rate, Simulation, SimulationConfig, SimulationTarget, StopAfter,
 };
-use hubroute_protocol::ConnectionString;
+use hubroute_protocol::{ConnectionString, IotHubConnectionString};
 
 /// Arguments of `hubroute simulate`.
 #[derive(Debug, clap::Args)]
@@ -17,15 +17,28 @@ pub(crate) struct SimulateArgs {
         long,
         env = "HUBROUTE_SIMULATE_CONNECTION_STRING",
         hide_env_values = true,
-        required_unless_present = "http",
-        conflicts_with = "http"
+        required_unless_present = "iothub",
+        conflicts_with = "iothub"
     )]
     connection_string: Option<String>,
-    /// Send through the emulator's HTTP device ingress instead, e.g. `http://127.0.0.1:8088`.
-    #[arg(long)]
-    http: Option<String>,
+    /// Act as devices of an IoT hub instead: the IoT Hub service connection string `hubroute
+    /// emulator` prints (`HostName=…;SharedAccessKeyName=iothubowner;…`). Devices are registered
+    /// with twin tags, send with their own keys and report properties.
+    #[arg(
+        long,
+        env = "HUBROUTE_SIMULATE_IOTHUB_CONNECTION_STRING",
+        hide_env_values = true
+    )]
+    iothub: Option<String>,
+    /// PEM CA certificates to trust for the hub's HTTPS (e.g. the emulator's `--tls-cert`).
+    #[arg(long, requires = "iothub")]
+    tls_ca_file: Option<std::path::PathBuf>,
+    /// With `--iothub`: each device reports properties every this many of its messages (0: only
+    /// once at start).
+    #[arg(long, default_value_t = 100, requires = "iothub")]
+    report_every: u32,
     /// Send every event to this partition instead of partitioning by device id (AMQP only).
-    #[arg(long, conflicts_with = "http")]
+    #[arg(long, conflicts_with = "iothub")]
     partition: Option<String>,
     /// Number of simulated devices.
     #[arg(long, default_value = "100")]
@@ -51,13 +64,17 @@ pub(crate) struct SimulateArgs {
 }
 
 pub(crate) fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
-    let target = match (args.connection_string, args.http) {
+    let target = match (args.connection_string, args.iothub) {
         (Some(text), None) => SimulationTarget::Amqp {
             connection_string: ConnectionString::parse(&text)?,
             partition: args.partition,
         },
-        (None, Some(base_url)) => SimulationTarget::Http { base_url },
-        _ => anyhow::bail!("give exactly one of --connection-string and --http"),
+        (None, Some(text)) => SimulationTarget::IotHub {
+            service: IotHubConnectionString::parse(&text)?,
+            tls_ca_file: args.tls_ca_file,
+            report_every: args.report_every,
+        },
+        _ => anyhow::bail!("give exactly one of --connection-string and --iothub"),
     };
     let config = SimulationConfig {
         target,

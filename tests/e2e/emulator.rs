@@ -6,8 +6,11 @@ use std::collections::HashSet;
 use fe2o3_amqp::types::primitives::Value;
 use hubroute_protocol::annotations;
 
+use hubroute_protocol::IotHubConnectionString;
+
 use crate::support::{
-    EmulatorProcess, EventHubConnection, annotation, app_property, hubroute, run_python,
+    EmulatorProcess, EventHubConnection, annotation, app_property, hubroute, register_device,
+    run_python, token,
 };
 
 /// Runs `hubroute simulate <args>` to completion and returns its stdout.
@@ -87,14 +90,35 @@ async fn simulate_over_amqp_delivers_exactly_n_events_as_a_device_side_producer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_ingress_stamps_the_iot_hub_built_in_endpoint_annotations() {
-    let emulator = EmulatorProcess::start(&["--partitions", "1"], 1);
+    // Without twin change and lifecycle events the partition holds only device messages.
+    let emulator = EmulatorProcess::start(
+        &[
+            "--partitions",
+            "1",
+            "--no-twin-change-events",
+            "--no-lifecycle-events",
+        ],
+        1,
+    );
+    let service = IotHubConnectionString::parse(&emulator.service_connection_string)
+        .expect("the emulator prints an IoT Hub service connection string");
+    assert!(
+        emulator.ingress_url.ends_with(&service.host_name),
+        "{} vs {}",
+        emulator.ingress_url,
+        service.host_name
+    );
+    let thermostat = register_device(&service, "thermostat-1", None).await;
+    register_device(&service, "gateway-1", None).await;
+    let filter = register_device(&service, "gateway-1", Some("filter")).await;
     let client = reqwest::Client::new();
-    let post = |path: &str| {
+    let post = |path: &str, device: &IotHubConnectionString| {
         client
             .post(format!(
                 "{}{path}?api-version=2021-04-12",
                 emulator.ingress_url
             ))
+            .header("authorization", token(device))
             .header("content-type", "application/json")
             .header("content-encoding", "utf-8")
             .header("iothub-messageid", "msg-1")
@@ -102,12 +126,24 @@ async fn http_ingress_stamps_the_iot_hub_built_in_endpoint_annotations() {
             .body(r#"{"temperature":30}"#)
             .send()
     };
-    let device = post("/devices/thermostat-1/messages/events").await.unwrap();
+    let device = post("/devices/thermostat-1/messages/events", &thermostat)
+        .await
+        .unwrap();
     assert_eq!(device.status().as_u16(), 204);
-    let module = post("/devices/gateway-1/modules/filter/messages/events")
+    let module = post("/devices/gateway-1/modules/filter/messages/events", &filter)
         .await
         .unwrap();
     assert_eq!(module.status().as_u16(), 204);
+    let unauthenticated = client
+        .post(format!(
+            "{}/devices/thermostat-1/messages/events",
+            emulator.ingress_url
+        ))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status().as_u16(), 401);
     let health = client
         .get(format!("{}/healthz", emulator.ingress_url))
         .send()
@@ -116,15 +152,24 @@ async fn http_ingress_stamps_the_iot_hub_built_in_endpoint_annotations() {
     assert_eq!(health.status().as_u16(), 200);
     let too_big = client
         .post(format!(
-            "{}/devices/d/messages/events",
+            "{}/devices/thermostat-1/messages/events",
             emulator.ingress_url
         ))
+        .header("authorization", token(&thermostat))
         .body(vec![b'x'; 256 * 1024 + 1])
         .send()
         .await
         .unwrap();
     assert_eq!(too_big.status().as_u16(), 413);
-    let summary = simulate(&["--http", &emulator.ingress_url, "--max", "--events", "20"]);
+    let summary = simulate(&[
+        "--iothub",
+        &emulator.service_connection_string,
+        "--devices",
+        "2",
+        "--max",
+        "--events",
+        "20",
+    ]);
     assert!(summary.starts_with("sent 20 events"), "{summary}");
 
     let mut connection = EventHubConnection::open(&emulator.connection_strings[0]).await;
@@ -148,12 +193,25 @@ async fn http_ingress_stamps_the_iot_hub_built_in_endpoint_annotations() {
         string(annotation(thermostat, annotations::MESSAGE_SOURCE)),
         "Telemetry"
     );
-    assert!(
-        !string(annotation(
+    let registered: serde_json::Value = client
+        .get(format!(
+            "{}/devices/thermostat-1?api-version=2021-04-12",
+            emulator.ingress_url
+        ))
+        .header("authorization", token(&service))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        string(annotation(
             thermostat,
             annotations::CONNECTION_AUTH_GENERATION_ID
-        ))
-        .is_empty()
+        )),
+        registered["generationId"].as_str().unwrap(),
+        "the identity's generation id"
     );
     assert!(matches!(
         annotation(thermostat, annotations::IOTHUB_ENQUEUED_TIME),
@@ -183,6 +241,10 @@ async fn http_ingress_stamps_the_iot_hub_built_in_endpoint_annotations() {
     assert_eq!(
         string(annotation(gateway, annotations::CONNECTION_DEVICE_ID)),
         "gateway-1"
+    );
+    assert_eq!(
+        string(annotation(gateway, annotations::CONNECTION_AUTH_METHOD)),
+        r#"{"scope":"module","type":"sas","issuer":"iothub","acceptingIpFilterRule":null}"#
     );
     for simulated in &events[2..] {
         assert!(

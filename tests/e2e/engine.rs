@@ -854,15 +854,63 @@ fn quickstart_routes_live_and_reports_where_the_data_landed() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("routed 3000 events"), "{stdout}");
-    assert_eq!(parquet_message_ids(&dir.path().join("lake")).len(), 3000);
+    // 100 devices registered: a lifecycle event, a twin change (tags) and a reported-property
+    // change (twin change) each, before they send.
+    assert!(
+        stdout.contains("routed 3000 device messages and 300 twin change and lifecycle events"),
+        "{stdout}"
+    );
+    let lake = parquet_message_ids(&dir.path().join("lake"));
+    assert_eq!(
+        lake.iter().filter(|id| !id.is_empty()).count(),
+        3000,
+        "every device message archived"
+    );
+    assert_eq!(
+        lake.iter().filter(|id| id.is_empty()).count(),
+        200,
+        "and every twin change event (they carry no message id)"
+    );
     let hook_lines = std::fs::read_to_string(dir.path().join("webhook.jsonl")).unwrap();
-    let high = messages_of_quickstart(3000)
+    let messages = messages_of_quickstart(3000);
+    let hooked = messages
         .iter()
-        .filter(|m| property(m, "severity") == Some("high"))
+        .filter(|m| property(m, "severity") == Some("high") || m.device_id == "device-00000")
         .count();
-    assert_eq!(hook_lines.lines().count(), high);
-    assert!(stdout.contains(&format!("Webhook (route high-severity): {high} messages")));
+    assert_eq!(hook_lines.lines().count(), hooked);
+    assert!(stdout.contains(&format!(
+        "Webhook (routes high-severity, device-00000): {hooked} messages"
+    )));
+    // The plant-3 route selects by twin tag: devices whose site is plant-3.
+    let plant_3 = messages
+        .iter()
+        .filter(|m| hubroute_emulator::simulate::simulated_twin(m.device).0["site"] == "plant-3")
+        .count();
+    let plant_db = rusqlite_count(&dir.path().join("plant3.db"), "plant_3");
+    assert_eq!(plant_db, plant_3);
+    for line in hook_lines.lines() {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap();
+        let device = event["systemProperties"]["connectionDeviceId"]
+            .as_str()
+            .unwrap();
+        let number: u32 = device.trim_start_matches("device-").parse().unwrap();
+        let site = hubroute_emulator::simulate::simulated_twin(number).0["site"].clone();
+        assert_eq!(
+            event["properties"]["site"], site,
+            "the twin's site enrichment"
+        );
+    }
+}
+
+/// Rows of `table` in the SQLite database at `path`.
+fn rusqlite_count(path: &Path, table: &str) -> usize {
+    let connection = rusqlite::Connection::open(path).unwrap();
+    connection
+        .query_row(&format!("SELECT count(*) FROM \"{table}\""), [], |row| {
+            row.get::<_, i64>(0)
+        })
+        .map(|n| usize::try_from(n).unwrap())
+        .unwrap()
 }
 
 /// The quickstart's fleet: seed 0, 100 devices.

@@ -18,3 +18,4 @@ mod operator_view;
 mod source;
 mod storage;
 mod support;
+mod twins;

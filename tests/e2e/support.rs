@@ -31,7 +31,7 @@ use fe2o3_amqp::{
     },
 };
 use fe2o3_amqp_cbs::{client::CbsClient, token::CbsToken};
-use hubroute_protocol::{ConnectionString, EventPosition, cbs, link};
+use hubroute_protocol::{ConnectionString, EventPosition, IotHubConnectionString, cbs, link};
 use serde_amqp::{described::Described, descriptor::Descriptor};
 
 /// The workspace root.
@@ -151,6 +151,8 @@ pub(crate) struct EmulatorProcess {
     pub(crate) connection_strings: Vec<String>,
     /// Base URL of its HTTP device ingress, e.g. `http://127.0.0.1:41234`.
     pub(crate) ingress_url: String,
+    /// The IoT Hub service connection string it printed (`HostName=…`).
+    pub(crate) service_connection_string: String,
 }
 
 impl EmulatorProcess {
@@ -173,6 +175,7 @@ impl EmulatorProcess {
             child,
             connection_strings: Vec::new(),
             ingress_url: String::new(),
+            service_connection_string: String::new(),
         };
         while process.connection_strings.len() < hubs || process.ingress_url.is_empty() {
             let line = lines
@@ -186,6 +189,8 @@ impl EmulatorProcess {
                 });
             if line.starts_with("Endpoint=") {
                 process.connection_strings.push(line);
+            } else if line.starts_with("HostName=") {
+                process.service_connection_string = line;
             } else if let Some(rest) = line.strip_prefix("Device ingress: ") {
                 let url = rest.split("/devices").next().unwrap_or(rest);
                 url.clone_into(&mut process.ingress_url);
@@ -200,6 +205,56 @@ impl Drop for EmulatorProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Creates a device (or module) through IoT Hub's service API with `service` (a policy with
+/// RegistryWrite) and returns its device connection string.
+pub(crate) async fn register_device(
+    service: &IotHubConnectionString,
+    device: &str,
+    module: Option<&str>,
+) -> IotHubConnectionString {
+    let path = match module {
+        Some(module) => format!("/devices/{device}/modules/{module}"),
+        None => format!("/devices/{device}"),
+    };
+    let response = reqwest::Client::new()
+        .put(format!(
+            "{}{path}?api-version=2021-04-12",
+            service.base_url()
+        ))
+        .header(
+            "authorization",
+            service.token(chrono::Utc::now().timestamp() + 600).unwrap(),
+        )
+        .json(&serde_json::json!({ "deviceId": device, "moduleId": module }))
+        .send()
+        .await
+        .expect("reaching the IoT hub's service API");
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.expect("a JSON identity");
+    assert!(status.is_success(), "registering {device}: {status} {body}");
+    let key = body["authentication"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .expect("a generated key");
+    let module = module.map(|m| format!(";ModuleId={m}")).unwrap_or_default();
+    let emulator = if service.use_development_emulator {
+        ";UseDevelopmentEmulator=true"
+    } else {
+        ""
+    };
+    IotHubConnectionString::parse(&format!(
+        "HostName={};DeviceId={device}{module};SharedAccessKey={key}{emulator}",
+        service.host_name
+    ))
+    .expect("a device connection string")
+}
+
+/// A SAS token of `connection` valid for ten minutes.
+pub(crate) fn token(connection: &IotHubConnectionString) -> String {
+    connection
+        .token(chrono::Utc::now().timestamp() + 600)
+        .expect("signing a token")
 }
 
 /// A connection authorised for one event hub through CBS, as the SDKs do in emulator mode.

@@ -283,7 +283,7 @@ fn bind_listener(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor> {
+pub(crate) fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor> {
     let read = |path: &std::path::Path| {
         std::fs::read(path).map_err(|error| Error::Tls {
             problem: format!("reading {}: {error}", path.display()),

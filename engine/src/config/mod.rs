@@ -1,5 +1,5 @@
-//! The engine's one TOML configuration file: source, checkpoints, endpoints, routes, fallback and
-//! enrichments, validated the way IoT Hub validates a hub's routing settings.
+//! The engine's one TOML configuration file: source, checkpoints, endpoints, routes, fallback,
+//! enrichments and device twins, validated the way IoT Hub validates a hub's routing settings.
 //!
 //! Parsing is serde with `deny_unknown_fields` everywhere, so a typo is an error with a line and
 //! column rather than a silently ignored key. Route conditions are kept as [`Spanned`] strings so
@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use std::net::SocketAddr;
 
+use hubroute_protocol::IotHubConnectionString;
+use hubroute_protocol::iothub::message_source;
 use hubroute_sinks::{DeadLetterConfig, SinkConfig};
 use serde::Deserialize;
 use toml::Spanned;
@@ -75,6 +77,23 @@ mod defaults {
     pub(super) fn lag_interval() -> Duration {
         Duration::from_secs(10)
     }
+    /// IoT Hub documents that twin updates take up to five minutes to show in routing.
+    pub(super) fn twin_refresh() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub(super) fn twin_snapshot_interval() -> Duration {
+        Duration::from_secs(60)
+    }
+    /// The twin query's page size the service documentation names as the most it returns.
+    pub(super) fn twin_page_size() -> u32 {
+        1000
+    }
+    pub(super) fn twin_request_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub(super) fn twin_max_backoff() -> Duration {
+        Duration::from_secs(60)
+    }
 }
 
 /// Endpoint names IoT Hub reserves: `events` is the built-in endpoint, `fileNotifications` and
@@ -116,6 +135,97 @@ pub struct EngineConfig {
     /// The HTTP server of `/metrics`, `/healthz` and `/routes`, and shutdown and health timing.
     #[serde(default)]
     pub service: ServiceConfig,
+    /// Device and module twins for `$twin` conditions and enrichments; without this section every
+    /// `$twin` path is `undefined`, as on an IoT hub without twins.
+    #[serde(default)]
+    pub twins: Option<TwinsConfig>,
+}
+
+impl EngineConfig {
+    /// Routes, the fallback and enrichments that read `$twin`, described for a warning: without a
+    /// `[twins]` section they see `undefined` (enrichments their literal) for every message.
+    pub fn twin_readers(&self) -> Vec<String> {
+        let reads_twin = |text: &str| text.to_ascii_lowercase().contains("$twin");
+        let mut readers: Vec<String> = self
+            .routes
+            .iter()
+            .filter(|r| reads_twin(r.condition.get_ref()))
+            .map(|r| format!("route `{}`", r.name))
+            .collect();
+        if self
+            .fallback
+            .as_ref()
+            .is_some_and(|f| reads_twin(f.condition.get_ref()))
+        {
+            readers.push("the fallback route".to_owned());
+        }
+        readers.extend(
+            self.enrichments
+                .iter()
+                .filter(|e| reads_twin(&e.value))
+                .map(|e| format!("enrichment `{}`", e.key)),
+        );
+        readers
+    }
+}
+
+fn iothub_connection_string<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<IotHubConnectionString, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    let parsed = IotHubConnectionString::parse(&text).map_err(serde::de::Error::custom)?;
+    if parsed.policy.is_none() {
+        return Err(serde::de::Error::custom(
+            "service_connection_string must be a service connection string \
+             (HostName=…;SharedAccessKeyName=…;SharedAccessKey=…) of a policy with ServiceConnect, \
+             such as `service` or `iothubowner`, not a device connection string",
+        ));
+    }
+    Ok(parsed)
+}
+
+/// Where the engine gets device and module twins, and how it keeps them current.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwinsConfig {
+    /// IoT Hub service connection string of a policy with ServiceConnect (`service` or
+    /// `iothubowner`), e.g. `${IOTHUB_SERVICE_CONNECTION_STRING}`. A secret: never logged.
+    #[serde(deserialize_with = "iothub_connection_string")]
+    pub service_connection_string: IotHubConnectionString,
+    /// How often every twin is queried again (default 5 min, IoT Hub's documented routing lag).
+    /// Twin change and lifecycle events in the stream update twins in between.
+    #[serde(default = "defaults::twin_refresh", with = "humantime_serde")]
+    pub refresh: Duration,
+    /// Load module twins too (`SELECT * FROM devices.modules`; default true): a module's messages
+    /// see its module twin.
+    #[serde(default = "defaults::enabled")]
+    pub modules: bool,
+    /// Route without twins while the service API is unreachable at start, with a warning and the
+    /// `hubroute_twins_loaded` metric at 0 (default false: routing waits, because routing without
+    /// twins gives wrong answers).
+    #[serde(default)]
+    pub start_without_twins: bool,
+    /// Persist the twins beside the checkpoints so that a restart resumes without a full query
+    /// (default true).
+    #[serde(default = "defaults::enabled")]
+    pub snapshot: bool,
+    /// How often a changed twin store is written to its snapshot (default 1 min); it is also
+    /// written at shutdown.
+    #[serde(default = "defaults::twin_snapshot_interval", with = "humantime_serde")]
+    pub snapshot_interval: Duration,
+    /// Twins asked for per query page (`x-ms-max-item-count`, default 1000).
+    #[serde(default = "defaults::twin_page_size")]
+    pub page_size: u32,
+    /// Timeout of one request to the service API (default 30 s).
+    #[serde(default = "defaults::twin_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Cap of the exponential backoff between attempts while the service API fails (default 60 s).
+    #[serde(default = "defaults::twin_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// A PEM file of CA certificates to trust besides the public web roots: a private CA, a proxy,
+    /// or the certificate given to `hubroute emulator --tls-cert`.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// How the running service is observed and stopped.
@@ -208,7 +318,7 @@ impl EndpointConfig {
     }
 }
 
-/// The kind of event a route reads, as IoT Hub names its data sources.
+/// The kind of event a route reads, as IoT Hub names its data sources (ARM `RoutingSource`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
 pub enum RouteSource {
     /// Device-to-cloud telemetry (`iothub-message-source: Telemetry`).
@@ -216,24 +326,61 @@ pub enum RouteSource {
     DeviceMessages,
     /// Twin change notifications (`twinChangeEvents`).
     TwinChangeEvents,
-    /// Device created/deleted (`deviceLifecycleEvents`).
+    /// Device and module created/deleted (`deviceLifecycleEvents`; `moduleLifecycleEvents` in an
+    /// older documentation revision is accepted too).
     DeviceLifecycleEvents,
     /// Device connected/disconnected (`deviceConnectionStateEvents`).
     DeviceConnectionStateEvents,
-    /// Job lifecycle (`jobLifecycleEvents`).
+    /// Job lifecycle (undocumented value; `deviceJobLifecycleEvents` by IoT Hub's naming rule, and
+    /// `jobLifecycleEvents` are accepted).
     DeviceJobLifecycleEvents,
+    /// IoT Plug and Play digital twin changes (`digitalTwinChangeEvents`, JSON Patch bodies).
+    DigitalTwinChangeEvents,
 }
 
 impl RouteSource {
-    /// The `iothub-message-source` value of messages from this source.
+    /// Every route source, in ARM's order.
+    pub const ALL: [Self; 6] = [
+        Self::DeviceMessages,
+        Self::TwinChangeEvents,
+        Self::DeviceLifecycleEvents,
+        Self::DeviceJobLifecycleEvents,
+        Self::DigitalTwinChangeEvents,
+        Self::DeviceConnectionStateEvents,
+    ];
+
+    /// The `iothub-message-source` value IoT Hub stamps on messages from this source.
     pub fn message_source(self) -> &'static str {
+        self.message_sources()[0]
+    }
+
+    /// Every `iothub-message-source` value that belongs to this source, the stamped one first.
+    pub fn message_sources(self) -> &'static [&'static str] {
         match self {
-            Self::DeviceMessages => "Telemetry",
-            Self::TwinChangeEvents => "twinChangeEvents",
-            Self::DeviceLifecycleEvents => "deviceLifecycleEvents",
-            Self::DeviceConnectionStateEvents => "deviceConnectionStateEvents",
-            Self::DeviceJobLifecycleEvents => "jobLifecycleEvents",
+            Self::DeviceMessages => &[message_source::TELEMETRY],
+            Self::TwinChangeEvents => &[message_source::TWIN_CHANGE_EVENTS],
+            Self::DeviceLifecycleEvents => &[
+                message_source::DEVICE_LIFECYCLE_EVENTS,
+                message_source::MODULE_LIFECYCLE_EVENTS,
+            ],
+            Self::DeviceConnectionStateEvents => &[message_source::DEVICE_CONNECTION_STATE_EVENTS],
+            Self::DeviceJobLifecycleEvents => &[
+                message_source::DEVICE_JOB_LIFECYCLE_EVENTS,
+                message_source::JOB_LIFECYCLE_EVENTS,
+            ],
+            Self::DigitalTwinChangeEvents => &[message_source::DIGITAL_TWIN_CHANGE_EVENTS],
         }
+    }
+
+    /// The source of a message whose `iothub-message-source` is `value` (`None`, as for events
+    /// not stamped by IoT Hub, counts as device messages); `None` for a value of no route source.
+    pub fn of_message(value: Option<&str>) -> Option<Self> {
+        let Some(value) = value else {
+            return Some(Self::DeviceMessages);
+        };
+        Self::ALL
+            .into_iter()
+            .find(|source| source.message_sources().contains(&value))
     }
 }
 
@@ -405,6 +552,17 @@ impl LoadedConfig {
         if let Some(fallback) = &c.fallback {
             known(&fallback.endpoint, "the fallback route")?;
             self.check_condition(&fallback.condition)?;
+        }
+        if let Some(twins) = &c.twins {
+            if twins.refresh < Duration::from_secs(1) {
+                return Err(whole(
+                    "twins.refresh must be at least 1s (IoT Hub allows 20 twin queries a minute per unit)"
+                        .to_owned(),
+                ));
+            }
+            if twins.page_size == 0 {
+                return Err(whole("twins.page_size must be at least 1".to_owned()));
+            }
         }
         let mut keys = HashSet::new();
         for enrichment in &c.enrichments {

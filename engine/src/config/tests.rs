@@ -179,3 +179,62 @@ fn an_unreadable_file_is_named_without_a_position() {
         "{error}"
     );
 }
+
+#[test]
+fn a_twins_section_takes_a_service_connection_string_with_defaults() {
+    const KEY: &str = "c2VydmljZS1rZXktb2YtdGhlLWh1Yi0xMjM0NTY3OA==";
+    let loaded = parse(&format!(
+        "[twins]\nservice_connection_string = \"HostName=h.azure-devices.net;SharedAccessKeyName=service;SharedAccessKey={KEY}\"\n"
+    ))
+    .expect("valid");
+    let twins = loaded.config.twins.expect("a [twins] section");
+    assert_eq!(twins.refresh, Duration::from_secs(300));
+    assert!(twins.modules && twins.snapshot && !twins.start_without_twins);
+    assert_eq!(twins.page_size, 1000);
+    assert_eq!(
+        twins.service_connection_string.base_url(),
+        "https://h.azure-devices.net"
+    );
+    assert!(!format!("{twins:?}").contains(KEY), "the key is masked");
+    // (section, expected error)
+    let cases = [
+        (
+            format!("service_connection_string = \"HostName=h;DeviceId=d;SharedAccessKey={KEY}\""),
+            "not a device connection string",
+        ),
+        (
+            "service_connection_string = \"Endpoint=sb://x/;SharedAccessKeyName=a;SharedAccessKey=b\"".to_owned(),
+            "unknown key `endpoint`",
+        ),
+        (
+            format!("service_connection_string = \"HostName=h;SharedAccessKeyName=s;SharedAccessKey={KEY}\"\nrefresh = \"100ms\""),
+            "twins.refresh must be at least 1s",
+        ),
+        (
+            format!("service_connection_string = \"HostName=h;SharedAccessKeyName=s;SharedAccessKey={KEY}\"\nbogus = 1"),
+            "unknown field `bogus`",
+        ),
+    ];
+    for (section, expected) in cases {
+        let error = parse(&format!("[twins]\n{section}\n"))
+            .expect_err(expected)
+            .to_string();
+        assert!(error.contains(expected), "{expected:?} not in {error}");
+        assert!(!error.contains(KEY), "{error}");
+    }
+}
+
+#[test]
+fn routes_and_enrichments_reading_twin_are_named_for_the_missing_twins_warning() {
+    let loaded = parse(&format!(
+        "{}[[routes]]\nname = \"by-tag\"\ncondition = \"$TWIN.tags.site = 'a'\"\nendpoint = \"a\"\n\
+         [[routes]]\nname = \"plain\"\ncondition = \"level = 'x'\"\nendpoint = \"a\"\n\
+         [[enrichments]]\nkey = \"site\"\nvalue = \"$twin.tags.site\"\nendpoints = [\"a\"]\n",
+        endpoints(&["a"])
+    ))
+    .expect("valid");
+    assert_eq!(
+        loaded.config.twin_readers(),
+        ["route `by-tag`", "enrichment `site`"]
+    );
+}

@@ -12,6 +12,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+use crate::twins::TwinMetrics;
+
 /// Label set of one metric series: (label name, value) pairs.
 pub(crate) type Labels = Vec<(&'static str, String)>;
 
@@ -43,6 +45,7 @@ pub struct Metrics {
     pub(crate) partition_checkpoint_sequence_number: Family<Labels, Gauge>,
     pub(crate) config_reloads: Family<Labels, Counter>,
     pub(crate) source_reconnects: Gauge,
+    pub(crate) twins: TwinMetrics,
 }
 
 impl Default for Metrics {
@@ -66,6 +69,7 @@ impl Default for Metrics {
             partition_checkpoint_sequence_number: Family::default(),
             config_reloads: Family::default(),
             source_reconnects: Gauge::default(),
+            twins: TwinMetrics::default(),
         };
         metrics.registry.register(
             "route_matched",
@@ -153,6 +157,7 @@ impl Default for Metrics {
             "Configuration reloads by outcome (applied, rejected)",
             metrics.config_reloads.clone(),
         );
+        metrics.twins.register(&mut metrics.registry);
         metrics
     }
 }
@@ -206,6 +211,11 @@ impl Metrics {
             let labels = partition_labels(partition);
             let _ = self.partition_events.get_or_create(&labels);
         }
+    }
+
+    /// The twin store's metrics.
+    pub fn twins(&self) -> &TwinMetrics {
+        &self.twins
     }
 }
 

@@ -48,6 +48,7 @@ use crate::health::{EndpointHealth, HealthPolicy, HealthStatus};
 use crate::progress::{BatchId, PartitionProgress, Position};
 use crate::routing::RoutingTable;
 use crate::source::{EventHubSource, PartitionOutcome, SourceBatch};
+use crate::twins::Twins;
 use crate::{Error, Result};
 pub use metrics::Metrics;
 use metrics::{endpoint_labels, partition_labels, route_labels};
@@ -116,6 +117,8 @@ pub(crate) struct Shared {
     dead_letters: DeadLetterStore,
     checkpoints: Arc<dyn CheckpointStore>,
     source: EventHubSource,
+    /// Device twins attached to every batch before routing (a no-op without `[twins]`).
+    twins: Twins,
     stall_after: Duration,
     /// The first fatal error, which stops the engine.
     fatal: Mutex<Option<String>>,
@@ -193,6 +196,9 @@ impl RunningEngine {
 
         let source =
             EventHubSource::connect(config.source.clone(), Arc::clone(&checkpoints)).await?;
+        // twins: start loading device twins in the background; routers wait for them.
+        let metrics = Metrics::default();
+        let twins = Twins::start(config, metrics.twins().clone())?;
         let partitions = source
             .partitions()
             .iter()
@@ -210,10 +216,11 @@ impl RunningEngine {
             partitions,
             in_flight: Mutex::new(HashMap::new()),
             next_ticket: AtomicU64::new(0),
-            metrics: Metrics::default(),
+            metrics,
             dead_letters,
             checkpoints,
             source,
+            twins,
             stall_after: config.service.stall_after,
             fatal: Mutex::new(None),
             config: RwLock::new(loaded.clone()),
@@ -448,6 +455,8 @@ async fn run(
     housekeeping_done.cancel();
     let _ = housekeeping.await;
     shared.write_checkpoints().await;
+    shared.twins.shutdown().await; // twins: last snapshot, after the last checkpoints
+
     let summary = RunSummary {
         events_routed: shared.metrics.events_routed(),
         checkpoints: shared
@@ -510,7 +519,7 @@ impl Shared {
     async fn route_batch(
         self: &Arc<Self>,
         partition: usize,
-        source: SourceBatch,
+        mut source: SourceBatch,
         queues: &[mpsc::Sender<SinkBatch>],
     ) -> Result<()> {
         if !source.malformed.is_empty() {
@@ -529,11 +538,14 @@ impl Shared {
                 .collect();
             self.store_dead_letters(MALFORMED_SINK, &records).await;
         }
+        self.twins.wait_ready().await?; // twins: routing waits until twins are loaded
         let table = self.table();
         let rows = source.batch.num_rows() as u64;
         let batch = source.batch.clone();
         let routing = Arc::clone(&table);
-        let (routed, parts) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let twins = self.twins.clone();
+        let (batch, routed, parts) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let batch = twins.attach(batch)?; // twins: attach twins, apply twin events, then route
             let mut routed = routing.route(&batch)?;
             let parts = std::mem::take(&mut routed.rows)
                 .into_iter()
@@ -544,13 +556,14 @@ impl Shared {
                     Ok((endpoint, indices, rows))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            Ok((routed, parts))
+            Ok((batch, routed, parts))
         })
         .await
         .map_err(|join| Error::EndpointStopped {
             endpoint: "router".to_owned(),
             problem: format!("routing panicked: {join}"),
         })??;
+        source.batch = batch; // twins: in-flight tickets keep the batch with its twins
 
         let metrics = &self.metrics;
         metrics.events_routed.inc_by(rows);
@@ -892,6 +905,7 @@ impl Shared {
                     "the dead-letter store",
                 ),
                 (old.service == new.service, "the service settings"),
+                (old.twins == new.twins, "the twins settings"),
                 (old.hub_name == new.hub_name, "hub_name"),
             ];
             if let Some((_, what)) = unchanged.iter().find(|(same, _)| !same) {

@@ -4,13 +4,19 @@
 //! [`RouteSet`], the fallback condition last) and swapped whole on reload, so a batch is never routed
 //! by a half-applied configuration. Routing a batch is pure CPU work on Arrow arrays: callers run it
 //! off the I/O runtime. A row reaches an endpoint once even if several routes point there; a route
-//! sees only rows of its source; the fallback sees device messages that matched no enabled route.
+//! sees only rows of its source, and its `undefined` count covers only those rows; the fallback sees
+//! device messages that matched no enabled route.
+//!
+//! Enrichments rewrite only the application property columns of the rows bound for an endpoint; a
+//! `$twin.` value is resolved once per distinct twin of the batch (the `twin` column is
+//! dictionary-encoded), never once per row.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use arrow::array::{Array, RecordBatch, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, MapArray, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
-use hubroute_message::{AppPropertyValue, Message, MessageBatchBuilder, MessageColumns};
+use hubroute_message::{Message, MessageBatchBuilder, MessageColumns, columns as col};
 use hubroute_queries::RouteSet;
 
 use crate::Result;
@@ -19,7 +25,7 @@ use crate::config::{LoadedConfig, RouteSource};
 #[derive(Debug)]
 struct CompiledRoute {
     name: String,
-    message_source: &'static str,
+    source: RouteSource,
     endpoint: usize,
     enabled: bool,
 }
@@ -34,7 +40,8 @@ struct Enrichment {
 #[derive(Debug)]
 enum EnrichmentValue {
     Static(String),
-    /// A `$twin.` path, split on `.`; the literal is used when the twin lacks it.
+    /// A `$twin.` path, split on `.` (keys match case-insensitively, as in conditions); the
+    /// literal is used when the twin lacks it.
     Twin {
         path: Vec<String>,
         literal: String,
@@ -59,7 +66,7 @@ pub struct RoutedBatch {
     pub rows: Vec<Vec<u32>>,
     /// Per route: rows that matched (of the route's source; 0 for disabled routes).
     pub matched: Vec<usize>,
-    /// Per route: rows whose condition was undefined (IoT Hub logs these).
+    /// Per route: rows of the route's source whose condition was undefined (IoT Hub logs these).
     pub undefined: Vec<usize>,
     /// Rows delivered by the fallback route.
     pub fallback: usize,
@@ -106,7 +113,7 @@ impl RoutingTable {
             conditions.push(route.condition.get_ref().as_str());
             routes.push(CompiledRoute {
                 name: route.name.clone(),
-                message_source: route.source.message_source(),
+                source: route.source,
                 endpoint: endpoint_of(&route.endpoint)?,
                 enabled: route.enabled,
             });
@@ -172,38 +179,30 @@ impl RoutingTable {
         let mut fallback = 0;
         let mut reached = vec![false; self.endpoints.len()];
         for row in 0..rows {
-            let source = if sources.is_null(row) {
-                "Telemetry"
-            } else {
-                sources.value(row)
-            };
+            let source = RouteSource::of_message(sources.is_valid(row).then(|| sources.value(row)));
             reached.iter_mut().for_each(|r| *r = false);
             let mut any = false;
             for (i, route) in self.routes.iter().enumerate() {
-                if route.enabled && route.message_source == source && outcome.matched[i].value(row)
-                {
+                if !route.enabled || Some(route.source) != source {
+                    continue;
+                }
+                if outcome.matched[i].value(row) {
                     matched[i] += 1;
                     reached[route.endpoint] = true;
                     any = true;
+                } else if outcome.defined[i].is_null(row) {
+                    undefined[i] += 1;
                 }
             }
             if let Some(endpoint) = self.fallback {
                 let condition = &outcome.matched[self.routes.len()];
-                if !any
-                    && source == RouteSource::DeviceMessages.message_source()
-                    && condition.value(row)
-                {
+                if !any && source == Some(RouteSource::DeviceMessages) && condition.value(row) {
                     fallback += 1;
                     reached[endpoint] = true;
                 }
             }
             for (endpoint, _) in reached.iter().enumerate().filter(|(_, r)| **r) {
                 per_endpoint[endpoint].push(u32::try_from(row).unwrap_or(u32::MAX));
-            }
-        }
-        for (i, route) in self.routes.iter().enumerate() {
-            if route.enabled {
-                undefined[i] = outcome.undefined[i];
             }
         }
         Ok(RoutedBatch {
@@ -221,7 +220,26 @@ impl RoutingTable {
         let reached: Vec<usize> = (0..self.endpoints.len())
             .filter(|&endpoint| !routed.rows[endpoint].is_empty())
             .collect();
-        let twin = message.twin.as_deref();
+        let mut enrichments = Vec::new();
+        for &endpoint in &reached {
+            let keys: Vec<&str> = self
+                .enrichments_of(endpoint)
+                .map(|e| e.key.as_str())
+                .collect();
+            if keys.is_empty() {
+                continue;
+            }
+            // The enrichments as `rows_for` applies them, so the explanation cannot drift from
+            // what an endpoint receives.
+            let rows = self.rows_for(endpoint, &batch, &[0])?;
+            let columns = MessageColumns::try_new(&rows)?;
+            let added = columns
+                .application_properties_of(0)
+                .filter(|(name, _)| keys.contains(name))
+                .map(|(name, value)| (name.to_owned(), value.unwrap_or_default().to_owned()))
+                .collect();
+            enrichments.push((self.endpoints[endpoint].clone(), added));
+        }
         Ok(Explanation {
             routes: self
                 .routes
@@ -235,16 +253,7 @@ impl RoutingTable {
                 .iter()
                 .map(|&endpoint| self.endpoints[endpoint].clone())
                 .collect(),
-            enrichments: reached
-                .iter()
-                .filter_map(|&endpoint| {
-                    let added: Vec<(String, String)> = self
-                        .enrichments_of(endpoint)
-                        .map(|e| (e.key.clone(), e.value.resolve(twin)))
-                        .collect();
-                    (!added.is_empty()).then(|| (self.endpoints[endpoint].clone(), added))
-                })
-                .collect(),
+            enrichments,
         })
     }
 
@@ -269,38 +278,109 @@ impl RoutingTable {
         if enrichments.is_empty() {
             return Ok(taken);
         }
-        let columns = MessageColumns::try_new(&taken)?;
-        let mut messages: Vec<Message> =
-            (0..taken.num_rows()).map(|r| columns.message(r)).collect();
-        for message in &mut messages {
-            for e in &enrichments {
-                let value = e.value.resolve(message.twin.as_deref());
-                message.application_properties.retain(|(k, _)| *k != e.key);
-                message
-                    .application_properties
-                    .push((e.key.clone(), AppPropertyValue::String(value)));
-            }
-        }
-        Ok(MessageBatchBuilder::batch_of(&messages)?)
+        enrich(&taken, &enrichments)
     }
 }
 
-impl EnrichmentValue {
-    fn resolve(&self, twin: Option<&str>) -> String {
-        match self {
-            Self::Static(value) => value.clone(),
-            Self::Twin { path, literal } => twin
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
-                .and_then(|twin| {
-                    let found = path.iter().try_fold(&twin, |node, key| node.get(key))?;
-                    Some(match found {
-                        serde_json::Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    })
+/// Rewrites the application property columns of `batch` with `enrichments` added to every row
+/// (but digital twin change events, which IoT Hub never enriches).
+fn enrich(batch: &RecordBatch, enrichments: &[&Enrichment]) -> Result<RecordBatch> {
+    let columns = MessageColumns::try_new(batch)?;
+    // Per enrichment, its value for each distinct twin of the batch (`None`: the literal).
+    let twins = columns.twin.values();
+    let per_twin: Vec<Vec<Option<String>>> = enrichments
+        .iter()
+        .map(|e| match &e.value {
+            EnrichmentValue::Static(_) => Vec::new(),
+            EnrichmentValue::Twin { path, .. } => (0..twins.len())
+                .map(|key| {
+                    twins
+                        .is_valid(key)
+                        .then(|| resolve_twin_path(twins.value(key), path))
+                        .flatten()
                 })
-                .unwrap_or_else(|| literal.clone()),
+                .collect(),
+        })
+        .collect();
+    let sources = columns.message_source;
+    let mut properties = hubroute_message::string_map_builder();
+    let mut types = hubroute_message::string_map_builder();
+    for row in 0..batch.num_rows() {
+        // IoT Hub does not enrich digital twin change events (reference §2.4).
+        let enriched = !(sources.is_valid(row)
+            && RouteSource::DigitalTwinChangeEvents
+                .message_sources()
+                .contains(&sources.value(row)));
+        let is_replaced = |name: &str| enriched && enrichments.iter().any(|e| e.key == name);
+        for (name, value) in columns.application_properties_of(row) {
+            if !is_replaced(name) {
+                properties.keys().append_value(name);
+                properties.values().append_option(value);
+            }
         }
+        for (name, type_name) in map_row(columns.application_property_types, row) {
+            if !is_replaced(name) {
+                types.keys().append_value(name);
+                types.values().append_option(type_name);
+            }
+        }
+        let twin = columns.twin.key(row);
+        for (e, resolved) in enrichments.iter().zip(&per_twin).filter(|_| enriched) {
+            let value = match &e.value {
+                EnrichmentValue::Static(value) => value.as_str(),
+                EnrichmentValue::Twin { literal, .. } => twin
+                    .and_then(|key| resolved.get(key))
+                    .and_then(Option::as_deref)
+                    .unwrap_or(literal),
+            };
+            properties.keys().append_value(&e.key);
+            properties.values().append_value(value);
+        }
+        properties
+            .append(true)
+            .map_err(hubroute_message::Error::from)?;
+        types.append(true).map_err(hubroute_message::Error::from)?;
     }
+    let mut replaced: Vec<ArrayRef> = batch.columns().to_vec();
+    let schema = batch.schema();
+    for (name, array) in [
+        (col::APPLICATION_PROPERTIES, properties.finish()),
+        (col::APPLICATION_PROPERTY_TYPES, types.finish()),
+    ] {
+        let index = schema
+            .index_of(name)
+            .map_err(hubroute_message::Error::from)?;
+        replaced[index] = Arc::new(array);
+    }
+    Ok(RecordBatch::try_new(schema, replaced).map_err(hubroute_message::Error::from)?)
+}
+
+/// `(name, value)` pairs of row `row` of a string map column.
+fn map_row(map: &MapArray, row: usize) -> impl Iterator<Item = (&str, Option<&str>)> {
+    let offsets = map.value_offsets();
+    let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
+    let keys = map.keys().as_string::<i32>();
+    let values = map.values().as_string::<i32>();
+    (start..end).map(move |i| (keys.value(i), values.is_valid(i).then(|| values.value(i))))
+}
+
+/// The value at `path` of a twin's JSON as an enrichment stamps it (strings as they are, other
+/// values as JSON); keys match exactly, else case-insensitively, as twin paths do in conditions.
+fn resolve_twin_path(twin: &str, path: &[String]) -> Option<String> {
+    let twin: serde_json::Value = serde_json::from_str(twin).ok()?;
+    let found = path.iter().try_fold(&twin, |node, key| {
+        let object = node.as_object()?;
+        object.get(key).or_else(|| {
+            object
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v)
+        })
+    })?;
+    Some(match found {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
 }
 
 fn compile_one(loaded: &LoadedConfig, user: &str, condition: &toml::Spanned<String>) -> Result<()> {

@@ -209,3 +209,141 @@ fn condition_errors_point_into_the_file() {
         "{error}"
     );
 }
+
+#[test]
+fn undefined_is_counted_only_over_the_rows_of_the_route_source() {
+    let table = table();
+    // Neither the twin change event nor the lifecycle event has `level`: `hot` (a device message
+    // route) must not count them as undefined, only the telemetry row without `level`.
+    let messages = [
+        message(None, "Telemetry", None),
+        message(None, "twinChangeEvents", None),
+        message(None, "deviceLifecycleEvents", None),
+        message(Some("hot"), "Telemetry", None),
+    ];
+    let batch = MessageBatchBuilder::batch_of(&messages).expect("batch");
+    let routed = table.route(&batch).expect("route");
+    assert_eq!(routed.undefined, vec![1, 1, 1, 0, 0]);
+    assert_eq!(routed.matched, vec![1, 0, 0, 1, 0]);
+}
+
+#[test]
+fn every_route_source_sees_exactly_its_message_source_values() {
+    let mut text = String::from(
+        "[source]\nconnection_string = \"Endpoint=sb://127.0.0.1:5673/;SharedAccessKeyName=k;SharedAccessKey=c2VjcmV0;EntityPath=hub\"\n",
+    );
+    for source in RouteSource::ALL {
+        text.push_str(&format!(
+            "[[endpoints]]\nsink = {{ type = \"webhook\", name = \"to-{source:?}\", url = \"http://127.0.0.1:1/\" }}\n\
+             [[routes]]\nname = \"{source:?}\"\nsource = \"{source:?}\"\nendpoint = \"to-{source:?}\"\n"
+        ));
+    }
+    let loaded = LoadedConfig::parse(Path::new("t.toml"), &text).expect("valid config");
+    let table = RoutingTable::compile(&loaded).expect("routes compile");
+    // (`iothub-message-source`, the one route that must see it; `None`: no route)
+    let cases: &[(Option<&str>, Option<RouteSource>)] = &[
+        (Some("Telemetry"), Some(RouteSource::DeviceMessages)),
+        (None, Some(RouteSource::DeviceMessages)),
+        (
+            Some("twinChangeEvents"),
+            Some(RouteSource::TwinChangeEvents),
+        ),
+        (
+            Some("deviceLifecycleEvents"),
+            Some(RouteSource::DeviceLifecycleEvents),
+        ),
+        (
+            Some("moduleLifecycleEvents"),
+            Some(RouteSource::DeviceLifecycleEvents),
+        ),
+        (
+            Some("deviceConnectionStateEvents"),
+            Some(RouteSource::DeviceConnectionStateEvents),
+        ),
+        (
+            Some("deviceJobLifecycleEvents"),
+            Some(RouteSource::DeviceJobLifecycleEvents),
+        ),
+        (
+            Some("jobLifecycleEvents"),
+            Some(RouteSource::DeviceJobLifecycleEvents),
+        ),
+        (
+            Some("digitalTwinChangeEvents"),
+            Some(RouteSource::DigitalTwinChangeEvents),
+        ),
+        (Some("TwinChangeEvents"), None),
+        (Some("somethingElse"), None),
+    ];
+    for (value, expected) in cases {
+        let mut m = Message::telemetry("{}");
+        m.system.message_source = value.map(str::to_owned);
+        let explanation = table.explain(&m).expect("explain");
+        let expected: Vec<String> = expected.iter().map(|s| format!("{s:?}")).collect();
+        assert_eq!(explanation.routes, expected, "{value:?}");
+    }
+}
+
+#[test]
+fn enrichments_replace_a_property_of_the_same_key_and_read_twin_paths_case_insensitively() {
+    let text = CONFIG.replace(
+        "value = \"$twin.tags.location\"",
+        "value = \"$twin.Tags.Location\"",
+    );
+    let loaded = LoadedConfig::parse(Path::new("t.toml"), &text).expect("valid config");
+    let table = RoutingTable::compile(&loaded).expect("routes compile");
+    let mut m = message(
+        Some("hot"),
+        "Telemetry",
+        Some(r#"{"tags":{"location":"lab","n":3}}"#),
+    );
+    m.application_properties
+        .push(("location".to_owned(), AppPropertyValue::Long(7)));
+    let batch = MessageBatchBuilder::batch_of(&[m]).expect("batch");
+    let enriched = table.rows_for(0, &batch, &[0]).expect("enrich");
+    let message = MessageColumns::try_new(&enriched)
+        .expect("schema")
+        .message(0);
+    let locations: Vec<&AppPropertyValue> = message
+        .application_properties
+        .iter()
+        .filter(|(k, _)| k == "location")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(
+        locations,
+        [&AppPropertyValue::from("lab")],
+        "replaced, as a string"
+    );
+    assert_eq!(
+        message.twin.as_deref(),
+        Some(r#"{"tags":{"location":"lab","n":3}}"#)
+    );
+}
+
+#[test]
+fn digital_twin_change_events_are_never_enriched() {
+    let text = CONFIG.replace(
+        "[[routes]]\nname = \"off\"",
+        "[[routes]]\nname = \"pnp\"\nsource = \"DigitalTwinChangeEvents\"\nendpoint = \"a\"\n[[routes]]\nname = \"off\"",
+    );
+    let loaded = LoadedConfig::parse(Path::new("t.toml"), &text).expect("valid config");
+    let table = RoutingTable::compile(&loaded).expect("routes compile");
+    let pnp = message(
+        None,
+        "digitalTwinChangeEvents",
+        Some(r#"{"tags":{"location":"lab"}}"#),
+    );
+    let telemetry = message(Some("hot"), "Telemetry", None);
+    let batch = MessageBatchBuilder::batch_of(&[pnp, telemetry]).expect("batch");
+    let routed = table.route(&batch).expect("route");
+    assert_eq!(routed.rows[0], vec![0, 1], "both reach endpoint a");
+    let enriched = table.rows_for(0, &batch, &routed.rows[0]).expect("enrich");
+    let columns = MessageColumns::try_new(&enriched).expect("schema");
+    assert!(columns.message(0).application_properties.is_empty());
+    assert_eq!(
+        columns.message(1).application_properties.len(),
+        3,
+        "level, hub, location"
+    );
+}

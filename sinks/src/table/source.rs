@@ -168,8 +168,9 @@ fn time(array: &TimestampMillisecondArray, row: usize) -> Datum<'static> {
     }
 }
 
-fn text_column<'a>(view: &MessageColumns<'a>, name: &str) -> &'a StringArray {
-    match name {
+/// The text of column `name` at `row`: a plain string column, or the dictionary-encoded twin.
+fn text_of<'a>(view: &MessageColumns<'a>, name: &str, row: usize) -> Option<&'a str> {
+    let array = match name {
         col::EVENT_HUB => view.event_hub,
         col::PARTITION => view.partition,
         col::OFFSET => view.offset,
@@ -185,14 +186,16 @@ fn text_column<'a>(view: &MessageColumns<'a>, name: &str) -> &'a StringArray {
         col::MESSAGE_SOURCE => view.message_source,
         col::DT_DATASCHEMA => view.dt_dataschema,
         col::DT_SUBJECT => view.dt_subject,
-        _ => view.twin,
-    }
+        col::TWIN => return view.twin.get(row),
+        _ => return None,
+    };
+    text(array, row)
 }
 
 fn read_field<'a>(field: Field, view: &MessageColumns<'a>, row: usize) -> Datum<'a> {
     match field {
         Field::Text(name) => {
-            text(text_column(view, name), row).map_or(Datum::Null, |s| Datum::Text(s.into()))
+            text_of(view, name, row).map_or(Datum::Null, |s| Datum::Text(s.into()))
         }
         Field::SequenceNumber => Datum::Int(view.sequence_number.value(row)),
         Field::EnqueuedTime => time(view.enqueued_time, row),
@@ -219,7 +222,7 @@ fn read_field<'a>(field: Field, view: &MessageColumns<'a>, row: usize) -> Datum<
         Field::SystemProperties => {
             let mut object = Map::new();
             for name in SYSTEM_TEXT_FIELDS {
-                if let Some(value) = text(text_column(view, name), row) {
+                if let Some(value) = text_of(view, name, row) {
                     object.insert(name.to_owned(), Value::String(value.to_owned()));
                 }
             }
