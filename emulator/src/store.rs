@@ -139,68 +139,91 @@ impl Partition {
     /// Stamps `message` with its position, stores it and wakes consumers.
     pub(crate) fn append(
         &self,
-        mut message: Message<Body<Value>>,
+        message: Message<Body<Value>>,
         partition_key: Option<&str>,
         max_message_bytes: usize,
     ) -> Result<PublishedPosition> {
+        let mut positions = self.append_all(
+            vec![(message, partition_key.map(str::to_owned))],
+            max_message_bytes,
+        )?;
+        Ok(positions.remove(0))
+    }
+
+    /// Appends `events` (each with its partition key) as one unit, as Event Hubs stores a batch:
+    /// every event is stamped and encoded first, and if any exceeds `max_message_bytes` nothing is
+    /// stored. The events get consecutive sequence numbers and one enqueued time.
+    pub(crate) fn append_all(
+        &self,
+        events: Vec<(Message<Body<Value>>, Option<String>)>,
+        max_message_bytes: usize,
+    ) -> Result<Vec<PublishedPosition>> {
         let enqueued_time_ms = chrono::Utc::now().timestamp_millis();
         let mut state = self.lock();
-        let sequence_number = state.next_sequence;
-        let offset = state.next_offset;
-        let annotations = message
-            .message_annotations
-            .get_or_insert_with(|| MessageAnnotations(Default::default()));
-        let mut stamp = |key: &str, value: Value| {
-            annotations
-                .0
-                .insert(OwnedKey::Symbol(Symbol::from(key)), value);
-        };
-        stamp(annotations::SEQUENCE_NUMBER, Value::Long(sequence_number));
-        stamp(annotations::OFFSET, Value::String(offset.to_string()));
-        stamp(
-            annotations::ENQUEUED_TIME,
-            Value::Timestamp(Timestamp::from_milliseconds(enqueued_time_ms)),
-        );
-        if let Some(key) = partition_key {
-            stamp(annotations::PARTITION_KEY, Value::String(key.to_owned()));
+        let (mut sequence_number, mut offset) = (state.next_sequence, state.next_offset);
+        let mut stamped = Vec::with_capacity(events.len());
+        for (mut message, partition_key) in events {
+            let annotations = message
+                .message_annotations
+                .get_or_insert_with(|| MessageAnnotations(Default::default()));
+            let mut stamp = |key: &str, value: Value| {
+                annotations
+                    .0
+                    .insert(OwnedKey::Symbol(Symbol::from(key)), value);
+            };
+            stamp(annotations::SEQUENCE_NUMBER, Value::Long(sequence_number));
+            stamp(annotations::OFFSET, Value::String(offset.to_string()));
+            stamp(
+                annotations::ENQUEUED_TIME,
+                Value::Timestamp(Timestamp::from_milliseconds(enqueued_time_ms)),
+            );
+            if let Some(key) = partition_key {
+                stamp(annotations::PARTITION_KEY, Value::String(key));
+            }
+            let encoded =
+                serde_amqp::to_vec(&Serializable(&message)).map_err(|error| Error::Config {
+                    problem: format!("an event could not be encoded: {error}"),
+                })?;
+            if encoded.len() > max_message_bytes {
+                return Err(Error::MessageTooLarge {
+                    size: encoded.len(),
+                    limit: max_message_bytes,
+                });
+            }
+            stamped.push(Arc::new(StoredEvent {
+                sequence_number,
+                offset,
+                enqueued_time_ms,
+                encoded: Bytes::from(encoded),
+            }));
+            sequence_number += 1;
+            offset += stamped.last().map_or(0, |e| e.encoded.len() as i64);
         }
-        let encoded =
-            serde_amqp::to_vec(&Serializable(&message)).map_err(|error| Error::Config {
-                problem: format!("an event could not be encoded: {error}"),
-            })?;
-        if encoded.len() > max_message_bytes {
-            return Err(Error::MessageTooLarge {
-                size: encoded.len(),
-                limit: max_message_bytes,
+        let mut positions = Vec::with_capacity(stamped.len());
+        for event in stamped {
+            if let (Some(file), Some(path)) = (state.file.as_mut(), &self.path) {
+                write_record(file, &event).map_err(|source| Error::Storage {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+            state.next_sequence += 1;
+            state.next_offset += event.encoded.len() as i64;
+            state.retained_bytes += event.encoded.len() as u64;
+            state.last_enqueued_time_ms = enqueued_time_ms;
+            positions.push(PublishedPosition {
+                partition: self.id.clone(),
+                sequence_number: event.sequence_number,
+                offset: event.offset.to_string(),
+                enqueued_time_ms,
             });
+            state.events.push_back(event);
         }
-        let event = Arc::new(StoredEvent {
-            sequence_number,
-            offset,
-            enqueued_time_ms,
-            encoded: Bytes::from(encoded),
-        });
-        if let (Some(file), Some(path)) = (state.file.as_mut(), &self.path) {
-            write_record(file, &event).map_err(|source| Error::Storage {
-                path: path.clone(),
-                source,
-            })?;
-        }
-        state.next_sequence += 1;
-        state.next_offset += event.encoded.len() as i64;
-        state.retained_bytes += event.encoded.len() as u64;
-        state.last_enqueued_time_ms = enqueued_time_ms;
-        state.events.push_back(event);
         trim(&mut state, self.retention);
         let next = state.next_sequence;
         drop(state);
         self.appended.send_replace(next);
-        Ok(PublishedPosition {
-            partition: self.id.clone(),
-            sequence_number,
-            offset: offset.to_string(),
-            enqueued_time_ms,
-        })
+        Ok(positions)
     }
 
     /// Up to `max` events starting at sequence number `from` (fewer if not yet appended or trimmed).
@@ -484,6 +507,8 @@ pub(crate) struct Hub {
     pub(crate) partitions: Vec<Arc<Partition>>,
     round_robin: AtomicUsize,
     receivers: Mutex<HashMap<(String, String), ReceiverRegistry>>,
+    /// Bumped by [`Hub::detach_producers`]; every producer link of the hub watches it.
+    producer_detaches: watch::Sender<u64>,
 }
 
 impl Hub {
@@ -505,6 +530,18 @@ impl Hub {
             (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
         });
         &self.partitions[(hash % self.partitions.len() as u64) as usize]
+    }
+
+    /// Makes every producer link of the hub detach with `amqp:link:detach-forced`, as the service
+    /// does on maintenance or load balancing (a fault to inject in tests).
+    pub(crate) fn detach_producers(&self) {
+        self.producer_detaches
+            .send_modify(|generation| *generation += 1);
+    }
+
+    /// Watches [`Hub::detach_producers`].
+    pub(crate) fn producer_detaches(&self) -> watch::Receiver<u64> {
+        self.producer_detaches.subscribe()
     }
 
     pub(crate) fn next_round_robin(&self) -> &Arc<Partition> {
@@ -584,6 +621,7 @@ impl Namespace {
                 partitions,
                 round_robin: AtomicUsize::new(0),
                 receivers: Mutex::default(),
+                producer_detaches: watch::channel(0).0,
             }));
         }
         Ok(Self { hubs: opened })

@@ -4,12 +4,13 @@
 use serde::Deserialize;
 
 use crate::{
-    AckSender, ParquetSink, ParquetSinkConfig, PostgresSink, PostgresSinkConfig, Result, Sink,
-    SqliteSink, SqliteSinkConfig, WebhookSink, WebhookSinkConfig,
+    AckSender, AmqpSink, EventHubsSinkConfig, ParquetSink, ParquetSinkConfig, PostgresSink,
+    PostgresSinkConfig, Result, ServiceBusSinkConfig, Sink, SqliteSink, SqliteSinkConfig,
+    WebhookSink, WebhookSinkConfig,
 };
 
-/// An endpoint's sink configuration: `type = "parquet" | "webhook" | "postgres" | "sqlite"` plus
-/// that sink's fields.
+/// An endpoint's sink configuration: `type = "parquet" | "webhook" | "postgres" | "sqlite" |
+/// "eventhubs" | "servicebus"` plus that sink's fields.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SinkConfig {
@@ -21,6 +22,12 @@ pub enum SinkConfig {
     Postgres(PostgresSinkConfig),
     /// A table in an SQLite database file.
     Sqlite(SqliteSinkConfig),
+    /// An event hub (AMQP 1.0), as IoT Hub's Event Hubs endpoint.
+    #[serde(rename = "eventhubs")]
+    EventHubs(EventHubsSinkConfig),
+    /// A Service Bus queue or topic, or any AMQP 1.0 queue.
+    #[serde(rename = "servicebus")]
+    ServiceBus(ServiceBusSinkConfig),
 }
 
 impl SinkConfig {
@@ -31,6 +38,18 @@ impl SinkConfig {
             Self::Webhook(c) => &c.name,
             Self::Postgres(c) => &c.name,
             Self::Sqlite(c) => &c.name,
+            Self::EventHubs(c) => &c.name,
+            Self::ServiceBus(c) => &c.name,
+        }
+    }
+
+    /// Checks the settings that can be checked without connecting or touching files (what
+    /// `hubroute check` runs). Sinks whose checks need their backend run them in [`build_sink`].
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Self::EventHubs(c) => c.validate(),
+            Self::ServiceBus(c) => c.validate(),
+            Self::Parquet(_) | Self::Webhook(_) | Self::Postgres(_) | Self::Sqlite(_) => Ok(()),
         }
     }
 }
@@ -42,6 +61,8 @@ pub fn build_sink(config: SinkConfig, acks: AckSender) -> Result<Box<dyn Sink>> 
         SinkConfig::Webhook(c) => Box::new(WebhookSink::new(c, acks)?),
         SinkConfig::Postgres(c) => Box::new(PostgresSink::new(c, acks)?),
         SinkConfig::Sqlite(c) => Box::new(SqliteSink::new(c, acks)?),
+        SinkConfig::EventHubs(c) => Box::new(AmqpSink::event_hubs(c, acks)?),
+        SinkConfig::ServiceBus(c) => Box::new(AmqpSink::service_bus(c, acks)?),
     })
 }
 
@@ -71,6 +92,18 @@ mod tests {
             (
                 r#"{"type":"sqlite","name":"lite","path":"/tmp/m.db","table":{"name":"m","columns":[{"name":"t","source":"$.t","type":"double"}]}}"#,
                 Ok("lite"),
+            ),
+            (
+                r#"{"type":"eventhubs","name":"eh","connection_string":"Endpoint=sb://127.0.0.1:5673;SharedAccessKeyName=k;SharedAccessKey=s;EntityPath=target;UseDevelopmentEmulator=true","partition_key":"app:zone"}"#,
+                Ok("eh"),
+            ),
+            (
+                r#"{"type":"eventhubs","name":"eh","connection_string":"Endpoint=sb://h/;SharedAccessKeyName=k;SharedAccessKey=s","partition_key":"device"}"#,
+                Err("partition_key `device` is not"),
+            ),
+            (
+                r#"{"type":"servicebus","name":"sb","url":"amqp://127.0.0.1:5672","username":"guest","password":"guest","entity":"/amq/queue/q"}"#,
+                Ok("sb"),
             ),
             (
                 r#"{"type":"kafka","name":"k"}"#,

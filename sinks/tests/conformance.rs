@@ -10,8 +10,10 @@
 //!
 //! Backends are real: Parquet files on an object store wrapped to inject faults, a real HTTP/1.1
 //! server for webhooks that can answer 200, 4xx, 5xx, 429 with `Retry-After`, hang, or close the
-//! connection. Sink-specific behaviour that needs those peers (webhook retries, signatures) lives
-//! here too, in its own module.
+//! connection, PostgreSQL and SQLite, the emulator's event hubs and RabbitMQ's AMQP 1.0 queues
+//! behind a TCP proxy that cuts or holds connections. Sink-specific behaviour that needs those
+//! peers (webhook retries, signatures, over-size and rejected AMQP messages) lives here too, in
+//! its own module.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -98,7 +100,11 @@ trait Harness: Send {
 fn rows(partition: &str, sequence_numbers: std::ops::Range<i64>) -> Vec<Message> {
     sequence_numbers
         .map(|n| {
-            let mut m = Message::telemetry(format!(r#"{{"n":{n},"pad":"{}"}}"#, "p".repeat(200)));
+            // The body names the row, so sinks that keep only the body (AMQP) can be read back.
+            let mut m = Message::telemetry(format!(
+                r#"{{"partition":"{partition}","n":{n},"pad":"{}"}}"#,
+                "p".repeat(200)
+            ));
             m.partition = partition.to_owned();
             m.sequence_number = n;
             m.offset = (n * 512).to_string();

@@ -153,7 +153,8 @@ async fn serve_links(mut session: ListenerSessionHandle, state: Arc<ConnectionSt
         .fallback_sender_settle_mode(SenderSettleMode::Settled)
         .supported_receiver_settle_modes(SupportedReceiverSettleModes::First)
         .fallback_receiver_settle_mode(ReceiverSettleMode::First)
-        .max_message_size(state.shared.max_message_bytes as u64 + 64 * 1024)
+        // Advertised as Event Hubs does (1 MiB on Standard): producers size their batches by it.
+        .max_message_size(state.shared.max_message_bytes as u64)
         .add_offered_capabilities("com.microsoft:hubroute-emulator")
         .add_desired_capabilities("com.microsoft:hubroute-emulator")
         .properties(super::product_properties())
@@ -251,6 +252,8 @@ async fn serve_incoming(receiver: Receiver, address: String, state: Arc<Connecti
                 hub,
                 partition,
                 max_message_bytes: state.shared.max_message_bytes,
+                auth: Arc::clone(&state.auth),
+                entity: entity.to_string(),
             }
             .run(receiver)
             .await;

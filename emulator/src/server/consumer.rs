@@ -29,7 +29,7 @@ pub(crate) fn link_error(condition: &str, description: impl Into<String>) -> Amq
 }
 
 /// Completes when a token valid until `until` (Unix seconds) expires; never for `None`.
-async fn token_expiry(until: Option<i64>) {
+pub(crate) async fn token_expiry(until: Option<i64>) {
     match until {
         Some(until) => {
             let left = until.saturating_sub(chrono::Utc::now().timestamp()).max(0);

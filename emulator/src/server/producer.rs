@@ -1,8 +1,9 @@
 //! Producer links: `<hub>` (the emulator picks the partition) and `<hub>/Partitions/<id>`.
 //!
 //! A delivery is one event, or an Event Hubs batch (message format `0x80013700`) whose data sections
-//! each hold one encoded event; a batch lands in a single partition, as on the service. Deliveries are
-//! accepted once stored and rejected with an Event Hubs condition otherwise.
+//! each hold one encoded event; a batch lands in a single partition and is stored all or nothing, as
+//! on the service. Deliveries are accepted once stored and rejected with an Event Hubs condition
+//! otherwise (`amqp:link:message-size-exceeded` for an event over the limit).
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use fe2o3_amqp_types::messaging::{Body, Message};
 use fe2o3_amqp_types::primitives::{Symbol, Value};
 use hubroute_protocol::{annotations, conditions};
 
-use super::consumer::link_error;
+use super::consumer::{link_error, token_expiry};
 use crate::Error;
 use crate::store::{Hub, Partition};
 
@@ -26,6 +27,10 @@ pub(crate) struct ProducerLink {
     /// `Some` for `<hub>/Partitions/<id>`.
     pub(crate) partition: Option<Arc<Partition>>,
     pub(crate) max_message_bytes: usize,
+    /// The connection's credentials: the link ends when its token expires unrenewed.
+    pub(crate) auth: Arc<std::sync::Mutex<super::auth::ConnectionAuth>>,
+    /// The entity path the link sends to, as tokens name it.
+    pub(crate) entity: String,
 }
 
 fn partition_key(message: &Message<Body<Value>>) -> Option<String> {
@@ -62,6 +67,7 @@ fn events_of(
 }
 
 impl ProducerLink {
+    /// Stores the events of one delivery in one partition, all or none (a batch is atomic).
     fn store(&self, events: Vec<Message<Body<Value>>>) -> Result<(), (&'static str, String)> {
         let key = events.first().and_then(partition_key);
         let partition = match (&self.partition, &key) {
@@ -69,28 +75,66 @@ impl ProducerLink {
             (None, Some(key)) => self.hub.partition_for_key(key),
             (None, None) => self.hub.next_round_robin(),
         };
-        for event in events {
-            let key = partition_key(&event).or_else(|| key.clone());
-            partition
-                .append(event, key.as_deref(), self.max_message_bytes)
-                .map_err(|error| match error {
-                    Error::MessageTooLarge { .. } => {
-                        (conditions::MESSAGE_SIZE_EXCEEDED, error.to_string())
-                    }
-                    other => ("amqp:internal-error", other.to_string()),
-                })?;
-        }
-        Ok(())
+        let keyed = events
+            .into_iter()
+            .map(|event| {
+                let event_key = partition_key(&event).or_else(|| key.clone());
+                (event, event_key)
+            })
+            .collect();
+        partition
+            .append_all(keyed, self.max_message_bytes)
+            .map(drop)
+            .map_err(|error| match error {
+                Error::MessageTooLarge { .. } => {
+                    (conditions::MESSAGE_SIZE_EXCEEDED, error.to_string())
+                }
+                other => ("amqp:internal-error", other.to_string()),
+            })
     }
 
-    /// Receives and stores until the producer detaches.
+    fn authorized_until(&self) -> Option<i64> {
+        self.auth
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .authorized_until(&self.entity)
+    }
+
+    /// Receives and stores until the producer detaches. Detaches it, as Event Hubs does, when its
+    /// token expires unrenewed (`amqp:unauthorized-access`) or when the hub's producers are told to
+    /// go ([`crate::RunningEmulator::detach_producers`], `amqp:link:detach-forced`).
     pub(crate) async fn run(self, mut receiver: Receiver) {
+        let mut detaches = self.hub.producer_detaches();
+        detaches.mark_unchanged();
         loop {
-            let delivery = match receiver.recv::<Body<Value>>().await {
-                Ok(delivery) => delivery,
-                Err(error) => {
-                    tracing::debug!(%error, "producer link ended");
-                    break;
+            let authorized_until = self.authorized_until();
+            if authorized_until.is_some_and(|until| until <= chrono::Utc::now().timestamp()) {
+                let error = link_error(
+                    conditions::UNAUTHORIZED_ACCESS,
+                    format!(
+                        "the token for `{}` expired; put a new one on $cbs before expiry",
+                        self.entity
+                    ),
+                );
+                let _ = receiver.close_with_error(error).await;
+                return;
+            }
+            let delivery = tokio::select! {
+                () = token_expiry(authorized_until) => continue,
+                delivery = receiver.recv::<Body<Value>>() => match delivery {
+                    Ok(delivery) => delivery,
+                    Err(error) => {
+                        tracing::debug!(%error, "producer link ended");
+                        break;
+                    }
+                },
+                _ = detaches.changed() => {
+                    let error = link_error(
+                        "amqp:link:detach-forced",
+                        "the link was force-detached by the service".to_owned(),
+                    );
+                    let _ = receiver.close_with_error(error).await;
+                    return;
                 }
             };
             let format = *delivery.message_format();

@@ -341,6 +341,8 @@ fn sink_kind(config: &hubroute_sinks::SinkConfig) -> &'static str {
         SinkConfig::Webhook(_) => "webhook",
         SinkConfig::Postgres(_) => "postgres",
         SinkConfig::Sqlite(_) => "sqlite",
+        SinkConfig::EventHubs(_) => "eventhubs",
+        SinkConfig::ServiceBus(_) => "servicebus",
     }
 }
 
