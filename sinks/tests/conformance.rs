@@ -1385,10 +1385,14 @@ mod amqp_sinks {
         sink.flush(FlushReason::Shutdown).await.unwrap();
         assert_all_committed(&collect_acks(&mut rx, 30).await, 30);
         let mut stored = harness.events().await;
-        let mut stored_keys: Vec<RowKey> = stored.drain(..).map(|m| row_key(&body_bytes(&m))).collect();
+        let mut stored_keys: Vec<RowKey> =
+            stored.drain(..).map(|m| row_key(&body_bytes(&m))).collect();
         stored_keys.sort();
         stored_keys.dedup();
-        assert_eq!(stored_keys, expected, "every row arrived (duplicates allowed)");
+        assert_eq!(
+            stored_keys, expected,
+            "every row arrived (duplicates allowed)"
+        );
         assert!(
             harness.connections.load(Ordering::SeqCst) >= 2,
             "the forced detaches were not noticed"
@@ -1405,7 +1409,10 @@ mod amqp_sinks {
         seen: Vec<RowKey>,
     }
 
-    async fn rabbit_session() -> (fe2o3_amqp::connection::ConnectionHandle<()>, fe2o3_amqp::session::SessionHandle<()>) {
+    async fn rabbit_session() -> (
+        fe2o3_amqp::connection::ConnectionHandle<()>,
+        fe2o3_amqp::session::SessionHandle<()>,
+    ) {
         let mut connection = Connection::builder()
             .container_id(format!("conformance-{}", uuid::Uuid::new_v4()))
             .sasl_profile(SaslProfile::Plain {

@@ -5,6 +5,7 @@
 //! Peers that `.ci/test` provides are located through `support`; a missing peer fails the test
 //! with instructions, it never skips.
 
+mod amqp_endpoints;
 mod crate_graph;
 mod emulator;
 mod engine;

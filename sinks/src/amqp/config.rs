@@ -170,6 +170,11 @@ pub struct ServiceBusSinkConfig {
     /// Partition key of each message, for partitioned entities (default `device_id`).
     #[serde(default)]
     pub partition_key: PartitionKey,
+    /// Send the message's `user-id` property (IoT Hub's `UserId`, usually the hub name). Default:
+    /// on with `connection_string`, off with `url`: brokers such as RabbitMQ refuse a `user-id`
+    /// that differs from the user name the connection logged in with.
+    #[serde(default)]
+    pub send_user_id: Option<bool>,
     /// Where `iothub-*` system properties go (default `application_properties`, as users report
     /// for IoT Hub's Service Bus endpoints).
     #[serde(default = "placement_application_properties")]
@@ -277,6 +282,7 @@ impl EventHubsSinkConfig {
             },
             address: event_hub,
             batch_format: true,
+            send_user_id: true,
             flavor: Flavor::EventHubs,
             partition_key: self.partition_key.clone(),
             system_properties: self.system_properties,
@@ -301,6 +307,7 @@ impl ServiceBusSinkConfig {
             entity: Some(entity.into()),
             batch: None,
             partition_key: PartitionKey::default(),
+            send_user_id: None,
             system_properties: placement_application_properties(),
             max_message_size: None,
             max_in_flight: default_max_in_flight(),
@@ -407,6 +414,9 @@ impl ServiceBusSinkConfig {
             tls,
             tls_ca_file: self.tls_ca_file.clone(),
             batch_format: self.batch.unwrap_or(matches!(auth, Auth::Cbs { .. })),
+            send_user_id: self
+                .send_user_id
+                .unwrap_or(matches!(auth, Auth::Cbs { .. })),
             auth,
             address: entity,
             flavor: Flavor::ServiceBus,
@@ -546,6 +556,8 @@ pub(crate) struct Target {
     pub(crate) address: String,
     /// Deliveries carry many messages in the batch format; otherwise one message each.
     pub(crate) batch_format: bool,
+    /// Messages carry the row's `user-id`.
+    pub(crate) send_user_id: bool,
     pub(crate) flavor: Flavor,
     pub(crate) partition_key: PartitionKey,
     pub(crate) system_properties: SystemPropertyPlacement,

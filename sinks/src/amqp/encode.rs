@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | body | one data section, bytes as they are | same |
 //! | `message_id`, `correlation_id` | `message-id`, `correlation-id` properties (strings) | same (`MessageId`, `CorrelationId`) |
-//! | `user_id` | `user-id` property (binary) | same (`UserId`) |
+//! | `user_id` | `user-id` property (binary) | same (`UserId`); not sent to plain brokers by default |
 //! | `content_type`, `content_encoding` | `content-type`, `content-encoding` properties | same (`ContentType`; `ContentEncoding` stays the AMQP property) |
 //! | device, module, auth method, auth generation id | `iothub-connection-device-id`, `iothub-connection-module-id`, `iothub-connection-auth-method`, `iothub-connection-auth-generation-id` | same names |
 //! | `iothub_enqueued_time` | `iothub-enqueuedtime` (timestamp) | not sent (IoT Hub sends no enqueued time to Service Bus) |
@@ -39,6 +39,7 @@ pub(crate) struct Mapping {
     pub(crate) flavor: Flavor,
     pub(crate) placement: SystemPropertyPlacement,
     pub(crate) partition_key: PartitionKey,
+    pub(crate) send_user_id: bool,
 }
 
 impl Mapping {
@@ -47,6 +48,7 @@ impl Mapping {
             flavor: target.flavor,
             placement: target.system_properties,
             partition_key: target.partition_key.clone(),
+            send_user_id: target.send_user_id,
         }
     }
 }
@@ -97,9 +99,7 @@ impl Mapping {
     ) -> Message<Data> {
         let properties = Properties {
             message_id: text(view.message_id, row).map(|id| MessageId::String(id.to_owned())),
-            user_id: view
-                .user_id
-                .is_valid(row)
+            user_id: (self.send_user_id && view.user_id.is_valid(row))
                 .then(|| Binary::from(view.user_id.value(row).to_vec())),
             correlation_id: text(view.correlation_id, row)
                 .map(|id| MessageId::String(id.to_owned())),
@@ -212,6 +212,7 @@ mod tests {
             flavor,
             placement,
             partition_key: key,
+            send_user_id: true,
         }
     }
 

@@ -112,6 +112,7 @@ fn targets_resolve_defaults_per_kind() {
     service_bus.connection_string = Some(cs);
     let azure = service_bus.target().unwrap();
     assert!(azure.batch_format, "Service Bus takes batches");
+    assert!(azure.send_user_id, "IoT Hub sends UserId to Service Bus");
     assert_eq!(azure.address, "alerts");
 }
 
