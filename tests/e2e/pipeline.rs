@@ -40,3 +40,15 @@ fn check_accepts_the_example_and_locates_a_bad_condition() {
     let expected = format!("bad.toml:{line}:13: route `critical`: the condition does not compile");
     assert!(stderr.contains(&expected), "{expected:?} not in {stderr}");
 }
+
+#[test]
+fn check_accepts_the_forwarding_example_without_connecting() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/forward-to-event-hub.toml");
+    let (ok, stdout, stderr) = check(&example);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("ok: 1 endpoints, 1 routes, fallback disabled, 1 enrichments"),
+        "{stdout}"
+    );
+}

@@ -44,7 +44,8 @@ use crate::{Ack, AckSender, Error, FailedRow, Result, Ticket};
 
 /// Message format of a batch delivery: each data section is one encoded message.
 pub(crate) const BATCH_FORMAT: u32 = 0x8001_3700;
-/// The limit assumed before a link has told its own (Event Hubs Standard: 1 MiB).
+/// The limit assumed before a link has told its own, and the default size of packed batches (Event
+/// Hubs Standard: 1 MiB).
 const DEFAULT_MAX_MESSAGE_SIZE: u64 = 1024 * 1024;
 /// Upper bound of a batch delivery's bytes besides its data sections: the message-annotations
 /// section carrying `x-opt-partition-key` (descriptor, map header, key symbol, value header).
@@ -440,6 +441,17 @@ impl Publisher {
         }
     }
 
+    /// How large packed batches get: the configured `max_message_size` (default 1 MiB) within the
+    /// link's limit. A link that allows far more (Service Bus Premium: 100 MB) does not make every
+    /// batch that large, which bounds the memory of `max_in_flight` deliveries.
+    fn batch_target(&self) -> u64 {
+        self.target
+            .common
+            .max_message_size
+            .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE)
+            .min(self.limit())
+    }
+
     /// Splits an over-size delivery, or fails its one row.
     async fn too_large(&mut self, delivery: Delivery, size: u64, limit: u64) -> Result<()> {
         match delivery.split() {
@@ -604,7 +616,7 @@ impl Publisher {
             });
             groups[slot].1.push(event);
         }
-        let limit = self.limit();
+        let limit = self.batch_target();
         for (key, events) in groups {
             let mut rows = Vec::new();
             let mut sections = Vec::new();
