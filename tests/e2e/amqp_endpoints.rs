@@ -665,7 +665,8 @@ fn check_validates_amqp_endpoints_without_connecting() {
 
 #[test]
 fn the_emulator_serves_several_hubs_given_on_the_command_line() {
-    let emulator = crate::support::EmulatorProcess::start(&["--hub", "hub", "--hub", "target:2"], 2);
+    let emulator =
+        crate::support::EmulatorProcess::start(&["--hub", "hub", "--hub", "target:2"], 2);
     let [source, target] = emulator.connection_strings.as_slice() else {
         panic!("{:?}", emulator.connection_strings)
     };
@@ -673,5 +674,9 @@ fn the_emulator_serves_several_hubs_given_on_the_command_line() {
     assert!(target.contains("EntityPath=target;"), "{target}");
     let stdout = run_python("properties.py", &[target]);
     let properties: Json = serde_json::from_str(stdout.trim()).expect(&stdout);
-    assert_eq!(properties["eventhub"]["partition_ids"], json!(["0", "1"]), "{properties}");
+    assert_eq!(
+        properties["eventhub"]["partition_ids"],
+        json!(["0", "1"]),
+        "{properties}"
+    );
 }

@@ -43,8 +43,8 @@ fn check_accepts_the_example_and_locates_a_bad_condition() {
 
 #[test]
 fn check_accepts_the_forwarding_example_without_connecting() {
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples/forward-to-event-hub.toml");
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/forward-to-event-hub.toml");
     let (ok, stdout, stderr) = check(&example);
     assert!(ok, "{stderr}");
     assert!(

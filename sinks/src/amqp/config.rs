@@ -101,8 +101,9 @@ pub struct EventHubsSinkConfig {
     /// endpoint).
     #[serde(default = "placement_annotations")]
     pub system_properties: SystemPropertyPlacement,
-    /// Largest delivery in bytes; the link's `max-message-size` (1 MiB on Event Hubs Standard)
-    /// applies when it is smaller. Default: the link's.
+    /// Largest delivery in bytes and the size batches are packed to, within the link's
+    /// `max-message-size` (1 MiB on Event Hubs Standard). Unset: batches are packed to 255 KiB
+    /// (one AMQP frame) and a single larger message may use the link's whole limit.
     #[serde(default)]
     pub max_message_size: Option<u64>,
     /// Deliveries sent and not yet settled; `write` waits when all are in flight (default 8).
@@ -179,7 +180,9 @@ pub struct ServiceBusSinkConfig {
     /// for IoT Hub's Service Bus endpoints).
     #[serde(default = "placement_application_properties")]
     pub system_properties: SystemPropertyPlacement,
-    /// Largest delivery in bytes; the link's `max-message-size` applies when it is smaller.
+    /// Largest delivery in bytes and the size batches are packed to, within the link's
+    /// `max-message-size` (1 MiB on Event Hubs Standard). Unset: batches are packed to 255 KiB
+    /// (one AMQP frame) and a single larger message may use the link's whole limit.
     #[serde(default)]
     pub max_message_size: Option<u64>,
     /// Deliveries sent and not yet settled (default 8).
