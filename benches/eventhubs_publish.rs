@@ -74,7 +74,7 @@ fn eventhubs_publish(c: &mut Criterion) {
                 let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
                 let mut config = EventHubsSinkConfig::new("bench", connection_string.clone());
                 config.partition_key = key.clone();
-                let mut sink = AmqpSink::event_hubs(config, tx).expect("sink");
+                let mut sink = AmqpSink::event_hubs(&config, tx).expect("sink");
                 for (ticket, batch) in input.iter().enumerate() {
                     sink.write(SinkBatch {
                         ticket: ticket as u64,

@@ -61,8 +61,8 @@ pub fn build_sink(config: SinkConfig, acks: AckSender) -> Result<Box<dyn Sink>> 
         SinkConfig::Webhook(c) => Box::new(WebhookSink::new(c, acks)?),
         SinkConfig::Postgres(c) => Box::new(PostgresSink::new(c, acks)?),
         SinkConfig::Sqlite(c) => Box::new(SqliteSink::new(c, acks)?),
-        SinkConfig::EventHubs(c) => Box::new(AmqpSink::event_hubs(c, acks)?),
-        SinkConfig::ServiceBus(c) => Box::new(AmqpSink::service_bus(c, acks)?),
+        SinkConfig::EventHubs(c) => Box::new(AmqpSink::event_hubs(&c, acks)?),
+        SinkConfig::ServiceBus(c) => Box::new(AmqpSink::service_bus(&c, acks)?),
     })
 }
 

@@ -1317,7 +1317,7 @@ mod amqp_sinks {
     #[async_trait]
     impl Harness for EventHubsHarness {
         async fn build(&mut self, acks: AckSender) -> Box<dyn Sink> {
-            Box::new(AmqpSink::event_hubs(self.config(), acks).unwrap())
+            Box::new(AmqpSink::event_hubs(&self.config(), acks).unwrap())
         }
 
         async fn stored(&mut self) -> Vec<RowKey> {
@@ -1344,7 +1344,7 @@ mod amqp_sinks {
         let mut config = harness.config();
         config.token_lifetime = Duration::from_secs(10);
         let (tx, mut rx) = mpsc::channel(64);
-        let mut sink = AmqpSink::event_hubs(config, tx).unwrap();
+        let mut sink = AmqpSink::event_hubs(&config, tx).unwrap();
         // 14 s of traffic: the emulator detaches a producer whose token lapses, so without a
         // renewal at 8 s the sink would have to reconnect.
         for ticket in 0..8 {
@@ -1373,7 +1373,7 @@ mod amqp_sinks {
     async fn a_forced_detach_mid_stream_loses_nothing() {
         let harness = EventHubsHarness::new().await;
         let (tx, mut rx) = mpsc::channel(64);
-        let mut sink = AmqpSink::event_hubs(harness.config(), tx).unwrap();
+        let mut sink = AmqpSink::event_hubs(&harness.config(), tx).unwrap();
         let batches = workload(30);
         let expected = keys(&batches);
         for (i, batch) in batches.into_iter().enumerate() {
@@ -1472,7 +1472,7 @@ mod amqp_sinks {
             config.username = Some("guest".into());
             config.password = Some(hubroute_sinks::Secret::new("guest"));
             config.retry = quick_retry();
-            Box::new(AmqpSink::service_bus(config, acks).unwrap())
+            Box::new(AmqpSink::service_bus(&config, acks).unwrap())
         }
 
         async fn stored(&mut self) -> Vec<RowKey> {

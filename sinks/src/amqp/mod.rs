@@ -50,13 +50,13 @@ pub struct AmqpSink {
 impl AmqpSink {
     /// Validates `config` and starts the publisher (it connects when the first batch arrives).
     /// Must be called inside a Tokio runtime.
-    pub fn event_hubs(config: EventHubsSinkConfig, acks: AckSender) -> Result<Self> {
+    pub fn event_hubs(config: &EventHubsSinkConfig, acks: AckSender) -> Result<Self> {
         Ok(Self::start(config.target()?, acks))
     }
 
     /// Validates `config` and starts the publisher (it connects when the first batch arrives).
     /// Must be called inside a Tokio runtime.
-    pub fn service_bus(config: ServiceBusSinkConfig, acks: AckSender) -> Result<Self> {
+    pub fn service_bus(config: &ServiceBusSinkConfig, acks: AckSender) -> Result<Self> {
         Ok(Self::start(config.target()?, acks))
     }
 
@@ -118,7 +118,7 @@ impl Sink for AmqpSink {
                 let payload = if self.batch_format {
                     Payload::Section(encode(&message))
                 } else {
-                    Payload::Message(message)
+                    Payload::Message(Box::new(message))
                 };
                 Event {
                     ticket,

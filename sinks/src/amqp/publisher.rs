@@ -60,7 +60,7 @@ pub(crate) enum Payload {
     /// Encoded bytes, to become one data section of a batch delivery.
     Section(Vec<u8>),
     /// A message sent as a delivery of its own.
-    Message(Message<Data>),
+    Message(Box<Message<Data>>),
 }
 
 /// A row's message on its way to the publisher.
@@ -90,11 +90,11 @@ fn section_bytes(len: usize) -> u64 {
 #[derive(Debug)]
 enum Wire {
     Batch {
-        sendable: Sendable<Batch<Data>>,
+        sendable: Box<Sendable<Batch<Data>>>,
         /// Encoded size, exact for the sections and an upper bound for the envelope.
         size: u64,
     },
-    Single(Sendable<Data>),
+    Single(Box<Sendable<Data>>),
 }
 
 /// One delivery: the rows it settles and what goes on the wire.
@@ -132,11 +132,11 @@ impl Delivery {
         Self {
             rows,
             wire: Wire::Batch {
-                sendable: Sendable {
+                sendable: Box::new(Sendable {
                     message,
                     message_format: BATCH_FORMAT,
                     settled: None,
-                },
+                }),
                 size,
             },
         }
@@ -145,11 +145,11 @@ impl Delivery {
     fn single(row: (Ticket, usize), message: Message<Data>) -> Self {
         Self {
             rows: vec![row],
-            wire: Wire::Single(Sendable {
+            wire: Wire::Single(Box::new(Sendable {
                 message,
                 message_format: 0,
                 settled: None,
-            }),
+            })),
         }
     }
 
@@ -186,8 +186,8 @@ impl Delivery {
         link: &mut Link,
     ) -> std::result::Result<DeliveryFut<std::result::Result<Outcome, SendError>>, SendError> {
         match &self.wire {
-            Wire::Batch { sendable, .. } => link.sender.send_batchable_ref(sendable).await,
-            Wire::Single(sendable) => link.sender.send_batchable_ref(sendable).await,
+            Wire::Batch { sendable, .. } => link.sender.send_batchable_ref(&**sendable).await,
+            Wire::Single(sendable) => link.sender.send_batchable_ref(&**sendable).await,
         }
     }
 }
@@ -629,7 +629,7 @@ impl Publisher {
                 match event.payload {
                     Payload::Message(message) => self
                         .queue
-                        .push_back(Delivery::single((event.ticket, event.row), message)),
+                        .push_back(Delivery::single((event.ticket, event.row), *message)),
                     Payload::Section(bytes) => {
                         let added = section_bytes(bytes.len());
                         if !rows.is_empty() && size + added > limit {

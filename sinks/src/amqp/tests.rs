@@ -217,7 +217,7 @@ async fn publish(sink: &mut AmqpSink, acks: &mut mpsc::Receiver<Ack>, rows: &[Ro
 async fn batches_land_per_device_in_one_partition_in_order() {
     let emulator = emulator(1024 * 1024).await;
     let (tx, mut rx) = mpsc::channel(8);
-    let mut sink = AmqpSink::event_hubs(config(&emulator, "target"), tx).unwrap();
+    let mut sink = AmqpSink::event_hubs(&config(&emulator, "target"), tx).unwrap();
     let rows: Vec<Row> = (0..300)
         .map(|i| row(&format!("device-{}", i % 7), format!(r#"{{"i":{i}}}"#)))
         .collect();
@@ -278,7 +278,7 @@ async fn over_size_and_rejected_messages_fail_their_rows_with_the_reason() {
         row("d", "b".repeat(borderline)),
         row("d", "small-4".into()),
     ];
-    let mut sink = AmqpSink::event_hubs(config, tx).unwrap();
+    let mut sink = AmqpSink::event_hubs(&config, tx).unwrap();
     let ack = publish(&mut sink, &mut rx, &rows).await;
     let failed: Vec<usize> = ack.failed.iter().map(|f| f.row).collect();
     assert_eq!(failed, [1, 3], "{ack:?}");
@@ -332,7 +332,7 @@ async fn a_refused_entity_or_key_stops_the_sink_with_an_error_naming_it() {
     ];
     for (config, condition, named) in cases {
         let (tx, mut rx) = mpsc::channel(8);
-        let mut sink = AmqpSink::event_hubs(config, tx).unwrap();
+        let mut sink = AmqpSink::event_hubs(&config, tx).unwrap();
         let batch = MessageBatchBuilder::batch_of(&[row("d", "x".into())]).unwrap();
         sink.write(SinkBatch { ticket: 1, batch }).await.unwrap();
         let error = tokio::time::timeout(Duration::from_secs(30), sink.stopped())
