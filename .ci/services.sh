@@ -9,6 +9,8 @@
 # - Azurite: Azure Blob emulator from npm, installed under .ci/node_modules, listening on 127.0.0.1:10000.
 # - moto: an S3-compatible server from PyPI (in .venv), listening on 127.0.0.1:9010.
 # - Chromium: Debian's chromium and chromium-driver, for the status page's browser test.
+# - RabbitMQ: the machine's broker at 127.0.0.1:5672 (guest/guest) with its AMQP 1.0 plugin enabled,
+#   the third-party AMQP 1.0 peer of the servicebus sink.
 
 HUBROUTE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HUBROUTE_STATE="${HUBROUTE_STATE:-$HUBROUTE_ROOT/.ci/state}"
@@ -161,4 +163,16 @@ ensure_chromium() {
     HUBROUTE_CHROMEDRIVER="$(command -v chromedriver)"
     "$HUBROUTE_CHROMIUM" --version >/dev/null 2>&1 || die "$HUBROUTE_CHROMIUM does not run"
     log "Chromium ready: $HUBROUTE_CHROMIUM"
+}
+
+ensure_rabbitmq() {
+    command -v rabbitmq-plugins >/dev/null ||
+        die "rabbitmq-plugins is missing; the servicebus sink tests need RabbitMQ at 127.0.0.1:5672"
+    wait_for_port 127.0.0.1 5672 30 || die "RabbitMQ is not listening on 127.0.0.1:5672"
+    if ! rabbitmq-plugins list --enabled --minimal 2>/dev/null | grep -qx rabbitmq_amqp1_0; then
+        log "enabling RabbitMQ's AMQP 1.0 plugin"
+        rabbitmq-plugins enable rabbitmq_amqp1_0 >/dev/null ||
+            die "rabbitmq-plugins enable rabbitmq_amqp1_0 failed"
+    fi
+    log "RabbitMQ (AMQP 1.0) ready"
 }

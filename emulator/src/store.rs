@@ -141,61 +141,83 @@ impl Partition {
         partition_key: Option<&str>,
         max_message_bytes: usize,
     ) -> Result<PublishedPosition> {
+        self.append_all(&[(message, partition_key)], max_message_bytes)
+            .map(|mut positions| positions.remove(0))
+    }
+
+    /// Appends the events of one delivery (a batch) all or nothing: every event is stamped and
+    /// checked against `max_message_bytes` before the first is stored, as Event Hubs refuses a
+    /// batch whole.
+    pub(crate) fn append_all(
+        &self,
+        events: &[(&[u8], Option<&str>)],
+        max_message_bytes: usize,
+    ) -> Result<Vec<PublishedPosition>> {
         let enqueued_time_ms = chrono::Utc::now().timestamp_millis();
         let mut state = self.lock();
-        let sequence_number = state.next_sequence;
-        let offset = state.next_offset;
-        let offset_text = offset.to_string();
-        let mut stamps = vec![
-            (
-                annotations::SEQUENCE_NUMBER,
-                Annotation::Long(sequence_number),
-            ),
-            (annotations::OFFSET, Annotation::String(&offset_text)),
-            (
-                annotations::ENQUEUED_TIME,
-                Annotation::Timestamp(enqueued_time_ms),
-            ),
-        ];
-        if let Some(key) = partition_key {
-            stamps.push((annotations::PARTITION_KEY, Annotation::String(key)));
-        }
-        let encoded = stamp_annotations(message, &stamps).map_err(|error| Error::Config {
-            problem: format!("an event is not a well-formed AMQP message: {error}"),
-        })?;
-        if encoded.len() > max_message_bytes {
-            return Err(Error::MessageTooLarge {
-                size: encoded.len(),
-                limit: max_message_bytes,
-            });
-        }
-        let event = Arc::new(StoredEvent {
-            sequence_number,
-            offset,
-            enqueued_time_ms,
-            encoded: Bytes::from(encoded),
-        });
-        if let (Some(file), Some(path)) = (state.file.as_mut(), &self.path) {
-            write_record(file, &event).map_err(|source| Error::Storage {
-                path: path.clone(),
-                source,
+        let (mut sequence_number, mut offset) = (state.next_sequence, state.next_offset);
+        let mut stamped = Vec::with_capacity(events.len());
+        for &(message, partition_key) in events {
+            let offset_text = offset.to_string();
+            let mut stamps = vec![
+                (
+                    annotations::SEQUENCE_NUMBER,
+                    Annotation::Long(sequence_number),
+                ),
+                (annotations::OFFSET, Annotation::String(&offset_text)),
+                (
+                    annotations::ENQUEUED_TIME,
+                    Annotation::Timestamp(enqueued_time_ms),
+                ),
+            ];
+            if let Some(key) = partition_key {
+                stamps.push((annotations::PARTITION_KEY, Annotation::String(key)));
+            }
+            let encoded = stamp_annotations(message, &stamps).map_err(|error| Error::Config {
+                problem: format!("an event is not a well-formed AMQP message: {error}"),
             })?;
+            if encoded.len() > max_message_bytes {
+                return Err(Error::MessageTooLarge {
+                    size: encoded.len(),
+                    limit: max_message_bytes,
+                });
+            }
+            stamped.push(Arc::new(StoredEvent {
+                sequence_number,
+                offset,
+                enqueued_time_ms,
+                encoded: Bytes::from(encoded),
+            }));
+            sequence_number += 1;
+            offset += stamped.last().map_or(0, |event| event.encoded.len() as i64);
         }
-        state.next_sequence += 1;
-        state.next_offset += event.encoded.len() as i64;
-        state.retained_bytes += event.encoded.len() as u64;
+        if let (Some(file), Some(path)) = (state.file.as_mut(), &self.path) {
+            for event in &stamped {
+                write_record(file, event).map_err(|source| Error::Storage {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+        }
+        let mut positions = Vec::with_capacity(stamped.len());
+        for event in stamped {
+            positions.push(PublishedPosition {
+                partition: self.id.clone(),
+                sequence_number: event.sequence_number,
+                offset: event.offset.to_string(),
+                enqueued_time_ms,
+            });
+            state.retained_bytes += event.encoded.len() as u64;
+            state.events.push_back(event);
+        }
+        state.next_sequence = sequence_number;
+        state.next_offset = offset;
         state.last_enqueued_time_ms = enqueued_time_ms;
-        state.events.push_back(event);
         trim(&mut state, self.retention);
         let next = state.next_sequence;
         drop(state);
         self.appended.send_replace(next);
-        Ok(PublishedPosition {
-            partition: self.id.clone(),
-            sequence_number,
-            offset: offset.to_string(),
-            enqueued_time_ms,
-        })
+        Ok(positions)
     }
 
     /// Up to `max` events starting at sequence number `from` (fewer if not yet appended or trimmed).
@@ -479,9 +501,22 @@ pub(crate) struct Hub {
     pub(crate) partitions: Vec<Arc<Partition>>,
     round_robin: AtomicUsize,
     receivers: Mutex<HashMap<(String, String), ReceiverRegistry>>,
+    /// Bumped by [`Hub::detach_producers`]; producer links watch it.
+    producer_detaches: watch::Sender<u64>,
 }
 
 impl Hub {
+    /// Force-detaches every producer link attached to this hub now (a fault for tests).
+    pub(crate) fn detach_producers(&self) {
+        self.producer_detaches
+            .send_modify(|generation| *generation += 1);
+    }
+
+    /// Watches [`Hub::detach_producers`].
+    pub(crate) fn producer_detaches(&self) -> watch::Receiver<u64> {
+        self.producer_detaches.subscribe()
+    }
+
     pub(crate) fn partition(&self, id: &str) -> Result<&Arc<Partition>> {
         self.partitions
             .iter()
@@ -579,6 +614,7 @@ impl Namespace {
                 partitions,
                 round_robin: AtomicUsize::new(0),
                 receivers: Mutex::default(),
+                producer_detaches: watch::channel(0).0,
             }));
         }
         Ok(Self { hubs: opened })
@@ -681,6 +717,26 @@ mod tests {
         let at = |sequence| p.resolve(&EventPosition::after_sequence_number(sequence));
         assert!(matches!(at(-1), Err(PositionError::OutOfRange(_))));
         assert_eq!(at(0), Ok(1));
+    }
+
+    #[test]
+    fn a_batch_is_stored_all_or_nothing() {
+        let p = partition(Retention::default(), None);
+        let (small, large) = (message("a"), message(&"x".repeat(100)));
+        let error = p
+            .append_all(&[(&small, None), (&large, None)], 60)
+            .unwrap_err();
+        assert!(matches!(error, Error::MessageTooLarge { .. }), "{error}");
+        assert!(p.info().is_empty, "nothing of a refused batch is stored");
+        let stored = p
+            .append_all(&[(&small, Some("k")), (&small, Some("k"))], 1 << 20)
+            .unwrap();
+        assert_eq!(
+            stored.iter().map(|s| s.sequence_number).collect::<Vec<_>>(),
+            [0, 1]
+        );
+        let second: i64 = stored[1].offset.parse().unwrap();
+        assert_eq!(second, p.read_from(0, 1)[0].encoded.len() as i64);
     }
 
     #[test]

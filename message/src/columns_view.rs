@@ -9,7 +9,7 @@ use arrow::datatypes::{Int32Type, TimestampMillisecondType};
 use chrono::DateTime;
 
 use crate::builder::app_property_from_parts;
-use crate::{Error, Message, Result, SystemProperties, columns};
+use crate::{AppPropertyValue, Error, Message, Result, SystemProperties, columns};
 
 /// Typed references to every column of a message batch.
 #[derive(Debug, Clone, Copy)]
@@ -178,6 +178,24 @@ impl<'a> MessageColumns<'a> {
         string_map_row(self.application_properties, row)
     }
 
+    /// Application properties of row `row` with their wire types restored (see
+    /// [`AppPropertyValue`]), in wire order: what a sink that re-publishes over AMQP sends.
+    pub fn typed_application_properties_of(
+        &self,
+        row: usize,
+    ) -> impl Iterator<Item = (&'a str, AppPropertyValue)> {
+        let types: Vec<(&str, Option<&str>)> =
+            string_map_row(self.application_property_types, row).collect();
+        self.application_properties_of(row)
+            .map(move |(name, value)| {
+                let type_name = types
+                    .iter()
+                    .find(|(typed_name, _)| *typed_name == name)
+                    .and_then(|(_, type_name)| *type_name);
+                (name, app_property_from_parts(value, type_name))
+            })
+    }
+
     /// Rebuilds the owned [`Message`] of row `row` (for row-oriented consumers and tests).
     pub fn message(&self, row: usize) -> Message {
         let text = |array: &StringArray| array.is_valid(row).then(|| array.value(row).to_owned());
@@ -187,17 +205,9 @@ impl<'a> MessageColumns<'a> {
                 .then(|| DateTime::from_timestamp_millis(array.value(row)))
                 .flatten()
         };
-        let types: Vec<(&str, Option<&str>)> =
-            string_map_row(self.application_property_types, row).collect();
         let application_properties = self
-            .application_properties_of(row)
-            .map(|(name, value)| {
-                let type_name = types
-                    .iter()
-                    .find(|(typed_name, _)| *typed_name == name)
-                    .and_then(|(_, type_name)| *type_name);
-                (name.to_owned(), app_property_from_parts(value, type_name))
-            })
+            .typed_application_properties_of(row)
+            .map(|(name, value)| (name.to_owned(), value))
             .collect();
         Message {
             event_hub: self.event_hub.value(row).to_owned(),

@@ -178,4 +178,6 @@ pub mod conditions {
     pub const NOT_FOUND: &str = "amqp:not-found";
     /// A message larger than allowed.
     pub const MESSAGE_SIZE_EXCEEDED: &str = "amqp:link:message-size-exceeded";
+    /// The service detached a link (maintenance, rebalancing); attach again.
+    pub const DETACH_FORCED: &str = "amqp:link:detach-forced";
 }

@@ -4,12 +4,13 @@
 use serde::Deserialize;
 
 use crate::{
-    AckSender, ParquetSink, ParquetSinkConfig, PostgresSink, PostgresSinkConfig, Result, Sink,
-    SqliteSink, SqliteSinkConfig, StorageSink, StorageSinkConfig, WebhookSink, WebhookSinkConfig,
+    AckSender, AmqpSink, EventHubsSinkConfig, ParquetSink, ParquetSinkConfig, PostgresSink,
+    PostgresSinkConfig, Result, ServiceBusSinkConfig, Sink, SqliteSink, SqliteSinkConfig,
+    StorageSink, StorageSinkConfig, WebhookSink, WebhookSinkConfig,
 };
 
 /// An endpoint's sink configuration: `type = "parquet" | "webhook" | "postgres" | "sqlite" |
-/// "storage"` plus that sink's fields.
+/// "storage" | "eventhubs" | "servicebus"` plus that sink's fields.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SinkConfig {
@@ -23,6 +24,12 @@ pub enum SinkConfig {
     Sqlite(SqliteSinkConfig),
     /// IoT Hub's storage endpoint: Avro, Avro Deflate or JSON files on an object store.
     Storage(StorageSinkConfig),
+    /// An event hub (AMQP 1.0), as IoT Hub's Event Hubs endpoint.
+    #[serde(rename = "eventhubs")]
+    EventHubs(EventHubsSinkConfig),
+    /// A Service Bus queue or topic, or any AMQP 1.0 queue.
+    #[serde(rename = "servicebus")]
+    ServiceBus(ServiceBusSinkConfig),
 }
 
 impl SinkConfig {
@@ -34,6 +41,22 @@ impl SinkConfig {
             Self::Postgres(c) => &c.name,
             Self::Sqlite(c) => &c.name,
             Self::Storage(c) => &c.name,
+            Self::EventHubs(c) => &c.name,
+            Self::ServiceBus(c) => &c.name,
+        }
+    }
+
+    /// Checks the settings that can be checked without connecting or touching files (what
+    /// `hubroute check` runs). Sinks whose checks need their backend run them in [`build_sink`].
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Self::EventHubs(c) => c.validate(),
+            Self::ServiceBus(c) => c.validate(),
+            Self::Parquet(_)
+            | Self::Webhook(_)
+            | Self::Postgres(_)
+            | Self::Sqlite(_)
+            | Self::Storage(_) => Ok(()),
         }
     }
 }
@@ -46,6 +69,8 @@ pub fn build_sink(config: SinkConfig, acks: AckSender) -> Result<Box<dyn Sink>> 
         SinkConfig::Postgres(c) => Box::new(PostgresSink::new(c, acks)?),
         SinkConfig::Sqlite(c) => Box::new(SqliteSink::new(c, acks)?),
         SinkConfig::Storage(c) => Box::new(StorageSink::new(c, acks)?),
+        SinkConfig::EventHubs(c) => Box::new(AmqpSink::event_hubs(&c, acks)?),
+        SinkConfig::ServiceBus(c) => Box::new(AmqpSink::service_bus(&c, acks)?),
     })
 }
 
@@ -83,6 +108,18 @@ mod tests {
             (
                 r#"{"type":"storage","name":"archive","batch_frequency":30}"#,
                 Err("batch_frequency must be a whole number of seconds from 60 to 720"),
+            ),
+            (
+                r#"{"type":"eventhubs","name":"eh","connection_string":"Endpoint=sb://127.0.0.1:5673;SharedAccessKeyName=k;SharedAccessKey=s;EntityPath=target;UseDevelopmentEmulator=true","partition_key":"app:zone"}"#,
+                Ok("eh"),
+            ),
+            (
+                r#"{"type":"eventhubs","name":"eh","connection_string":"Endpoint=sb://h/;SharedAccessKeyName=k;SharedAccessKey=s","partition_key":"device"}"#,
+                Err("partition_key `device` is not"),
+            ),
+            (
+                r#"{"type":"servicebus","name":"sb","url":"amqp://127.0.0.1:5672","username":"guest","password":"guest","entity":"/amq/queue/q"}"#,
+                Ok("sb"),
             ),
             (
                 r#"{"type":"kafka","name":"k"}"#,

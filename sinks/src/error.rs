@@ -97,6 +97,21 @@ pub enum Error {
         /// What the database said, and what to do about it.
         message: String,
     },
+    /// An AMQP peer (Event Hubs, Service Bus, a broker) refused or lost the connection, the
+    /// session or the link.
+    #[error("sink `{sink}`: AMQP {operation} with {target} failed: {problem}")]
+    Amqp {
+        /// The endpoint.
+        sink: String,
+        /// `amqp[s]://host:port/address`.
+        target: String,
+        /// `SASL authentication`, `attaching the sender`, `authorization (CBS put-token)`, ...
+        operation: &'static str,
+        /// What the peer said (condition and description), and what to do about it.
+        problem: String,
+        /// Whether trying again later can succeed.
+        retryable: bool,
+    },
     /// The engine stopped listening for acks; the sink cannot report commits any more.
     #[error(
         "sink `{sink}`: the ack channel is closed (the engine stopped); the sink must stop too"
@@ -120,6 +135,7 @@ impl Error {
             | Self::AcksClosed { .. } => false,
             Self::ObjectStore { source, .. } => object_store_error_is_retryable(source),
             Self::Http { .. } => true,
+            Self::Amqp { retryable, .. } => *retryable,
             Self::Database { code, .. } => {
                 code.as_deref().is_some_and(crate::table::code_is_retryable)
             }

@@ -1,10 +1,12 @@
 //! Destinations for routed messages: Parquet on object storage, IoT Hub's storage-endpoint files
-//! (Avro, Avro Deflate, JSON), PostgreSQL, SQLite, webhooks, and the dead-letter store, all behind one
-//! [`Sink`] contract.
+//! (Avro, Avro Deflate, JSON), PostgreSQL, SQLite, webhooks, event hubs and Service Bus (or any AMQP
+//! 1.0 queue), and the dead-letter store, all behind one [`Sink`] contract.
 //!
-//! This crate knows nothing of SQL route conditions or AMQP: it receives Arrow batches of the message
-//! schema (`hubroute-message`) and reports, per ticket, when rows are committed.
+//! This crate knows nothing of route conditions or of the source: it receives Arrow batches of the
+//! message schema (`hubroute-message`) and reports, per ticket, when rows are committed. The AMQP
+//! sinks publish with the Event Hubs vocabulary of `hubroute-protocol`.
 
+mod amqp;
 mod config;
 mod dead_letter;
 mod error;
@@ -18,6 +20,9 @@ mod storage;
 mod table;
 mod webhook;
 
+pub use amqp::{
+    AmqpSink, EventHubsSinkConfig, PartitionKey, ServiceBusSinkConfig, SystemPropertyPlacement,
+};
 pub use config::{SinkConfig, build_sink};
 pub use dead_letter::{
     DeadLetter, DeadLetterConfig, DeadLetterProperty, DeadLetterStore, MALFORMED_SINK,

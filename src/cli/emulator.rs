@@ -1,6 +1,7 @@
 //! `hubroute emulator`: serves a local Event Hubs-compatible endpoint (AMQP, and AMQP over
 //! WebSockets on the same port) in front of which it is an IoT hub, and on its HTTP port the IoT
-//! hub's device registry, twins, service REST API and device telemetry ingress. It prints one
+//! hub's device registry, twins, service REST API and device telemetry ingress. Several event hubs (`--hub`, repeated, or a `Config.json`) let one emulator be both the
+//! source and the target of an `eventhubs` endpoint. It prints one
 //! connection string per event hub and two IoT Hub service connection strings on stdout (see
 //! below), and runs until Ctrl-C or SIGTERM.
 //!
@@ -32,9 +33,14 @@ pub(crate) struct EmulatorArgs {
     /// An Azure Event Hubs emulator `Config.json` declaring the event hubs and consumer groups.
     #[arg(long, conflicts_with = "partitions")]
     config: Option<PathBuf>,
-    /// Partitions of the single event hub `hub` served when no `--config` is given.
+    /// Partitions of the single event hub `hub` served when neither `--config` nor `--hub` is given.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     partitions: u32,
+    /// An event hub to serve, `NAME` or `NAME:PARTITIONS` (4 by default); repeat it to serve
+    /// several, e.g. `--hub hub --hub target:2` to route from `hub` into `target`. The first one
+    /// receives the HTTP device ingress.
+    #[arg(long = "hub", value_name = "NAME[:PARTITIONS]", conflicts_with_all = ["config", "partitions"], value_parser = parse_hub)]
+    hubs: Vec<HubConfig>,
     /// Keep partitions on disk here (append-only segments) so events survive a restart.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -53,9 +59,29 @@ pub(crate) struct EmulatorArgs {
     no_lifecycle_events: bool,
 }
 
+/// `NAME` or `NAME:PARTITIONS`.
+fn parse_hub(text: &str) -> Result<HubConfig, String> {
+    let (name, partitions) = match text.split_once(':') {
+        Some((name, partitions)) => {
+            let partitions = partitions
+                .parse::<u32>()
+                .ok()
+                .filter(|p| (1..=1024).contains(p))
+                .ok_or_else(|| format!("`{partitions}` is not a partition count from 1 to 1024"))?;
+            (name, partitions)
+        }
+        None => (text, 4),
+    };
+    if name.is_empty() {
+        return Err("the event hub name is empty".to_owned());
+    }
+    Ok(HubConfig::new(name, partitions))
+}
+
 pub(crate) fn run(args: EmulatorArgs) -> anyhow::Result<ExitCode> {
     let hubs = match &args.config {
         Some(path) => load_config_file(path)?,
+        None if !args.hubs.is_empty() => args.hubs.clone(),
         None => vec![HubConfig {
             name: "hub".to_owned(),
             partition_count: args.partitions,

@@ -126,3 +126,15 @@ fn check_accepts_the_storage_example_and_rejects_iot_hub_out_of_range_settings()
         );
     }
 }
+
+#[test]
+fn check_accepts_the_forwarding_example_without_connecting() {
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/forward-to-event-hub.toml");
+    let (ok, stdout, stderr) = check(&example);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("ok: 1 endpoints, 1 routes, fallback disabled, 1 enrichments"),
+        "{stdout}"
+    );
+}

@@ -6,6 +6,7 @@
 //! Peers that `.ci/test` provides are located through `support`; a missing peer fails the test
 //! with instructions, it never skips.
 
+mod amqp_endpoints;
 mod browser;
 mod check;
 mod crate_graph;

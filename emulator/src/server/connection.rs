@@ -39,7 +39,7 @@ use super::Shared;
 use super::auth::{ConnectionAuth, MECHANISMS, authenticate};
 use super::consumer::{Consumer, ConsumerRequest, LinkId, Wake};
 use super::nodes::{Node, NodeContext};
-use super::producer::Producer;
+use super::producer::{Producer, watch_forced_detach};
 
 /// The largest frame the emulator accepts, as Event Hubs announces.
 const MAX_FRAME_SIZE: u32 = 262_144;
@@ -162,6 +162,27 @@ struct Link {
     /// Whether an emulator-initiated detach was sent (the client's detach is then the answer).
     detaching: bool,
     partial: Option<Partial>,
+    /// A producer's watch for forced detaches; stopped with the link.
+    watcher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Link {
+    /// The event hub entity a consumer or producer link uses, whose token must stay valid.
+    fn entity(&self) -> Option<&str> {
+        match &self.kind {
+            LinkKind::Consumer(consumer) => Some(&consumer.entity),
+            LinkKind::Producer(producer) => Some(&producer.entity),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        if let Some(watcher) = &self.watcher {
+            watcher.abort();
+        }
+    }
 }
 
 /// A session's transfer accounting (part 2, section 2.5.6).
@@ -702,6 +723,7 @@ impl Connection {
                     hub,
                     partition,
                     max_message_bytes: self.shared.max_message_bytes,
+                    entity: entity.to_string(),
                 })
             }
             (_, true) => Route::Refuse(
@@ -721,13 +743,21 @@ impl Connection {
         let id = self.next_link_id;
         self.next_link_id += 1;
         let mut refusal = None;
+        let mut watcher = None;
         let kind = match self.route(attach) {
             Route::Node(node) if client_receives => LinkKind::Replies {
                 node,
                 address: target_address(attach).unwrap_or_default(),
             },
             Route::Node(node) => LinkKind::Requests(node),
-            Route::Producer(producer) => LinkKind::Producer(producer),
+            Route::Producer(producer) => {
+                watcher = Some(tokio::spawn(watch_forced_detach(
+                    producer.hub.producer_detaches(),
+                    id,
+                    self.wake.clone(),
+                )));
+                LinkKind::Producer(producer)
+            }
             Route::Consumer(request) => match Consumer::admit(request, id, self.wake.clone()) {
                 Ok(consumer) => LinkKind::Consumer(Box::new(consumer)),
                 Err((condition, description)) => {
@@ -773,7 +803,7 @@ impl Connection {
             unsettled: None,
             incomplete_unsettled: false,
             initial_delivery_count: client_receives.then_some(0),
-            max_message_size: Some(self.shared.max_message_bytes as u64 + 64 * 1024),
+            max_message_size: Some(self.shared.max_message_bytes as u64),
             offered_capabilities: capabilities(),
             desired_capabilities: capabilities(),
             properties: Some(product_properties()),
@@ -789,6 +819,7 @@ impl Connection {
             credit: 0,
             detaching: false,
             partial: None,
+            watcher,
         };
         if link.role == Role::Sender {
             link.delivery_count = 0;
@@ -965,24 +996,18 @@ impl Connection {
     }
 
     fn on_wake(&mut self, wake: Wake, out: &mut Vec<u8>) {
-        let (id, evicted) = match wake {
+        let (id, detach) = match wake {
             Wake::Appended(id) => (id, None),
-            Wake::Evicted(id, reason) => (id, Some(reason)),
+            Wake::Detach(id, condition, reason) => (id, Some((condition, reason))),
         };
         for (channel, session) in &mut self.sessions {
             let Some((handle, link)) = session.links.iter_mut().find(|(_, link)| link.id == id)
             else {
                 continue;
             };
-            match evicted {
-                Some(reason) => {
-                    detach_with(
-                        session.window.local_channel,
-                        link,
-                        conditions::LINK_STOLEN,
-                        reason,
-                        out,
-                    );
+            match detach {
+                Some((condition, reason)) => {
+                    detach_with(session.window.local_channel, link, condition, reason, out);
                 }
                 None => {
                     if link.credit > 0 && !self.ready.contains(&(*channel, *handle)) {
@@ -1007,9 +1032,9 @@ impl Connection {
         let now = chrono::Utc::now().timestamp();
         for session in self.sessions.values() {
             for link in session.links.values() {
-                if let LinkKind::Consumer(consumer) = &link.kind
+                if let Some(entity) = link.entity()
                     && !link.detaching
-                    && let Some(until) = self.auth.authorized_until(&consumer.entity)
+                    && let Some(until) = self.auth.authorized_until(entity)
                 {
                     let left = until.saturating_sub(now).max(0);
                     earliest(Instant::now() + Duration::from_secs(left.unsigned_abs()));
@@ -1029,16 +1054,15 @@ impl Connection {
         let now = chrono::Utc::now().timestamp();
         for session in self.sessions.values_mut() {
             for link in session.links.values_mut() {
-                if let LinkKind::Consumer(consumer) = &link.kind
+                if let Some(entity) = link.entity()
                     && !link.detaching
                     && self
                         .auth
-                        .authorized_until(&consumer.entity)
+                        .authorized_until(entity)
                         .is_some_and(|until| until <= now)
                 {
                     let description = format!(
-                        "the token for `{}` expired; put a new one on $cbs before expiry",
-                        consumer.entity
+                        "the token for `{entity}` expired; put a new one on $cbs before expiry"
                     );
                     detach_with(
                         session.window.local_channel,

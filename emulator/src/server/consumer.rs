@@ -24,8 +24,9 @@ pub(crate) type LinkId = u64;
 pub(crate) enum Wake {
     /// The partition has events past the consumer's position.
     Appended(LinkId),
-    /// A receiver with a higher owner level took the partition.
-    Evicted(LinkId, String),
+    /// The link must end with this condition and description (a stronger owner took the
+    /// partition, the service forces producers off).
+    Detach(LinkId, &'static str, String),
 }
 
 /// A consumer link's state between deliveries.
@@ -149,7 +150,7 @@ async fn watch(
             () = armed.notified() => {}
             reason = &mut evicted => {
                 if let Ok(reason) = reason {
-                    let _ = wake.send(Wake::Evicted(link, reason)).await;
+                    let _ = wake.send(Wake::Detach(link, conditions::LINK_STOLEN, reason)).await;
                 }
                 return;
             }
@@ -166,7 +167,9 @@ async fn watch(
         };
         if let Some(reason) = evicted_while_waiting {
             if let Ok(reason) = reason {
-                let _ = wake.send(Wake::Evicted(link, reason)).await;
+                let _ = wake
+                    .send(Wake::Detach(link, conditions::LINK_STOLEN, reason))
+                    .await;
             }
             return;
         }

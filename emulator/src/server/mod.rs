@@ -254,6 +254,13 @@ impl RunningEmulator {
         partition.append(&encoded, key.as_deref(), self.shared.max_message_bytes)
     }
 
+    /// Force-detaches every producer link of `hub` (`amqp:link:detach-forced`), as the service
+    /// does on maintenance: a fault for testing producers' reconnects. Links attached later work.
+    pub fn detach_producers(&self, hub: &str) -> Result<()> {
+        self.shared.namespace.hub(hub)?.detach_producers();
+        Ok(())
+    }
+
     /// Stops accepting, closes every connection and fsyncs partition files.
     pub async fn shutdown(self) -> Result<()> {
         self.shared.stopping.cancel();

@@ -1,9 +1,11 @@
 //! Producer links: `<hub>` (the emulator picks the partition) and `<hub>/Partitions/<id>`.
 //!
 //! A delivery is one event, or an Event Hubs batch (message format `0x80013700`) whose data sections
-//! each hold one encoded event; a batch lands in a single partition, as on the service. Events are
-//! stored as sent, with their `x-opt-*` annotations stamped in place (nothing else is re-encoded).
-//! A delivery is accepted once stored and rejected with an Event Hubs condition otherwise.
+//! each hold one encoded event; a batch lands in a single partition and is stored all or nothing, as
+//! on the service. Events are stored as sent, with their `x-opt-*` annotations stamped in place
+//! (nothing else is re-encoded). A delivery is accepted once stored and rejected with an Event Hubs
+//! condition otherwise. A producer link ends when its token lapses unrenewed, or when a test forces
+//! it off (`RunningEmulator::detach_producers`, as the service does on maintenance).
 
 use std::sync::Arc;
 
@@ -12,16 +14,19 @@ use hubroute_amqp::message::{Body, MessageView, entries};
 use hubroute_amqp::performative::BATCH_MESSAGE_FORMAT;
 use hubroute_protocol::{annotations, conditions};
 
+use super::consumer::{LinkId, Wake};
 use crate::Error;
 use crate::store::{Hub, Partition};
 
 /// A producer link's destination.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Producer {
     pub(crate) hub: Arc<Hub>,
     /// `Some` for `<hub>/Partitions/<id>`.
     pub(crate) partition: Option<Arc<Partition>>,
     pub(crate) max_message_bytes: usize,
+    /// The entity path, as tokens name it: the link ends when its token lapses unrenewed.
+    pub(crate) entity: String,
 }
 
 /// The `x-opt-partition-key` annotation of a message.
@@ -64,20 +69,39 @@ impl Producer {
             (None, Some(key)) => self.hub.partition_for_key(key),
             (None, None) => self.hub.next_round_robin(),
         };
+        let mut stamped = Vec::with_capacity(events.len());
         for event in events {
             let view = MessageView::parse(event).map_err(|error| {
                 malformed(format!("an event in the batch does not decode: {error}"))
             })?;
-            let key = partition_key(&view).or(envelope_key);
-            partition
-                .append(event, key, self.max_message_bytes)
-                .map_err(|error| match error {
-                    Error::MessageTooLarge { .. } => {
-                        (conditions::MESSAGE_SIZE_EXCEEDED, error.to_string())
-                    }
-                    other => ("amqp:internal-error", other.to_string()),
-                })?;
+            stamped.push((event, partition_key(&view).or(envelope_key)));
         }
-        Ok(())
+        // A batch is stored whole or refused whole, as Event Hubs does.
+        partition
+            .append_all(&stamped, self.max_message_bytes)
+            .map(|_| ())
+            .map_err(|error| match error {
+                Error::MessageTooLarge { .. } => {
+                    (conditions::MESSAGE_SIZE_EXCEEDED, error.to_string())
+                }
+                other => ("amqp:internal-error", other.to_string()),
+            })
+    }
+}
+
+/// Waits for [`Hub::detach_producers`] and asks the connection to force-detach `link`.
+pub(crate) async fn watch_forced_detach(
+    mut detaches: tokio::sync::watch::Receiver<u64>,
+    link: LinkId,
+    wake: tokio::sync::mpsc::Sender<Wake>,
+) {
+    if detaches.changed().await.is_ok() {
+        let _ = wake
+            .send(Wake::Detach(
+                link,
+                conditions::DETACH_FORCED,
+                "the service detached the link (maintenance); attach again".to_owned(),
+            ))
+            .await;
     }
 }

@@ -525,6 +525,10 @@ impl LoadedConfig {
                     "endpoint `{name}`: queue_capacity must be at least 1"
                 )));
             }
+            endpoint
+                .sink
+                .validate()
+                .map_err(|error| whole(error.to_string()))?;
         }
         let known = |endpoint: &str, user: &str| {
             if endpoints.contains(endpoint) {

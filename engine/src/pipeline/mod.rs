@@ -361,6 +361,8 @@ fn sink_kind(config: &hubroute_sinks::SinkConfig) -> &'static str {
         SinkConfig::Postgres(_) => "postgres",
         SinkConfig::Sqlite(_) => "sqlite",
         SinkConfig::Storage(_) => "storage",
+        SinkConfig::EventHubs(_) => "eventhubs",
+        SinkConfig::ServiceBus(_) => "servicebus",
     }
 }
 
