@@ -1,11 +1,14 @@
-"""The end-to-end benchmark's workload: ten IoT Hub route conditions over `hubroute simulate`'s
-telemetry, feeding three Parquet endpoints.
+"""The end-to-end benchmark's workload: the ten IoT Hub route conditions of `routes.toml` over
+`hubroute simulate`'s telemetry, feeding three Parquet endpoints.
 
-Each route is written twice, once in IoT Hub's query language for hubroute and once as a Python
-predicate for the official-SDK baseline, so both consumers do the same work. `check_agreement` in
+Each route is written twice, once in IoT Hub's query language (`routes.toml`, for hubroute) and once
+as a Python predicate here (for the official-SDK baseline), so both consumers do the same work.
 `run.py` compares the row counts each consumer wrote per endpoint, which catches a predicate that
 drifted from its condition.
 """
+
+import os
+import tomllib
 
 ENDPOINTS = ("lake", "hot", "alerts")
 
@@ -42,31 +45,33 @@ def _lt(a, b):
     return a is not None and a < b
 
 
-# (name, condition, endpoint, predicate over {"body": parsed JSON or None, "props": dict})
-ROUTES = (
-    ("everything", "true", "lake", lambda e: True),
-    ("hot-temperature", "$body.temperature > 30", "hot",
-     lambda e: _gt(_num(_body(e), "temperature"), 30)),
-    ("vibration", "$body.vibration > 0.045", "hot",
-     lambda e: _gt(_num(_body(e), "vibration"), 0.045)),
-    ("low-battery", "$body.battery.level < 10 AND $body.battery.charging = false", "hot",
-     lambda e: _lt(_num(_body(e), "battery", "level"), 10)
-     and isinstance(_body(e), dict) and isinstance(_body(e).get("battery"), dict)
-     and _body(e)["battery"].get("charging") is False),
-    ("alarms", "severity = 'high'", "alerts", lambda e: e["props"].get("severity") == "high"),
-    ("hot-path-alarms", "processingPath = 'hot' AND $body.status = 'alarm'", "alerts",
-     lambda e: e["props"].get("processingPath") == "hot" and _text(_body(e), "status") == "alarm"),
-    ("beta-warnings", "$body.firmware.channel = 'beta' AND $body.status = 'warning'", "alerts",
-     lambda e: _text(_body(e), "firmware", "channel") == "beta"
-     and _text(_body(e), "status") == "warning"),
-    ("plant-3-line-2", "$body.location.site = 'plant-3' AND $body.location.line = 'line-2'", "alerts",
-     lambda e: _text(_body(e), "location", "site") == "plant-3"
-     and _text(_body(e), "location", "line") == "line-2"),
-    ("humid", "$body.humidity > 75 AND messageType = 'telemetry'", "hot",
-     lambda e: _gt(_num(_body(e), "humidity"), 75) and e["props"].get("messageType") == "telemetry"),
-    ("pressure-out-of-band", "$body.pressure < 985 OR $body.pressure > 1035", "alerts",
-     lambda e: _lt(_num(_body(e), "pressure"), 985) or _gt(_num(_body(e), "pressure"), 1035)),
-)
+# One Python predicate per route of routes.toml, over {"body": parsed JSON or None, "props": dict}.
+PREDICATES = {
+    "everything": lambda e: True,
+    "hot-temperature": lambda e: _gt(_num(_body(e), "temperature"), 30),
+    "vibration": lambda e: _gt(_num(_body(e), "vibration"), 0.045),
+    "low-battery": lambda e: _lt(_num(_body(e), "battery", "level"), 10)
+    and isinstance(_body(e), dict) and isinstance(_body(e).get("battery"), dict)
+    and _body(e)["battery"].get("charging") is False,
+    "alarms": lambda e: e["props"].get("severity") == "high",
+    "hot-path-alarms": lambda e: e["props"].get("processingPath") == "hot"
+    and _text(_body(e), "status") == "alarm",
+    "beta-warnings": lambda e: _text(_body(e), "firmware", "channel") == "beta"
+    and _text(_body(e), "status") == "warning",
+    "plant-3-line-2": lambda e: _text(_body(e), "location", "site") == "plant-3"
+    and _text(_body(e), "location", "line") == "line-2",
+    "humid": lambda e: _gt(_num(_body(e), "humidity"), 75) and e["props"].get("messageType") == "telemetry",
+    "pressure-out-of-band": lambda e: _lt(_num(_body(e), "pressure"), 985)
+    or _gt(_num(_body(e), "pressure"), 1035),
+}
+
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "routes.toml"), "rb") as f:
+    ROUTES = tuple(
+        (r["name"], r["condition"], r["endpoint"], PREDICATES[r["name"]])
+        for r in tomllib.load(f)["routes"]
+    )
+if set(PREDICATES) != {name for name, _, _, _ in ROUTES}:
+    raise SystemExit("routes.toml and the predicates of workload.py name different routes")
 
 
 def endpoints_of(event):

@@ -102,10 +102,12 @@ pub struct SimulationConfig {
     /// Messages sent but not yet acknowledged before the simulator waits: the pipelining depth that
     /// makes throughput independent of round-trip time.
     pub max_in_flight: usize,
+    /// Shares of unusual bodies (none by default).
+    pub mix: BodyMix,
 }
 
 impl SimulationConfig {
-    /// 100 devices as fast as possible, 1000 events, seed 0, 256 in flight.
+    /// 100 devices as fast as possible, 1000 events, seed 0, 256 in flight, ordinary bodies.
     pub fn new(target: SimulationTarget) -> Self {
         Self {
             target,
@@ -114,7 +116,61 @@ impl SimulationConfig {
             stop: StopAfter::Events(1000),
             seed: 0,
             max_in_flight: 256,
+            mix: BodyMix::default(),
         }
+    }
+}
+
+/// Shares of unusual bodies among the telemetry, for load tests of what real fleets send besides
+/// well-formed JSON: bodies that are not JSON, 200 KB bodies and empty bodies. Each message still
+/// declares `application/json`, as a misbehaving device would.
+///
+/// Text form: `non-json=5%,large=1%,empty=0.1%` (any subset; `%` optional on fractions below 1).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BodyMix {
+    /// Share of bodies that are not JSON.
+    pub non_json: f64,
+    /// Share of 200 KB JSON bodies.
+    pub large: f64,
+    /// Share of empty bodies.
+    pub empty: f64,
+}
+
+/// The size of a large body in a [`BodyMix`].
+pub const LARGE_BODY_BYTES: usize = 200 * 1024;
+
+impl std::str::FromStr for BodyMix {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let mut mix = BodyMix::default();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, share) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}` is not `name=share`"))?;
+            let share = match share.trim().strip_suffix('%') {
+                Some(percent) => percent.trim().parse::<f64>().map(|p| p / 100.0),
+                None => share.trim().parse::<f64>(),
+            }
+            .map_err(|_| format!("`{share}` is not a share such as 5% or 0.05"))?;
+            if !(0.0..=1.0).contains(&share) {
+                return Err(format!("the share of `{name}` must be between 0% and 100%"));
+            }
+            match name.trim() {
+                "non-json" => mix.non_json = share,
+                "large" => mix.large = share,
+                "empty" => mix.empty = share,
+                other => {
+                    return Err(format!(
+                        "unknown body kind `{other}`; use non-json, large or empty"
+                    ));
+                }
+            }
+        }
+        if mix.non_json + mix.large + mix.empty > 1.0 {
+            return Err("the shares add up to more than 100%".to_owned());
+        }
+        Ok(mix)
     }
 }
 
@@ -195,6 +251,7 @@ pub struct TelemetryGenerator {
     rng: StdRng,
     devices: u32,
     index: u64,
+    mix: BodyMix,
 }
 
 impl TelemetryGenerator {
@@ -204,6 +261,41 @@ impl TelemetryGenerator {
             rng: StdRng::seed_from_u64(seed),
             devices: devices.get(),
             index: 0,
+            mix: BodyMix::default(),
+        }
+    }
+
+    /// The same stream with unusual bodies mixed in. Without a mix the stream draws nothing
+    /// extra, so one seed still gives the same bytes as before.
+    pub fn with_mix(mut self, mix: BodyMix) -> Self {
+        self.mix = mix;
+        self
+    }
+
+    /// Replaces `body` with an unusual one as the mix says.
+    fn mixed(&mut self, body: String, device_id: &str, index: u64) -> String {
+        if self.mix == BodyMix::default() {
+            return body;
+        }
+        let draw: f64 = self.rng.random();
+        let BodyMix {
+            non_json,
+            large,
+            empty,
+        } = self.mix;
+        if draw < non_json {
+            format!("{device_id} reading #{index}: not JSON")
+        } else if draw < non_json + large {
+            let pad = LARGE_BODY_BYTES.saturating_sub(body.len() + 12);
+            format!(
+                r#"{},"pad":"{}"}}"#,
+                &body[..body.len() - 1],
+                "x".repeat(pad)
+            )
+        } else if draw < non_json + large + empty {
+            String::new()
+        } else {
+            body
         }
     }
 
@@ -273,6 +365,7 @@ impl TelemetryGenerator {
             readings.join(","),
             device % 3 + 1,
         );
+        let body = self.mixed(body, &device_id, index);
         DeviceMessage {
             device: u32::try_from(device).unwrap_or(u32::MAX),
             message_id: format!("{device_id}-{device_sequence}"),
@@ -315,7 +408,8 @@ impl Simulation {
     /// counted as errors and the run goes on; losing the AMQP connection or link ends it with an error.
     pub async fn run(&self) -> Result<SimulationReport> {
         let mut schedule = Schedule::new(self.config.rate, self.config.stop);
-        let mut generator = TelemetryGenerator::new(self.config.seed, self.config.devices);
+        let mut generator = TelemetryGenerator::new(self.config.seed, self.config.devices)
+            .with_mix(self.config.mix);
         let max_in_flight = self.config.max_in_flight.max(1);
         match &self.config.target {
             SimulationTarget::Amqp {
@@ -946,6 +1040,61 @@ impl Registration<'_> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn body_mixes_parse_and_refuse_nonsense() {
+        let mix: BodyMix = "non-json=5%,large=1%,empty=0.1%".parse().unwrap();
+        assert_eq!(
+            mix,
+            BodyMix {
+                non_json: 0.05,
+                large: 0.01,
+                empty: 0.001
+            }
+        );
+        assert_eq!("large=0.5".parse::<BodyMix>().unwrap().large, 0.5);
+        for bad in [
+            "json=5%",
+            "large",
+            "large=x",
+            "empty=150%",
+            "large=60%,empty=60%",
+        ] {
+            assert!(bad.parse::<BodyMix>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_mix_puts_each_kind_of_body_in_about_its_share_and_no_mix_draws_nothing() {
+        let devices = NonZeroU32::new(10).unwrap();
+        let mix = BodyMix {
+            non_json: 0.05,
+            large: 0.01,
+            empty: 0.01,
+        };
+        let mut generator = TelemetryGenerator::new(3, devices).with_mix(mix);
+        let (mut non_json, mut large, mut empty) = (0, 0, 0);
+        for _ in 0..20_000 {
+            let body = generator.next_message().body;
+            match serde_json::from_slice::<serde_json::Value>(&body) {
+                _ if body.is_empty() => empty += 1,
+                Err(_) => non_json += 1,
+                Ok(_) if body.len() >= LARGE_BODY_BYTES - 16 => large += 1,
+                Ok(_) => {}
+            }
+        }
+        assert!(
+            (800..1200).contains(&non_json),
+            "{non_json} non-JSON of 20000"
+        );
+        assert!((120..280).contains(&large), "{large} large of 20000");
+        assert!((120..280).contains(&empty), "{empty} empty of 20000");
+        let plain = TelemetryGenerator::new(3, devices).next_message();
+        let with_empty_mix = TelemetryGenerator::new(3, devices)
+            .with_mix(BodyMix::default())
+            .next_message();
+        assert_eq!(plain.body, with_empty_mix.body);
+    }
+
     use super::*;
 
     fn fleet(devices: u32) -> NonZeroU32 {

@@ -124,6 +124,7 @@ async fn quickstart(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
             .map_or(StopAfter::Duration(Duration::MAX), StopAfter::Events),
         seed: 0,
         max_in_flight: 256,
+        mix: Default::default(),
     });
     let sent = simulation.progress();
     let fleet = tokio::spawn(async move { simulation.run().await });

@@ -5,7 +5,7 @@ use std::{num::NonZeroU32, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use hubroute_emulator::simulate::{
-    Rate, Simulation, SimulationConfig, SimulationTarget, StopAfter,
+    BodyMix, Rate, Simulation, SimulationConfig, SimulationTarget, StopAfter,
 };
 use hubroute_protocol::{ConnectionString, IotHubConnectionString};
 
@@ -61,6 +61,10 @@ pub(crate) struct SimulateArgs {
     /// Events sent but not yet acknowledged before waiting (pipelining depth).
     #[arg(long, default_value_t = 256)]
     max_in_flight: usize,
+    /// Mix unusual bodies into the telemetry, e.g. `non-json=5%,large=1%,empty=0.1%` (large bodies
+    /// are 200 KB of JSON; every body still claims `application/json`).
+    #[arg(long)]
+    mix: Option<BodyMix>,
 }
 
 pub(crate) fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
@@ -90,6 +94,7 @@ pub(crate) fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         },
         seed: args.seed,
         max_in_flight: args.max_in_flight,
+        mix: args.mix.unwrap_or_default(),
     };
     tokio::runtime::Runtime::new()
         .context("starting the async runtime")?

@@ -44,6 +44,7 @@ async fn simulate(emulator: &RunningEmulator, events: u64) {
         stop: StopAfter::Events(events),
         seed: 7,
         max_in_flight: 256,
+        mix: Default::default(),
     })
     .run()
     .await
@@ -613,6 +614,7 @@ async fn a_reload_under_traffic_switches_routes_between_batches() {
                 stop: StopAfter::Events(EVENTS),
                 seed: 7,
                 max_in_flight: 64,
+                mix: Default::default(),
             })
             .run()
             .await

@@ -59,6 +59,7 @@ impl LiveEngine {
             stop: StopAfter::Events(EVENTS),
             seed: 3,
             max_in_flight: 64,
+            mix: Default::default(),
         })
         .run()
         .await

@@ -179,6 +179,7 @@ endpoint = "archive-json"
         stop: StopAfter::Events(EVENTS),
         seed: 11,
         max_in_flight: 64,
+        mix: Default::default(),
     })
     .run()
     .await

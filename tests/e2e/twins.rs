@@ -160,6 +160,7 @@ impl Harness {
             stop: StopAfter::Events(events),
             seed: 3,
             max_in_flight: 64,
+            mix: Default::default(),
         })
         .run()
         .await
