@@ -43,9 +43,10 @@ pub struct ParquetSinkConfig {
     /// `maxChunkSizeInBytes`, default 300 MiB).
     #[serde(default = "default_max_file_bytes")]
     pub max_file_bytes: u64,
-    /// The encoded bytes all open files of this endpoint may hold together (default 32 MiB). A
-    /// write that would pass it closes the largest open file early, so with many partitions active
-    /// files are smaller than `max_file_bytes` and memory does not grow with the partition count.
+    /// The memory all open files and uploads in flight of this endpoint may hold together (default
+    /// 32 MiB). Over it, a write waits for an upload or closes the largest open file early, so with
+    /// many partitions active files are smaller than `max_file_bytes` and memory does not grow with
+    /// the partition count.
     #[serde(default = "default_max_buffered_bytes")]
     pub max_buffered_bytes: u64,
     /// Write a schema-only file for a partition that received nothing during `max_file_age`, as IoT

@@ -19,10 +19,11 @@
 //!
 //! # Memory and backpressure
 //!
-//! The open files together hold at most `max_buffered_bytes` (the largest is rolled early when a
-//! write would pass it) and each at most `max_file_bytes`; at most `max_concurrent_uploads` finished
-//! buffers are uploading. Rolling a file waits for an upload slot, so a slow store makes `write`
-//! wait.
+//! Open files and the files being uploaded together hold at most `max_buffered_bytes` (plus the
+//! batch being written): over it, `write` waits for an upload to finish, or rolls the largest open
+//! file early when none is in flight. A file holds at most `max_file_bytes`, and at most
+//! `max_concurrent_uploads` files upload at once. Rolling a file waits for an upload slot, so a slow
+//! store makes `write` wait.
 //!
 //! # File layout
 //!
@@ -40,6 +41,7 @@ mod path;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::AsArray;
 use arrow::record_batch::RecordBatch;
@@ -98,7 +100,8 @@ struct OpenFile {
     opened_wall: DateTime<Utc>,
     first_sequence_number: Option<i64>,
     tickets: Vec<(Ticket, RowSet)>,
-    /// Encoded bytes (written row groups plus the one in progress) when the writer last settled.
+    /// Memory the file held when its writer last settled: the written row groups' buffer plus the
+    /// row group in progress.
     buffered: u64,
 }
 
@@ -146,6 +149,31 @@ struct Upload {
     retry: RetryPolicy,
     /// Held until the upload settles: bounds uploads in flight.
     _slot: OwnedSemaphorePermit,
+    /// The file's memory, counted against `max_buffered_bytes` until the upload settles.
+    _memory: UploadMemory,
+}
+
+/// Counts a file's memory as uploading until dropped (with its upload task, however it ends).
+#[derive(Debug)]
+struct UploadMemory {
+    uploading: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl UploadMemory {
+    fn hold(uploading: &Arc<AtomicU64>, bytes: u64) -> Self {
+        uploading.fetch_add(bytes, Ordering::AcqRel);
+        Self {
+            uploading: Arc::clone(uploading),
+            bytes,
+        }
+    }
+}
+
+impl Drop for UploadMemory {
+    fn drop(&mut self) {
+        self.uploading.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 /// Writes routed messages as Parquet files on an object store. See the module documentation.
@@ -165,6 +193,8 @@ pub struct ParquetSink {
     uploads: JoinSet<Result<()>>,
     /// One permit per upload in flight; rolling a file waits for one (backpressure).
     upload_slots: Arc<Semaphore>,
+    /// Memory of the files being uploaded, counted against `max_buffered_bytes`.
+    uploading: Arc<AtomicU64>,
 }
 
 impl ParquetSink {
@@ -221,6 +251,7 @@ impl ParquetSink {
             open: BTreeMap::new(),
             idle: BTreeMap::new(),
             uploads: JoinSet::new(),
+            uploading: Arc::default(),
         })
     }
 
@@ -270,8 +301,10 @@ impl ParquetSink {
             .map(|c| c.as_primitive::<arrow::datatypes::Int64Type>().value(0));
         if let Some(file) = self.open.get_mut(partition) {
             let writer = file.settle().await?;
-            file.buffered = (writer.bytes_written() + writer.in_progress_size()) as u64;
-            if file.buffered >= self.config.max_file_bytes {
+            let memory = (writer.inner().capacity() + writer.memory_size()) as u64;
+            let size = (writer.bytes_written() + writer.in_progress_size()) as u64;
+            file.buffered = memory;
+            if size >= self.config.max_file_bytes {
                 self.roll(partition).await?;
             }
         }
@@ -290,22 +323,34 @@ impl ParquetSink {
         Ok(())
     }
 
-    /// Rolls the largest open files while all of them together hold more than
-    /// `max_buffered_bytes`: with many partitions active, files close smaller than
-    /// `max_file_bytes` rather than letting memory grow with the partition count.
+    /// Keeps the memory of open files and uploads in flight within `max_buffered_bytes`: while
+    /// over it, waits for an upload to finish, or with none in flight rolls the largest open file
+    /// (with many partitions active, files close smaller than `max_file_bytes` rather than memory
+    /// growing with the partition count). The wait is backpressure: `write` does not resolve.
     async fn keep_within_budget(&mut self) -> Result<()> {
-        while self.open.values().map(|f| f.buffered).sum::<u64>() > self.config.max_buffered_bytes {
+        loop {
+            let open: u64 = self.open.values().map(|f| f.buffered).sum();
+            let uploading = self.uploading.load(Ordering::Acquire);
+            if open + uploading <= self.config.max_buffered_bytes {
+                return Ok(());
+            }
+            if uploading > 0 {
+                match self.uploads.join_next().await {
+                    Some(done) => background::finished(done)?,
+                    None => return Ok(()),
+                }
+                continue;
+            }
             let Some(largest) = self
                 .open
                 .iter()
                 .max_by_key(|(_, file)| file.buffered)
                 .map(|(partition, _)| partition.clone())
             else {
-                break;
+                return Ok(());
             };
             self.roll(&largest).await?;
         }
-        Ok(())
     }
 
     /// Closes the partition's file (or writes an empty one) and starts its upload. Cancel-safe:
@@ -333,6 +378,7 @@ impl ParquetSink {
             opened_wall,
             first_sequence_number,
             tickets,
+            buffered,
             ..
         } = file;
         let unique = uuid::Uuid::new_v4().simple().to_string();
@@ -356,6 +402,7 @@ impl ParquetSink {
                 ledger: self.ledger.clone(),
                 retry: self.config.retry,
                 _slot: slot,
+                _memory: UploadMemory::hold(&self.uploading, buffered),
             }
             .run(),
         );

@@ -242,6 +242,47 @@ async fn the_largest_open_file_rolls_early_when_all_open_files_pass_the_memory_b
     );
 }
 
+#[tokio::test]
+async fn uploads_in_flight_count_against_the_memory_budget_and_make_writes_wait() {
+    let gate = Arc::new(Semaphore::new(0));
+    let store = Arc::new(FaultyStore::Gated(InMemory::new(), Arc::clone(&gate)));
+    let mut config = ParquetSinkConfig::new("lake", ObjectStoreConfig::default());
+    config.max_buffered_bytes = 20_000;
+    // Upload slots never bind here: only the memory budget can make a write wait.
+    config.max_concurrent_uploads = 64;
+    let (tx, mut rx) = mpsc::channel(64);
+    let mut sink = ParquetSink::with_store(config, store.clone(), tx).unwrap();
+    let batch = |ticket: u64| {
+        let start = i64::try_from(ticket).unwrap() * 20;
+        sink_batch(
+            ticket,
+            &messages(&(ticket % 8).to_string(), start..start + 20, 200),
+        )
+    };
+    // The uploads cannot finish: once open files and uploads pass the budget, a write must wait
+    // (and resolve once an upload frees memory).
+    let mut waited = false;
+    for ticket in 0..16 {
+        let mut write = std::pin::pin!(sink.write(batch(ticket)));
+        match tokio::time::timeout(Duration::from_millis(300), &mut write).await {
+            Ok(written) => written.unwrap(),
+            Err(_) => {
+                waited = true;
+                gate.add_permits(1000);
+                write.await.unwrap();
+            }
+        }
+    }
+    assert!(
+        waited,
+        "no write waited for the uploads holding the memory budget"
+    );
+    sink.flush(FlushReason::Shutdown).await.unwrap();
+    assert_eq!(sink.uploading.load(Ordering::Acquire), 0);
+    let acks = acks_for(&mut rx, 16).await;
+    assert!(acks.iter().all(|a| a.failed.is_empty()));
+}
+
 #[tokio::test(start_paused = true)]
 async fn files_roll_by_age_and_only_then_are_acked() {
     let store = Arc::new(InMemory::new());
@@ -344,60 +385,77 @@ async fn empty_files_are_written_for_quiet_partitions_only_when_asked() {
     }
 }
 
-/// A store whose uploads fail with `PermissionDenied`.
+/// An in-memory store whose uploads fail with `PermissionDenied`, or wait for a permit each.
 #[derive(Debug)]
-struct DeniedStore(InMemory);
+enum FaultyStore {
+    Denied(InMemory),
+    Gated(InMemory, Arc<Semaphore>),
+}
 
-impl std::fmt::Display for DeniedStore {
+impl FaultyStore {
+    fn inner(&self) -> &InMemory {
+        match self {
+            Self::Denied(inner) | Self::Gated(inner, _) => inner,
+        }
+    }
+}
+
+impl std::fmt::Display for FaultyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DeniedStore")
+        f.write_str("FaultyStore")
     }
 }
 
 #[async_trait]
-impl ObjectStore for DeniedStore {
+impl ObjectStore for FaultyStore {
     async fn put_opts(
         &self,
         path: &Path,
-        _: PutPayload,
-        _: object_store::PutOptions,
+        payload: PutPayload,
+        options: object_store::PutOptions,
     ) -> object_store::Result<PutResult> {
-        Err(object_store::Error::PermissionDenied {
-            path: path.to_string(),
-            source: "container policy forbids writes".into(),
-        })
+        match self {
+            Self::Denied(_) => Err(object_store::Error::PermissionDenied {
+                path: path.to_string(),
+                source: "container policy forbids writes".into(),
+            }),
+            Self::Gated(inner, gate) => {
+                gate.acquire().await.expect("the gate stays open").forget();
+                inner.put_opts(path, payload, options).await
+            }
+        }
     }
     async fn put_multipart_opts(
         &self,
         path: &Path,
         opts: object_store::PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.0.put_multipart_opts(path, opts).await
+        self.inner().put_multipart_opts(path, opts).await
     }
     async fn get_opts(
         &self,
         path: &Path,
         options: object_store::GetOptions,
     ) -> object_store::Result<object_store::GetResult> {
-        self.0.get_opts(path, options).await
+        self.inner().get_opts(path, options).await
     }
     fn delete_stream(
         &self,
         locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
     ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
-        self.0.delete_stream(locations)
+        self.inner().delete_stream(locations)
     }
     fn list(
         &self,
         prefix: Option<&Path>,
     ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
-        self.0.list(prefix)
+        self.inner().list(prefix)
     }
     async fn list_with_delimiter(
         &self,
         prefix: Option<&Path>,
     ) -> object_store::Result<object_store::ListResult> {
-        self.0.list_with_delimiter(prefix).await
+        self.inner().list_with_delimiter(prefix).await
     }
     async fn copy_opts(
         &self,
@@ -405,7 +463,7 @@ impl ObjectStore for DeniedStore {
         to: &Path,
         options: object_store::CopyOptions,
     ) -> object_store::Result<()> {
-        self.0.copy_opts(from, to, options).await
+        self.inner().copy_opts(from, to, options).await
     }
 }
 
@@ -419,7 +477,8 @@ async fn a_permanent_upload_error_fails_every_row_of_the_file_and_hands_the_rows
         data_type: TypedColumnType::Float64,
     }];
     let mut sink =
-        ParquetSink::with_store(config, Arc::new(DeniedStore(InMemory::new())), tx).unwrap();
+        ParquetSink::with_store(config, Arc::new(FaultyStore::Denied(InMemory::new())), tx)
+            .unwrap();
     assert!(sink.reports_failed_rows());
     // Two tickets share one file: each gets exactly its own rows back.
     sink.write(sink_batch(4, &messages("0", 0..3, 1)))
