@@ -503,6 +503,66 @@ async fn a_stalled_downstream_stops_the_receiver_with_bounded_memory() {
     emulator.shutdown().await.expect("emulator stops");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_partitions_share_one_memory_budget_and_lose_nothing() {
+    const BODY_BYTES: usize = 4096;
+    const PER_PARTITION: usize = 600; // 2.4 MB a partition, 9.6 MB in all
+    const BUDGET: u64 = 1024 * 1024;
+    let emulator = start_emulator(loopback()).await;
+    let body = |partition: &str, i: usize| format!("{partition}-{i:05}-{}", "x".repeat(BODY_BYTES));
+    for partition in ["0", "1", "2", "3"] {
+        publish(
+            &emulator,
+            partition,
+            (0..PER_PARTITION).map(|i| body(partition, i)),
+        );
+    }
+    let mut config = source_config(&emulator);
+    config.max_buffered_bytes = BUDGET;
+    // Without the budget each partition would hold three of these batches (one building, two
+    // queued): 4 × 3 × 1.2 MB.
+    config.batch_max_rows = 300;
+    let (_dir, checkpoints) = temp_checkpoints();
+    let mut running = run_source(config, checkpoints, 2).await;
+
+    // Nobody reads the channels: every receiver fills what the budget allows, then waits.
+    let mut previous = u64::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = running.source.events_received();
+        if now == previous {
+            break;
+        }
+        previous = now;
+    }
+    let held = running.source.buffered_bytes();
+    let decoded_bytes = previous * BODY_BYTES as u64;
+    // A batch is cut after the event that did not fit: one event per partition over the budget.
+    assert!(
+        held <= BUDGET && decoded_bytes <= BUDGET + 4 * BODY_BYTES as u64,
+        "stalled receivers hold {held} bytes of the budget and decoded {previous} events \
+         ({decoded_bytes} body bytes) over a budget of {BUDGET}"
+    );
+    assert!(previous > 0, "the budget let some events through");
+
+    // Routers read every partition at once; so do these readers (one partition read alone would
+    // wait for budget that the unread partitions hold). Reading 9.6 MB through a 1 MiB budget
+    // proves that read batches return their bytes.
+    let mut readers = tokio::task::JoinSet::new();
+    for (partition, mut receiver) in std::mem::take(&mut running.receivers) {
+        readers.spawn(async move {
+            let got = read_exactly(&mut receiver, PER_PARTITION).await;
+            let want: Vec<String> = (0..PER_PARTITION).map(|i| body(&partition, i)).collect();
+            assert_eq!(got.into_iter().map(|r| r.body).collect::<Vec<_>>(), want);
+        });
+    }
+    while let Some(read) = readers.join_next().await {
+        read.expect("every partition reads back exactly what was sent");
+    }
+    running.stop().await;
+    emulator.shutdown().await.expect("emulator stops");
+}
+
 /// Azurite's well-known development account.
 const AZURITE_ACCOUNT_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub(crate) partition_checkpoint_sequence_number: Family<Labels, Gauge>,
     pub(crate) config_reloads: Family<Labels, Counter>,
     pub(crate) source_reconnects: Gauge,
+    pub(crate) source_buffered_bytes: Gauge,
     pub(crate) twins: TwinMetrics,
 }
 
@@ -69,6 +70,7 @@ impl Default for Metrics {
             partition_checkpoint_sequence_number: Family::default(),
             config_reloads: Family::default(),
             source_reconnects: Gauge::default(),
+            source_buffered_bytes: Gauge::default(),
             twins: TwinMetrics::default(),
         };
         metrics.registry.register(
@@ -151,6 +153,11 @@ impl Default for Metrics {
             "source_reconnects",
             "Reconnects of the partition receivers after transient faults since start",
             metrics.source_reconnects.clone(),
+        );
+        metrics.registry.register(
+            "source_buffered_bytes",
+            "Bytes of [source] max_buffered_bytes held by batches being built or routed",
+            metrics.source_buffered_bytes.clone(),
         );
         metrics.registry.register(
             "config_reloads",

@@ -809,12 +809,15 @@ impl Shared {
         }
     }
 
-    /// Refreshes queue depths, health and the reconnect count, and marks endpoints whose oldest
+    /// Refreshes queue depths, health, the reconnect count and the source's buffered bytes, and marks endpoints whose oldest
     /// batch is stalled.
     fn refresh_endpoints(&self) {
         self.metrics
             .source_reconnects
             .set(i64::try_from(self.source.reconnects()).unwrap_or(i64::MAX));
+        self.metrics
+            .source_buffered_bytes
+            .set(i64::try_from(self.source.buffered_bytes()).unwrap_or(i64::MAX));
         let now = Instant::now();
         let mut oldest: HashMap<usize, Instant> = HashMap::new();
         for in_flight in lock(&self.in_flight).values() {

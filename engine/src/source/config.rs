@@ -190,6 +190,11 @@ pub struct SourceConfig {
     /// A batch is cut once its bodies reach this many bytes.
     #[serde(default = "defaults::batch_max_bytes")]
     pub batch_max_bytes: usize,
+    /// Memory that decoded events may hold between the AMQP link and the end of routing, summed
+    /// over every partition (default 64 MiB). When it is used up, receivers cut their batches early
+    /// and wait, granting no credit, so memory does not grow with the partition count.
+    #[serde(default = "defaults::max_buffered_bytes")]
+    pub max_buffered_bytes: u64,
     /// A non-empty batch is cut at most this long after its first row arrived.
     #[serde(default = "defaults::batch_linger", with = "humantime_serde")]
     pub batch_linger: Duration,
@@ -226,6 +231,9 @@ mod defaults {
     pub(super) fn batch_max_bytes() -> usize {
         16 * 1024 * 1024
     }
+    pub(super) fn max_buffered_bytes() -> u64 {
+        64 * 1024 * 1024
+    }
     pub(super) fn batch_linger() -> Duration {
         Duration::from_millis(20)
     }
@@ -259,6 +267,7 @@ impl SourceConfig {
             prefetch: defaults::prefetch(),
             batch_max_rows: defaults::batch_max_rows(),
             batch_max_bytes: defaults::batch_max_bytes(),
+            max_buffered_bytes: defaults::max_buffered_bytes(),
             batch_linger: defaults::batch_linger(),
             owner_level: defaults::owner_level(),
             out_of_range: OutOfRangePolicy::default(),
@@ -323,6 +332,12 @@ impl SourceConfig {
         }
         if self.batch_max_rows == 0 || self.batch_max_bytes == 0 {
             return problem("batch_max_rows and batch_max_bytes must be at least 1");
+        }
+        if self.max_buffered_bytes < 1024 * 1024 {
+            return problem(
+                "max_buffered_bytes must be at least 1 MiB (1048576): it holds every partition's \
+                 batches being built and routed",
+            );
         }
         if self.token_lifetime < Duration::from_secs(10) {
             return problem(
@@ -424,6 +439,10 @@ mod tests {
             (
                 format!("connection_string = \"{CS}\"\nprefetch = 0"),
                 "prefetch",
+            ),
+            (
+                format!("connection_string = \"{CS}\"\nmax_buffered_bytes = 65536"),
+                "max_buffered_bytes must be at least 1 MiB",
             ),
             (
                 format!("connection_string = \"{CS}\"\nbogus = 1"),

@@ -6,7 +6,8 @@
 //! transfers straight from the read buffer into Arrow builders ([`MessageDecoder`]) and sends
 //! [`SourceBatch`]es into a bounded channel. Backpressure is AMQP flow control: a receiver grants link
 //! credit only while it holds a free slot of its channel, so a stalled consumer stops the service from
-//! sending after at most `prefetch` events and memory stays bounded.
+//! sending after at most `prefetch` events. Memory is bounded by bytes too: every partition's batches
+//! being built and routed share `max_buffered_bytes` (the `memory` module).
 
 mod config;
 mod connection;
@@ -15,6 +16,7 @@ mod decode;
 mod fault;
 mod iothub;
 mod link;
+mod memory;
 mod proxy;
 mod receiver;
 mod transport;
@@ -36,10 +38,11 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoint::{CheckpointKey, CheckpointStore};
 use crate::{Error, Result};
 use connection::HubConnection;
+use memory::{MemoryBudget, Reservation};
 use receiver::PartitionReceiver;
 
 /// A batch of consecutive events of one partition, in partition order.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SourceBatch {
     /// Partition id.
     pub partition: String,
@@ -52,6 +55,8 @@ pub struct SourceBatch {
     /// Events of this stretch that could not be decoded, for the dead-letter store; the checkpoint
     /// must not pass them before they are stored.
     pub malformed: Vec<Malformed>,
+    /// This batch's share of `max_buffered_bytes`, returned to the source when the batch is dropped.
+    _memory: Reservation,
 }
 
 /// Why a partition receiver ended without an error.
@@ -86,6 +91,8 @@ pub struct EventHubSource {
     malformed: Arc<AtomicU64>,
     /// Reconnects after transient faults by all partition tasks; shared with the tasks.
     reconnects: Arc<AtomicU64>,
+    /// `max_buffered_bytes`, shared by the partition tasks.
+    memory: MemoryBudget,
 }
 
 impl EventHubSource {
@@ -122,7 +129,9 @@ impl EventHubSource {
                 wanted.clone()
             }
         };
+        let memory = MemoryBudget::new(config.max_buffered_bytes);
         Ok(Self {
+            memory,
             config: Arc::new(config),
             namespace,
             event_hub,
@@ -152,6 +161,11 @@ impl EventHubSource {
     /// Reconnects after transient faults (connection loss, server busy, an expired token) so far.
     pub fn reconnects(&self) -> u64 {
         self.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of `max_buffered_bytes` held now by batches being built or routed.
+    pub fn buffered_bytes(&self) -> u64 {
+        self.memory.in_use_bytes()
     }
 
     /// The first retained and last enqueued sequence numbers of each partition this source reads
@@ -209,6 +223,7 @@ impl EventHubSource {
         let received = Arc::clone(&self.received);
         let malformed = Arc::clone(&self.malformed);
         let reconnects = Arc::clone(&self.reconnects);
+        let memory = self.memory.clone();
         let event_hub = self.event_hub.clone();
         let partition = partition.to_owned();
         tokio::spawn(async move {
@@ -229,6 +244,7 @@ impl EventHubSource {
                 received,
                 malformed,
                 reconnects,
+                memory,
             }
             .run()
             .await

@@ -2,9 +2,11 @@
 //!
 //! Flow control is the backpressure mechanism. Credit is (re)granted only while the task holds a
 //! reserved slot of the bounded downstream channel, so when the consumer stalls the task stops
-//! granting, the service stops after the remaining credit (at most `prefetch` events) and memory is
-//! bounded by `prefetch` events plus one batch being built plus the channel's capacity. Credit is
-//! topped back up to `prefetch` once half of it is used.
+//! granting, the service stops after the remaining credit (at most `prefetch` events). Memory is
+//! bounded by bytes across partitions: the batch being built holds a reservation of the source's
+//! `max_buffered_bytes` that grows with its rows; when the budget has no room the batch is cut
+//! early, and the next one starts (and credit flows again) only once a first step of memory is
+//! reserved. Credit is topped back up to `prefetch` once half of it is used.
 //!
 //! Each loop drains every frame already read before it reads again, decoding transfers straight
 //! from the read buffer into the batch builder, and writes the credit it granted in one flush. A
@@ -25,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::decode::Malformed;
 use super::fault::{Fault, backoff};
 use super::link::{Incoming, PartitionLink};
+use super::memory::{MemoryBudget, Reservation};
 use super::{MessageDecoder, OutOfRangePolicy, PartitionOutcome, SourceBatch, SourceConfig};
 use crate::{Error, Result};
 
@@ -45,7 +48,16 @@ pub(crate) struct PartitionReceiver {
     pub(crate) malformed: Arc<AtomicU64>,
     /// The source-wide count of reconnects after transient faults.
     pub(crate) reconnects: Arc<AtomicU64>,
+    /// The source-wide `max_buffered_bytes`.
+    pub(crate) memory: MemoryBudget,
 }
+
+/// Memory a batch reserves at a time: the first step before its first row, then steps as it grows,
+/// so the budget's semaphore is touched about once per this many bytes of events.
+const RESERVATION_STEP: u64 = 256 * 1024;
+/// What a row costs besides its body (ids, offsets, properties, Arrow offsets): an estimate that
+/// keeps the budget honest for small bodies.
+const ROW_OVERHEAD_BYTES: u64 = 192;
 
 /// How one connection's receive loop ended.
 enum Ended {
@@ -58,11 +70,20 @@ struct Pending {
     decoder: MessageDecoder,
     malformed: Vec<Malformed>,
     last_sequence_number: Option<i64>,
+    /// The batch's share of the source's memory budget.
+    memory: Reservation,
 }
 
 impl Pending {
     fn is_empty(&self) -> bool {
         self.decoder.is_empty() && self.malformed.is_empty()
+    }
+
+    /// Estimated memory of the rows built so far.
+    fn estimated_bytes(&self) -> u64 {
+        let malformed: usize = self.malformed.iter().map(|m| m.payload.len()).sum();
+        (self.decoder.body_bytes() + malformed) as u64
+            + (self.decoder.len() + self.malformed.len()) as u64 * ROW_OVERHEAD_BYTES
     }
 }
 
@@ -73,6 +94,7 @@ impl PartitionReceiver {
             decoder: MessageDecoder::new(self.event_hub.clone(), self.partition.clone()),
             malformed: Vec::new(),
             last_sequence_number: None,
+            memory: self.memory.empty(),
         };
         let mut attempt = 0u32;
         loop {
@@ -148,6 +170,7 @@ impl PartitionReceiver {
             last_sequence_number: pending.last_sequence_number.unwrap_or_default(),
             last_offset: pending.decoder.last_offset().to_owned(),
             malformed: std::mem::take(&mut pending.malformed),
+            _memory: pending.memory.take(),
         });
         Ok(())
     }
@@ -211,8 +234,15 @@ impl PartitionReceiver {
         let mut deadline = (!pending.is_empty()).then(|| Instant::now() + config.batch_linger);
         loop {
             if permit.is_none() {
-                // No credit is granted until the downstream channel has room for the next batch.
-                let reserve = self.downstream.clone().reserve_owned();
+                // No credit is granted until the downstream channel has room for the next batch
+                // and the memory budget has a first step for it.
+                let slot = self.downstream.clone().reserve_owned();
+                let shortfall = RESERVATION_STEP.saturating_sub(pending.memory.bytes());
+                let budget = self.memory.clone();
+                let reserve = async move {
+                    let slot = slot.await?;
+                    Ok::<_, mpsc::error::SendError<()>>((slot, budget.reserve(shortfall).await))
+                };
                 tokio::select! {
                     () = self.shutdown.cancelled() => return self.stop(pending, None),
                     () = sleep_until(link.renew_at.unwrap_or_else(Instant::now)), if link.renew_at.is_some() => {
@@ -229,7 +259,10 @@ impl PartitionReceiver {
                         continue;
                     }
                     reserved = reserve => match reserved {
-                        Ok(reserved) => permit = Some(reserved),
+                        Ok((slot, memory)) => {
+                            permit = Some(slot);
+                            pending.memory.merge(memory);
+                        }
                         Err(_) => return Ended::Outcome(PartitionOutcome::DownstreamClosed),
                     },
                 }
@@ -248,12 +281,16 @@ impl PartitionReceiver {
                 if deadline.is_none() {
                     deadline = Some(Instant::now() + config.batch_linger);
                 }
-                if pending.decoder.len() >= config.batch_max_rows
-                    || pending.decoder.body_bytes() >= config.batch_max_bytes
+                let full = pending.decoder.len() >= config.batch_max_rows
+                    || pending.decoder.body_bytes() >= config.batch_max_bytes;
+                if full
+                    || !pending
+                        .memory
+                        .cover(pending.estimated_bytes(), RESERVATION_STEP)
                 {
                     deadline = None;
-                    let full = permit.take().expect("a permit is held while receiving");
-                    if let Err(fault) = self.flush(pending, full) {
+                    let slot = permit.take().expect("a permit is held while receiving");
+                    if let Err(fault) = self.flush(pending, slot) {
                         return Ended::Fault(fault);
                     }
                     break;

@@ -1,0 +1,191 @@
+//! The source's memory budget: decoded events held between the AMQP link and the end of routing,
+//! summed over every partition, stay within `[source] max_buffered_bytes`.
+//!
+//! A partition receiver holds a [`Reservation`] for the batch it is building and grows it as rows
+//! arrive. When the budget has no room, the receiver cuts the batch early instead of growing it, and
+//! it starts its next batch only once the budget has room again; meanwhile it grants no credit, so
+//! backpressure still ends at AMQP flow control. The reservation travels with the finished batch and
+//! returns to the budget when the router drops it. Without this, memory grows with the partition
+//! count: every partition builds a batch of up to `batch_max_bytes` and has two more queued.
+//!
+//! Permits are KiB, so a `u32` acquire covers any budget up to 4 TiB.
+
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+const KIB: u64 = 1024;
+
+/// The shared budget; cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct MemoryBudget {
+    semaphore: Arc<Semaphore>,
+    total_kib: u32,
+}
+
+/// Bytes of the budget held by one batch, returned when it is dropped.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    budget: MemoryBudget,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl MemoryBudget {
+    /// A budget of `bytes` (rounded down to whole KiB, at least 1 KiB).
+    pub(crate) fn new(bytes: u64) -> Self {
+        let total_kib = u32::try_from(bytes / KIB).unwrap_or(u32::MAX).max(1);
+        Self {
+            semaphore: Arc::new(Semaphore::new(total_kib as usize)),
+            total_kib,
+        }
+    }
+
+    /// A reservation of nothing, to grow.
+    pub(crate) fn empty(&self) -> Reservation {
+        Reservation {
+            budget: self.clone(),
+            permit: None,
+        }
+    }
+
+    /// Waits until `bytes` (at most the whole budget) are free and reserves them.
+    pub(crate) async fn reserve(self, bytes: u64) -> Reservation {
+        let kib = kib_of(bytes).min(self.total_kib);
+        let permit = Arc::clone(&self.semaphore)
+            .acquire_many_owned(kib)
+            .await
+            .expect("the budget's semaphore is never closed");
+        Reservation {
+            budget: self,
+            permit: Some(permit),
+        }
+    }
+
+    /// Bytes currently reserved by batches being built or routed.
+    pub(crate) fn in_use_bytes(&self) -> u64 {
+        u64::from(self.total_kib).saturating_sub(self.semaphore.available_permits() as u64) * KIB
+    }
+}
+
+impl Reservation {
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.permit
+            .as_ref()
+            .map_or(0, |permit| permit.num_permits() as u64 * KIB)
+    }
+
+    /// Makes the reservation cover `bytes`, taking up to `headroom` more when it must grow so that
+    /// the next rows need no semaphore operation. Never waits: `false` means the budget has no room for
+    /// `bytes` (or `bytes` exceeds the whole budget) and the batch should be cut.
+    pub(crate) fn cover(&mut self, bytes: u64, headroom: u64) -> bool {
+        let held = self.bytes();
+        if bytes <= held {
+            return true;
+        }
+        let total = u64::from(self.budget.total_kib) * KIB;
+        if bytes > total {
+            return false;
+        }
+        let with_headroom = (bytes + headroom).min(total);
+        for wanted in [with_headroom, bytes] {
+            let extra = kib_of(wanted - held);
+            if let Ok(permit) = Arc::clone(&self.budget.semaphore).try_acquire_many_owned(extra) {
+                self.absorb(permit);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Adds `other`'s bytes to this reservation.
+    pub(crate) fn merge(&mut self, mut other: Reservation) {
+        if let Some(permit) = other.permit.take() {
+            self.absorb(permit);
+        }
+    }
+
+    /// Moves the held bytes out, leaving this reservation empty.
+    pub(crate) fn take(&mut self) -> Reservation {
+        Reservation {
+            budget: self.budget.clone(),
+            permit: self.permit.take(),
+        }
+    }
+
+    fn absorb(&mut self, permit: OwnedSemaphorePermit) {
+        match &mut self.permit {
+            Some(held) => held.merge(permit),
+            None => self.permit = Some(permit),
+        }
+    }
+}
+
+fn kib_of(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(KIB)).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn cover_grows_with_headroom_and_refuses_past_the_budget() {
+        let budget = MemoryBudget::new(100 * KIB);
+        let mut first = budget.empty();
+        assert!(first.cover(10 * KIB, 20 * KIB));
+        assert_eq!(first.bytes(), 30 * KIB, "grows by the headroom at once");
+        assert!(first.cover(25 * KIB, 20 * KIB), "within what is held");
+        assert_eq!(first.bytes(), 30 * KIB);
+
+        let mut second = budget.empty();
+        assert!(
+            second.cover(60 * KIB, 20 * KIB),
+            "headroom is taken only if there is room"
+        );
+        assert_eq!(second.bytes(), 60 * KIB);
+        assert_eq!(budget.in_use_bytes(), 90 * KIB);
+        assert!(!first.cover(41 * KIB, 0), "the budget is exhausted");
+        assert!(!first.cover(101 * KIB, 0), "more than the whole budget");
+        assert_eq!(first.bytes(), 30 * KIB, "a refused cover takes nothing");
+
+        drop(second);
+        assert_eq!(
+            budget.in_use_bytes(),
+            30 * KIB,
+            "dropping returns the bytes"
+        );
+        assert!(first.cover(90 * KIB, 0));
+    }
+
+    #[test]
+    fn take_and_merge_move_bytes_without_returning_them() {
+        let budget = MemoryBudget::new(64 * KIB);
+        let mut building = budget.empty();
+        assert!(building.cover(40 * KIB, 0));
+        let finished = building.take();
+        assert_eq!((building.bytes(), finished.bytes()), (0, 40 * KIB));
+        assert_eq!(budget.in_use_bytes(), 40 * KIB);
+        building.merge(finished);
+        assert_eq!(building.bytes(), 40 * KIB);
+        assert_eq!(budget.in_use_bytes(), 40 * KIB);
+    }
+
+    #[tokio::test]
+    async fn reserve_waits_for_room_and_is_capped_at_the_budget() {
+        let budget = MemoryBudget::new(64 * KIB);
+        let mut held = budget.empty();
+        assert!(held.cover(64 * KIB, 0));
+        let mut waiting = Box::pin(budget.clone().reserve(16 * KIB));
+        let early = tokio::time::timeout(Duration::from_millis(50), &mut waiting).await;
+        assert!(early.is_err(), "no room until the batch is dropped");
+        drop(held);
+        let reserved = waiting.await;
+        assert_eq!(reserved.bytes(), 16 * KIB);
+        let whole = budget.clone().reserve(1 << 30);
+        drop(reserved);
+        assert_eq!(whole.await.bytes(), 64 * KIB, "capped at the whole budget");
+    }
+}
