@@ -12,6 +12,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+use crate::ownership::OwnershipMetrics;
 use crate::twins::TwinMetrics;
 
 /// Label set of one metric series: (label name, value) pairs.
@@ -46,6 +47,7 @@ pub struct Metrics {
     pub(crate) config_reloads: Family<Labels, Counter>,
     pub(crate) source_reconnects: Gauge,
     pub(crate) twins: TwinMetrics,
+    ownership: OwnershipMetrics,
 }
 
 impl Default for Metrics {
@@ -70,6 +72,7 @@ impl Default for Metrics {
             config_reloads: Family::default(),
             source_reconnects: Gauge::default(),
             twins: TwinMetrics::default(),
+            ownership: OwnershipMetrics::default(),
         };
         metrics.registry.register(
             "route_matched",
@@ -158,6 +161,7 @@ impl Default for Metrics {
             metrics.config_reloads.clone(),
         );
         metrics.twins.register(&mut metrics.registry);
+        metrics.ownership.register(&mut metrics.registry);
         metrics
     }
 }
@@ -216,6 +220,11 @@ impl Metrics {
     /// The twin store's metrics.
     pub fn twins(&self) -> &TwinMetrics {
         &self.twins
+    }
+
+    /// Partition ownership's metrics.
+    pub fn ownership(&self) -> &OwnershipMetrics {
+        &self.ownership
     }
 }
 

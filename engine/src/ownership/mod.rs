@@ -1,0 +1,446 @@
+//! Which partitions this instance reads, and, with a shared checkpoint store, how several
+//! instances (and the official event processors) split a consumer group's partitions between them.
+//!
+//! With a local checkpoint store there is one instance and it owns every partition for good. With
+//! a shared store (Azure Blob or S3) every instance runs the official processors' protocol on the
+//! ownership records of [`ObjectStoreCheckpointStore`]: every `load_balancing_interval` it reads
+//! each partition's record, renews its own claims, claims what [`plan`] says, and publishes the set
+//! it owns on a `watch` channel; the pipeline starts a partition's receiver when it appears there
+//! and stops it when it disappears. A claim is a conditional write, so two instances never both
+//! win the same version of a record.
+//!
+//! A claim is trusted for `ownership_expiry` after the request that wrote it was *sent*, which is
+//! never later than the record's `Last-Modified` other instances judge it by; when renewals fail
+//! that long (the store is unreachable), the partitions are given up before anyone else may take
+//! them. A checkpoint is written only after a fresh read of the record shows this instance as its
+//! owner ([`PartitionOwnership::may_checkpoint`]), so an instance that lost a partition never moves
+//! the new owner's checkpoint back.
+
+mod metrics;
+mod plan;
+
+pub use metrics::OwnershipMetrics;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::Result;
+use crate::checkpoint::{CheckpointKey, ObjectStoreCheckpointStore, OwnershipVersion};
+use crate::config::{BalancingStrategy, CheckpointConfig};
+use plan::{Fleet, Record};
+
+/// The partitions this instance owns, shared by the balancer, the pipeline and the HTTP server.
+#[derive(Debug, Clone)]
+pub struct PartitionOwnership {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Every partition of the source, in the source's order.
+    partitions: Vec<String>,
+    owned: watch::Sender<BTreeSet<String>>,
+    metrics: OwnershipMetrics,
+    /// `None` for a single instance.
+    shared: Option<Shared>,
+}
+
+/// The state of load balancing over a shared store.
+#[derive(Debug)]
+struct Shared {
+    store: ObjectStoreCheckpointStore,
+    /// The checkpoint key of every partition, keyed by partition.
+    keys: BTreeMap<String, CheckpointKey>,
+    owner_id: String,
+    interval: Duration,
+    expiry: Duration,
+    strategy: BalancingStrategy,
+    /// This instance's claims.
+    held: Mutex<BTreeMap<String, Held>>,
+    /// When the records were last read completely: the store's reachability.
+    reached: Mutex<Instant>,
+}
+
+/// One claim this instance holds.
+#[derive(Debug, Clone)]
+struct Held {
+    version: OwnershipVersion,
+    /// When the request that wrote the claim was sent.
+    renewed: Instant,
+}
+
+/// What `/healthz` and `/routes` say about ownership.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OwnershipStatus {
+    /// This instance's owner id; `None` for a single instance.
+    pub owner_id: Option<String>,
+    /// Partitions owned now.
+    pub owned: Vec<String>,
+    /// Seconds since the shared store was last read completely (`None` for a single instance).
+    pub seconds_since_store_read: Option<f64>,
+    /// False once the store has been unreachable for longer than the ownership expiry.
+    pub healthy: bool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl PartitionOwnership {
+    /// A single instance: every partition, for good.
+    pub fn single(partitions: Vec<String>, metrics: OwnershipMetrics) -> Self {
+        let all: BTreeSet<String> = partitions.iter().cloned().collect();
+        let owned: Vec<(&str, f64)> = partitions.iter().map(|p| (p.as_str(), 0.0)).collect();
+        metrics.set_owned(&partitions, &owned);
+        Self {
+            inner: Arc::new(Inner {
+                partitions,
+                owned: watch::Sender::new(all),
+                metrics,
+                shared: None,
+            }),
+        }
+    }
+
+    /// One of several instances sharing `store`, owning nothing until [`Self::run`] claims
+    /// partitions. Fails when the store cannot do the conditional writes claims need.
+    pub async fn shared(
+        store: ObjectStoreCheckpointStore,
+        keys: Vec<CheckpointKey>,
+        config: &CheckpointConfig,
+        metrics: OwnershipMetrics,
+    ) -> Result<Self> {
+        if let Some(key) = keys.first() {
+            store.check_conditional_writes(key).await?;
+        }
+        let owner_id = config
+            .owner_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let partitions: Vec<String> = keys.iter().map(|k| k.partition.clone()).collect();
+        metrics.set_owned(&partitions, &[]);
+        tracing::info!(
+            %owner_id,
+            interval = ?config.load_balancing_interval,
+            expiry = ?config.ownership_expiry,
+            strategy = ?config.strategy,
+            "sharing partitions with other instances through the checkpoint store"
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                partitions,
+                owned: watch::Sender::new(BTreeSet::new()),
+                metrics,
+                shared: Some(Shared {
+                    store,
+                    keys: keys.into_iter().map(|k| (k.partition.clone(), k)).collect(),
+                    owner_id,
+                    interval: config.load_balancing_interval,
+                    expiry: config.ownership_expiry,
+                    strategy: config.strategy,
+                    held: Mutex::new(BTreeMap::new()),
+                    reached: Mutex::new(Instant::now()),
+                }),
+            }),
+        })
+    }
+
+    /// The partitions owned now, and every change after.
+    pub fn watch(&self) -> watch::Receiver<BTreeSet<String>> {
+        self.inner.owned.subscribe()
+    }
+
+    /// Whether the owned set never changes (a single instance).
+    pub fn is_static(&self) -> bool {
+        self.inner.shared.is_none()
+    }
+
+    /// Balances every `load_balancing_interval` until `stop` is cancelled (at once for a single
+    /// instance). The first cycle runs immediately.
+    pub async fn run(&self, stop: CancellationToken) {
+        let Some(shared) = &self.inner.shared else {
+            return;
+        };
+        let mut ticks = tokio::time::interval(shared.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.balance(shared) => {}
+            }
+        }
+    }
+
+    /// One cycle: read every record, renew, claim, steal, expire, publish.
+    async fn balance(&self, shared: &Shared) {
+        let started = Instant::now();
+        let now = chrono::Utc::now();
+        let records = match self.read_records(shared).await {
+            Ok(records) => {
+                *lock(&shared.reached) = started;
+                records
+            }
+            Err(error) => {
+                tracing::warn!(%error, "reading partition ownership failed; keeping current claims until they expire");
+                self.expire(shared);
+                self.publish(shared);
+                return;
+            }
+        };
+        {
+            let mut held = lock(&shared.held);
+            held.retain(|partition, claim| {
+                let current = records.get(partition);
+                let still_mine = current.is_some_and(|(record, version)| {
+                    record.owner_id == shared.owner_id && *version == claim.version
+                });
+                if !still_mine {
+                    tracing::info!(%partition, owner = current.map_or("", |(r, _)| r.owner_id.as_str()), "partition taken by another instance");
+                    self.inner.metrics.lost("taken");
+                }
+                still_mine
+            });
+        }
+        let plain: BTreeMap<String, Record> = records
+            .iter()
+            .map(|(p, (record, _))| (p.clone(), record.clone()))
+            .collect();
+        let plan = Fleet {
+            partitions: &self.inner.partitions,
+            records: &plain,
+            owner_id: &shared.owner_id,
+            now,
+            expiry: shared.expiry,
+        }
+        .plan(shared.strategy, &mut rand::rng());
+        let held_now: BTreeSet<String> = lock(&shared.held).keys().cloned().collect();
+        let mut claims = JoinSet::new();
+        for partition in plan
+            .renew
+            .iter()
+            .chain(&plan.claim)
+            .chain(plan.steal.iter())
+        {
+            let (Some(key), current) = (
+                shared.keys.get(partition).cloned(),
+                records.get(partition).map(|(_, v)| v.clone()),
+            ) else {
+                continue;
+            };
+            let store = shared.store.clone();
+            let owner_id = shared.owner_id.clone();
+            let partition = partition.clone();
+            claims.spawn(async move {
+                let sent = Instant::now();
+                let outcome = store.claim(&key, &owner_id, current.as_ref()).await;
+                (partition, sent, outcome)
+            });
+        }
+        while let Some(joined) = claims.join_next().await {
+            let Ok((partition, sent, outcome)) = joined else {
+                continue;
+            };
+            let renewal = held_now.contains(&partition);
+            match outcome {
+                Ok(Some(version)) => {
+                    if !renewal {
+                        self.inner.metrics.claimed(true);
+                        if plan.steal.as_ref() == Some(&partition) {
+                            self.inner.metrics.stole();
+                        }
+                        tracing::info!(%partition, stolen = plan.steal.as_ref() == Some(&partition), "partition claimed");
+                    }
+                    lock(&shared.held).insert(
+                        partition,
+                        Held {
+                            version,
+                            renewed: sent,
+                        },
+                    );
+                }
+                Ok(None) => {
+                    if renewal {
+                        lock(&shared.held).remove(&partition);
+                        tracing::info!(%partition, "partition taken by another instance during renewal");
+                        self.inner.metrics.lost("taken");
+                    } else {
+                        self.inner.metrics.claimed(false);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%partition, %error, "claiming a partition failed");
+                }
+            }
+        }
+        self.expire(shared);
+        self.publish(shared);
+    }
+
+    /// Reads every partition's record concurrently.
+    async fn read_records(
+        &self,
+        shared: &Shared,
+    ) -> Result<BTreeMap<String, (Record, OwnershipVersion)>> {
+        let mut reads = JoinSet::new();
+        for (partition, key) in &shared.keys {
+            let store = shared.store.clone();
+            let (partition, key) = (partition.clone(), key.clone());
+            reads.spawn(async move { (partition, store.ownership(&key).await) });
+        }
+        let mut records = BTreeMap::new();
+        let mut failure = None;
+        while let Some(joined) = reads.join_next().await {
+            let Ok((partition, read)) = joined else {
+                continue;
+            };
+            match read {
+                Ok(Some(ownership)) => {
+                    records.insert(
+                        partition,
+                        (
+                            Record {
+                                owner_id: ownership.owner_id,
+                                last_modified: ownership.last_modified,
+                            },
+                            ownership.version,
+                        ),
+                    );
+                }
+                Ok(None) => {}
+                Err(error) => failure = Some(error),
+            }
+        }
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(records),
+        }
+    }
+
+    /// Gives up claims not renewed within the expiry: others may take them now.
+    fn expire(&self, shared: &Shared) {
+        let now = Instant::now();
+        lock(&shared.held).retain(|partition, claim| {
+            let live = claim.renewed + shared.expiry > now;
+            if !live {
+                tracing::warn!(%partition, expiry = ?shared.expiry, "claim not renewed within the ownership expiry; stopping the partition");
+                self.inner.metrics.lost("expired");
+            }
+            live
+        });
+    }
+
+    fn publish(&self, shared: &Shared) {
+        let now = Instant::now();
+        let held = lock(&shared.held);
+        let ages: Vec<(&str, f64)> = held
+            .iter()
+            .map(|(p, claim)| (p.as_str(), (now - claim.renewed).as_secs_f64()))
+            .collect();
+        self.inner.metrics.set_owned(&self.inner.partitions, &ages);
+        let owned: BTreeSet<String> = held.keys().cloned().collect();
+        drop(held);
+        self.inner.owned.send_if_modified(|current| {
+            let changed = *current != owned;
+            if changed {
+                tracing::info!(owned = ?owned, "owned partitions changed");
+                current.clone_from(&owned);
+            }
+            changed
+        });
+    }
+
+    /// Another reader took `partition`'s AMQP link. A single instance stops reading it (as before
+    /// load balancing existed); a shared one forgets its claim, so the partition comes back only if
+    /// a later cycle claims it again.
+    pub fn link_stolen(&self, partition: &str) {
+        let Some(shared) = &self.inner.shared else {
+            return;
+        };
+        if lock(&shared.held).remove(partition).is_some() {
+            self.inner.metrics.lost("link_stolen");
+            self.publish(shared);
+        }
+    }
+
+    /// Whether this instance may write `partition`'s checkpoint now: always for a single instance;
+    /// with a shared store, only while it holds the claim and a fresh read of the record names it
+    /// the owner.
+    pub async fn may_checkpoint(&self, partition: &str) -> bool {
+        let Some(shared) = &self.inner.shared else {
+            return true;
+        };
+        if !lock(&shared.held).contains_key(partition) {
+            return false;
+        }
+        let Some(key) = shared.keys.get(partition) else {
+            return false;
+        };
+        match shared.store.ownership(key).await {
+            Ok(Some(record)) => record.owner_id == shared.owner_id,
+            Ok(None) => false,
+            Err(error) => {
+                tracing::warn!(%partition, %error, "cannot confirm ownership before a checkpoint; retrying at the next interval");
+                false
+            }
+        }
+    }
+
+    /// Releases every claim (an empty owner id), so that other instances take the partitions at
+    /// their next cycle instead of after the expiry. Called once the final checkpoints are written.
+    pub async fn release(&self) {
+        let Some(shared) = &self.inner.shared else {
+            return;
+        };
+        let held = std::mem::take(&mut *lock(&shared.held));
+        for (partition, claim) in held {
+            let Some(key) = shared.keys.get(&partition) else {
+                continue;
+            };
+            match shared.store.claim(key, "", Some(&claim.version)).await {
+                Ok(Some(_)) => tracing::info!(%partition, "partition released"),
+                Ok(None) => {
+                    tracing::info!(%partition, "partition already taken by another instance");
+                }
+                Err(error) => {
+                    tracing::warn!(%partition, %error, "releasing a partition failed; others take it once the claim expires");
+                }
+            }
+        }
+        self.publish(shared);
+    }
+
+    /// What `/healthz` and `/routes` report.
+    pub fn status(&self) -> OwnershipStatus {
+        let owned: Vec<String> = self.inner.owned.borrow().iter().cloned().collect();
+        match &self.inner.shared {
+            None => OwnershipStatus {
+                owner_id: None,
+                owned,
+                seconds_since_store_read: None,
+                healthy: true,
+            },
+            Some(shared) => {
+                let since = lock(&shared.reached).elapsed();
+                OwnershipStatus {
+                    owner_id: Some(shared.owner_id.clone()),
+                    owned,
+                    seconds_since_store_read: Some(since.as_secs_f64()),
+                    healthy: since <= shared.expiry,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
