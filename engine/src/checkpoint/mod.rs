@@ -71,7 +71,8 @@ pub fn open(config: &CheckpointConfig, operations: &StoreOperations) -> Result<S
 /// Identifies one partition of one consumer group, as the official SDKs do.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CheckpointKey {
-    /// Host name of the namespace, e.g. `iothub-ns-x.servicebus.windows.net`.
+    /// Host name of the namespace, e.g. `iothub-ns-x.servicebus.windows.net` (with `:port` when the
+    /// connection string names a port, as the Python SDK keys it).
     pub fully_qualified_namespace: String,
     /// Event hub name.
     pub event_hub: String,

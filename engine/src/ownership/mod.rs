@@ -161,22 +161,24 @@ impl PartitionOwnership {
         self.inner.shared.is_none()
     }
 
-    /// Balances every `load_balancing_interval` until `stop` is cancelled (at once for a single
-    /// instance). The first cycle runs immediately.
+    /// Balances about every `load_balancing_interval` (80 to 100 % of it, at random) until `stop`
+    /// is cancelled; returns at once for a single instance. The first cycle runs immediately.
     pub async fn run(&self, stop: CancellationToken) {
         let Some(shared) = &self.inner.shared else {
             return;
         };
-        let mut ticks = tokio::time::interval(shared.interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
+            let cycle = Instant::now();
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = self.balance(shared) => {}
+            }
+            // Instances started together would otherwise balance in lockstep, each renewing its
+            // claims just as the others try to steal them with the versions they have just read.
+            let pause = shared.interval.mul_f64(rand::random_range(0.8..=1.0));
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep_until(cycle + pause) => {}
             }
         }
     }
@@ -274,6 +276,7 @@ impl PartitionOwnership {
                         tracing::info!(%partition, "partition taken by another instance during renewal");
                         self.inner.metrics.lost("taken");
                     } else {
+                        tracing::info!(%partition, "another instance claimed the partition first");
                         self.inner.metrics.claimed(false);
                     }
                 }
