@@ -273,7 +273,10 @@ impl Instance {
         let mut child = hubroute()
             .args(["run", "--config"])
             .arg(config)
-            .env("RUST_LOG", "info,fe2o3_amqp=off")
+            .env(
+                "RUST_LOG",
+                "info,fe2o3_amqp=off,hubroute_engine::ownership=debug",
+            )
             .env("NO_COLOR", "1")
             .stderr(Stdio::piped())
             .spawn()
@@ -1112,22 +1115,26 @@ async fn store_requests(instance: &Instance) -> BTreeMap<String, u64> {
 async fn four_instances_converge_on_32_partitions_and_cost_one_read_per_partition_per_interval() {
     const PARTITIONS: u32 = 32;
     const WINDOW: u32 = 5;
+    let timing = Timing {
+        interval: Duration::from_secs(2),
+        expiry: Duration::from_secs(10),
+    };
     let emulator = emulator(PARTITIONS).await;
     let blobs = Blobs::create(&shared_azurite(), &namespace(&emulator));
     let dir = tempfile::tempdir().unwrap();
     let names = ["a", "b", "c", "d"];
     let configs: Vec<PathBuf> = names
         .iter()
-        .map(|n| config(dir.path(), n, &emulator, &blobs, FAST, None))
+        .map(|n| config(dir.path(), n, &emulator, &blobs, timing, None))
         .collect();
     let instances = start_all(&names, &configs).await;
     let started = Instant::now();
     let fleet: Vec<&Instance> = instances.iter().collect();
-    settled(&blobs, &fleet, PARTITIONS, FAST, FAST.interval * 20).await;
+    settled(&blobs, &fleet, PARTITIONS, timing, timing.interval * 20).await;
     let converged = started.elapsed();
 
     let before: Vec<_> = futures::future::join_all(fleet.iter().map(|i| store_requests(i))).await;
-    tokio::time::sleep(FAST.interval * WINDOW).await;
+    tokio::time::sleep(timing.interval * WINDOW).await;
     let after: Vec<_> = futures::future::join_all(fleet.iter().map(|i| store_requests(i))).await;
     let per_interval = |op: &str, i: usize| {
         (after[i].get(op).copied().unwrap_or(0) - before[i].get(op).copied().unwrap_or(0)) as f64
@@ -1155,8 +1162,8 @@ async fn four_instances_converge_on_32_partitions_and_cost_one_read_per_partitio
     }
     eprintln!(
         "4 instances converged on {PARTITIONS} partitions in {converged:?} (interval {:?})",
-        FAST.interval
+        timing.interval
     );
-    assert!(converged < FAST.interval * 20);
+    assert!(converged < timing.interval * 20);
     emulator.shutdown().await.unwrap();
 }

@@ -183,11 +183,30 @@ impl PartitionOwnership {
         }
     }
 
-    /// One cycle: read every record, renew, claim, steal, expire, publish.
+    /// One cycle: renew, read every record, claim and steal, expire, publish.
+    ///
+    /// Renewals come first and need no read (the version of the last write is known), so a slow
+    /// or failing read never lets a claim lapse while the store still takes writes.
     async fn balance(&self, shared: &Shared) {
         let started = Instant::now();
+        // A store that hangs must not hold the cycle past the claims' expiry.
+        let patience = shared.expiry / 3;
+        let renewals: Vec<(String, Option<OwnershipVersion>)> = lock(&shared.held)
+            .iter()
+            .map(|(p, claim)| (p.clone(), Some(claim.version.clone())))
+            .collect();
+        let renewed = renewals.len();
+        self.claim_all(shared, renewals, None, patience).await;
         let now = chrono::Utc::now();
-        let records = match self.read_records(shared).await {
+        let read = tokio::time::timeout(patience, self.read_records(shared))
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::Error::Checkpoint {
+                    location: "ownership records".to_owned(),
+                    problem: format!("no answer within {patience:?}"),
+                })
+            });
+        let records = match read {
             Ok(records) => {
                 *lock(&shared.reached) = started;
                 records
@@ -203,8 +222,12 @@ impl PartitionOwnership {
             let mut held = lock(&shared.held);
             held.retain(|partition, claim| {
                 let current = records.get(partition);
+                // Our own id under another version is a write of ours whose answer was lost.
                 let still_mine = current.is_some_and(|(record, version)| {
-                    record.owner_id == shared.owner_id && *version == claim.version
+                    if record.owner_id == shared.owner_id {
+                        claim.version.clone_from(version);
+                    }
+                    record.owner_id == shared.owner_id
                 });
                 if !still_mine {
                     tracing::info!(%partition, owner = current.map_or("", |(r, _)| r.owner_id.as_str()), "partition taken by another instance");
@@ -225,42 +248,88 @@ impl PartitionOwnership {
             expiry: shared.expiry,
         }
         .plan(shared.strategy, &mut rand::rng());
-        let held_now: BTreeSet<String> = lock(&shared.held).keys().cloned().collect();
+        let claims: Vec<(String, Option<OwnershipVersion>)> = {
+            let held = lock(&shared.held);
+            plan.renew
+                .iter()
+                .chain(&plan.claim)
+                .chain(plan.steal.iter())
+                .filter(|p| !held.contains_key(*p))
+                .map(|p| (p.clone(), records.get(p).map(|(_, v)| v.clone())))
+                .collect()
+        };
+        let steal = plan.steal.as_ref().and_then(|partition| {
+            let (record, _) = records.get(partition)?;
+            Some((partition.as_str(), record.owner_id.as_str()))
+        });
+        self.claim_all(shared, claims, steal, patience).await;
+        self.expire(shared);
+        self.publish(shared);
+        if started.elapsed() > shared.interval {
+            tracing::warn!(took = ?started.elapsed(), interval = ?shared.interval, "a balancing cycle took longer than the load-balancing interval; is the checkpoint store slow?");
+        }
+        tracing::debug!(
+            renewed,
+            claimed = plan.claim.len(),
+            stealing = ?plan.steal,
+            held = lock(&shared.held).len(),
+            took = ?started.elapsed(),
+            "balancing cycle done"
+        );
+    }
+
+    /// Claims `partitions` concurrently, each conditional on its version (`None`: no record yet),
+    /// waiting at most `patience`. A partition already held is a renewal: losing it means another
+    /// instance took it. The partition in `steal` is taken from its live owner (the second
+    /// element): its record is read again just before the claim, because that owner renews it
+    /// every cycle and a version read at the start of the cycle is likely stale by now.
+    async fn claim_all(
+        &self,
+        shared: &Shared,
+        partitions: Vec<(String, Option<OwnershipVersion>)>,
+        steal: Option<(&str, &str)>,
+        patience: Duration,
+    ) {
+        let held_before: BTreeSet<String> = lock(&shared.held).keys().cloned().collect();
         let mut claims = JoinSet::new();
-        for partition in plan
-            .renew
-            .iter()
-            .chain(&plan.claim)
-            .chain(plan.steal.iter())
-        {
-            let (Some(key), current) = (
-                shared.keys.get(partition).cloned(),
-                records.get(partition).map(|(_, v)| v.clone()),
-            ) else {
+        for (partition, current) in partitions {
+            let Some(key) = shared.keys.get(&partition).cloned() else {
                 continue;
             };
             let store = shared.store.clone();
             let owner_id = shared.owner_id.clone();
-            let partition = partition.clone();
+            let victim = steal
+                .filter(|(stolen, _)| *stolen == partition)
+                .map(|(_, victim)| victim.to_owned());
             claims.spawn(async move {
+                let current = match victim {
+                    None => current,
+                    Some(victim) => match store.ownership(&key).await {
+                        Ok(Some(record)) if record.owner_id == victim => Some(record.version),
+                        Ok(_) => return (partition, Instant::now(), Ok(None)),
+                        Err(error) => return (partition, Instant::now(), Err(error)),
+                    },
+                };
                 let sent = Instant::now();
                 let outcome = store.claim(&key, &owner_id, current.as_ref()).await;
                 (partition, sent, outcome)
             });
         }
-        while let Some(joined) = claims.join_next().await {
+        let deadline = Instant::now() + patience;
+        while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, claims.join_next()).await {
             let Ok((partition, sent, outcome)) = joined else {
                 continue;
             };
-            let renewal = held_now.contains(&partition);
+            let renewal = held_before.contains(&partition);
             match outcome {
                 Ok(Some(version)) => {
                     if !renewal {
+                        let stolen = steal.is_some_and(|(stolen, _)| stolen == partition);
                         self.inner.metrics.claimed(true);
-                        if plan.steal.as_ref() == Some(&partition) {
+                        if stolen {
                             self.inner.metrics.stole();
                         }
-                        tracing::info!(%partition, stolen = plan.steal.as_ref() == Some(&partition), "partition claimed");
+                        tracing::info!(%partition, stolen, "partition claimed");
                     }
                     lock(&shared.held).insert(
                         partition,
@@ -273,7 +342,7 @@ impl PartitionOwnership {
                 Ok(None) => {
                     if renewal {
                         lock(&shared.held).remove(&partition);
-                        tracing::info!(%partition, "partition taken by another instance during renewal");
+                        tracing::info!(%partition, "partition taken by another instance");
                         self.inner.metrics.lost("taken");
                     } else {
                         tracing::info!(%partition, "another instance claimed the partition first");
@@ -285,8 +354,6 @@ impl PartitionOwnership {
                 }
             }
         }
-        self.expire(shared);
-        self.publish(shared);
     }
 
     /// Reads every partition's record concurrently.
