@@ -22,6 +22,7 @@ mod plan;
 pub use metrics::OwnershipMetrics;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -73,6 +74,9 @@ struct Held {
     version: OwnershipVersion,
     /// When the request that wrote the claim was sent.
     renewed: Instant,
+    /// The last renewal got no clear answer (a timeout, or a refused condition): `version` may be
+    /// stale, and the next read of the record decides whether the claim is still ours.
+    uncertain: bool,
 }
 
 /// What `/healthz` and `/routes` say about ownership.
@@ -167,36 +171,52 @@ impl PartitionOwnership {
         let Some(shared) = &self.inner.shared else {
             return;
         };
+        // Renewals run on their own clock, so that a slow read of every record never delays them
+        // past the expiry while the store still takes writes.
+        let renewing = Self::every(shared.interval, &stop, || self.renew(shared));
+        let balancing = Self::every(shared.interval, &stop, || self.balance(shared));
+        tokio::join!(renewing, balancing);
+    }
+
+    /// Runs `cycle` about every `interval` until `stop`. Instances started together would
+    /// otherwise act in lockstep, each renewing its claims just as the others try to steal them.
+    async fn every<F, Fut>(interval: Duration, stop: &CancellationToken, mut cycle: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = ()>,
+    {
         loop {
-            let cycle = Instant::now();
+            let started = Instant::now();
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = self.balance(shared) => {}
+                () = cycle() => {}
             }
-            // Instances started together would otherwise balance in lockstep, each renewing its
-            // claims just as the others try to steal them with the versions they have just read.
-            let pause = shared.interval.mul_f64(rand::random_range(0.8..=1.0));
+            let pause = interval.mul_f64(rand::random_range(0.8..=1.0));
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep_until(cycle + pause) => {}
+                () = tokio::time::sleep_until(started + pause) => {}
             }
         }
     }
 
-    /// One cycle: renew, read every record, claim and steal, expire, publish.
-    ///
-    /// Renewals come first and need no read (the version of the last write is known), so a slow
-    /// or failing read never lets a claim lapse while the store still takes writes.
-    async fn balance(&self, shared: &Shared) {
-        let started = Instant::now();
-        // A store that hangs must not hold the cycle past the claims' expiry.
-        let patience = shared.expiry / 3;
+    /// Renews every held claim with the version this instance last wrote, then gives up claims
+    /// that could not be renewed within the expiry.
+    async fn renew(&self, shared: &Shared) {
         let renewals: Vec<(String, Option<OwnershipVersion>)> = lock(&shared.held)
             .iter()
             .map(|(p, claim)| (p.clone(), Some(claim.version.clone())))
             .collect();
-        let renewed = renewals.len();
-        self.claim_all(shared, renewals, None, patience).await;
+        self.claim_all(shared, renewals, None, shared.expiry / 3)
+            .await;
+        self.expire(shared);
+        self.publish(shared);
+    }
+
+    /// One cycle: read every record, claim and steal, expire, publish.
+    async fn balance(&self, shared: &Shared) {
+        let started = Instant::now();
+        // A store that hangs must not hold the cycle for ever.
+        let patience = shared.expiry / 2;
         let now = chrono::Utc::now();
         let read = tokio::time::timeout(patience, self.read_records(shared))
             .await
@@ -222,10 +242,11 @@ impl PartitionOwnership {
             let mut held = lock(&shared.held);
             held.retain(|partition, claim| {
                 let current = records.get(partition);
-                // Our own id under another version is a write of ours whose answer was lost.
+                // Our own id under another version is a renewal of ours whose answer was lost.
                 let still_mine = current.is_some_and(|(record, version)| {
-                    if record.owner_id == shared.owner_id {
+                    if record.owner_id == shared.owner_id && claim.uncertain {
                         claim.version.clone_from(version);
+                        claim.uncertain = false;
                     }
                     record.owner_id == shared.owner_id
                 });
@@ -269,7 +290,6 @@ impl PartitionOwnership {
             tracing::warn!(took = ?started.elapsed(), interval = ?shared.interval, "a balancing cycle took longer than the load-balancing interval; is the checkpoint store slow?");
         }
         tracing::debug!(
-            renewed,
             claimed = plan.claim.len(),
             stealing = ?plan.steal,
             held = lock(&shared.held).len(),
@@ -279,8 +299,9 @@ impl PartitionOwnership {
     }
 
     /// Claims `partitions` concurrently, each conditional on its version (`None`: no record yet),
-    /// waiting at most `patience`. A partition already held is a renewal: losing it means another
-    /// instance took it. The partition in `steal` is taken from its live owner (the second
+    /// waiting at most `patience`. A partition already held is a renewal; one that is refused or
+    /// unanswered is left to the next read of its record (the refusal may answer a retry of a write
+    /// that succeeded). The partition in `steal` is taken from its live owner (the second
     /// element): its record is read again just before the claim, because that owner renews it
     /// every cycle and a version read at the start of the cycle is likely stale by now.
     async fn claim_all(
@@ -290,7 +311,15 @@ impl PartitionOwnership {
         steal: Option<(&str, &str)>,
         patience: Duration,
     ) {
-        let held_before: BTreeSet<String> = lock(&shared.held).keys().cloned().collect();
+        let renewing: BTreeSet<String> = {
+            let held = lock(&shared.held);
+            partitions
+                .iter()
+                .map(|(p, _)| p)
+                .filter(|p| held.contains_key(*p))
+                .cloned()
+                .collect()
+        };
         let mut claims = JoinSet::new();
         for (partition, current) in partitions {
             let Some(key) = shared.keys.get(&partition).cloned() else {
@@ -316,11 +345,15 @@ impl PartitionOwnership {
             });
         }
         let deadline = Instant::now() + patience;
+        let mut answered = BTreeSet::new();
         while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, claims.join_next()).await {
             let Ok((partition, sent, outcome)) = joined else {
                 continue;
             };
-            let renewal = held_before.contains(&partition);
+            let renewal = renewing.contains(&partition);
+            if renewal && matches!(outcome, Ok(Some(_))) {
+                answered.insert(partition.clone());
+            }
             match outcome {
                 Ok(Some(version)) => {
                     if !renewal {
@@ -336,22 +369,24 @@ impl PartitionOwnership {
                         Held {
                             version,
                             renewed: sent,
+                            uncertain: false,
                         },
                     );
                 }
-                Ok(None) => {
-                    if renewal {
-                        lock(&shared.held).remove(&partition);
-                        tracing::info!(%partition, "partition taken by another instance");
-                        self.inner.metrics.lost("taken");
-                    } else {
-                        tracing::info!(%partition, "another instance claimed the partition first");
-                        self.inner.metrics.claimed(false);
-                    }
+                Ok(None) if !renewal => {
+                    tracing::info!(%partition, "another instance claimed the partition first");
+                    self.inner.metrics.claimed(false);
                 }
+                Ok(None) => {}
                 Err(error) => {
                     tracing::warn!(%partition, %error, "claiming a partition failed");
                 }
+            }
+        }
+        let mut held = lock(&shared.held);
+        for partition in renewing.difference(&answered) {
+            if let Some(claim) = held.get_mut(partition) {
+                claim.uncertain = true;
             }
         }
     }

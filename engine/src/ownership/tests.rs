@@ -55,9 +55,9 @@ async fn fleet(
 
 async fn cycle(fleet: &[PartitionOwnership]) {
     for instance in fleet {
-        instance
-            .balance(instance.inner.shared.as_ref().unwrap())
-            .await;
+        let shared = instance.inner.shared.as_ref().unwrap();
+        instance.renew(shared).await;
+        instance.balance(shared).await;
     }
 }
 
@@ -202,4 +202,33 @@ async fn a_single_instance_owns_every_partition_and_may_always_checkpoint() {
         "a single instance's set never changes"
     );
     assert!(single.status().healthy);
+}
+
+#[tokio::test]
+async fn a_renewal_whose_answer_was_lost_is_not_mistaken_for_a_loss() {
+    let store = ObjectStoreCheckpointStore::new(Arc::new(InMemory::new()));
+    let fleet = fleet(&store, 1, 1, BalancingStrategy::Greedy).await;
+    cycle(&fleet).await;
+    let me = &fleet[0];
+    let key = &keys(1)[0];
+    // The store applied a renewal whose answer never came back: the record is ours, at a
+    // version this instance has not seen.
+    let record = store.ownership(key).await.unwrap().unwrap();
+    store
+        .claim(key, "instance-0", Some(&record.version))
+        .await
+        .unwrap()
+        .unwrap();
+    cycle(&fleet).await;
+    cycle(&fleet).await;
+    assert_eq!(owned_len(me), 1);
+    let lost = me
+        .inner
+        .metrics
+        .lost
+        .get_or_create(&vec![("reason", "taken".to_owned())])
+        .get();
+    assert_eq!(lost, 0);
+    let held = lock(&me.inner.shared.as_ref().unwrap().held);
+    assert!(!held["0"].uncertain, "the next read settled the version");
 }
