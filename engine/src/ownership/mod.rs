@@ -165,16 +165,18 @@ impl PartitionOwnership {
         self.inner.shared.is_none()
     }
 
-    /// Balances about every `load_balancing_interval` (80 to 100 % of it, at random) until `stop`
-    /// is cancelled; returns at once for a single instance. The first cycle runs immediately.
-    pub async fn run(&self, stop: CancellationToken) {
+    /// Renews claims and balances about every `load_balancing_interval` (80 to 100 % of it, at
+    /// random); returns at once for a single instance. The first cycle runs immediately. Once
+    /// `draining` is cancelled (the engine is shutting down) no partition is claimed any more, but
+    /// claims are still renewed until `stop`.
+    pub async fn run(&self, draining: CancellationToken, stop: CancellationToken) {
         let Some(shared) = &self.inner.shared else {
             return;
         };
         // Renewals run on their own clock, so that a slow read of every record never delays them
         // past the expiry while the store still takes writes.
         let renewing = Self::every(shared.interval, &stop, || self.renew(shared));
-        let balancing = Self::every(shared.interval, &stop, || self.balance(shared));
+        let balancing = Self::every(shared.interval, &draining, || self.balance(shared));
         tokio::join!(renewing, balancing);
     }
 
@@ -206,7 +208,7 @@ impl PartitionOwnership {
             .iter()
             .map(|(p, claim)| (p.clone(), Some(claim.version.clone())))
             .collect();
-        self.claim_all(shared, renewals, None, shared.expiry / 3)
+        self.claim_all(shared, renewals, &BTreeMap::new(), shared.expiry / 3)
             .await;
         self.expire(shared);
         self.publish(shared);
@@ -274,16 +276,12 @@ impl PartitionOwnership {
             plan.renew
                 .iter()
                 .chain(&plan.claim)
-                .chain(plan.steal.iter())
+                .chain(plan.steal.keys())
                 .filter(|p| !held.contains_key(*p))
                 .map(|p| (p.clone(), records.get(p).map(|(_, v)| v.clone())))
                 .collect()
         };
-        let steal = plan.steal.as_ref().and_then(|partition| {
-            let (record, _) = records.get(partition)?;
-            Some((partition.as_str(), record.owner_id.as_str()))
-        });
-        self.claim_all(shared, claims, steal, patience).await;
+        self.claim_all(shared, claims, &plan.steal, patience).await;
         self.expire(shared);
         self.publish(shared);
         if started.elapsed() > shared.interval {
@@ -301,14 +299,14 @@ impl PartitionOwnership {
     /// Claims `partitions` concurrently, each conditional on its version (`None`: no record yet),
     /// waiting at most `patience`. A partition already held is a renewal; one that is refused or
     /// unanswered is left to the next read of its record (the refusal may answer a retry of a write
-    /// that succeeded). The partition in `steal` is taken from its live owner (the second
-    /// element): its record is read again just before the claim, because that owner renews it
+    /// that succeeded). The partitions in `steal` are taken from their live owners (the map's
+    /// values): each record is read again just before its claim, because that owner renews it
     /// every cycle and a version read at the start of the cycle is likely stale by now.
     async fn claim_all(
         &self,
         shared: &Shared,
         partitions: Vec<(String, Option<OwnershipVersion>)>,
-        steal: Option<(&str, &str)>,
+        steal: &BTreeMap<String, String>,
         patience: Duration,
     ) {
         let renewing: BTreeSet<String> = {
@@ -327,9 +325,7 @@ impl PartitionOwnership {
             };
             let store = shared.store.clone();
             let owner_id = shared.owner_id.clone();
-            let victim = steal
-                .filter(|(stolen, _)| *stolen == partition)
-                .map(|(_, victim)| victim.to_owned());
+            let victim = steal.get(&partition).cloned();
             claims.spawn(async move {
                 let current = match victim {
                     None => current,
@@ -357,7 +353,7 @@ impl PartitionOwnership {
             match outcome {
                 Ok(Some(version)) => {
                     if !renewal {
-                        let stolen = steal.is_some_and(|(stolen, _)| stolen == partition);
+                        let stolen = steal.contains_key(&partition);
                         self.inner.metrics.claimed(true);
                         if stolen {
                             self.inner.metrics.stole();

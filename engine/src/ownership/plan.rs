@@ -4,18 +4,18 @@
 //! The Python processor's rules, with .NET's refinement of "below the fair share": with `P`
 //! partitions and `N` active owners (this instance included), every owner should hold `P / N` or
 //! `P / N + 1`, and exactly `P % N` of them the larger count. An instance below that claims
-//! unowned, released or expired partitions up to the larger count (`greedy`: all it may at once;
-//! `balanced`: one per cycle); when nothing is claimable it steals one partition per cycle from the
-//! most loaded owner, but only from one holding at least two more than itself, so two instances
-//! never trade a partition back and forth. Python's rule alone (steal only below `P / N`) can leave
+//! unowned, released or expired partitions up to the larger count, and when nothing is claimable it
+//! steals from the most loaded owner, but only from one holding at least two more than itself, so
+//! two instances never trade a partition back and forth. `greedy` takes its whole shortfall in one
+//! cycle (as .NET's greedy strategy does), `balanced` one partition per cycle (as Python does). Python's rule alone (steal only below `P / N`) can leave
 //! one instance with `P / N + 2` for ever (8 partitions, 3 instances: 4, 2, 2).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rand::Rng;
 use rand::seq::IndexedRandom as _;
+use rand::{Rng, RngExt as _};
 
 use crate::config::BalancingStrategy;
 
@@ -34,8 +34,8 @@ pub(crate) struct Plan {
     pub(crate) renew: BTreeSet<String>,
     /// Unowned, released or expired partitions to take.
     pub(crate) claim: BTreeSet<String>,
-    /// A partition to take from a live owner that holds too many.
-    pub(crate) steal: Option<String>,
+    /// Partitions to take from live owners that hold too many, with the owner of each.
+    pub(crate) steal: BTreeMap<String, String>,
 }
 
 /// The fleet as one cycle sees it.
@@ -109,26 +109,41 @@ impl Fleet<'_> {
             .iter()
             .filter(|(owner, owned)| **owner != self.owner_id && owned.len() > least)
             .count();
-        let below_share =
-            own < least || (own == least && remainder > 0 && others_above_least < remainder);
-        if !below_share {
+        let target = if own < least {
+            least
+        } else if own == least && remainder > 0 && others_above_least < remainder {
+            most
+        } else {
             return plan;
-        }
-        let most_loaded = active
-            .iter()
-            .filter(|(owner, owned)| **owner != self.owner_id && owned.len() > own + 1)
-            .map(|(_, owned)| owned.len())
-            .max();
-        if let Some(most_loaded) = most_loaded {
-            let victims: Vec<&Vec<&str>> = active
+        };
+        let wanted = match strategy {
+            BalancingStrategy::Greedy => target - own,
+            BalancingStrategy::Balanced => 1,
+        };
+        let mut others: BTreeMap<&str, Vec<&str>> = active;
+        others.remove(self.owner_id);
+        let mut holding = own;
+        for _ in 0..wanted {
+            let Some(most_loaded) = others
+                .values()
+                .map(Vec::len)
+                .filter(|held| *held > holding + 1)
+                .max()
+            else {
+                break;
+            };
+            let victims: Vec<&str> = others
                 .iter()
-                .filter(|(owner, owned)| **owner != self.owner_id && owned.len() == most_loaded)
-                .map(|(_, owned)| owned)
+                .filter(|(_, owned)| owned.len() == most_loaded)
+                .map(|(owner, _)| *owner)
                 .collect();
-            plan.steal = victims
-                .choose(rng)
-                .and_then(|owned| owned.choose(rng))
-                .map(|p| (*p).to_owned());
+            let Some(victim) = victims.choose(rng).copied() else {
+                break;
+            };
+            let owned = others.get_mut(victim).expect("a victim is an owner");
+            let taken = owned.swap_remove(rng.random_range(0..owned.len()));
+            plan.steal.insert(taken.to_owned(), victim.to_owned());
+            holding += 1;
         }
         plan
     }
@@ -193,7 +208,7 @@ mod tests {
         let greedy = plan_of("a", &all, &none, BalancingStrategy::Greedy, 1);
         assert_eq!(greedy.claim.len(), 8);
         let balanced = plan_of("a", &all, &none, BalancingStrategy::Balanced, 1);
-        assert_eq!((balanced.claim.len(), balanced.steal), (1, None));
+        assert_eq!((balanced.claim.len(), balanced.steal.len()), (1, 0));
     }
 
     #[test]
@@ -205,7 +220,7 @@ mod tests {
         // Two owners (a, b): a may hold 2.
         assert_eq!(plan.claim.len(), 2);
         assert!(!plan.claim.contains("0"), "{plan:?}");
-        assert!(plan.renew.is_empty() && plan.steal.is_none());
+        assert!(plan.renew.is_empty() && plan.steal.is_empty());
     }
 
     #[test]
@@ -235,10 +250,18 @@ mod tests {
             ("c", 1),
             ("c", 1),
         ]);
-        let plan = plan_of("a", &all, &records, BalancingStrategy::Greedy, 5);
-        let stolen = plan.steal.expect("a steals");
-        assert!(stolen.parse::<usize>().unwrap() < 5, "from b: {stolen}");
-        assert!(plan.claim.is_empty() && plan.renew.is_empty());
+        let greedy = plan_of("a", &all, &records, BalancingStrategy::Greedy, 5);
+        // a's share is 2; b (5) gives one, then still holds 4 and gives the second.
+        assert_eq!(greedy.steal.len(), 2, "{greedy:?}");
+        for (partition, victim) in &greedy.steal {
+            assert!(
+                partition.parse::<usize>().unwrap() < 5 && victim == "b",
+                "{greedy:?}"
+            );
+        }
+        assert!(greedy.claim.is_empty() && greedy.renew.is_empty());
+        let balanced = plan_of("a", &all, &records, BalancingStrategy::Balanced, 5);
+        assert_eq!(balanced.steal.len(), 1, "{balanced:?}");
     }
 
     #[test]
@@ -256,12 +279,12 @@ mod tests {
             ("c", 1),
         ]);
         let plan = plan_of("a", &all, &records, BalancingStrategy::Balanced, 6);
-        assert!(plan.steal.is_some(), "{plan:?}");
+        assert_eq!(plan.steal.values().collect::<Vec<_>>(), ["b"], "{plan:?}");
         // At 3, 3, 2 nobody steals: not from an owner only one above.
         let settled = records_of(&["b", "b", "b", "a", "a", "a", "c", "c"]);
         for me in ["a", "b", "c"] {
             let plan = plan_of(me, &all, &settled, BalancingStrategy::Greedy, 7);
-            assert_eq!((plan.claim.len(), plan.steal.as_ref()), (0, None), "{me}");
+            assert_eq!((plan.claim.len(), plan.steal.len()), (0, 0), "{me}");
         }
     }
 
@@ -314,7 +337,7 @@ mod tests {
                         expiry: EXPIRY,
                     }
                     .plan(strategy, &mut rng);
-                    for partition in plan.claim.iter().chain(plan.steal.iter()) {
+                    for partition in plan.claim.iter().chain(plan.steal.keys()) {
                         records.insert(
                             partition.clone(),
                             Record {
@@ -335,7 +358,7 @@ mod tests {
                 }
                 .plan(strategy, &mut rng);
                 assert!(
-                    plan.claim.is_empty() && plan.steal.is_none(),
+                    plan.claim.is_empty() && plan.steal.is_empty(),
                     "{count}/{instances}: a balanced fleet stays put: {plan:?}"
                 );
             }

@@ -441,8 +441,8 @@ async fn run(
     let balancing_done = CancellationToken::new();
     let balancing = tokio::spawn({
         let ownership = shared.ownership.clone();
-        let done = balancing_done.clone();
-        async move { ownership.run(done).await }
+        let (draining, done) = (shutdown.clone(), balancing_done.clone());
+        async move { ownership.run(draining, done).await }
     });
     drop(queues);
     let housekeeping_done = CancellationToken::new();
