@@ -812,11 +812,12 @@ async fn the_official_python_processor_shares_partitions_and_checkpoints_with_hu
     };
     let all: BTreeSet<String> = (0..8).map(|p| p.to_string()).collect();
 
-    // Two hubroute instances route the first events and checkpoint them.
-    simulate(&emulator, PHASE, None, 21).await;
+    // Two hubroute instances split the partitions, then route the first events and checkpoint
+    // them (events sent while they still balance would be read twice: the window of a steal).
     let mut instances = start_all(&names, &configs).await;
     let fleet: Vec<&Instance> = instances.iter().collect();
     settled(&blobs, &fleet, 8, FAST, FAST.interval * 10).await;
+    simulate(&emulator, PHASE, None, 21).await;
     eventually(
         "hubroute routes and checkpoints the first events",
         PATIENCE,
@@ -1214,4 +1215,67 @@ async fn four_instances_converge_on_32_partitions_and_cost_one_read_per_partitio
     );
     assert!(converged < timing.interval * 20);
     emulator.shutdown().await.unwrap();
+}
+
+/// Creates a bucket in the moto S3 server `.ci/test` starts, through boto3 in the venv.
+fn create_s3_bucket(name: &str) {
+    let script = format!(
+        "import boto3\n\
+         boto3.client('s3', endpoint_url='http://127.0.0.1:9010', region_name='us-east-1', \
+         aws_access_key_id='test', aws_secret_access_key='test').create_bucket(Bucket='{name}')\n"
+    );
+    let output = std::process::Command::new(crate::support::python())
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("Python runs");
+    assert!(
+        output.status.success(),
+        "cannot create bucket `{name}` in the S3 server at 127.0.0.1:9010 (start it with .ci/test): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn an_s3_checkpoint_store_passes_the_conditional_write_check_only_with_nonce_contents() {
+    use hubroute_engine::checkpoint::{SelectedStore, StoreOperations, open};
+    use hubroute_engine::config::CheckpointConfig;
+    use hubroute_sinks::{ObjectStoreConfig, Secret};
+
+    let bucket = format!("checkpoints-{}", uuid::Uuid::new_v4().simple());
+    create_s3_bucket(&bucket);
+    let store = ObjectStoreConfig::S3 {
+        bucket,
+        region: Some("us-east-1".to_owned()),
+        endpoint: Some("http://127.0.0.1:9010".to_owned()),
+        access_key_id: Some("test".to_owned()),
+        secret_access_key: Some(Secret::new("test")),
+        allow_http: true,
+    };
+    let key = CheckpointKey {
+        fully_qualified_namespace: "ns.servicebus.windows.net".to_owned(),
+        event_hub: "hub".to_owned(),
+        consumer_group: "$Default".to_owned(),
+        partition: "0".to_owned(),
+    };
+    let config = CheckpointConfig {
+        store: Some(store.clone()),
+        ..CheckpointConfig::default()
+    };
+    let SelectedStore::Shared(shared) = open(&config, &StoreOperations::default()).unwrap() else {
+        panic!("an S3 store is shared");
+    };
+    shared
+        .check_conditional_writes(&key)
+        .await
+        .expect("S3 with nonce contents");
+    // S3's ETag is the content's hash: empty ownership blobs would keep one ETag for ever and a
+    // stale claim would win. The check catches it.
+    let bare = ObjectStoreCheckpointStore::new(store.build("checkpoint").unwrap());
+    let error = bare
+        .check_conditional_writes(&key)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("left the ETag unchanged"), "{error}");
 }
