@@ -1107,7 +1107,7 @@ async fn a_store_outage_shorter_than_the_expiry_changes_nothing_and_a_longer_one
         || async {
             for instance in &instances {
                 let (status, health) = instance.health().await;
-                if status != 503 || instance.owned().await.len() != 0 {
+                if status != 503 || !instance.owned().await.is_empty() {
                     return None;
                 }
                 assert_eq!(health["checkpoint_store_reachable"], false, "{health}");

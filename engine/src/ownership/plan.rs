@@ -122,8 +122,8 @@ impl Fleet<'_> {
         };
         let mut others: BTreeMap<&str, Vec<&str>> = active;
         others.remove(self.owner_id);
-        let mut holding = own;
-        for _ in 0..wanted {
+        // `holding`: what this instance holds once the steals planned so far succeed.
+        for holding in own..own + wanted {
             let Some(most_loaded) = others
                 .values()
                 .map(Vec::len)
@@ -143,7 +143,6 @@ impl Fleet<'_> {
             let owned = others.get_mut(victim).expect("a victim is an owner");
             let taken = owned.swap_remove(rng.random_range(0..owned.len()));
             plan.steal.insert(taken.to_owned(), victim.to_owned());
-            holding += 1;
         }
         plan
     }
