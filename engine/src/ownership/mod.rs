@@ -507,9 +507,26 @@ impl PartitionOwnership {
             let Some(key) = shared.keys.get(&partition) else {
                 continue;
             };
-            match shared.store.claim(key, "", Some(&claim.version)).await {
-                Ok(Some(_)) => tracing::info!(%partition, "partition released"),
-                Ok(None) => {
+            let mut version = claim.version;
+            let released = loop {
+                match shared.store.claim(key, "", Some(&version)).await {
+                    Ok(Some(_)) => break Ok(true),
+                    // Refused: a renewal of ours whose answer was lost, or another owner.
+                    Ok(None) => match shared.store.ownership(key).await {
+                        Ok(Some(record))
+                            if record.owner_id == shared.owner_id && record.version != version =>
+                        {
+                            version = record.version;
+                        }
+                        Ok(_) => break Ok(false),
+                        Err(error) => break Err(error),
+                    },
+                    Err(error) => break Err(error),
+                }
+            };
+            match released {
+                Ok(true) => tracing::info!(%partition, "partition released"),
+                Ok(false) => {
                     tracing::info!(%partition, "partition already taken by another instance");
                 }
                 Err(error) => {

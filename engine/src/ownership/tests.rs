@@ -232,3 +232,19 @@ async fn a_renewal_whose_answer_was_lost_is_not_mistaken_for_a_loss() {
     let held = lock(&me.inner.shared.as_ref().unwrap().held);
     assert!(!held["0"].uncertain, "the next read settled the version");
 }
+
+#[tokio::test]
+async fn release_succeeds_after_a_renewal_whose_answer_was_lost() {
+    let store = ObjectStoreCheckpointStore::new(Arc::new(InMemory::new()));
+    let fleet = fleet(&store, 1, 1, BalancingStrategy::Greedy).await;
+    cycle(&fleet).await;
+    let key = &keys(1)[0];
+    let record = store.ownership(key).await.unwrap().unwrap();
+    store
+        .claim(key, "instance-0", Some(&record.version))
+        .await
+        .unwrap()
+        .unwrap();
+    fleet[0].release().await;
+    assert_eq!(store.ownership(key).await.unwrap().unwrap().owner_id, "");
+}
