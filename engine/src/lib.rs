@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 mod error;
 pub mod health;
+pub mod ownership;
 pub mod pipeline;
 pub mod progress;
 pub mod routing;

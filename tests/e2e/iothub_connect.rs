@@ -257,10 +257,12 @@ async fn the_iot_hubs_own_connection_string_is_followed_to_its_built_in_endpoint
         &expected,
     )
     .await;
-    // Checkpoints are keyed by the resolved Event Hubs namespace, as with the Event Hubs string.
-    let namespace = dir
-        .path()
-        .join("checkpoints/127.0.0.1/hub/$default/checkpoint");
+    // Checkpoints are keyed by the resolved Event Hubs namespace, as with the Event Hubs string
+    // (with its port, as the Python SDK keys an endpoint that names one).
+    let namespace = dir.path().join(format!(
+        "checkpoints/{}/hub/$default/checkpoint",
+        emulator.amqp_addr()
+    ));
     assert!(
         namespace.is_dir(),
         "{} holds the checkpoints",

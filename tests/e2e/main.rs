@@ -16,6 +16,7 @@ mod example;
 mod iothub_connect;
 mod logs;
 mod operator_view;
+mod scale_out;
 mod source;
 mod storage;
 mod support;

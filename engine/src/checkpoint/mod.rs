@@ -4,24 +4,75 @@
 //! A checkpoint is `(offset, sequence number)` of the last committed event of one partition of one
 //! consumer group. The source resumes *exclusively* after its sequence number (`>`), so a checkpoint
 //! never causes a duplicate or a gap. Two stores exist: [`FileCheckpointStore`] (the default: one small
-//! file per partition, replaced atomically) and [`ObjectStoreCheckpointStore`] (blob names and metadata
-//! of the official Azure SDKs, so hubroute and an official event processor can hand a consumer group
-//! over to each other without reprocessing).
+//! file per partition, replaced atomically, for a single instance) and [`ObjectStoreCheckpointStore`]
+//! (blob names and metadata of the official Azure SDKs, plus the ownership records several instances
+//! balance partitions with, so hubroute instances and official event processors share or hand over a
+//! consumer group without reprocessing). [`open`] builds the one `[checkpoint]` selects.
 
 mod file;
 mod object_store;
 
 pub use file::FileCheckpointStore;
-pub use object_store::ObjectStoreCheckpointStore;
+pub use object_store::{ObjectStoreCheckpointStore, Ownership, OwnershipVersion, StoreOperations};
 
 use std::fmt::Debug;
+use std::sync::Arc;
 
-use crate::Result;
+use hubroute_sinks::ObjectStoreConfig;
+
+use crate::config::CheckpointConfig;
+use crate::{Error, Result};
+
+/// The checkpoint store `[checkpoint]` selects.
+#[derive(Debug, Clone)]
+pub enum SelectedStore {
+    /// Files on this machine: one instance reads every partition.
+    Files(FileCheckpointStore),
+    /// Blobs several instances share, with ownership records to balance partitions among them.
+    Shared(ObjectStoreCheckpointStore),
+}
+
+impl SelectedStore {
+    /// The store as the source and the pipeline use it.
+    pub fn checkpoints(&self) -> Arc<dyn CheckpointStore> {
+        match self {
+            Self::Files(store) => Arc::new(store.clone()),
+            Self::Shared(store) => Arc::new(store.clone()),
+        }
+    }
+}
+
+/// Builds the store `config` selects: files under `dir` (no `store`) or a `local` store's `root`,
+/// otherwise blobs in the Azure container or S3 bucket, counting requests into `operations`.
+pub fn open(config: &CheckpointConfig, operations: &StoreOperations) -> Result<SelectedStore> {
+    let store = match &config.store {
+        None => return Ok(SelectedStore::Files(FileCheckpointStore::new(&config.dir))),
+        Some(ObjectStoreConfig::Local { root }) => {
+            return Ok(SelectedStore::Files(FileCheckpointStore::new(root)));
+        }
+        Some(store) => store,
+    };
+    let built = store
+        .build("checkpoint")
+        .map_err(|error| Error::Checkpoint {
+            location: "[checkpoint] store".to_owned(),
+            problem: error.to_string(),
+        })?;
+    let shared = ObjectStoreCheckpointStore::new(built).counting_into(operations.clone());
+    Ok(SelectedStore::Shared(
+        if matches!(store, ObjectStoreConfig::S3 { .. }) {
+            shared.with_nonce_content()
+        } else {
+            shared
+        },
+    ))
+}
 
 /// Identifies one partition of one consumer group, as the official SDKs do.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CheckpointKey {
-    /// Host name of the namespace, e.g. `iothub-ns-x.servicebus.windows.net`.
+    /// Host name of the namespace, e.g. `iothub-ns-x.servicebus.windows.net` (with `:port` when the
+    /// connection string names a port, as the Python SDK keys it).
     pub fully_qualified_namespace: String,
     /// Event hub name.
     pub event_hub: String,
@@ -32,13 +83,32 @@ pub struct CheckpointKey {
 }
 
 impl CheckpointKey {
+    /// `{fqns}/{eventhub}/{consumergroup}`, lower-cased: the folder of the consumer group's blobs.
+    pub fn consumer_group_prefix(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.fully_qualified_namespace, self.event_hub, self.consumer_group
+        )
+        .to_lowercase()
+    }
+
     /// The SDK blob name `{fqns}/{eventhub}/{consumergroup}/checkpoint/{partition}`, lower-cased.
     pub fn blob_name(&self) -> String {
         format!(
-            "{}/{}/{}/checkpoint/{}",
-            self.fully_qualified_namespace, self.event_hub, self.consumer_group, self.partition
+            "{}/checkpoint/{}",
+            self.consumer_group_prefix(),
+            self.partition.to_lowercase()
         )
-        .to_lowercase()
+    }
+
+    /// The SDK ownership blob `{fqns}/{eventhub}/{consumergroup}/ownership/{partition}`,
+    /// lower-cased.
+    pub fn ownership_blob_name(&self) -> String {
+        format!(
+            "{}/ownership/{}",
+            self.consumer_group_prefix(),
+            self.partition.to_lowercase()
+        )
     }
 }
 
@@ -105,10 +175,14 @@ mod tests {
     }
 
     #[test]
-    fn blob_name_follows_the_sdk_layout_lower_cased() {
+    fn blob_names_follow_the_sdk_layout_lower_cased() {
         assert_eq!(
             key("7").blob_name(),
             "ns.servicebus.windows.net/myhub/$default/checkpoint/7"
+        );
+        assert_eq!(
+            key("7").ownership_blob_name(),
+            "ns.servicebus.windows.net/myhub/$default/ownership/7"
         );
     }
 }

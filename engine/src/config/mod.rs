@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 
 use hubroute_protocol::IotHubConnectionString;
 use hubroute_protocol::iothub::message_source;
-use hubroute_sinks::{DeadLetterConfig, SinkConfig};
+use hubroute_sinks::{DeadLetterConfig, ObjectStoreConfig, SinkConfig};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -52,6 +52,14 @@ mod defaults {
     }
     pub(super) fn checkpoint_interval() -> Duration {
         Duration::from_secs(5)
+    }
+    /// The Python and Java processors' load-balancing interval.
+    pub(super) fn load_balancing_interval() -> Duration {
+        Duration::from_secs(10)
+    }
+    /// Six load-balancing intervals, as the Python processor's default.
+    pub(super) fn ownership_expiry() -> Duration {
+        Duration::from_secs(60)
     }
     pub(super) fn queue_capacity() -> usize {
         16
@@ -263,16 +271,52 @@ impl Default for ServiceConfig {
     }
 }
 
-/// Checkpoint storage.
+/// Checkpoint storage and, with a shared store, partition ownership among several instances.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointConfig {
-    /// Directory of the file checkpoint store (default `checkpoints`).
+    /// Directory of the file checkpoint store when `store` is not set (default `checkpoints`); the
+    /// twin snapshot is kept here in every case.
     #[serde(default = "defaults::checkpoint_dir")]
     pub dir: PathBuf,
     /// How often advanced checkpoints are written (default 5 s); they are also written on shutdown.
     #[serde(default = "defaults::checkpoint_interval", with = "humantime_serde")]
     pub interval: Duration,
+    /// The checkpoint store, with the sinks' object store settings. `azure` or `s3` keep checkpoints
+    /// and partition ownership as blobs in the official SDKs' layout, so several instances (and the
+    /// official event processors) share the partitions; `local` keeps checkpoint files under its
+    /// `root`, for one instance, as `dir` does. Default: files under `dir`.
+    #[serde(default)]
+    pub store: Option<ObjectStoreConfig>,
+    /// How often ownership is renewed and partitions are balanced among instances (default 10 s).
+    #[serde(
+        default = "defaults::load_balancing_interval",
+        with = "humantime_serde"
+    )]
+    pub load_balancing_interval: Duration,
+    /// A claim not renewed for this long is expired and other instances take its partition
+    /// (default 60 s); more than `load_balancing_interval`, or partitions would migrate all the time.
+    #[serde(default = "defaults::ownership_expiry", with = "humantime_serde")]
+    pub ownership_expiry: Duration,
+    /// How many partitions a balancing cycle claims (default `greedy`, as the Python processor).
+    #[serde(default)]
+    pub strategy: BalancingStrategy,
+    /// The name this instance claims partitions under (default: a fresh UUID per process). A
+    /// stable id lets a restarted instance take its own partitions back without waiting for them to
+    /// expire; two running instances must never share one.
+    #[serde(default)]
+    pub owner_id: Option<String>,
+}
+
+impl CheckpointConfig {
+    /// Whether checkpoints live in a store several instances share (Azure Blob or S3), which turns
+    /// on partition ownership and load balancing.
+    pub fn is_shared(&self) -> bool {
+        matches!(
+            self.store,
+            Some(ObjectStoreConfig::Azure { .. } | ObjectStoreConfig::S3 { .. })
+        )
+    }
 }
 
 impl Default for CheckpointConfig {
@@ -280,8 +324,26 @@ impl Default for CheckpointConfig {
         Self {
             dir: defaults::checkpoint_dir(),
             interval: defaults::checkpoint_interval(),
+            store: None,
+            load_balancing_interval: defaults::load_balancing_interval(),
+            ownership_expiry: defaults::ownership_expiry(),
+            strategy: BalancingStrategy::default(),
+            owner_id: None,
         }
     }
+}
+
+/// How many unowned or expired partitions one load-balancing cycle claims (reference §5.3).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancingStrategy {
+    /// Claim every claimable partition up to the fair share at once: fastest start and failover,
+    /// the Python processor's default.
+    #[default]
+    Greedy,
+    /// Claim one partition per cycle: instances joining together settle with fewer conflicting
+    /// claims, .NET's default.
+    Balanced,
 }
 
 /// What the router does when an endpoint's queue is full.
@@ -482,6 +544,21 @@ impl LoadedConfig {
         c.source
             .validate()
             .map_err(|error| whole(error.to_string()))?;
+        let checkpoint = &c.checkpoint;
+        if checkpoint.ownership_expiry <= checkpoint.load_balancing_interval {
+            return Err(whole(format!(
+                "[checkpoint] ownership_expiry ({:?}) must be longer than load_balancing_interval ({:?}), \
+                 or claims expire before they are renewed; the default is six intervals",
+                checkpoint.ownership_expiry, checkpoint.load_balancing_interval
+            )));
+        }
+        if checkpoint.owner_id.as_deref().is_some_and(str::is_empty) {
+            return Err(whole(
+                "[checkpoint] owner_id is empty, which the official processors read as a released \
+                 partition; remove it for a fresh id per process"
+                    .to_owned(),
+            ));
+        }
         if c.routes.len() > limits::MAX_ROUTES {
             return Err(whole(format!(
                 "{} routes; the limit is {}",

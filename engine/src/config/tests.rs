@@ -90,6 +90,27 @@ fn invalid_configurations_say_what_and_where() {
             0,
         ),
         (
+            "[checkpoint]\nload_balancing_interval = \"10s\"\nownership_expiry = \"10s\"\n"
+                .to_owned(),
+            "must be longer than load_balancing_interval",
+            0,
+        ),
+        (
+            "[checkpoint]\nowner_id = \"\"\n".to_owned(),
+            "owner_id is empty",
+            0,
+        ),
+        (
+            "[checkpoint]\nstrategy = \"lazy\"\n".to_owned(),
+            "unknown variant `lazy`",
+            0,
+        ),
+        (
+            "[checkpoint]\nstore = { kind = \"gcs\", bucket = \"b\" }\n".to_owned(),
+            "unknown variant `gcs`",
+            0,
+        ),
+        (
             format!(
                 "{}[[routes]]\nname = \"r\"\nendpoint = \"a\"\ncondition = \"{}\"\n",
                 endpoints(&["a"]),
@@ -110,6 +131,46 @@ fn invalid_configurations_say_what_and_where() {
             );
         }
     }
+}
+
+#[test]
+fn a_shared_checkpoint_store_turns_on_load_balancing() {
+    let cases = [
+        ("", false),
+        ("store = { kind = \"local\", root = \"/tmp/c\" }\n", false),
+        (
+            "store = { kind = \"azure\", container = \"c\", use_emulator = true }\n",
+            true,
+        ),
+        (
+            "store = { kind = \"s3\", bucket = \"b\", region = \"eu-west-1\" }\n",
+            true,
+        ),
+    ];
+    for (store, shared) in cases {
+        let text = format!(
+            "[checkpoint]\n{store}load_balancing_interval = \"2s\"\nownership_expiry = \"6s\"\nstrategy = \"balanced\"\nowner_id = \"pod-1\"\n"
+        );
+        let checkpoint = parse(&text).expect("valid").config.checkpoint;
+        assert_eq!(checkpoint.is_shared(), shared, "{store}");
+        assert_eq!(checkpoint.load_balancing_interval, Duration::from_secs(2));
+        assert_eq!(checkpoint.ownership_expiry, Duration::from_secs(6));
+        assert_eq!(checkpoint.strategy, BalancingStrategy::Balanced);
+        assert_eq!(checkpoint.owner_id.as_deref(), Some("pod-1"));
+    }
+    let defaults = CheckpointConfig::default();
+    assert_eq!(
+        (
+            defaults.load_balancing_interval,
+            defaults.ownership_expiry,
+            defaults.strategy
+        ),
+        (
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+            BalancingStrategy::Greedy
+        )
+    );
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! The operator's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (200 while no endpoint
-//! is dead and the engine runs, 503 otherwise), `/routes` (JSON summary of routes and endpoints),
+//! is dead, the engine runs and a shared checkpoint store was reached within the ownership expiry,
+//! whatever the number of partitions owned; 503 otherwise), `/routes` (JSON summary of routes,
+//! endpoints and owned partitions),
 //! and the status page (`/`, its assets and its data at `/status`; see `status_page`).
 //! Every route is a `GET`: nothing here changes the engine.
 
@@ -98,7 +100,8 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
         .filter(|e| lock(&e.health).status(now) == HealthStatus::Dead)
         .map(|e| e.name.clone())
         .collect();
-    let healthy = fatal.is_none() && dead.is_empty();
+    let ownership = shared.ownership.status();
+    let healthy = fatal.is_none() && dead.is_empty() && ownership.healthy;
     let status = if healthy {
         StatusCode::OK
     } else {
@@ -108,9 +111,22 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
         "status": if healthy { "ok" } else { "failing" },
         "fatal_error": fatal,
         "dead_endpoints": dead,
+        "checkpoint_store_reachable": ownership.healthy,
+        "ownership": ownership_summary(&shared),
         "endpoints": endpoint_summaries(&shared),
     });
     (status, axum::Json(body)).into_response()
+}
+
+/// The partitions this instance owns and, with a shared store, its owner id and when it last read
+/// the store.
+fn ownership_summary(shared: &Shared) -> serde_json::Value {
+    let status = shared.ownership.status();
+    json!({
+        "owner_id": status.owner_id,
+        "owned_partitions": status.owned,
+        "seconds_since_store_read": status.seconds_since_store_read,
+    })
 }
 
 async fn routes(State(shared): State<Arc<Shared>>) -> Response {
@@ -151,6 +167,7 @@ pub(super) fn routes_summary(shared: &Shared) -> serde_json::Value {
         "hub_name": shared.hub_name,
         "event_hub": shared.event_hub,
         "partitions": shared.partitions.iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
+        "ownership": ownership_summary(shared),
         "routes": routes,
         "fallback": fallback,
         "endpoints": endpoint_summaries(shared),

@@ -12,6 +12,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+use crate::ownership::OwnershipMetrics;
 use crate::twins::TwinMetrics;
 
 /// Label set of one metric series: (label name, value) pairs.
@@ -47,6 +48,7 @@ pub struct Metrics {
     pub(crate) source_reconnects: Gauge,
     pub(crate) source_buffered_bytes: Gauge,
     pub(crate) twins: TwinMetrics,
+    ownership: OwnershipMetrics,
 }
 
 impl Default for Metrics {
@@ -72,6 +74,7 @@ impl Default for Metrics {
             source_reconnects: Gauge::default(),
             source_buffered_bytes: Gauge::default(),
             twins: TwinMetrics::default(),
+            ownership: OwnershipMetrics::default(),
         };
         metrics.registry.register(
             "route_matched",
@@ -165,6 +168,7 @@ impl Default for Metrics {
             metrics.config_reloads.clone(),
         );
         metrics.twins.register(&mut metrics.registry);
+        metrics.ownership.register(&mut metrics.registry);
         metrics
     }
 }
@@ -223,6 +227,11 @@ impl Metrics {
     /// The twin store's metrics.
     pub fn twins(&self) -> &TwinMetrics {
         &self.twins
+    }
+
+    /// Partition ownership's metrics.
+    pub fn ownership(&self) -> &OwnershipMetrics {
+        &self.ownership
     }
 }
 

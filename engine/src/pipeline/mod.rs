@@ -21,12 +21,13 @@
 
 mod http;
 mod metrics;
+mod partitions;
 mod status_page;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -42,9 +43,10 @@ use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::checkpoint::{Checkpoint, CheckpointStore, FileCheckpointStore};
+use crate::checkpoint::{self, Checkpoint, CheckpointStore, SelectedStore};
 use crate::config::{FullPolicy, LoadedConfig};
 use crate::health::{EndpointHealth, HealthPolicy, HealthStatus};
+use crate::ownership::PartitionOwnership;
 use crate::progress::{BatchId, PartitionProgress, Position};
 use crate::routing::RoutingTable;
 use crate::source::{EventHubSource, PartitionOutcome, SourceBatch};
@@ -80,6 +82,9 @@ struct EndpointState {
 struct PartitionState {
     id: String,
     progress: Mutex<PartitionProgress>,
+    /// Read by this instance in the current ownership period: only then is its checkpoint written
+    /// (`partitions::supervise` owns it).
+    active: AtomicBool,
 }
 
 /// A ticket between routing and its ack: where its rows came from, for the checkpoint, commit
@@ -116,6 +121,8 @@ pub(crate) struct Shared {
     metrics: Metrics,
     dead_letters: DeadLetterStore,
     checkpoints: Arc<dyn CheckpointStore>,
+    /// Which partitions this instance reads; checkpoints are written only for owned ones.
+    ownership: PartitionOwnership,
     source: EventHubSource,
     /// Device twins attached to every batch before routing (a no-op without `[twins]`).
     twins: Twins,
@@ -155,8 +162,9 @@ impl RunningEngine {
         let config = &loaded.config;
         let dead_letters = DeadLetterStore::new(&config.dead_letters)
             .map_err(|e| Error::DeadLetters(Box::new(e)))?;
-        let checkpoints: Arc<dyn CheckpointStore> =
-            Arc::new(FileCheckpointStore::new(&config.checkpoint.dir));
+        let metrics = Metrics::default();
+        let store = checkpoint::open(&config.checkpoint, &metrics.ownership().store_operations)?;
+        let checkpoints = store.checkpoints();
         let listener = tokio::net::TcpListener::bind(config.service.listen)
             .await
             .map_err(|e| Error::Listen {
@@ -196,8 +204,27 @@ impl RunningEngine {
 
         let source =
             EventHubSource::connect(config.source.clone(), Arc::clone(&checkpoints)).await?;
+        let ownership = match store {
+            SelectedStore::Files(_) => PartitionOwnership::single(
+                source.partitions().to_vec(),
+                metrics.ownership().clone(),
+            ),
+            SelectedStore::Shared(store) => {
+                let keys = source
+                    .partitions()
+                    .iter()
+                    .map(|p| source.checkpoint_key(p))
+                    .collect();
+                PartitionOwnership::shared(
+                    store,
+                    keys,
+                    &config.checkpoint,
+                    metrics.ownership().clone(),
+                )
+                .await?
+            }
+        };
         // twins: start loading device twins in the background; routers wait for them.
-        let metrics = Metrics::default();
         let twins = Twins::start(config, metrics.twins().clone())?;
         let partitions = source
             .partitions()
@@ -205,6 +232,7 @@ impl RunningEngine {
             .map(|id| PartitionState {
                 id: id.clone(),
                 progress: Mutex::new(PartitionProgress::default()),
+                active: AtomicBool::new(false),
             })
             .collect();
         let shared = Arc::new(Shared {
@@ -219,6 +247,7 @@ impl RunningEngine {
             metrics,
             dead_letters,
             checkpoints,
+            ownership,
             source,
             twins,
             stall_after: config.service.stall_after,
@@ -403,27 +432,18 @@ async fn run(
         );
         aborts.push(tasks.spawn(collect_acks(Arc::clone(&shared), acks)));
     }
-    let mut routers = JoinSet::new();
-    for (index, partition) in shared.partitions.iter().enumerate() {
-        let (downstream, batches) = mpsc::channel(SOURCE_QUEUE);
-        let receiver = shared
-            .source
-            .spawn(&partition.id, downstream, shutdown.clone());
-        let span = tracing::info_span!("partition", partition = %partition.id);
-        aborts.push(
-            routers.spawn(
-                route_partition(
-                    Arc::clone(&shared),
-                    index,
-                    batches,
-                    receiver,
-                    queues.clone(),
-                    shutdown.clone(),
-                )
-                .instrument(span),
-            ),
-        );
-    }
+    let supervisor = tokio::spawn(partitions::supervise(
+        Arc::clone(&shared),
+        queues.clone(),
+        shutdown.clone(),
+    ));
+    aborts.push(supervisor.abort_handle());
+    let balancing_done = CancellationToken::new();
+    let balancing = tokio::spawn({
+        let ownership = shared.ownership.clone();
+        let (draining, done) = (shutdown.clone(), balancing_done.clone());
+        async move { ownership.run(draining, done).await }
+    });
     drop(queues);
     let housekeeping_done = CancellationToken::new();
     let housekeeping = tokio::spawn(housekeeping(
@@ -434,7 +454,7 @@ async fn run(
     ));
 
     let pipeline = async {
-        while routers.join_next().await.is_some() {}
+        let _ = supervisor.await;
         // Routers held the last queue senders: the sinks now see their input close and flush.
         while sink_tasks.join_next().await.is_some() {}
         while tasks.join_next().await.is_some() {}
@@ -457,6 +477,10 @@ async fn run(
     housekeeping_done.cancel();
     let _ = housekeeping.await;
     shared.write_checkpoints().await;
+    // Claims are renewed until the last checkpoint is written, then handed to other instances.
+    balancing_done.cancel();
+    let _ = balancing.await;
+    shared.ownership.release().await;
     shared.twins.shutdown().await; // twins: last snapshot, after the last checkpoints
 
     let summary = RunSummary {
@@ -500,6 +524,7 @@ async fn route_partition(
         Ok(Ok(PartitionOutcome::Stopped | PartitionOutcome::DownstreamClosed)) => {}
         Ok(Ok(PartitionOutcome::OwnershipLost { description })) => {
             tracing::warn!(partition = %id, %description, "another reader took this partition");
+            shared.ownership.link_stolen(&id);
         }
         Ok(Err(error)) => shared.fail(format!("partition {id}: {error}"), &shutdown),
         Err(join) => shared.fail(format!("partition {id}: receiver task: {join}"), &shutdown),
@@ -782,12 +807,20 @@ impl Shared {
         }
     }
 
-    /// Writes the checkpoints of every partition whose committed position moved.
+    /// Writes the checkpoints of every partition whose committed position moved, for the
+    /// partitions this instance still owns.
     async fn write_checkpoints(&self) {
         for partition in &self.partitions {
+            if !partition.active.load(Ordering::SeqCst) {
+                continue;
+            }
             let Some(position) = lock(&partition.progress).take_checkpoint() else {
                 continue;
             };
+            if !self.ownership.may_checkpoint(&partition.id).await {
+                lock(&partition.progress).restore_checkpoint(position);
+                continue;
+            }
             let checkpoint = Checkpoint {
                 key: self.source.checkpoint_key(&partition.id),
                 offset: position.offset.clone(),

@@ -80,7 +80,8 @@ pub struct EventHubSource {
     /// The configuration the receivers use: an IoT Hub connection string is replaced by the Event
     /// Hubs connection string it resolved to, so reconnects and `$management` reuse it.
     config: Arc<SourceConfig>,
-    /// The Event Hubs namespace host (checkpoints are keyed by it, as the SDKs do).
+    /// The Event Hubs namespace host, with the port when the connection string names one
+    /// (checkpoints are keyed by it, as the SDKs do).
     namespace: String,
     event_hub: String,
     partitions: Vec<String>,
@@ -109,7 +110,13 @@ impl EventHubSource {
             let resolved = iothub::resolve(&config, hub).await?;
             config.connection_string = SourceConnectionString::EventHubs(resolved);
         }
-        let namespace = config.event_hubs()?.host.clone();
+        let endpoint = config.event_hubs()?;
+        // Checkpoints are keyed as the official SDKs key them: by the endpoint's authority as the
+        // connection string writes it (Python's `netloc`), so an emulator's port is part of it.
+        let namespace = match endpoint.port {
+            Some(port) => format!("{}:{port}", endpoint.host),
+            None => endpoint.host.clone(),
+        };
         let event_hub = config.event_hub_name()?.to_owned();
         let mut hub = HubConnection::open(&config, &event_hub).await?;
         let discovered = hub.partition_ids(&event_hub).await;
