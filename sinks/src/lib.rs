@@ -10,6 +10,7 @@ mod amqp;
 mod config;
 mod dead_letter;
 mod error;
+mod json_path;
 mod object_files;
 mod object_store_config;
 mod parquet;

@@ -17,50 +17,8 @@ use hubroute_message::{MessageColumns, message_schema, timestamp_type};
 use serde_json::Value;
 
 use super::config::{TypedColumn, TypedColumnType};
+use crate::json_path::JsonPath;
 use crate::{Error, Result};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Step {
-    Key(String),
-    Index(usize),
-}
-
-/// A parsed `$.a.b[2]` path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct JsonPath(Vec<Step>);
-
-impl JsonPath {
-    fn parse(path: &str) -> Option<Self> {
-        let mut rest = path.strip_prefix('$').unwrap_or(path);
-        let mut steps = Vec::new();
-        while !rest.is_empty() {
-            if let Some(after) = rest.strip_prefix('[') {
-                let close = after.find(']')?;
-                steps.push(Step::Index(after[..close].parse().ok()?));
-                rest = &after[close + 1..];
-            } else {
-                let after = rest.strip_prefix('.').unwrap_or(rest);
-                let end = after.find(['.', '[']).unwrap_or(after.len());
-                if end == 0 {
-                    return None;
-                }
-                steps.push(Step::Key(after[..end].to_owned()));
-                rest = &after[end..];
-            }
-        }
-        (!steps.is_empty()).then_some(Self(steps))
-    }
-
-    fn get<'v>(&self, mut value: &'v Value) -> Option<&'v Value> {
-        for step in &self.0 {
-            value = match step {
-                Step::Key(key) => value.get(key)?,
-                Step::Index(index) => value.get(index)?,
-            };
-        }
-        Some(value)
-    }
-}
 
 #[derive(Debug)]
 struct Extractor {
@@ -90,12 +48,9 @@ impl FileSchema {
                     ),
                 });
             }
-            let path = JsonPath::parse(&column.path).ok_or_else(|| Error::Config {
+            let path = JsonPath::parse(&column.path).map_err(|problem| Error::Config {
                 sink: sink.to_owned(),
-                problem: format!(
-                    "typed column `{}`: `{}` is not a JSON path like `$.a.b[0]`",
-                    column.name, column.path
-                ),
+                problem: format!("typed column `{}`: {problem}", column.name),
             })?;
             let data_type = match column.data_type {
                 TypedColumnType::Utf8 => DataType::Utf8,
@@ -211,30 +166,6 @@ mod tests {
     }
 
     #[test]
-    fn json_paths_parse() {
-        let cases = [
-            (
-                "$.a.b",
-                Some(vec![Step::Key("a".into()), Step::Key("b".into())]),
-            ),
-            (
-                "a[2].c",
-                Some(vec![
-                    Step::Key("a".into()),
-                    Step::Index(2),
-                    Step::Key("c".into()),
-                ]),
-            ),
-            ("$", None),
-            ("$.a..b", None),
-            ("$.a[x]", None),
-        ];
-        for (path, expected) in cases {
-            assert_eq!(JsonPath::parse(path).map(|p| p.0), expected, "{path}");
-        }
-    }
-
-    #[test]
     fn typed_columns_are_extracted_from_json_bodies_and_null_otherwise() {
         let schema = FileSchema::new(
             "lake",
@@ -273,6 +204,17 @@ mod tests {
             .unwrap()
             .as_primitive::<TimestampMillisecondType>();
         assert_eq!((at.value(0), at.value(2)), (1_767_225_600_000, 1000));
+    }
+
+    #[test]
+    fn a_typed_column_path_without_dollar_is_rejected_with_the_column_name() {
+        let error = FileSchema::new("lake", &[column("t", "temperature", TypedColumnType::Utf8)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("typed column `t`: `temperature` is not a JSON path"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -86,7 +86,7 @@ pub enum Compression {
 pub struct TypedColumn {
     /// Column name; must not clash with a message column.
     pub name: String,
-    /// JSON path into the body: `$.a.b[2].c` (the `$.` is optional).
+    /// JSON path into the body, such as `$.a.b[2].c` (see "JSON paths" in docs/configuration.md).
     pub path: String,
     /// Arrow type of the column.
     #[serde(rename = "type")]

@@ -1,7 +1,7 @@
 //! Where a column's value comes from: a message field, an application property, or a JSON path into
 //! the body, and how it is read out of a message batch as a [`Datum`] (before type conversion).
 //!
-//! JSON paths are the small subset IoT Hub users write: `$`, then `.name` and `[index]` steps.
+//! JSON paths are [`JsonPath`]s, the grammar every sink shares.
 
 use std::borrow::Cow;
 
@@ -12,6 +12,7 @@ use hubroute_message::{MessageColumns, columns as col};
 use serde_json::{Map, Value};
 
 use super::value::Datum;
+use crate::json_path::JsonPath;
 
 /// A parsed column source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,14 +22,7 @@ pub(crate) enum Source {
     /// `app:<name>`: one application property.
     AppProperty(String),
     /// `$.a.b[0]`: a JSON path into the body.
-    BodyPath(Vec<PathStep>),
-}
-
-/// A step of a JSON path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum PathStep {
-    Key(String),
-    Index(usize),
+    BodyPath(JsonPath),
 }
 
 /// Message fields a column can read.
@@ -94,7 +88,7 @@ impl Source {
             return Ok(Self::AppProperty(name.to_owned()));
         }
         if source.starts_with('$') {
-            return parse_path(source).map(Self::BodyPath);
+            return JsonPath::parse(source).map(Self::BodyPath);
         }
         let field = match source {
             col::SEQUENCE_NUMBER => Field::SequenceNumber,
@@ -139,18 +133,12 @@ impl Source {
                             Datum::Json(Cow::Owned(json))
                         })
                 }),
-            Self::BodyPath(steps) => {
-                let mut node = body;
-                for step in steps {
-                    node = node.and_then(|n| match step {
-                        PathStep::Key(key) => n.get(key),
-                        PathStep::Index(i) => n.get(i),
-                    });
-                }
-                node.map_or(Datum::Null, |value| match value {
-                    Value::Null => Datum::Null,
-                    other => Datum::Json(Cow::Borrowed(other)),
-                })
+            Self::BodyPath(path) => {
+                body.and_then(|body| path.get(body))
+                    .map_or(Datum::Null, |value| match value {
+                        Value::Null => Datum::Null,
+                        other => Datum::Json(Cow::Borrowed(other)),
+                    })
             }
         }
     }
@@ -270,55 +258,5 @@ fn app_property_json(value: &str, type_name: Option<&str>) -> Option<Value> {
     match type_name? {
         "long" | "ulong" | "double" | "boolean" => serde_json::from_str(value).ok(),
         _ => None,
-    }
-}
-
-fn parse_path(path: &str) -> Result<Vec<PathStep>, String> {
-    let invalid =
-        || format!("invalid JSON path `{path}`; write `$.name`, `$.a.b` or `$.list[0]` steps");
-    let mut rest = path.strip_prefix('$').ok_or_else(invalid)?;
-    let mut steps = Vec::new();
-    while !rest.is_empty() {
-        if let Some(after) = rest.strip_prefix('.') {
-            let end = after.find(['.', '[']).unwrap_or(after.len());
-            if end == 0 {
-                return Err(invalid());
-            }
-            steps.push(PathStep::Key(after[..end].to_owned()));
-            rest = &after[end..];
-        } else if let Some(after) = rest.strip_prefix('[') {
-            let end = after.find(']').ok_or_else(invalid)?;
-            let index = after[..end].parse().map_err(|_| invalid())?;
-            steps.push(PathStep::Index(index));
-            rest = &after[end + 1..];
-        } else {
-            return Err(invalid());
-        }
-    }
-    if steps.is_empty() {
-        return Err(invalid());
-    }
-    Ok(steps)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_paths_parse_into_steps() {
-        let key = |k: &str| PathStep::Key(k.into());
-        let cases = [
-            ("$.a", Ok(vec![key("a")])),
-            ("$.a.b", Ok(vec![key("a"), key("b")])),
-            ("$.a[2].c", Ok(vec![key("a"), PathStep::Index(2), key("c")])),
-            ("$", Err(())),
-            ("$.", Err(())),
-            ("$.a[x]", Err(())),
-            ("$a", Err(())),
-        ];
-        for (path, expected) in cases {
-            assert_eq!(parse_path(path).map_err(|_| ()), expected, "{path}");
-        }
     }
 }
