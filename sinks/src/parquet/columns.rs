@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
     TimestampMillisecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -81,30 +81,19 @@ impl FileSchema {
             return Ok(batch.clone());
         }
         let view = MessageColumns::try_new(batch)?;
-        let mut builders: Vec<Box<dyn ArrayBuilder>> = self
+        let mut builders: Vec<ColumnBuilder> = self
             .extractors
             .iter()
-            .map(|e| -> Box<dyn ArrayBuilder> {
-                match e.data_type {
-                    TypedColumnType::Utf8 => Box::new(StringBuilder::new()),
-                    TypedColumnType::Int64 => Box::new(Int64Builder::new()),
-                    TypedColumnType::Float64 => Box::new(Float64Builder::new()),
-                    TypedColumnType::Boolean => Box::new(BooleanBuilder::new()),
-                    TypedColumnType::Timestamp => {
-                        Box::new(TimestampMillisecondBuilder::new().with_timezone("UTC"))
-                    }
-                }
-            })
+            .map(|e| ColumnBuilder::new(e.data_type))
             .collect();
         for row in 0..view.len() {
             let body: Option<Value> = serde_json::from_slice(view.body.value(row)).ok();
             for (extractor, builder) in self.extractors.iter().zip(&mut builders) {
-                let value = body.as_ref().and_then(|b| extractor.path.get(b));
-                append(extractor.data_type, builder.as_mut(), value);
+                builder.append(body.as_ref().and_then(|b| extractor.path.get(b)));
             }
         }
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-        columns.extend(builders.iter_mut().map(|b| b.finish()));
+        columns.extend(builders.iter_mut().map(ColumnBuilder::finish));
         RecordBatch::try_new(self.schema(), columns).map_err(|source| Error::Arrow {
             sink: sink.to_owned(),
             source,
@@ -112,39 +101,59 @@ impl FileSchema {
     }
 }
 
-fn append(data_type: TypedColumnType, builder: &mut dyn ArrayBuilder, value: Option<&Value>) {
-    let any = builder.as_any_mut();
-    match data_type {
-        TypedColumnType::Utf8 => {
-            let b = any.downcast_mut::<StringBuilder>().expect("builder type");
-            match value {
+/// The Arrow builder of one typed column, by type.
+#[derive(Debug)]
+enum ColumnBuilder {
+    Utf8(StringBuilder),
+    Int64(Int64Builder),
+    Float64(Float64Builder),
+    Boolean(BooleanBuilder),
+    Timestamp(TimestampMillisecondBuilder),
+}
+
+impl ColumnBuilder {
+    fn new(data_type: TypedColumnType) -> Self {
+        match data_type {
+            TypedColumnType::Utf8 => Self::Utf8(StringBuilder::new()),
+            TypedColumnType::Int64 => Self::Int64(Int64Builder::new()),
+            TypedColumnType::Float64 => Self::Float64(Float64Builder::new()),
+            TypedColumnType::Boolean => Self::Boolean(BooleanBuilder::new()),
+            TypedColumnType::Timestamp => {
+                Self::Timestamp(TimestampMillisecondBuilder::new().with_timezone("UTC"))
+            }
+        }
+    }
+
+    /// Appends the value found at the column's path, or null when there is none or it does not
+    /// fit the column's type (any JSON value fits a string column, as its JSON text).
+    fn append(&mut self, value: Option<&Value>) {
+        match self {
+            Self::Utf8(b) => match value {
                 Some(Value::String(s)) => b.append_value(s),
                 Some(Value::Null) | None => b.append_null(),
                 Some(other) => b.append_value(other.to_string()),
-            }
+            },
+            Self::Int64(b) => b.append_option(value.and_then(Value::as_i64)),
+            Self::Float64(b) => b.append_option(value.and_then(Value::as_f64)),
+            Self::Boolean(b) => b.append_option(value.and_then(Value::as_bool)),
+            Self::Timestamp(b) => b.append_option(value.and_then(|v| {
+                match v {
+                    Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+                        .ok()
+                        .map(|t| t.timestamp_millis()),
+                    other => other.as_i64(),
+                }
+            })),
         }
-        TypedColumnType::Int64 => any
-            .downcast_mut::<Int64Builder>()
-            .expect("builder type")
-            .append_option(value.and_then(Value::as_i64)),
-        TypedColumnType::Float64 => any
-            .downcast_mut::<Float64Builder>()
-            .expect("builder type")
-            .append_option(value.and_then(Value::as_f64)),
-        TypedColumnType::Boolean => any
-            .downcast_mut::<BooleanBuilder>()
-            .expect("builder type")
-            .append_option(value.and_then(Value::as_bool)),
-        TypedColumnType::Timestamp => {
-            let millis = value.and_then(|v| match v {
-                Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
-                    .ok()
-                    .map(|t| t.timestamp_millis()),
-                other => other.as_i64(),
-            });
-            any.downcast_mut::<TimestampMillisecondBuilder>()
-                .expect("builder type")
-                .append_option(millis);
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Self::Utf8(b) => Arc::new(b.finish()),
+            Self::Int64(b) => Arc::new(b.finish()),
+            Self::Float64(b) => Arc::new(b.finish()),
+            Self::Boolean(b) => Arc::new(b.finish()),
+            Self::Timestamp(b) => Arc::new(b.finish()),
         }
     }
 }
@@ -174,19 +183,20 @@ mod tests {
                 column("n", "$.readings[1]", TypedColumnType::Int64),
                 column("id", "$.device.id", TypedColumnType::Utf8),
                 column("at", "$.at", TypedColumnType::Timestamp),
+                column("ok", "$.ok", TypedColumnType::Boolean),
             ],
         )
         .unwrap();
         let batch = MessageBatchBuilder::batch_of(&[
             Message::telemetry(
-                r#"{"temperature":21.5,"readings":[1,7],"device":{"id":"p-1"},"at":"2026-01-01T00:00:00Z"}"#,
+                r#"{"temperature":21.5,"readings":[1,7],"device":{"id":"p-1"},"at":"2026-01-01T00:00:00Z","ok":true}"#,
             ),
             Message::telemetry("not json"),
-            Message::telemetry(r#"{"temperature":"hot","device":{"id":5},"at":1000}"#),
+            Message::telemetry(r#"{"temperature":"hot","device":{"id":5},"at":1000,"ok":"yes"}"#),
         ])
         .unwrap();
         let out = schema.project(&batch, "lake").unwrap();
-        assert_eq!(out.num_columns(), batch.num_columns() + 4);
+        assert_eq!(out.num_columns(), batch.num_columns() + 5);
         let t = out
             .column_by_name("t")
             .unwrap()
@@ -204,6 +214,11 @@ mod tests {
             .unwrap()
             .as_primitive::<TimestampMillisecondType>();
         assert_eq!((at.value(0), at.value(2)), (1_767_225_600_000, 1000));
+        let ok = out.column_by_name("ok").unwrap().as_boolean();
+        assert_eq!(
+            (ok.value(0), ok.is_null(1), ok.is_null(2)),
+            (true, true, true)
+        );
     }
 
     #[test]
