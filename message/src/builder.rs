@@ -65,6 +65,37 @@ pub struct MessageRef<'a> {
     pub twin: Option<&'a str>,
 }
 
+impl<'a> From<&'a Message> for MessageRef<'a> {
+    /// Every field of `message` but its application properties, which
+    /// [`MessageBatchBuilder::append_message`] appends first.
+    fn from(message: &'a Message) -> Self {
+        let system = &message.system;
+        Self {
+            event_hub: &message.event_hub,
+            partition: &message.partition,
+            sequence_number: message.sequence_number,
+            offset: &message.offset,
+            enqueued_time_ms: message.enqueued_time.timestamp_millis(),
+            partition_key: message.partition_key.as_deref(),
+            message_id: system.message_id.as_deref(),
+            correlation_id: system.correlation_id.as_deref(),
+            user_id: system.user_id.as_deref(),
+            content_type: system.content_type.as_deref(),
+            content_encoding: system.content_encoding.as_deref(),
+            iothub_enqueued_time_ms: system.iothub_enqueued_time.map(|t| t.timestamp_millis()),
+            connection_device_id: system.connection_device_id.as_deref(),
+            connection_module_id: system.connection_module_id.as_deref(),
+            connection_auth_method: system.connection_auth_method.as_deref(),
+            connection_auth_generation_id: system.connection_device_generation_id.as_deref(),
+            message_source: system.message_source.as_deref(),
+            dt_dataschema: system.dt_dataschema.as_deref(),
+            dt_subject: system.dt_subject.as_deref(),
+            body: &message.body,
+            twin: message.twin.as_deref(),
+        }
+    }
+}
+
 /// Builds message batches row by row.
 ///
 /// Application properties are appended between [`MessageBatchBuilder::append`] calls with
@@ -234,30 +265,7 @@ impl MessageBatchBuilder {
             let canonical = value.canonical_string();
             self.append_application_property(name, canonical.as_deref(), value.type_name());
         }
-        let system = &message.system;
-        self.append(&MessageRef {
-            event_hub: &message.event_hub,
-            partition: &message.partition,
-            sequence_number: message.sequence_number,
-            offset: &message.offset,
-            enqueued_time_ms: message.enqueued_time.timestamp_millis(),
-            partition_key: message.partition_key.as_deref(),
-            message_id: system.message_id.as_deref(),
-            correlation_id: system.correlation_id.as_deref(),
-            user_id: system.user_id.as_deref(),
-            content_type: system.content_type.as_deref(),
-            content_encoding: system.content_encoding.as_deref(),
-            iothub_enqueued_time_ms: system.iothub_enqueued_time.map(|t| t.timestamp_millis()),
-            connection_device_id: system.connection_device_id.as_deref(),
-            connection_module_id: system.connection_module_id.as_deref(),
-            connection_auth_method: system.connection_auth_method.as_deref(),
-            connection_auth_generation_id: system.connection_device_generation_id.as_deref(),
-            message_source: system.message_source.as_deref(),
-            dt_dataschema: system.dt_dataschema.as_deref(),
-            dt_subject: system.dt_subject.as_deref(),
-            body: &message.body,
-            twin: message.twin.as_deref(),
-        });
+        self.append(&MessageRef::from(message));
     }
 
     /// Finishes the rows appended so far into a batch and resets the builder.

@@ -18,7 +18,9 @@ use base64::Engine as _;
 use bytes::Bytes;
 use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use futures::TryStreamExt as _;
-use hubroute_message::{MessageBatchBuilder, MessageColumns, MessageRef, SystemProperties};
+use hubroute_message::{
+    Message, MessageBatchBuilder, MessageColumns, MessageRef, SystemProperties,
+};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt as _};
 use serde::{Deserialize, Serialize};
@@ -210,30 +212,20 @@ impl DeadLetter {
                     property.type_name.as_deref(),
                 );
             }
-            let system = &record.system_properties;
-            builder.append(&MessageRef {
-                event_hub: &record.event_hub,
-                partition: &record.partition,
+            let message = Message {
+                event_hub: record.event_hub.clone(),
+                partition: record.partition.clone(),
                 sequence_number: record.sequence_number,
-                offset: &record.offset,
-                enqueued_time_ms: record.enqueued_time.timestamp_millis(),
-                partition_key: record.partition_key.as_deref(),
-                message_id: system.message_id.as_deref(),
-                correlation_id: system.correlation_id.as_deref(),
-                user_id: system.user_id.as_deref(),
-                content_type: system.content_type.as_deref(),
-                content_encoding: system.content_encoding.as_deref(),
-                iothub_enqueued_time_ms: system.iothub_enqueued_time.map(|t| t.timestamp_millis()),
-                connection_device_id: system.connection_device_id.as_deref(),
-                connection_module_id: system.connection_module_id.as_deref(),
-                connection_auth_method: system.connection_auth_method.as_deref(),
-                connection_auth_generation_id: system.connection_device_generation_id.as_deref(),
-                message_source: system.message_source.as_deref(),
-                dt_dataschema: system.dt_dataschema.as_deref(),
-                dt_subject: system.dt_subject.as_deref(),
-                body: &body,
-                twin: record.twin.as_deref(),
-            });
+                offset: record.offset.clone(),
+                enqueued_time: record.enqueued_time,
+                partition_key: record.partition_key.clone(),
+                system: record.system_properties.clone(),
+                // Appended above as stored: canonical value and AMQP type name.
+                application_properties: Vec::new(),
+                body: body.into(),
+                twin: record.twin.clone(),
+            };
+            builder.append(&MessageRef::from(&message));
         }
         Ok(builder.finish()?)
     }
