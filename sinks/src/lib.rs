@@ -38,5 +38,5 @@ pub use sink::{
 };
 pub use sqlite::{SqliteSink, SqliteSinkConfig};
 pub use storage::{StorageEncoding, StorageSink, StorageSinkConfig};
-pub use table::{ColumnMapping, SqlType, TableConfig};
+pub use table::{ColumnMapping, SqlType, TableConfig, TableSink};
 pub use webhook::{SignatureConfig, WebhookFormat, WebhookSink, WebhookSinkConfig};

@@ -37,25 +37,16 @@ use crate::table::{
     Row, SqlType, SqlValue, TableMapping, TableSink, TableSinkSettings, TableWriter, WriteError,
     WriteOutcome, code_is_retryable, code_is_row_level, quote,
 };
-use crate::{AckSender, Error, FlushReason, Result, Sink, SinkBatch};
+use crate::{AckSender, Error, Result};
 
 /// Writes messages into a PostgreSQL table; idempotent on (event hub, partition, sequence number).
-#[derive(Debug)]
-pub struct PostgresSink {
-    inner: TableSink,
-}
+pub type PostgresSink = TableSink<PostgresWriter>;
 
 impl PostgresSink {
     /// Validates `config` and starts the writer task (it connects, and creates the table if asked,
     /// on the first batch). Must be called inside a Tokio runtime.
     pub fn new(config: PostgresSinkConfig, acks: AckSender) -> Result<Self> {
         let mapping = TableMapping::new(&config.name, &config.table)?;
-        if config.batch_max_rows == 0 {
-            return Err(Error::Config {
-                sink: config.name,
-                problem: "batch_max_rows must be at least 1".into(),
-            });
-        }
         let mut pg = tokio_postgres::Config::new();
         pg.host(&config.host)
             .port(config.port)
@@ -88,41 +79,8 @@ impl PostgresSink {
             columns: mapping.columns.iter().map(|c| c.name.clone()).collect(),
             connection: None,
         };
-        let settings = TableSinkSettings {
-            batch_max_rows: config.batch_max_rows,
-            linger: config.linger,
-            retry: config.retry,
-        };
-        Ok(Self {
-            inner: TableSink::start(config.name, mapping, settings, writer, acks),
-        })
-    }
-}
-
-#[async_trait]
-impl Sink for PostgresSink {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn idempotent(&self) -> bool {
-        true
-    }
-
-    async fn write(&mut self, batch: SinkBatch) -> Result<()> {
-        self.inner.write(batch).await
-    }
-
-    fn flush_deadline(&self) -> Option<tokio::time::Instant> {
-        self.inner.flush_deadline()
-    }
-
-    async fn flush(&mut self, reason: FlushReason) -> Result<()> {
-        self.inner.flush(reason).await
-    }
-
-    async fn stopped(&mut self) -> Error {
-        self.inner.stopped().await
+        let settings = TableSinkSettings::new(config.batch_max_rows, config.linger, config.retry);
+        TableSink::start(config.name, mapping, settings, writer, acks)
     }
 }
 
@@ -172,6 +130,7 @@ impl Sql {
 }
 
 /// A live connection with its prepared statements.
+#[derive(Debug)]
 struct Connection {
     client: Client,
     copy: Statement,
@@ -181,7 +140,9 @@ struct Connection {
     truncate: Statement,
 }
 
-struct PostgresWriter {
+/// Writes rows into PostgreSQL for a [`PostgresSink`].
+#[derive(Debug)]
+pub struct PostgresWriter {
     sink: String,
     config: tokio_postgres::Config,
     /// TLS per `sslmode`, built once (roots are read at start-up).

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use super::*;
 use tokio_postgres::NoTls;
 
-use crate::{Ack, ColumnMapping, TableConfig};
+use crate::{Ack, ColumnMapping, FlushReason, Sink, SinkBatch, TableConfig};
 
 const START_POSTGRES: &str = "PostgreSQL is not reachable at 127.0.0.1:5432 (user postgres, database test); \
      start PostgreSQL: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";

@@ -24,25 +24,16 @@ use crate::table::{
     Row, SqlType, SqlValue, TableMapping, TableSink, TableSinkSettings, TableWriter, WriteError,
     WriteOutcome, code_is_retryable, code_is_row_level,
 };
-use crate::{AckSender, Error, FlushReason, Result, Sink, SinkBatch};
+use crate::{AckSender, Error, Result};
 
 /// Writes messages into an SQLite table; idempotent on (event hub, partition, sequence number).
-#[derive(Debug)]
-pub struct SqliteSink {
-    inner: TableSink,
-}
+pub type SqliteSink = TableSink<SqliteWriter>;
 
 impl SqliteSink {
     /// Validates `config` and starts the writer task (it opens the database, and creates the table
     /// if asked, on the first batch). Must be called inside a Tokio runtime.
     pub fn new(config: SqliteSinkConfig, acks: AckSender) -> Result<Self> {
         let mapping = TableMapping::new(&config.name, &config.table)?;
-        if config.batch_max_rows == 0 {
-            return Err(Error::Config {
-                sink: config.name,
-                problem: "batch_max_rows must be at least 1".into(),
-            });
-        }
         let placeholders = vec!["?"; mapping.columns.len()].join(", ");
         let writer = SqliteWriter {
             shared: Arc::new(Shared {
@@ -61,41 +52,8 @@ impl SqliteSink {
             }),
             connection: None,
         };
-        let settings = TableSinkSettings {
-            batch_max_rows: config.batch_max_rows,
-            linger: config.linger,
-            retry: config.retry,
-        };
-        Ok(Self {
-            inner: TableSink::start(config.name, mapping, settings, writer, acks),
-        })
-    }
-}
-
-#[async_trait]
-impl Sink for SqliteSink {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn idempotent(&self) -> bool {
-        true
-    }
-
-    async fn write(&mut self, batch: SinkBatch) -> Result<()> {
-        self.inner.write(batch).await
-    }
-
-    fn flush_deadline(&self) -> Option<tokio::time::Instant> {
-        self.inner.flush_deadline()
-    }
-
-    async fn flush(&mut self, reason: FlushReason) -> Result<()> {
-        self.inner.flush(reason).await
-    }
-
-    async fn stopped(&mut self) -> Error {
-        self.inner.stopped().await
+        let settings = TableSinkSettings::new(config.batch_max_rows, config.linger, config.retry);
+        TableSink::start(config.name, mapping, settings, writer, acks)
     }
 }
 
@@ -109,7 +67,9 @@ struct Shared {
     insert: String,
 }
 
-struct SqliteWriter {
+/// Writes rows into SQLite for an [`SqliteSink`].
+#[derive(Debug)]
+pub struct SqliteWriter {
     shared: Arc<Shared>,
     /// Taken by the blocking task while it runs; `None` after a retryable failure, to reopen.
     connection: Option<Connection>,

@@ -6,7 +6,7 @@ use hubroute_message::{Message, MessageBatchBuilder};
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::{Ack, ColumnMapping, TableConfig};
+use crate::{Ack, ColumnMapping, FlushReason, Sink, SinkBatch, TableConfig};
 
 fn config(path: &std::path::Path, table: TableConfig) -> SqliteSinkConfig {
     let mut config = SqliteSinkConfig::new("lite", path, table);

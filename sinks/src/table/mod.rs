@@ -23,7 +23,8 @@ use serde::Deserialize;
 
 pub(crate) use source::Source;
 pub(crate) use value::SqlValue;
-pub(crate) use worker::{TableSink, TableSinkSettings, TableWriter, WriteError, WriteOutcome};
+pub use worker::TableSink;
+pub(crate) use worker::{TableSinkSettings, TableWriter, WriteError, WriteOutcome};
 
 use crate::{Error, FailedRow, Result};
 

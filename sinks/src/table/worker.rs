@@ -1,11 +1,14 @@
-//! The buffering core shared by the database sinks: [`TableSink`] converts and buffers tickets, and a
+//! The database sink both databases share: [`TableSink`] converts and buffers tickets, and a
 //! background task hands full batches to a [`TableWriter`] (PostgreSQL or SQLite), retries retryable
-//! failures with backoff, and acks each ticket once its transaction has committed.
+//! failures with backoff, and acks each ticket once its transaction has committed. The writer is the
+//! only part that differs, so [`Sink`] is implemented once, for `TableSink<W>` whatever `W`.
 //!
 //! Backpressure: the job channel to the writer task holds one batch, so at most two batches exist
 //! besides the one being buffered; `write` awaits the channel when both are taken. A ticket is never
 //! split across transactions, so its ack needs no bookkeeping beyond the batch it travels in.
 
+use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +19,7 @@ use tokio::time::Instant;
 
 use super::{Row, TableMapping};
 use crate::{
-    Ack, AckSender, Error, FailedRow, FlushReason, Result, RetryPolicy, SinkBatch, Ticket,
+    Ack, AckSender, Error, FailedRow, FlushReason, Result, RetryPolicy, Sink, SinkBatch, Ticket,
 };
 
 /// The outcome of one committed transaction: rows (indices into the written slice) that failed
@@ -44,10 +47,20 @@ pub(crate) trait TableWriter: Send + 'static {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TableSinkSettings {
     /// Rows per transaction; a full buffer is handed to the writer at once.
-    pub(crate) batch_max_rows: usize,
+    batch_max_rows: usize,
     /// How long a partly filled buffer waits.
-    pub(crate) linger: Duration,
-    pub(crate) retry: RetryPolicy,
+    linger: Duration,
+    retry: RetryPolicy,
+}
+
+impl TableSinkSettings {
+    pub(crate) fn new(batch_max_rows: usize, linger: Duration, retry: RetryPolicy) -> Self {
+        Self {
+            batch_max_rows,
+            linger,
+            retry,
+        }
+    }
 }
 
 /// One ticket's converted rows.
@@ -67,9 +80,10 @@ enum Job {
     Barrier(oneshot::Sender<()>),
 }
 
-/// A database sink: converts, buffers, and feeds a background writer task.
-#[derive(Debug)]
-pub(crate) struct TableSink {
+/// A database sink: converts rows to the table's columns, buffers them, and feeds a background task
+/// that writes them with `W` ([`crate::PostgresSink`], [`crate::SqliteSink`]). Idempotent on (event
+/// hub, partition, sequence number).
+pub struct TableSink<W> {
     name: String,
     mapping: TableMapping,
     settings: TableSinkSettings,
@@ -81,20 +95,42 @@ pub(crate) struct TableSink {
     jobs: mpsc::Sender<Job>,
     /// The writer task; its error explains why `jobs` closed.
     worker: Option<JoinHandle<Result<()>>>,
+    /// The writer type lives in the task; the sink only names it.
+    writer: PhantomData<fn() -> W>,
 }
 
-impl TableSink {
-    /// Spawns the writer task (on the current Tokio runtime).
+impl<W> fmt::Debug for TableSink<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TableSink")
+            .field("name", &self.name)
+            .field("writer", &std::any::type_name::<W>())
+            .field("buffered_rows", &self.buffered_rows)
+            .field("running", &self.worker.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W> TableSink<W> {
+    /// Checks `settings` and spawns the writer task (on the current Tokio runtime).
     pub(crate) fn start(
         name: String,
         mapping: TableMapping,
         settings: TableSinkSettings,
-        writer: impl TableWriter,
+        writer: W,
         acks: AckSender,
-    ) -> Self {
+    ) -> Result<Self>
+    where
+        W: TableWriter,
+    {
+        if settings.batch_max_rows == 0 {
+            return Err(Error::Config {
+                sink: name,
+                problem: "batch_max_rows must be at least 1".into(),
+            });
+        }
         let (jobs, receiver) = mpsc::channel(1);
         let worker = tokio::spawn(run(writer, receiver, acks, settings.retry, name.clone()));
-        Self {
+        Ok(Self {
             name,
             mapping,
             settings,
@@ -103,14 +139,22 @@ impl TableSink {
             oldest: None,
             jobs,
             worker: Some(worker),
-        }
+            writer: PhantomData,
+        })
     }
+}
 
-    pub(crate) fn name(&self) -> &str {
+#[async_trait]
+impl<W: TableWriter> Sink for TableSink<W> {
+    fn name(&self) -> &str {
         &self.name
     }
 
-    pub(crate) async fn write(&mut self, batch: SinkBatch) -> Result<()> {
+    fn idempotent(&self) -> bool {
+        true
+    }
+
+    async fn write(&mut self, batch: SinkBatch) -> Result<()> {
         let (rows, failed) = self.mapping.convert(&batch.batch)?;
         self.buffered_rows += rows.len();
         self.buffer.push(TicketRows {
@@ -125,11 +169,11 @@ impl TableSink {
         Ok(())
     }
 
-    pub(crate) fn flush_deadline(&self) -> Option<Instant> {
+    fn flush_deadline(&self) -> Option<Instant> {
         self.oldest.map(|oldest| oldest + self.settings.linger)
     }
 
-    pub(crate) async fn flush(&mut self, reason: FlushReason) -> Result<()> {
+    async fn flush(&mut self, reason: FlushReason) -> Result<()> {
         self.submit().await?;
         if reason == FlushReason::Shutdown {
             let (done, wait) = oneshot::channel();
@@ -141,6 +185,18 @@ impl TableSink {
         Ok(())
     }
 
+    /// Completes when the writer task stops, with its error (cancel-safe).
+    async fn stopped(&mut self) -> Error {
+        let Some(worker) = self.worker.as_mut() else {
+            return std::future::pending().await;
+        };
+        let outcome = worker.await;
+        self.worker = None;
+        self.explain(outcome)
+    }
+}
+
+impl<W> TableSink<W> {
     async fn submit(&mut self) -> Result<()> {
         if self.buffer.is_empty() {
             return Ok(());
@@ -164,16 +220,6 @@ impl TableSink {
             Some(worker) => self.explain(worker.await),
             None => self.explain_stopped("stopped earlier after an error (see above)".into()),
         }
-    }
-
-    /// Completes when the writer task stops, with its error (cancel-safe).
-    pub(crate) async fn stopped(&mut self) -> Error {
-        let Some(worker) = self.worker.as_mut() else {
-            return std::future::pending().await;
-        };
-        let outcome = worker.await;
-        self.worker = None;
-        self.explain(outcome)
     }
 
     fn explain(&self, outcome: std::result::Result<Result<()>, tokio::task::JoinError>) -> Error {
