@@ -40,8 +40,9 @@ mod config;
 mod path;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::btree_map::Entry;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use arrow::array::AsArray;
 use arrow::record_batch::RecordBatch;
@@ -87,14 +88,18 @@ const UNIQUE_PER_ROW: &[&str] = &[
 
 type Writer = Box<ArrowWriter<Vec<u8>>>;
 
-/// A partition's file being filled. Its writer is either here (idle) or on the blocking pool
-/// encoding a batch: batches of different partitions encode in parallel, off the async runtime.
+/// A partition's file being filled. Its batches encode on the blocking pool, one at a time per file:
+/// batches of different partitions encode in parallel, off the async runtime.
 #[derive(Debug)]
 struct OpenFile {
-    /// `Some` while idle; exactly one of `writer` and `encoding` is `Some`.
-    writer: Option<Writer>,
-    /// The encoding in progress. Awaited through `&mut`, so a cancelled `write` leaves it in place.
-    encoding: Option<JoinHandle<(Writer, Result<()>)>>,
+    /// Shared with the task encoding a batch into it, and later with the upload task. Never
+    /// contended: the sink touches the writer only once the batch before is encoded ([`settle`]).
+    ///
+    /// [`settle`]: OpenFile::settle
+    writer: Arc<Mutex<Writer>>,
+    /// The batch being encoded, if any. Awaited through `&mut`, so a cancelled `write` leaves it in
+    /// place.
+    encoding: Option<JoinHandle<Result<()>>>,
     event_hub: String,
     opened_at: Instant,
     opened_wall: DateTime<Utc>,
@@ -106,34 +111,80 @@ struct OpenFile {
 }
 
 impl OpenFile {
-    /// Waits for the batch being encoded, if any, and returns the idle writer.
-    async fn settle(&mut self) -> Result<&mut Writer> {
+    /// A new, empty file of sink `sink` for a partition of `event_hub`.
+    fn new(
+        sink: &str,
+        schema: &FileSchema,
+        properties: &WriterProperties,
+        event_hub: &str,
+    ) -> Result<Self> {
+        let writer = ArrowWriter::try_new(Vec::new(), schema.schema(), Some(properties.clone()))
+            .map_err(|source| Error::Parquet {
+                sink: sink.to_owned(),
+                path: "(new file)".to_owned(),
+                source: Box::new(source),
+            })?;
+        Ok(Self {
+            writer: Arc::new(Mutex::new(Box::new(writer))),
+            encoding: None,
+            event_hub: event_hub.to_owned(),
+            opened_at: Instant::now(),
+            opened_wall: Utc::now(),
+            first_sequence_number: None,
+            tickets: Vec::new(),
+            buffered: 0,
+        })
+    }
+
+    /// Waits for the batch being encoded, if any.
+    async fn settle(&mut self) -> Result<()> {
         if let Some(encoding) = &mut self.encoding {
-            let (writer, result) = match encoding.await {
-                Ok(done) => done,
+            let result = match encoding.await {
+                Ok(result) => result,
                 Err(e) => std::panic::resume_unwind(e.into_panic()),
             };
             self.encoding = None;
-            self.writer = Some(writer);
             result?;
         }
-        Ok(self.writer.as_mut().expect("a settled file has its writer"))
+        Ok(())
     }
 
-    /// Starts encoding `batch` on the blocking pool. The file must be settled.
-    fn encode(&mut self, batch: RecordBatch, schema: Arc<FileSchema>, sink: Arc<str>) {
-        let mut writer = self.writer.take().expect("encode follows settle");
+    /// Waits for the batch before, then starts encoding `batch` on the blocking pool.
+    async fn encode(
+        &mut self,
+        batch: RecordBatch,
+        schema: Arc<FileSchema>,
+        sink: Arc<str>,
+    ) -> Result<()> {
+        self.settle().await?;
+        let writer = Arc::clone(&self.writer);
         self.encoding = Some(tokio::task::spawn_blocking(move || {
-            let result = schema.project(&batch, &sink).and_then(|projected| {
-                writer.write(&projected).map_err(|source| Error::Parquet {
+            let projected = schema.project(&batch, &sink)?;
+            lock(&writer)
+                .write(&projected)
+                .map_err(|source| Error::Parquet {
                     sink: sink.to_string(),
                     path: "(open file)".to_owned(),
                     source: Box::new(source),
                 })
-            });
-            (writer, result)
         }));
+        Ok(())
     }
+
+    /// `(memory held, encoded size)` of a settled file.
+    fn footprint(&self) -> (u64, u64) {
+        let writer = lock(&self.writer);
+        (
+            (writer.inner().capacity() + writer.memory_size()) as u64,
+            (writer.bytes_written() + writer.in_progress_size()) as u64,
+        )
+    }
+}
+
+/// The writer, whoever held it last: a panic while encoding was already raised by
+/// [`OpenFile::settle`], so a poisoned lock has nothing more to say.
+fn lock(writer: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
+    writer.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// What one upload task needs.
@@ -143,7 +194,7 @@ struct Upload {
     store: Arc<dyn ObjectStore>,
     path: Path,
     /// The file's writer; the upload task writes the footer off the runtime.
-    writer: Writer,
+    writer: Arc<Mutex<Writer>>,
     tickets: Vec<(Ticket, RowSet)>,
     ledger: AckLedger,
     retry: RetryPolicy,
@@ -255,33 +306,6 @@ impl ParquetSink {
         })
     }
 
-    fn parquet_error(&self, path: &str, source: parquet::errors::ParquetError) -> Error {
-        Error::Parquet {
-            sink: self.name.to_string(),
-            path: path.to_owned(),
-            source: Box::new(source),
-        }
-    }
-
-    fn open_file(&self, event_hub: &str) -> Result<OpenFile> {
-        let writer = ArrowWriter::try_new(
-            Vec::new(),
-            self.schema.schema(),
-            Some(self.properties.clone()),
-        )
-        .map_err(|e| self.parquet_error("(new file)", e))?;
-        Ok(OpenFile {
-            writer: Some(Box::new(writer)),
-            encoding: None,
-            event_hub: event_hub.to_owned(),
-            opened_at: Instant::now(),
-            opened_wall: Utc::now(),
-            first_sequence_number: None,
-            tickets: Vec::new(),
-            buffered: 0,
-        })
-    }
-
     /// Appends one partition's rows of a ticket to that partition's file. A file that reached
     /// `max_file_bytes` with its previous batch is rolled first, so files overshoot the limit by at
     /// most one batch.
@@ -300,27 +324,32 @@ impl ParquetSink {
             .column_by_name(message_columns::SEQUENCE_NUMBER)
             .map(|c| c.as_primitive::<arrow::datatypes::Int64Type>().value(0));
         if let Some(file) = self.open.get_mut(partition) {
-            let writer = file.settle().await?;
-            let memory = (writer.inner().capacity() + writer.memory_size()) as u64;
-            let size = (writer.bytes_written() + writer.in_progress_size()) as u64;
+            file.settle().await?;
+            let (memory, size) = file.footprint();
             file.buffered = memory;
             if size >= self.config.max_file_bytes {
                 self.roll(partition).await?;
             }
         }
         self.keep_within_budget().await?;
-        if !self.open.contains_key(partition) {
-            let file = self.open_file(&event_hub)?;
-            self.open.insert(partition.to_owned(), file);
-            self.idle.remove(partition);
-        }
-        let file = self.open.get_mut(partition).expect("inserted above");
+        let file = match self.open.entry(partition.to_owned()) {
+            Entry::Occupied(file) => file.into_mut(),
+            Entry::Vacant(slot) => {
+                self.idle.remove(partition);
+                slot.insert(OpenFile::new(
+                    &self.name,
+                    &self.schema,
+                    &self.properties,
+                    &event_hub,
+                )?)
+            }
+        };
         file.settle().await?;
         file.first_sequence_number = file.first_sequence_number.or(first_sequence_number);
         self.ledger.add_part(ticket);
         file.tickets.push((ticket, rows));
-        file.encode(batch, Arc::clone(&self.schema), Arc::clone(&self.name));
-        Ok(())
+        file.encode(batch, Arc::clone(&self.schema), Arc::clone(&self.name))
+            .await
     }
 
     /// Keeps the memory of open files and uploads in flight within `max_buffered_bytes`: while
@@ -369,7 +398,8 @@ impl ParquetSink {
                 let Some((event_hub, _)) = self.idle.get(partition).cloned() else {
                     return Ok(());
                 };
-                (self.open_file(&event_hub)?, true)
+                let file = OpenFile::new(&self.name, &self.schema, &self.properties, &event_hub)?;
+                (file, true)
             }
         };
         let OpenFile {
@@ -397,7 +427,7 @@ impl ParquetSink {
                 sink: Arc::clone(&self.name),
                 store: Arc::clone(&self.store),
                 path,
-                writer: writer.expect("settled above"),
+                writer,
                 tickets,
                 ledger: self.ledger.clone(),
                 retry: self.config.retry,
@@ -420,8 +450,9 @@ impl ParquetSink {
 
 impl Upload {
     async fn run(self) -> Result<()> {
-        let mut writer = self.writer;
+        let writer = self.writer;
         let finished = tokio::task::spawn_blocking(move || {
+            let mut writer = lock(&writer);
             writer.finish()?;
             Ok::<_, parquet::errors::ParquetError>(Bytes::from(std::mem::take(writer.inner_mut())))
         })

@@ -154,6 +154,7 @@ pub struct PostgresWriter {
     types: Vec<Type>,
     /// Column names, in mapping order.
     columns: Vec<String>,
+    /// `None` until the first write, and after a retryable failure dropped the connection.
     connection: Option<Connection>,
 }
 
@@ -217,16 +218,11 @@ impl PostgresWriter {
         })
     }
 
+    /// The live connection, opened first when there is none or the last one closed.
     async fn connect(&mut self) -> std::result::Result<&mut Connection, WriteError> {
-        if self
-            .connection
-            .as_ref()
-            .is_some_and(|c| c.client.is_closed())
-        {
-            self.connection = None;
-        }
-        if self.connection.is_none() {
-            let connection = self.open().await.map_err(|e| {
+        let connection = match self.connection.take() {
+            Some(connection) if !connection.client.is_closed() => connection,
+            _ => self.open().await.map_err(|e| {
                 let failure =
                     match tls::describe_failure(&e, &self.host, self.sslrootcert.as_deref()) {
                         Some(message) => Failure::Fatal {
@@ -236,10 +232,9 @@ impl PostgresWriter {
                         None => classify(&e),
                     };
                 self.write_error("connect", failure)
-            })?;
-            self.connection = Some(connection);
-        }
-        Ok(self.connection.as_mut().expect("connected above"))
+            })?,
+        };
+        Ok(self.connection.insert(connection))
     }
 
     /// Whether every mapped column of the target has exactly its declared type, so that binary
