@@ -228,104 +228,124 @@ impl PartitionReceiver {
         pending: &mut Pending,
         received: &mut bool,
     ) -> Ended {
-        let config = Arc::clone(&self.config);
-        let prefetch = config.prefetch;
-        let mut permit: Option<OwnedPermit<SourceBatch>> = None;
-        let mut deadline = (!pending.is_empty()).then(|| Instant::now() + config.batch_linger);
+        let prefetch = self.config.prefetch;
+        // A reserved slot of the downstream channel, kept between rounds until a batch is sent.
+        let mut held: Option<OwnedPermit<SourceBatch>> = None;
+        let mut deadline = (!pending.is_empty()).then(|| Instant::now() + self.config.batch_linger);
         loop {
-            if permit.is_none() {
-                // No credit is granted until the downstream channel has room for the next batch
-                // and the memory budget has a first step for it.
-                let slot = self.downstream.clone().reserve_owned();
-                let shortfall = RESERVATION_STEP.saturating_sub(pending.memory.bytes());
-                let budget = self.memory.clone();
-                let reserve = async move {
-                    let slot = slot.await?;
-                    Ok::<_, mpsc::error::SendError<()>>((slot, budget.reserve(shortfall).await))
-                };
-                tokio::select! {
-                    () = self.shutdown.cancelled() => return self.stop(pending, None),
-                    () = sleep_until(link.renew_at.unwrap_or_else(Instant::now)), if link.renew_at.is_some() => {
-                        if let Err(fault) = link.renew().await {
-                            return Ended::Fault(fault);
+            let permit = match held.take() {
+                Some(permit) => permit,
+                None => {
+                    // No credit is granted until the downstream channel has room for the next
+                    // batch and the memory budget has a first step for it.
+                    let slot = self.downstream.clone().reserve_owned();
+                    let shortfall = RESERVATION_STEP.saturating_sub(pending.memory.bytes());
+                    let budget = self.memory.clone();
+                    let reserve = async move {
+                        let slot = slot.await?;
+                        Ok::<_, mpsc::error::SendError<()>>((slot, budget.reserve(shortfall).await))
+                    };
+                    tokio::select! {
+                        () = self.shutdown.cancelled() => return self.stop(pending, None),
+                        () = sleep_until(link.renew_at.unwrap_or_else(Instant::now)), if link.renew_at.is_some() => {
+                            if let Err(fault) = link.renew().await {
+                                return Ended::Fault(fault);
+                            }
+                            continue;
                         }
-                        continue;
+                        () = sleep_until(link.heartbeat_due().unwrap_or_else(Instant::now)), if link.heartbeat_due().is_some() => {
+                            link.heartbeat();
+                            if let Err(fault) = link.flush().await {
+                                return Ended::Fault(fault);
+                            }
+                            continue;
+                        }
+                        reserved = reserve => match reserved {
+                            Ok((slot, memory)) => {
+                                pending.memory.merge(memory);
+                                slot
+                            }
+                            Err(_) => return Ended::Outcome(PartitionOutcome::DownstreamClosed),
+                        },
                     }
-                    () = sleep_until(link.heartbeat_due().unwrap_or_else(Instant::now)), if link.heartbeat_due().is_some() => {
-                        link.heartbeat();
-                        if let Err(fault) = link.flush().await {
-                            return Ended::Fault(fault);
-                        }
-                        continue;
-                    }
-                    reserved = reserve => match reserved {
-                        Ok((slot, memory)) => {
-                            permit = Some(slot);
-                            pending.memory.merge(memory);
-                        }
-                        Err(_) => return Ended::Outcome(PartitionOutcome::DownstreamClosed),
-                    },
                 }
-            }
+            };
             if link.outstanding_credit() <= prefetch / 2 {
                 link.grant(prefetch);
             }
-            loop {
-                let payload = match link.next() {
-                    Ok(Some(Incoming::Event(payload))) => payload,
-                    Ok(None) => break,
-                    Err(fault) => return Ended::Fault(fault),
-                };
-                self.accept(pending, &payload);
-                *received = true;
-                if deadline.is_none() {
-                    deadline = Some(Instant::now() + config.batch_linger);
+            let full = match self.take_events(link, pending, received, &mut deadline) {
+                Ok(full) => full,
+                Err(fault) => return Ended::Fault(fault),
+            };
+            // A full batch goes downstream at once, spending the permit.
+            let permit = if full {
+                deadline = None;
+                if let Err(fault) = self.flush(pending, permit) {
+                    return Ended::Fault(fault);
                 }
-                let full = pending.decoder.len() >= config.batch_max_rows
-                    || pending.decoder.body_bytes() >= config.batch_max_bytes;
-                if full
-                    || !pending
-                        .memory
-                        .cover(pending.estimated_bytes(), RESERVATION_STEP)
-                {
-                    deadline = None;
-                    let slot = permit.take().expect("a permit is held while receiving");
-                    if let Err(fault) = self.flush(pending, slot) {
-                        return Ended::Fault(fault);
-                    }
-                    break;
-                }
-            }
+                None
+            } else {
+                Some(permit)
+            };
             if let Err(fault) = link.flush().await {
                 return Ended::Fault(fault);
             }
-            if permit.is_none() {
+            let Some(permit) = permit else {
                 continue;
-            }
+            };
             tokio::select! {
                 biased;
-                () = self.shutdown.cancelled() => return self.stop(pending, permit.take()),
+                () = self.shutdown.cancelled() => return self.stop(pending, Some(permit)),
                 () = sleep_until(link.renew_at.unwrap_or_else(Instant::now)), if link.renew_at.is_some() => {
                     if let Err(fault) = link.renew().await {
                         return Ended::Fault(fault);
                     }
+                    held = Some(permit);
                 }
                 () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     deadline = None;
-                    let lingered = permit.take().expect("a permit is held while receiving");
-                    if let Err(fault) = self.flush(pending, lingered) {
+                    if let Err(fault) = self.flush(pending, permit) {
                         return Ended::Fault(fault);
                     }
                 }
                 () = sleep_until(link.heartbeat_due().unwrap_or_else(Instant::now)), if link.heartbeat_due().is_some() => {
                     link.heartbeat();
+                    held = Some(permit);
                 }
                 filled = link.fill() => {
                     if let Err(fault) = filled {
                         return Ended::Fault(fault);
                     }
+                    held = Some(permit);
                 }
             }
         }
+    }
+
+    /// Decodes the events already read into the pending batch, starting its linger `deadline` at
+    /// the first; `true` when the batch must go now: it is full, or the memory budget cannot cover
+    /// it (the events after it wait for the next round).
+    fn take_events(
+        &mut self,
+        link: &mut PartitionLink,
+        pending: &mut Pending,
+        received: &mut bool,
+        deadline: &mut Option<Instant>,
+    ) -> Result<bool, Fault> {
+        while let Some(Incoming::Event(payload)) = link.next()? {
+            self.accept(pending, &payload);
+            *received = true;
+            deadline.get_or_insert_with(|| Instant::now() + self.config.batch_linger);
+            let full = pending.decoder.len() >= self.config.batch_max_rows
+                || pending.decoder.body_bytes() >= self.config.batch_max_bytes;
+            if full
+                || !pending
+                    .memory
+                    .cover(pending.estimated_bytes(), RESERVATION_STEP)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
