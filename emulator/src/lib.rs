@@ -14,6 +14,8 @@
 //! * `ingress`: IoT Hub's HTTP device telemetry endpoint, authenticating devices and stamping IoT
 //!   Hub's annotations.
 //! * `simulate`: the device simulator and load generator.
+//! * `webhook_receiver`: an HTTP endpoint that collects what a webhook endpoint sends, for the quick
+//!   start.
 //!
 //! The emulator shares only the vocabulary (`hubroute-protocol`) and the wire format (`hubroute-amqp`)
 //! with the engine: it is a peer, not a mock of our client, and its fidelity is judged by independent
@@ -28,6 +30,7 @@ mod policies;
 mod server;
 pub mod simulate;
 mod store;
+mod webhook_receiver;
 
 pub use config::{
     DEFAULT_KEY_NAME, DEFAULT_KEY_VALUE, EmulatorConfig, HubConfig, Retention, TlsFiles,
@@ -41,3 +44,4 @@ pub use policies::{
 };
 pub use server::{Emulator, EventToPublish, PublishTarget, RunningEmulator};
 pub use store::PublishedPosition;
+pub use webhook_receiver::WebhookReceiver;

@@ -16,7 +16,6 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -24,13 +23,12 @@ use hubroute_emulator::simulate::{
     Rate, Simulation, SimulationConfig, SimulationTarget, StopAfter,
 };
 use hubroute_emulator::{
-    Emulator, EmulatorConfig, EventPublisher, IotHub, IotHubConfig, serve_http,
+    Emulator, EmulatorConfig, EventPublisher, IotHub, IotHubConfig, WebhookReceiver, serve_http,
 };
 use hubroute_engine::config::LoadedConfig;
 use hubroute_engine::pipeline::RunningEngine;
 use hubroute_protocol::IotHubConnectionString;
 use hubroute_view::terminal::LiveView;
-use tokio::io::AsyncWriteExt as _;
 
 /// The example's route that takes every device message.
 const ARCHIVE_ROUTE: &str = "archive";
@@ -101,11 +99,13 @@ async fn quickstart(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     let service = iot_hub
         .connection_string("service")
         .context("the embedded IoT hub has no `service` policy")?;
-    let receiver = WebhookReceiver::start(dir.join("webhook.jsonl")).await?;
+    let receiver = WebhookReceiver::start(dir.join("webhook.jsonl"))
+        .await
+        .context("starting the built-in webhook receiver")?;
     let config_path = dir.join("hubroute.toml");
     std::fs::write(
         &config_path,
-        example_config(&dir, &connection_string, &service, receiver.addr),
+        example_config(&dir, &connection_string, &service, receiver.addr()),
     )
     .with_context(|| format!("writing {}", config_path.display()))?;
     let loaded = LoadedConfig::load(&config_path)?;
@@ -151,10 +151,7 @@ async fn quickstart(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
             let sent = sent.submitted() + iot_hub.events_published();
             vec![
                 ("sent".to_owned(), sent.to_string()),
-                (
-                    "webhook got".to_owned(),
-                    receiver.received.load(Ordering::Relaxed).to_string(),
-                ),
+                ("webhook got".to_owned(), receiver.received().to_string()),
             ]
         })
         .await?;
@@ -182,7 +179,7 @@ async fn quickstart(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     let emulator = Arc::try_unwrap(emulator)
         .map_err(|_| anyhow::anyhow!("the embedded IoT hub still holds the emulator"))?;
     emulator.shutdown().await.context("stopping the emulator")?;
-    let delivered_to_hook = receiver.received.load(Ordering::Relaxed);
+    let delivered_to_hook = receiver.received();
     let device_messages = engine_device_messages;
     print_summary(
         &dir,
@@ -359,54 +356,4 @@ value = "$twin.tags.site"
 endpoints = ["alerts-hook"]
 "#
     )
-}
-
-/// The built-in webhook endpoint: counts the messages of every JSON array POSTed to it and appends
-/// them, one per line, to a file.
-struct WebhookReceiver {
-    addr: SocketAddr,
-    received: Arc<AtomicU64>,
-}
-
-impl WebhookReceiver {
-    async fn start(path: PathBuf) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .context("starting the built-in webhook receiver")?;
-        let addr = listener.local_addr()?;
-        let file = tokio::fs::File::create(&path)
-            .await
-            .with_context(|| format!("creating {}", path.display()))?;
-        let file = Arc::new(tokio::sync::Mutex::new(file));
-        let received = Arc::new(AtomicU64::new(0));
-        let counter = Arc::clone(&received);
-        let app = axum::Router::new().route(
-            "/alerts",
-            axum::routing::post(move |body: axum::body::Bytes| {
-                let file = Arc::clone(&file);
-                let counter = Arc::clone(&counter);
-                async move {
-                    let Ok(events) = serde_json::from_slice::<Vec<serde_json::Value>>(&body) else {
-                        return axum::http::StatusCode::BAD_REQUEST;
-                    };
-                    let mut lines = Vec::new();
-                    for event in &events {
-                        lines.extend_from_slice(event.to_string().as_bytes());
-                        lines.push(b'\n');
-                    }
-                    if file.lock().await.write_all(&lines).await.is_err() {
-                        return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
-                    }
-                    counter.fetch_add(events.len() as u64, Ordering::Relaxed);
-                    axum::http::StatusCode::OK
-                }
-            }),
-        );
-        tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, app).await {
-                tracing::warn!(%error, "the built-in webhook receiver stopped");
-            }
-        });
-        Ok(Self { addr, received })
-    }
 }

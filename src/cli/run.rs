@@ -1,19 +1,15 @@
 //! `hubroute run --config FILE`: the long-running routing service.
 //!
 //! Ctrl-C or SIGTERM drains in-flight batches and writes the final checkpoints; SIGHUP, or a change
-//! of the file's modification time, reloads the routes (an invalid file leaves the running routes in
-//! place and says why).
+//! of the file's modification time, reloads the routes (the engine's `Reloader::watch`; an invalid
+//! file leaves the running routes in place and says why).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use hubroute_engine::config::LoadedConfig;
-use hubroute_engine::pipeline::{Reloader, RunningEngine};
-
-/// How often the configuration file's modification time is checked.
-const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+use hubroute_engine::pipeline::RunningEngine;
 
 /// Arguments of `hubroute run`.
 #[derive(Debug, clap::Args)]
@@ -48,7 +44,7 @@ async fn serve(loaded: LoadedConfig) -> anyhow::Result<ExitCode> {
         tracing::info!("stop requested");
         stop.cancel();
     });
-    tokio::spawn(watch_config(engine.reloader()));
+    tokio::spawn(engine.reloader().watch());
     let summary = engine.wait().await?;
     tracing::info!(
         events_routed = summary.events_routed,
@@ -56,48 +52,4 @@ async fn serve(loaded: LoadedConfig) -> anyhow::Result<ExitCode> {
         "hubroute stopped"
     );
     Ok(ExitCode::SUCCESS)
-}
-
-fn modified(reloader: &Reloader) -> Option<SystemTime> {
-    std::fs::metadata(reloader.path())
-        .and_then(|m| m.modified())
-        .ok()
-}
-
-/// Reloads on SIGHUP and whenever the file's modification time changes.
-async fn watch_config(reloader: Reloader) {
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut last = modified(&reloader);
-    let mut tick = tokio::time::interval(WATCH_INTERVAL);
-    loop {
-        #[cfg(unix)]
-        let hangup_signal = async {
-            match hangup.as_mut() {
-                Some(signal) => {
-                    signal.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let hangup_signal = std::future::pending::<()>();
-        let reason = tokio::select! {
-            () = hangup_signal => "SIGHUP",
-            _ = tick.tick() => {
-                let now = modified(&reloader);
-                if now == last {
-                    continue;
-                }
-                last = now;
-                "file changed"
-            }
-        };
-        match reloader.reload() {
-            Ok(()) => tracing::info!(reason, "routes reloaded"),
-            Err(error) => {
-                tracing::error!(reason, %error, "the new configuration was rejected; the running routes stay");
-            }
-        }
-    }
 }

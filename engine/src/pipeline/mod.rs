@@ -23,6 +23,7 @@ mod http;
 mod metrics;
 mod partitions;
 mod status_page;
+mod watch;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
