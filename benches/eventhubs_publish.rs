@@ -3,14 +3,15 @@
 //! ~500-byte JSON messages carrying IoT Hub system properties. Two cases: keyed by device id (100
 //! devices, the default: one batch per device per ticket) and without a key (the largest batches).
 
-use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hubroute_emulator::{Emulator, EmulatorConfig, HubConfig, Retention};
 use hubroute_message::{AppPropertyValue, Message, MessageBatchBuilder};
 use hubroute_protocol::ConnectionString;
-use hubroute_sinks::{AmqpSink, EventHubsSinkConfig, FlushReason, PartitionKey, Sink, SinkBatch};
+use hubroute_sinks::{AmqpSink, EventHubsSinkConfig, PartitionKey};
+
+mod support;
 
 const ROWS: usize = 32_768;
 const BATCH_ROWS: usize = 4_096;
@@ -75,20 +76,7 @@ fn eventhubs_publish(c: &mut Criterion) {
                 let mut config = EventHubsSinkConfig::new("bench", connection_string.clone());
                 config.partition_key = key.clone();
                 let mut sink = AmqpSink::event_hubs(&config, tx).expect("sink");
-                for (ticket, batch) in input.iter().enumerate() {
-                    sink.write(SinkBatch {
-                        ticket: ticket as u64,
-                        batch: batch.clone(),
-                    })
-                    .await
-                    .expect("write");
-                }
-                sink.flush(FlushReason::Shutdown).await.expect("flush");
-                for _ in 0..input.len() {
-                    let ack = rx.recv().await.expect("ack");
-                    assert!(ack.failed.is_empty(), "{ack:?}");
-                    black_box(ack);
-                }
+                support::write_flush_ack(&mut sink, &mut rx, &input).await;
             });
         });
     }

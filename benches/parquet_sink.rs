@@ -1,13 +1,10 @@
 //! `parquet_sink`: rows/s through the Parquet sink (encode with zstd, upload to a local directory,
 //! ack), with 500-byte JSON messages in 8192-row batches from one partition.
 
-use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use hubroute_sinks::{
-    FlushReason, ObjectStoreConfig, ParquetSink, ParquetSinkConfig, Sink, SinkBatch,
-};
+use hubroute_sinks::{ObjectStoreConfig, ParquetSink, ParquetSinkConfig};
 
 mod support;
 
@@ -33,18 +30,7 @@ fn parquet_sink(c: &mut Criterion) {
             );
             config.max_file_bytes = 16 * 1024 * 1024;
             let mut sink = ParquetSink::new(config, tx).expect("sink");
-            for (ticket, batch) in input.iter().enumerate() {
-                sink.write(SinkBatch {
-                    ticket: ticket as u64,
-                    batch: batch.clone(),
-                })
-                .await
-                .expect("write");
-            }
-            sink.flush(FlushReason::Shutdown).await.expect("flush");
-            for _ in 0..input.len() {
-                black_box(rx.recv().await.expect("ack"));
-            }
+            support::write_flush_ack(&mut sink, &mut rx, &input).await;
         });
     });
     group.finish();

@@ -3,11 +3,10 @@
 //! 8192-row batches, default columns. Needs PostgreSQL at 127.0.0.1:5432 (user postgres, database
 //! `test`). Each iteration writes into a fresh table, dropped outside the timed section.
 
-use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use hubroute_sinks::{FlushReason, PostgresSink, PostgresSinkConfig, Sink, SinkBatch, TableConfig};
+use hubroute_sinks::{PostgresSink, PostgresSinkConfig, TableConfig};
 
 mod support;
 
@@ -34,18 +33,7 @@ async fn load(input: &[arrow::record_batch::RecordBatch], table: &str) -> Durati
     config.batch_max_rows = 16_384;
     let mut sink = PostgresSink::new(config, tx).expect("sink");
     let start = Instant::now();
-    for (ticket, batch) in input.iter().enumerate() {
-        sink.write(SinkBatch {
-            ticket: ticket as u64,
-            batch: batch.clone(),
-        })
-        .await
-        .expect("write");
-    }
-    sink.flush(FlushReason::Shutdown).await.expect("flush");
-    for _ in 0..input.len() {
-        black_box(rx.recv().await.expect("ack"));
-    }
+    support::write_flush_ack(&mut sink, &mut rx, input).await;
     start.elapsed()
 }
 

@@ -2,11 +2,10 @@
 //! row, one WAL transaction per batch, ack) with 500-byte JSON messages in 8192-row batches, default
 //! columns. Each iteration writes into a fresh database file, outside of which nothing is timed.
 
-use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use hubroute_sinks::{FlushReason, Sink, SinkBatch, SqliteSink, SqliteSinkConfig, TableConfig};
+use hubroute_sinks::{SqliteSink, SqliteSinkConfig, TableConfig};
 
 mod support;
 
@@ -19,18 +18,7 @@ async fn load(input: &[arrow::record_batch::RecordBatch], path: std::path::PathB
     config.batch_max_rows = 16_384;
     let mut sink = SqliteSink::new(config, tx).expect("sink");
     let start = Instant::now();
-    for (ticket, batch) in input.iter().enumerate() {
-        sink.write(SinkBatch {
-            ticket: ticket as u64,
-            batch: batch.clone(),
-        })
-        .await
-        .expect("write");
-    }
-    sink.flush(FlushReason::Shutdown).await.expect("flush");
-    for _ in 0..input.len() {
-        black_box(rx.recv().await.expect("ack"));
-    }
+    support::write_flush_ack(&mut sink, &mut rx, input).await;
     start.elapsed()
 }
 

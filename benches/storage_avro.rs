@@ -3,17 +3,15 @@
 //! Hub's system properties, in 8192-row batches from 4 partitions. Avro Deflate and JSON lines are
 //! measured in the same run as ratios against plain Avro.
 
-use std::hint::black_box;
 use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
 use chrono::{TimeZone, Utc};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hubroute_message::{AppPropertyValue, Message, MessageBatchBuilder};
-use hubroute_sinks::{
-    FlushReason, ObjectStoreConfig, Sink, SinkBatch, StorageEncoding, StorageSink,
-    StorageSinkConfig,
-};
+use hubroute_sinks::{ObjectStoreConfig, StorageEncoding, StorageSink, StorageSinkConfig};
+
+mod support;
 
 const ROWS: usize = 65_536;
 const BATCH_ROWS: usize = 8_192;
@@ -70,18 +68,7 @@ async fn write_all(input: &[RecordBatch], root: &std::path::Path, encoding: Stor
     );
     config.encoding = encoding;
     let mut sink = StorageSink::new(config, tx).expect("sink");
-    for (ticket, batch) in input.iter().enumerate() {
-        sink.write(SinkBatch {
-            ticket: ticket as u64,
-            batch: batch.clone(),
-        })
-        .await
-        .expect("write");
-    }
-    sink.flush(FlushReason::Shutdown).await.expect("flush");
-    for _ in 0..input.len() {
-        black_box(rx.recv().await.expect("ack"));
-    }
+    support::write_flush_ack(&mut sink, &mut rx, input).await;
 }
 
 fn storage_avro(c: &mut Criterion) {

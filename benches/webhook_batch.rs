@@ -1,11 +1,10 @@
 //! `webhook_batch`: events/s through the webhook sink (JSON encoding, batching, HTTP POST, ack) to a
 //! local HTTP/1.1 server that answers 200 at once, with 500-byte JSON messages.
 
-use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use hubroute_sinks::{FlushReason, Sink, SinkBatch, WebhookSink, WebhookSinkConfig};
+use hubroute_sinks::{WebhookSink, WebhookSinkConfig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
@@ -66,18 +65,7 @@ fn webhook_batch(c: &mut Criterion) {
             let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
             let mut sink =
                 WebhookSink::new(WebhookSinkConfig::new("bench", url.as_str()), tx).expect("sink");
-            for (ticket, batch) in input.iter().enumerate() {
-                sink.write(SinkBatch {
-                    ticket: ticket as u64,
-                    batch: batch.clone(),
-                })
-                .await
-                .expect("write");
-            }
-            sink.flush(FlushReason::Shutdown).await.expect("flush");
-            for _ in 0..input.len() {
-                black_box(rx.recv().await.expect("ack"));
-            }
+            support::write_flush_ack(&mut sink, &mut rx, &input).await;
         });
     });
     group.finish();
