@@ -1,5 +1,5 @@
 //! Unit tests of the webhook sink's header handling; delivery, retries and batching are tested
-//! against a real HTTP server in `tests/conformance.rs`.
+//! against a real HTTP server in `tests/conformance/`.
 
 use super::*;
 
