@@ -132,12 +132,20 @@ async fn loses_no_row_under_injected_failures(harness: &mut dyn Harness) {
     let mut sink = harness.build(tx).await;
     let batches = workload(4);
     let expected = keys(&batches);
-    harness.backend().set(Fault::FailNext(3));
+    let backend = harness.backend();
+    backend.set(Fault::FailNext(3));
     for batch in batches {
         sink.write(batch).await.unwrap();
     }
     sink.flush(FlushReason::Shutdown).await.unwrap();
     assert_all_committed(&collect_acks(&mut rx, 4).await, 4);
+    assert_eq!(
+        (backend.injected(), backend.fault()),
+        (3, Fault::None),
+        "{}: the backend failed fewer operations than it was told to, so the sink stored its rows \
+         some other way",
+        sink.name()
+    );
     let stored = harness.stored().await;
     for key in &expected {
         assert!(
@@ -239,18 +247,32 @@ async fn shutdown_flushes_and_acks_follow_storage(harness: &mut dyn Harness) {
     let mut sink = harness.build(tx).await;
     let batches = workload(1);
     let expected = keys(&batches);
-    for batch in batches {
-        sink.write(batch).await.unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let before = harness.stored().await;
-    if before.is_empty() {
-        assert!(rx.try_recv().is_err(), "acked before anything was stored");
-    }
-    sink.flush(FlushReason::Shutdown).await.unwrap();
-    let acks = rx.try_recv();
+    // While the backend stores nothing, no ack may come and a shutdown flush may not return.
+    let backend = harness.backend();
+    backend.set(Fault::Stall);
+    let flushed = tokio::spawn(async move {
+        for batch in batches {
+            sink.write(batch).await.unwrap();
+        }
+        sink.flush(FlushReason::Shutdown).await.unwrap();
+        sink
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        acks.is_ok(),
+        rx.try_recv().is_err(),
+        "acked while the backend stored nothing"
+    );
+    assert!(
+        !flushed.is_finished(),
+        "flush(Shutdown) returned while the backend stored nothing"
+    );
+    backend.release();
+    tokio::time::timeout(Duration::from_secs(30), flushed)
+        .await
+        .expect("the shutdown flush completes once the backend recovers")
+        .unwrap();
+    assert!(
+        rx.try_recv().is_ok(),
         "flush(Shutdown) returned before sending the ack"
     );
     let mut stored = harness.stored().await;

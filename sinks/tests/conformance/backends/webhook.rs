@@ -182,6 +182,8 @@ impl Harness for WebhookHarness {
     async fn build(&mut self, acks: AckSender) -> Box<dyn Sink> {
         let mut config = quick_config(&self.server.url);
         config.max_in_flight = 1;
+        // A stalled request waits for the release rather than timing out and being sent twice.
+        config.timeout = Duration::from_secs(30);
         Box::new(WebhookSink::new(config, acks).unwrap())
     }
 
