@@ -17,23 +17,15 @@ use fe2o3_amqp_cbs::client::CbsClient;
 use fe2o3_amqp_cbs::token::CbsToken;
 use hubroute_emulator::{Emulator, EmulatorConfig, HubConfig, RunningEmulator};
 use hubroute_protocol::{ConnectionString, cbs};
-use hubroute_sinks::{
-    AckSender, AmqpSink, EventHubsSinkConfig, RetryPolicy, ServiceBusSinkConfig, Sink,
-};
+use hubroute_sinks::{AckSender, AmqpSink, EventHubsSinkConfig, ServiceBusSinkConfig, Sink};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::quick_retry;
 use crate::contract::{Harness, RowKey, conformance};
 use crate::faults::Backend;
 
 const RABBITMQ: &str = "127.0.0.1:5672";
-
-fn quick_retry() -> RetryPolicy {
-    RetryPolicy {
-        initial_backoff: Duration::from_millis(5),
-        max_backoff: Duration::from_millis(50),
-    }
-}
 
 /// A TCP proxy to `upstream`: every chunk the client sends asks the backend first. Counts the
 /// connections it accepted.

@@ -1,25 +1,28 @@
-//! An object store that fails or stalls uploads on the [`Backend`]'s say: the Parquet and storage
-//! sinks' backend, over a local directory.
+//! An object store that fails or stalls uploads on the [`Backend`]'s say, over a temporary local
+//! directory ([`FaultyDir`]): the backend of the two file sinks, Parquet and storage.
 
 use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use futures::TryStreamExt as _;
 use futures::stream::BoxStream;
+use hubroute_sinks::ObjectStoreConfig;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    ObjectStoreExt as _, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 
 use crate::faults::Backend;
 
 /// Uploads consult the [`Backend`] first; reads pass through.
 #[derive(Debug)]
-pub(crate) struct FaultyStore {
-    pub(crate) inner: LocalFileSystem,
-    pub(crate) backend: Arc<Backend>,
+struct FaultyStore {
+    inner: LocalFileSystem,
+    backend: Arc<Backend>,
 }
 
 impl fmt::Display for FaultyStore {
@@ -80,5 +83,52 @@ impl ObjectStore for FaultyStore {
         options: CopyOptions,
     ) -> object_store::Result<()> {
         self.inner.copy_opts(from, to, options).await
+    }
+}
+
+/// A temporary directory that a sink writes to through a [`FaultyStore`], and the test reads
+/// directly.
+pub(crate) struct FaultyDir {
+    dir: tempfile::TempDir,
+    backend: Arc<Backend>,
+}
+
+impl FaultyDir {
+    pub(crate) fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            backend: Backend::new(),
+        }
+    }
+
+    /// The store a sink writes through, failing or stalling uploads on the backend's say.
+    pub(crate) fn store(&self) -> Arc<dyn ObjectStore> {
+        Arc::new(FaultyStore {
+            inner: LocalFileSystem::new_with_prefix(self.dir.path()).unwrap(),
+            backend: Arc::clone(&self.backend),
+        })
+    }
+
+    /// The directory as a sink's configured store (which `with_store` replaces by [`Self::store`]).
+    pub(crate) fn config(&self) -> ObjectStoreConfig {
+        ObjectStoreConfig::Local {
+            root: self.dir.path().to_owned(),
+        }
+    }
+
+    /// Every object stored so far, by name, read past the fault injection.
+    pub(crate) async fn objects(&self) -> Vec<(String, Bytes)> {
+        let store = LocalFileSystem::new_with_prefix(self.dir.path()).unwrap();
+        let listed: Vec<ObjectMeta> = store.list(None).try_collect().await.unwrap();
+        let mut objects = Vec::new();
+        for object in listed {
+            let get = store.get(&object.location).await.unwrap();
+            objects.push((object.location.to_string(), get.bytes().await.unwrap()));
+        }
+        objects
+    }
+
+    pub(crate) fn backend(&self) -> Arc<Backend> {
+        Arc::clone(&self.backend)
     }
 }

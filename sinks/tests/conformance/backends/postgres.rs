@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hubroute_sinks::{AckSender, PostgresSink, PostgresSinkConfig, RetryPolicy, Sink, TableConfig};
+use hubroute_sinks::{AckSender, PostgresSink, PostgresSinkConfig, Sink, TableConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_postgres::{Client, NoTls};
 
+use super::quick_retry;
 use crate::contract::{Harness, RowKey, conformance};
 use crate::faults::Backend;
 
@@ -91,10 +92,7 @@ impl Harness for PostgresHarness {
         config.dbname = "test".into();
         config.batch_max_rows = 40;
         config.linger = Duration::from_secs(600);
-        config.retry = RetryPolicy {
-            initial_backoff: Duration::from_millis(5),
-            max_backoff: Duration::from_millis(50),
-        };
+        config.retry = quick_retry();
         Box::new(PostgresSink::new(config, acks).unwrap())
     }
 

@@ -13,10 +13,11 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use hubroute_sinks::{AckSender, RetryPolicy, Sink, SqliteSink, SqliteSinkConfig, TableConfig};
+use hubroute_sinks::{AckSender, Sink, SqliteSink, SqliteSinkConfig, TableConfig};
 use rusqlite::Connection;
 use tracing_subscriber::layer::SubscriberExt as _;
 
+use super::quick_retry;
 use crate::contract::{Harness, RowKey, conformance};
 use crate::faults::{Backend, Fault};
 
@@ -156,10 +157,7 @@ impl Harness for SqliteHarness {
         config.batch_max_rows = 40;
         config.linger = Duration::from_secs(600);
         config.busy_timeout = Duration::from_millis(20);
-        config.retry = RetryPolicy {
-            initial_backoff: Duration::from_millis(5),
-            max_backoff: Duration::from_millis(50),
-        };
+        config.retry = quick_retry();
         Box::new(SqliteSink::new(config, acks).unwrap())
     }
 

@@ -8,62 +8,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::TryStreamExt as _;
-use hubroute_sinks::{
-    AckSender, ObjectStoreConfig, RetryPolicy, Sink, StorageSink, StorageSinkConfig,
-};
-use object_store::local::LocalFileSystem;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt as _};
+use hubroute_sinks::{AckSender, Sink, StorageSink, StorageSinkConfig};
 
-use super::object_store::FaultyStore;
+use super::object_store::FaultyDir;
+use super::quick_retry;
 use crate::contract::{Harness, RowKey, conformance};
 use crate::faults::Backend;
 
-struct StorageHarness {
-    dir: tempfile::TempDir,
-    backend: Arc<Backend>,
-}
+struct StorageHarness(FaultyDir);
 
 #[async_trait]
 impl Harness for StorageHarness {
     async fn build(&mut self, acks: AckSender) -> Box<dyn Sink> {
-        let store = FaultyStore {
-            inner: LocalFileSystem::new_with_prefix(self.dir.path()).unwrap(),
-            backend: Arc::clone(&self.backend),
-        };
-        let mut config = StorageSinkConfig::new(
-            "archive",
-            ObjectStoreConfig::Local {
-                root: self.dir.path().to_owned(),
-            },
-        );
+        let mut config = StorageSinkConfig::new("archive", self.0.config());
         config.batch_frequency = Duration::from_secs(600);
         // Below IoT Hub's 10 MiB minimum (allowed through the Rust API) so that files roll
         // and a stalled store blocks `write` within the workload.
         config.max_chunk_bytes = 8 * 1024;
         config.max_concurrent_uploads = 1;
-        config.retry = RetryPolicy {
-            initial_backoff: Duration::from_millis(5),
-            max_backoff: Duration::from_millis(50),
-        };
-        Box::new(StorageSink::with_store(config, Arc::new(store), acks).unwrap())
+        config.retry = quick_retry();
+        Box::new(StorageSink::with_store(config, self.0.store(), acks).unwrap())
     }
 
     async fn stored(&mut self) -> Vec<RowKey> {
-        let store = LocalFileSystem::new_with_prefix(self.dir.path()).unwrap();
-        let objects: Vec<ObjectMeta> = store.list(None).try_collect().await.unwrap();
         let mut keys = Vec::new();
-        for object in objects {
-            let name = object.location.to_string();
+        for (name, bytes) in self.0.objects().await {
             let mut parts = name.split('/');
             let (hub, partition) = (parts.next().unwrap(), parts.next().unwrap());
-            let bytes = store
-                .get(&object.location)
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
             for record in apache_avro::Reader::new(&bytes[..]).unwrap() {
                 let apache_avro::types::Value::Record(fields) = record.unwrap() else {
                     panic!("{name}: not a record");
@@ -87,15 +58,11 @@ impl Harness for StorageHarness {
     }
 
     fn backend(&self) -> Arc<Backend> {
-        Arc::clone(&self.backend)
+        self.0.backend()
     }
 }
 
 #[tokio::test]
 async fn the_storage_sink_conforms() {
-    conformance(async || StorageHarness {
-        dir: tempfile::tempdir().unwrap(),
-        backend: Backend::new(),
-    })
-    .await;
+    conformance(async || StorageHarness(FaultyDir::new())).await;
 }

@@ -8,11 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use hubroute_sinks::{AckSender, RetryPolicy, Sink, WebhookSink, WebhookSinkConfig};
+use hubroute_sinks::{AckSender, Sink, WebhookSink, WebhookSinkConfig};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::quick_retry;
 use crate::contract::{Harness, RowKey, conformance};
 use crate::faults::Backend;
 
@@ -151,10 +152,7 @@ pub(crate) fn quick_config(url: &str) -> WebhookSinkConfig {
     config.max_batch_events = 10;
     config.max_in_flight = 2;
     config.timeout = Duration::from_millis(500);
-    config.retry = RetryPolicy {
-        initial_backoff: Duration::from_millis(5),
-        max_backoff: Duration::from_millis(50),
-    };
+    config.retry = quick_retry();
     config
 }
 
