@@ -3,6 +3,7 @@
 //! Each subcommand lives in its own module under `cli/` and only parses arguments, wires crates
 //! together and reports; all behaviour lives in the library crates so tests can drive it directly.
 
+mod allocator;
 mod cli;
 
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    allocator::tune_for_a_long_running_service();
     let args = cli::Cli::parse();
     cli::init_tracing(args.log_format, args.default_log_filter());
     match cli::run(args) {

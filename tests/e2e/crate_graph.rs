@@ -145,3 +145,35 @@ fn layers_do_not_link_what_they_must_not_know() {
         }
     }
 }
+
+/// The workspace lints deny `unsafe_code` instead of forbidding it so that `src/allocator.rs` can
+/// call glibc's `mallopt`; no other file may opt out.
+#[test]
+fn only_the_allocator_settings_use_unsafe() {
+    fn visit(directory: &std::path::Path, found: &mut Vec<String>) {
+        for entry in std::fs::read_dir(directory).expect("readable directory") {
+            let path = entry.expect("directory entry").path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if path.is_dir() {
+                if !matches!(name, "target" | "node_modules" | ".git" | ".venv" | "fuzz") {
+                    visit(&path, found);
+                }
+            } else if name.ends_with(".rs") {
+                let text = std::fs::read_to_string(&path).expect("readable source");
+                if text.contains("unsafe_code") || text.contains("unsafe {") {
+                    found.push(path.display().to_string());
+                }
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut found = Vec::new();
+    visit(root, &mut found);
+    let this_file = root.join(file!());
+    found.retain(|path| std::path::Path::new(path) != this_file);
+    assert_eq!(
+        found,
+        [root.join("src/allocator.rs").display().to_string()],
+        "`unsafe` outside src/allocator.rs"
+    );
+}

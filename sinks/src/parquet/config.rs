@@ -71,7 +71,7 @@ pub struct ParquetSinkConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Compression {
-    /// Zstandard level 1 (fast).
+    /// Zstandard level 1 (fast) on the body, Snappy on the other columns.
     #[default]
     Zstd,
     /// Snappy.

@@ -177,6 +177,22 @@ async fn files_roll_by_size_and_are_readable_by_parquet_and_pyarrow() {
     let mut seq = sequence_numbers(&batches);
     seq.sort_unstable();
     assert_eq!(seq, (0..120).collect::<Vec<_>>());
+    // The default `zstd` compresses the body with Zstandard and the other columns with Snappy.
+    let metadata = ParquetRecordBatchReaderBuilder::try_new(stored[0].1.clone())
+        .unwrap()
+        .metadata()
+        .clone();
+    let codecs: std::collections::BTreeMap<String, String> = metadata
+        .row_group(0)
+        .columns()
+        .iter()
+        .map(|c| (c.column_path().string(), format!("{:?}", c.compression())))
+        .collect();
+    assert!(codecs["body"].starts_with("ZSTD"), "{codecs:?}");
+    assert!(
+        codecs.iter().filter(|(c, _)| *c != "body").all(|(_, codec)| codec == "SNAPPY"),
+        "{codecs:?}"
+    );
     let temperature = batches[0]
         .column_by_name("temperature")
         .unwrap()
