@@ -118,13 +118,8 @@ pub struct TwinStore {
 
 impl TwinStore {
     /// Twins held.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.count
-    }
-
-    /// Whether no twin is held.
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
     }
 
     /// Stores a twin given as JSON text (as the twin query returns it) for `device` (and `module`).
