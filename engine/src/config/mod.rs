@@ -4,7 +4,7 @@
 //! Parsing is serde with `deny_unknown_fields` everywhere, so a typo is an error with a line and
 //! column rather than a silently ignored key. Route conditions are kept as [`Spanned`] strings so
 //! that a condition that does not compile is reported at its position in the file. Every default
-//! lives in [`defaults`]; every limit in [`limits`] (IoT Hub's, or higher where noted).
+//! lives in `defaults`; every limit in `limits` (IoT Hub's, or higher where noted).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -13,10 +13,10 @@
 //!  every `refresh`: full query again, merged by version; every `snapshot_interval`: snapshot
 //! ```
 //!
-//! [`Twins`] is the pipeline's handle. Its contract: [`Twins::wait_ready`] resolves once twins are
+//! `Twins` is the pipeline's handle. Its contract: `Twins::wait_ready` resolves once twins are
 //! loaded (or at once when `start_without_twins` is set and the service is unreachable, or when no
 //! `[twins]` section exists), and fails only for errors retrying cannot fix (refused credentials);
-//! [`Twins::attach`] is CPU work for the blocking pool, called once per batch in each partition's
+//! `Twins::attach` is CPU work for the blocking pool, called once per batch in each partition's
 //! order, and never performs I/O. Everything that talks to the service runs on one background task.
 //!
 //! A snapshot older than `refresh` is stale and falls back to a full query. A snapshot whose

@@ -100,7 +100,7 @@ pub(crate) struct Applied {
 }
 
 /// The twins, and how far each partition's events have been applied. The engine keeps one behind
-/// [`super::Twins`]; it is public so that benchmarks can measure it on its own.
+/// `Twins`; it is public so that benchmarks can measure it on its own.
 #[derive(Debug, Default)]
 pub struct TwinStore {
     devices: HashMap<Box<str>, DeviceEntry>,
@@ -138,7 +138,7 @@ impl TwinStore {
         Ok(())
     }
 
-    /// [`TwinStore::attach`] for callers outside the engine: the batch with its `twin` column.
+    /// `TwinStore::attach` for callers outside the engine: the batch with its `twin` column.
     pub fn attach_twins(&mut self, batch: &RecordBatch) -> Result<RecordBatch> {
         self.attach(batch).map(|(batch, _, _)| batch)
     }
