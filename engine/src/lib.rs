@@ -2,12 +2,17 @@
 //! batches and fans messages out to sinks with end-to-end backpressure and at-least-once checkpoints.
 //!
 //! Only this crate knows AMQP (besides the emulator) and only it wires queries to sinks.
+//!
+//! Its public face is what the binary, the end-to-end tests, the benchmarks and the fuzz targets
+//! use; everything else is `pub(crate)`. `unreachable_pub` keeps it so, and `unnameable_types`
+//! makes every public type that a public item returns nameable.
+#![warn(unreachable_pub, unnameable_types)]
 
 pub mod checkpoint;
 pub mod config;
 mod error;
 pub mod health;
-pub mod ownership;
+mod ownership;
 pub mod pipeline;
 pub mod progress;
 pub mod routing;

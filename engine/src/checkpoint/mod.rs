@@ -13,7 +13,9 @@ mod file;
 mod object_store;
 
 pub use file::FileCheckpointStore;
-pub use object_store::{ObjectStoreCheckpointStore, Ownership, OwnershipVersion, StoreOperations};
+pub use object_store::ObjectStoreCheckpointStore;
+pub(crate) use object_store::OwnershipVersion;
+pub use object_store::{Ownership, StoreOperations};
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -34,7 +36,7 @@ pub enum SelectedStore {
 
 impl SelectedStore {
     /// The store as the source and the pipeline use it.
-    pub fn checkpoints(&self) -> Arc<dyn CheckpointStore> {
+    pub(crate) fn checkpoints(&self) -> Arc<dyn CheckpointStore> {
         match self {
             Self::Files(store) => Arc::new(store.clone()),
             Self::Shared(store) => Arc::new(store.clone()),
@@ -84,7 +86,7 @@ pub struct CheckpointKey {
 
 impl CheckpointKey {
     /// `{fqns}/{eventhub}/{consumergroup}`, lower-cased: the folder of the consumer group's blobs.
-    pub fn consumer_group_prefix(&self) -> String {
+    pub(crate) fn consumer_group_prefix(&self) -> String {
         format!(
             "{}/{}/{}",
             self.fully_qualified_namespace, self.event_hub, self.consumer_group
@@ -93,7 +95,7 @@ impl CheckpointKey {
     }
 
     /// The SDK blob name `{fqns}/{eventhub}/{consumergroup}/checkpoint/{partition}`, lower-cased.
-    pub fn blob_name(&self) -> String {
+    pub(crate) fn blob_name(&self) -> String {
         format!(
             "{}/checkpoint/{}",
             self.consumer_group_prefix(),
@@ -103,7 +105,7 @@ impl CheckpointKey {
 
     /// The SDK ownership blob `{fqns}/{eventhub}/{consumergroup}/ownership/{partition}`,
     /// lower-cased.
-    pub fn ownership_blob_name(&self) -> String {
+    pub(crate) fn ownership_blob_name(&self) -> String {
         format!(
             "{}/ownership/{}",
             self.consumer_group_prefix(),

@@ -59,12 +59,12 @@ pub struct Ownership {
     /// When the record was last written: a claim older than the ownership expiry is void.
     pub last_modified: DateTime<Utc>,
     /// The record's version: the condition of the next claim.
-    pub version: OwnershipVersion,
+    pub(crate) version: OwnershipVersion,
 }
 
 /// The ETag (and, where the store has them, the version id) of an ownership record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OwnershipVersion {
+pub(crate) struct OwnershipVersion {
     e_tag: Option<String>,
     version: Option<String>,
 }
@@ -82,14 +82,14 @@ impl ObjectStoreCheckpointStore {
     /// Writes ownership records with a fresh nonce as content, for stores whose ETag is a hash of
     /// the content (S3).
     #[must_use]
-    pub fn with_nonce_content(mut self) -> Self {
+    pub(crate) fn with_nonce_content(mut self) -> Self {
         self.nonce_content = true;
         self
     }
 
     /// Counts requests into `operations` (the engine's metric family).
     #[must_use]
-    pub fn counting_into(mut self, operations: StoreOperations) -> Self {
+    pub(crate) fn counting_into(mut self, operations: StoreOperations) -> Self {
         self.operations = operations;
         self
     }
@@ -133,7 +133,7 @@ impl ObjectStoreCheckpointStore {
     /// Writes `owner_id` as the owner of `key`'s partition if the record is still at `current`
     /// (`None`: if there is no record yet). Returns the new version, or `None` when another
     /// instance wrote the record first. An empty `owner_id` releases the partition.
-    pub async fn claim(
+    pub(crate) async fn claim(
         &self,
         key: &CheckpointKey,
         owner_id: &str,

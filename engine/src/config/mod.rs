@@ -4,7 +4,7 @@
 //! Parsing is serde with `deny_unknown_fields` everywhere, so a typo is an error with a line and
 //! column rather than a silently ignored key. Route conditions are kept as [`Spanned`] strings so
 //! that a condition that does not compile is reported at its position in the file. Every default
-//! lives in [`defaults`]; every limit in [`limits`] (IoT Hub's, or higher where noted).
+//! lives in `defaults`; every limit in `limits` (IoT Hub's, or higher where noted).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -22,19 +22,19 @@ use crate::source::SourceConfig;
 use crate::{Error, Result};
 
 /// Limits on a routing configuration. IoT Hub's values, except where a comment says otherwise.
-pub mod limits {
+pub(crate) mod limits {
     /// Routes per hub (IoT Hub: 100).
-    pub const MAX_ROUTES: usize = 100;
+    pub(crate) const MAX_ROUTES: usize = 100;
     /// Custom endpoints per hub (IoT Hub: 10 per endpoint type; we allow 10 of any type each, 40).
-    pub const MAX_ENDPOINTS: usize = 40;
+    pub(crate) const MAX_ENDPOINTS: usize = 40;
     /// Enrichments per hub (IoT Hub: 10, S1 and higher).
-    pub const MAX_ENRICHMENTS: usize = 10;
+    pub(crate) const MAX_ENRICHMENTS: usize = 10;
     /// Characters in a route condition (IoT Hub: 1024).
-    pub const MAX_CONDITION_CHARS: usize = 1024;
+    pub(crate) const MAX_CONDITION_CHARS: usize = 1024;
     /// Characters in an enrichment key or value (IoT Hub: 128 / 512).
-    pub const MAX_ENRICHMENT_KEY_CHARS: usize = 128;
+    pub(crate) const MAX_ENRICHMENT_KEY_CHARS: usize = 128;
     /// Characters in an enrichment value (IoT Hub: 512).
-    pub const MAX_ENRICHMENT_VALUE_CHARS: usize = 512;
+    pub(crate) const MAX_ENRICHMENT_VALUE_CHARS: usize = 512;
 }
 
 /// Default values of optional fields, in one place.
@@ -119,15 +119,15 @@ const RESERVED_ENDPOINT_NAMES: [&str; 4] = [
 pub struct EngineConfig {
     /// The IoT hub name, the value of the `$iothubname` enrichment (default `hub`).
     #[serde(default = "defaults::hub_name")]
-    pub hub_name: String,
+    pub(crate) hub_name: String,
     /// Where events are read from (see [`SourceConfig`]).
-    pub source: SourceConfig,
+    pub(crate) source: SourceConfig,
     /// Where checkpoints are stored and how often they are written.
     #[serde(default)]
-    pub checkpoint: CheckpointConfig,
+    pub(crate) checkpoint: CheckpointConfig,
     /// Custom endpoints, each a sink.
     #[serde(default)]
-    pub endpoints: Vec<EndpointConfig>,
+    pub(crate) endpoints: Vec<EndpointConfig>,
     /// Routes, evaluated in no particular order: a message goes to every matching route's endpoint.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
@@ -139,10 +139,10 @@ pub struct EngineConfig {
     pub enrichments: Vec<EnrichmentConfig>,
     /// Where permanently failed messages are kept (default: JSONL under `hubroute-data/dead-letters`).
     #[serde(default)]
-    pub dead_letters: DeadLetterConfig,
+    pub(crate) dead_letters: DeadLetterConfig,
     /// The HTTP server of `/metrics`, `/healthz` and `/routes`, and shutdown and health timing.
     #[serde(default)]
-    pub service: ServiceConfig,
+    pub(crate) service: ServiceConfig,
     /// Device and module twins for `$twin` conditions and enrichments; without this section every
     /// `$twin` path is `undefined`, as on an IoT hub without twins.
     #[serde(default)]
@@ -199,64 +199,64 @@ pub struct TwinsConfig {
     /// IoT Hub service connection string of a policy with ServiceConnect (`service` or
     /// `iothubowner`), e.g. `${IOTHUB_SERVICE_CONNECTION_STRING}`. A secret: never logged.
     #[serde(deserialize_with = "iothub_connection_string")]
-    pub service_connection_string: IotHubConnectionString,
+    pub(crate) service_connection_string: IotHubConnectionString,
     /// How often every twin is queried again (default 5 min, IoT Hub's documented routing lag).
     /// Twin change and lifecycle events in the stream update twins in between.
     #[serde(default = "defaults::twin_refresh", with = "humantime_serde")]
-    pub refresh: Duration,
+    pub(crate) refresh: Duration,
     /// Load module twins too (`SELECT * FROM devices.modules`; default true): a module's messages
     /// see its module twin.
     #[serde(default = "defaults::enabled")]
-    pub modules: bool,
+    pub(crate) modules: bool,
     /// Route without twins while the service API is unreachable at start, with a warning and the
     /// `hubroute_twins_loaded` metric at 0 (default false: routing waits, because routing without
     /// twins gives wrong answers).
     #[serde(default)]
-    pub start_without_twins: bool,
+    pub(crate) start_without_twins: bool,
     /// Persist the twins beside the checkpoints so that a restart resumes without a full query
     /// (default true).
     #[serde(default = "defaults::enabled")]
-    pub snapshot: bool,
+    pub(crate) snapshot: bool,
     /// How often a changed twin store is written to its snapshot (default 1 min); it is also
     /// written at shutdown.
     #[serde(default = "defaults::twin_snapshot_interval", with = "humantime_serde")]
-    pub snapshot_interval: Duration,
+    pub(crate) snapshot_interval: Duration,
     /// Twins asked for per query page (`x-ms-max-item-count`, default 1000).
     #[serde(default = "defaults::twin_page_size")]
-    pub page_size: u32,
+    pub(crate) page_size: u32,
     /// Timeout of one request to the service API (default 30 s).
     #[serde(default = "defaults::twin_request_timeout", with = "humantime_serde")]
-    pub request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     /// Cap of the exponential backoff between attempts while the service API fails (default 60 s).
     #[serde(default = "defaults::twin_max_backoff", with = "humantime_serde")]
-    pub max_backoff: Duration,
+    pub(crate) max_backoff: Duration,
     /// A PEM file of CA certificates to trust besides the public web roots: a private CA, a proxy,
     /// or the certificate given to `hubroute emulator --tls-cert`.
     #[serde(default)]
-    pub tls_ca_file: Option<PathBuf>,
+    pub(crate) tls_ca_file: Option<PathBuf>,
 }
 
 /// How the running service is observed and stopped.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ServiceConfig {
+pub(crate) struct ServiceConfig {
     /// Address of the HTTP server (default `127.0.0.1:9464`, Prometheus' customary exporter port;
     /// port 0 picks a free one).
     #[serde(default = "defaults::listen")]
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// How long a graceful shutdown waits for in-flight batches to commit (default 30 s).
     #[serde(default = "defaults::drain_timeout", with = "humantime_serde")]
-    pub drain_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
     /// An endpoint with a batch uncommitted for this long is unhealthy (default 30 s).
     #[serde(default = "defaults::stall_after", with = "humantime_serde")]
-    pub stall_after: Duration,
+    pub(crate) stall_after: Duration,
     /// An endpoint failing continuously for this long is dead (default 1 h, IoT Hub's retry period).
     #[serde(default = "defaults::dead_after", with = "humantime_serde")]
-    pub dead_after: Duration,
+    pub(crate) dead_after: Duration,
     /// How often each partition's last enqueued sequence number is read from `$management` for
     /// the `hubroute_partition_lag_events` metric (default 10 s).
     #[serde(default = "defaults::lag_interval", with = "humantime_serde")]
-    pub lag_interval: Duration,
+    pub(crate) lag_interval: Duration,
 }
 
 impl Default for ServiceConfig {
@@ -349,7 +349,7 @@ pub enum BalancingStrategy {
 /// What the router does when an endpoint's queue is full.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum FullPolicy {
+pub(crate) enum FullPolicy {
     /// Wait for room: backpressure reaches the source and AMQP credit stops (no loss; a stalled
     /// endpoint stalls every endpoint of the partition, as in IoT Hub).
     #[default]
@@ -362,20 +362,20 @@ pub enum FullPolicy {
 /// One custom endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EndpointConfig {
+pub(crate) struct EndpointConfig {
     /// Batches that may wait for this endpoint's sink; bounds memory per endpoint (default 16).
     #[serde(default = "defaults::queue_capacity")]
-    pub queue_capacity: usize,
+    pub(crate) queue_capacity: usize,
     /// What to do when the queue is full (default `block`).
     #[serde(default)]
-    pub full_policy: FullPolicy,
+    pub(crate) full_policy: FullPolicy,
     /// The sink; its `name` is the endpoint name routes refer to.
-    pub sink: SinkConfig,
+    pub(crate) sink: SinkConfig,
 }
 
 impl EndpointConfig {
     /// The endpoint name.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         self.sink.name()
     }
 }
@@ -402,7 +402,7 @@ pub enum RouteSource {
 
 impl RouteSource {
     /// Every route source, in ARM's order.
-    pub const ALL: [Self; 6] = [
+    pub(crate) const ALL: [Self; 6] = [
         Self::DeviceMessages,
         Self::TwinChangeEvents,
         Self::DeviceLifecycleEvents,
@@ -412,12 +412,12 @@ impl RouteSource {
     ];
 
     /// The `iothub-message-source` value IoT Hub stamps on messages from this source.
-    pub fn message_source(self) -> &'static str {
+    pub(crate) fn message_source(self) -> &'static str {
         self.message_sources()[0]
     }
 
     /// Every `iothub-message-source` value that belongs to this source, the stamped one first.
-    pub fn message_sources(self) -> &'static [&'static str] {
+    pub(crate) fn message_sources(self) -> &'static [&'static str] {
         match self {
             Self::DeviceMessages => &[message_source::TELEMETRY],
             Self::TwinChangeEvents => &[message_source::TWIN_CHANGE_EVENTS],
@@ -436,7 +436,7 @@ impl RouteSource {
 
     /// The source of a message whose `iothub-message-source` is `value` (`None`, as for events
     /// not stamped by IoT Hub, counts as device messages); `None` for a value of no route source.
-    pub fn of_message(value: Option<&str>) -> Option<Self> {
+    pub(crate) fn of_message(value: Option<&str>) -> Option<Self> {
         let Some(value) = value else {
             return Some(Self::DeviceMessages);
         };
@@ -459,7 +459,7 @@ pub struct RouteConfig {
     #[serde(default = "defaults::condition")]
     pub condition: Spanned<String>,
     /// The one endpoint matching messages go to.
-    pub endpoint: String,
+    pub(crate) endpoint: String,
     /// Disabled routes are kept but never match (default true).
     #[serde(default = "defaults::enabled")]
     pub enabled: bool,
@@ -474,9 +474,9 @@ pub struct FallbackConfig {
     pub enabled: bool,
     /// Condition on top of "matched no route" (default `true`).
     #[serde(default = "defaults::condition")]
-    pub condition: Spanned<String>,
+    pub(crate) condition: Spanned<String>,
     /// Where unmatched messages go.
-    pub endpoint: String,
+    pub(crate) endpoint: String,
 }
 
 /// One message enrichment: an application property added to messages sent to `endpoints`.
@@ -484,12 +484,12 @@ pub struct FallbackConfig {
 #[serde(deny_unknown_fields)]
 pub struct EnrichmentConfig {
     /// Application property name.
-    pub key: String,
+    pub(crate) key: String,
     /// A static string, `$iothubname`, or `$twin.<path>` (resolved from the message's twin, else
     /// the literal string, as IoT Hub does).
-    pub value: String,
+    pub(crate) value: String,
     /// Endpoints whose messages get the property.
-    pub endpoints: Vec<String>,
+    pub(crate) endpoints: Vec<String>,
 }
 
 /// A loaded configuration and the text it came from, for positions in later errors.
@@ -498,9 +498,9 @@ pub struct LoadedConfig {
     /// The parsed configuration.
     pub config: EngineConfig,
     /// The file it was read from.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// The file's text.
-    pub text: String,
+    pub(crate) text: String,
 }
 
 impl LoadedConfig {

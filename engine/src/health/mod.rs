@@ -25,7 +25,7 @@ pub enum HealthStatus {
 
 impl HealthStatus {
     /// The lowercase name used in `/healthz`, `/routes` and metrics labels.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Unknown => "unknown",
             Self::Healthy => "healthy",
@@ -38,11 +38,11 @@ impl HealthStatus {
 
 /// Thresholds of the health state machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HealthPolicy {
+pub(crate) struct HealthPolicy {
     /// Continuous failure after which an endpoint is dead (IoT Hub retries for up to an hour).
-    pub dead_after: Duration,
+    pub(crate) dead_after: Duration,
     /// Time without failure after which a recovered endpoint is healthy again.
-    pub degraded_for: Duration,
+    pub(crate) degraded_for: Duration,
 }
 
 impl Default for HealthPolicy {
@@ -56,7 +56,7 @@ impl Default for HealthPolicy {
 
 /// The tracked health of one endpoint, with its last error and times.
 #[derive(Debug, Clone)]
-pub struct EndpointHealth {
+pub(crate) struct EndpointHealth {
     policy: HealthPolicy,
     last_success: Option<Instant>,
     last_failure: Option<Instant>,
@@ -67,7 +67,7 @@ pub struct EndpointHealth {
 
 impl EndpointHealth {
     /// A new endpoint in state [`HealthStatus::Unknown`].
-    pub fn new(policy: HealthPolicy) -> Self {
+    pub(crate) fn new(policy: HealthPolicy) -> Self {
         Self {
             policy,
             last_success: None,
@@ -78,20 +78,20 @@ impl EndpointHealth {
     }
 
     /// Records a committed delivery at `now`.
-    pub fn record_success(&mut self, now: Instant) {
+    pub(crate) fn record_success(&mut self, now: Instant) {
         self.last_success = Some(now);
         self.failing_since = None;
     }
 
     /// Records a failed delivery attempt at `now`.
-    pub fn record_failure(&mut self, now: Instant, error: &str) {
+    pub(crate) fn record_failure(&mut self, now: Instant, error: &str) {
         self.last_failure = Some(now);
         self.failing_since.get_or_insert(now);
         self.last_error = Some(error.to_owned());
     }
 
     /// The status at `now`.
-    pub fn status(&self, now: Instant) -> HealthStatus {
+    pub(crate) fn status(&self, now: Instant) -> HealthStatus {
         if let Some(since) = self.failing_since {
             return if now.saturating_duration_since(since) >= self.policy.dead_after {
                 HealthStatus::Dead
@@ -111,17 +111,17 @@ impl EndpointHealth {
     }
 
     /// The last error reported, kept after recovery for diagnosis.
-    pub fn last_error(&self) -> Option<&str> {
+    pub(crate) fn last_error(&self) -> Option<&str> {
         self.last_error.as_deref()
     }
 
     /// When the endpoint last delivered.
-    pub fn last_success(&self) -> Option<Instant> {
+    pub(crate) fn last_success(&self) -> Option<Instant> {
         self.last_success
     }
 
     /// When the endpoint last failed.
-    pub fn last_failure(&self) -> Option<Instant> {
+    pub(crate) fn last_failure(&self) -> Option<Instant> {
         self.last_failure
     }
 }

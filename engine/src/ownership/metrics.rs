@@ -16,7 +16,7 @@ type Labels = Vec<(&'static str, String)>;
 
 /// Every ownership metric. Handles are cheap clones sharing one value.
 #[derive(Debug, Clone, Default)]
-pub struct OwnershipMetrics {
+pub(crate) struct OwnershipMetrics {
     owned: Gauge,
     partition_owned: Family<Labels, Gauge>,
     claims: Family<Labels, Counter>,
@@ -113,10 +113,5 @@ impl OwnershipMetrics {
                 }
             }
         }
-    }
-
-    /// Partitions owned now.
-    pub fn owned(&self) -> i64 {
-        self.owned.get()
     }
 }

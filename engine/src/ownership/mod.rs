@@ -19,7 +19,7 @@
 mod metrics;
 mod plan;
 
-pub use metrics::OwnershipMetrics;
+pub(crate) use metrics::OwnershipMetrics;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -38,7 +38,7 @@ use plan::{Fleet, Record};
 
 /// The partitions this instance owns, shared by the balancer, the pipeline and the HTTP server.
 #[derive(Debug, Clone)]
-pub struct PartitionOwnership {
+pub(crate) struct PartitionOwnership {
     inner: Arc<Inner>,
 }
 
@@ -81,15 +81,15 @@ struct Held {
 
 /// What `/healthz` and `/routes` say about ownership.
 #[derive(Debug, Clone, PartialEq)]
-pub struct OwnershipStatus {
+pub(crate) struct OwnershipStatus {
     /// This instance's owner id; `None` for a single instance.
-    pub owner_id: Option<String>,
+    pub(crate) owner_id: Option<String>,
     /// Partitions owned now.
-    pub owned: Vec<String>,
+    pub(crate) owned: Vec<String>,
     /// Seconds since the shared store was last read completely (`None` for a single instance).
-    pub seconds_since_store_read: Option<f64>,
+    pub(crate) seconds_since_store_read: Option<f64>,
     /// False once the store has been unreachable for longer than the ownership expiry.
-    pub healthy: bool,
+    pub(crate) healthy: bool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -98,7 +98,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl PartitionOwnership {
     /// A single instance: every partition, for good.
-    pub fn single(partitions: Vec<String>, metrics: OwnershipMetrics) -> Self {
+    pub(crate) fn single(partitions: Vec<String>, metrics: OwnershipMetrics) -> Self {
         let all: BTreeSet<String> = partitions.iter().cloned().collect();
         let owned: Vec<(&str, f64)> = partitions.iter().map(|p| (p.as_str(), 0.0)).collect();
         metrics.set_owned(&partitions, &owned);
@@ -114,7 +114,7 @@ impl PartitionOwnership {
 
     /// One of several instances sharing `store`, owning nothing until [`Self::run`] claims
     /// partitions. Fails when the store cannot do the conditional writes claims need.
-    pub async fn shared(
+    pub(crate) async fn shared(
         store: ObjectStoreCheckpointStore,
         keys: Vec<CheckpointKey>,
         config: &CheckpointConfig,
@@ -156,12 +156,12 @@ impl PartitionOwnership {
     }
 
     /// The partitions owned now, and every change after.
-    pub fn watch(&self) -> watch::Receiver<BTreeSet<String>> {
+    pub(crate) fn watch(&self) -> watch::Receiver<BTreeSet<String>> {
         self.inner.owned.subscribe()
     }
 
     /// Whether the owned set never changes (a single instance).
-    pub fn is_static(&self) -> bool {
+    pub(crate) fn is_static(&self) -> bool {
         self.inner.shared.is_none()
     }
 
@@ -169,7 +169,7 @@ impl PartitionOwnership {
     /// random); returns at once for a single instance. The first cycle runs immediately. Once
     /// `draining` is cancelled (the engine is shutting down) no partition is claimed any more, but
     /// claims are still renewed until `stop`.
-    pub async fn run(&self, draining: CancellationToken, stop: CancellationToken) {
+    pub(crate) async fn run(&self, draining: CancellationToken, stop: CancellationToken) {
         let Some(shared) = &self.inner.shared else {
             return;
         };
@@ -463,7 +463,7 @@ impl PartitionOwnership {
     /// Another reader took `partition`'s AMQP link. A single instance stops reading it (as before
     /// load balancing existed); a shared one forgets its claim, so the partition comes back only if
     /// a later cycle claims it again.
-    pub fn link_stolen(&self, partition: &str) {
+    pub(crate) fn link_stolen(&self, partition: &str) {
         let Some(shared) = &self.inner.shared else {
             return;
         };
@@ -476,7 +476,7 @@ impl PartitionOwnership {
     /// Whether this instance may write `partition`'s checkpoint now: always for a single instance;
     /// with a shared store, only while it holds the claim and a fresh read of the record names it
     /// the owner.
-    pub async fn may_checkpoint(&self, partition: &str) -> bool {
+    pub(crate) async fn may_checkpoint(&self, partition: &str) -> bool {
         let Some(shared) = &self.inner.shared else {
             return true;
         };
@@ -498,7 +498,7 @@ impl PartitionOwnership {
 
     /// Releases every claim (an empty owner id), so that other instances take the partitions at
     /// their next cycle instead of after the expiry. Called once the final checkpoints are written.
-    pub async fn release(&self) {
+    pub(crate) async fn release(&self) {
         let Some(shared) = &self.inner.shared else {
             return;
         };
@@ -538,7 +538,7 @@ impl PartitionOwnership {
     }
 
     /// What `/healthz` and `/routes` report.
-    pub fn status(&self) -> OwnershipStatus {
+    pub(crate) fn status(&self) -> OwnershipStatus {
         let owned: Vec<String> = self.inner.owned.borrow().iter().cloned().collect();
         match &self.inner.shared {
             None => OwnershipStatus {

@@ -175,7 +175,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// The Prometheus text exposition of every metric.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
@@ -225,12 +225,12 @@ impl Metrics {
     }
 
     /// The twin store's metrics.
-    pub fn twins(&self) -> &TwinMetrics {
+    pub(crate) fn twins(&self) -> &TwinMetrics {
         &self.twins
     }
 
     /// Partition ownership's metrics.
-    pub fn ownership(&self) -> &OwnershipMetrics {
+    pub(crate) fn ownership(&self) -> &OwnershipMetrics {
         &self.ownership
     }
 }

@@ -78,7 +78,7 @@ impl PartitionProgress {
     }
 
     /// Batches still waiting for acks.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.pending.len()
     }
 
@@ -88,7 +88,7 @@ impl PartitionProgress {
     }
 
     /// The committed position if it moved since the last call: what a periodic writer saves.
-    pub fn take_checkpoint(&mut self) -> Option<Position> {
+    pub(crate) fn take_checkpoint(&mut self) -> Option<Position> {
         if self.dirty {
             self.dirty = false;
             self.committed.clone()
@@ -99,7 +99,7 @@ impl PartitionProgress {
 
     /// Marks the committed position as not yet saved again, after saving `failed` did not work.
     /// A newer committed position wins: it is the one the next call to `take_checkpoint` returns.
-    pub fn restore_checkpoint(&mut self, failed: Position) {
+    pub(crate) fn restore_checkpoint(&mut self, failed: Position) {
         self.committed.get_or_insert(failed);
         self.dirty = true;
     }

@@ -67,9 +67,9 @@ pub struct RoutedBatch {
     /// Per route: rows that matched (of the route's source; 0 for disabled routes).
     pub matched: Vec<usize>,
     /// Per route: rows of the route's source whose condition was undefined (IoT Hub logs these).
-    pub undefined: Vec<usize>,
+    pub(crate) undefined: Vec<usize>,
     /// Rows delivered by the fallback route.
-    pub fallback: usize,
+    pub(crate) fallback: usize,
 }
 
 /// Which routes and endpoints one message reaches (`hubroute route test`).

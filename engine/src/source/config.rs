@@ -36,7 +36,7 @@ pub enum StartPosition {
 
 impl StartPosition {
     /// The selector-filter position this start means.
-    pub fn event_position(&self) -> EventPosition {
+    pub(crate) fn event_position(&self) -> EventPosition {
         match self {
             Self::Earliest => EventPosition::earliest(),
             Self::Latest => EventPosition::latest(),
@@ -157,7 +157,7 @@ pub struct SourceConfig {
     /// Event Hubs connection string (for IoT Hub: the built-in endpoint's "Event Hub-compatible
     /// endpoint"), or the IoT hub's own service connection string. A secret: never logged.
     #[serde(deserialize_with = "connection_string")]
-    pub connection_string: SourceConnectionString,
+    pub(crate) connection_string: SourceConnectionString,
     /// AMQP over TCP (default) or over WebSockets.
     #[serde(default)]
     pub transport: Transport,
@@ -167,10 +167,10 @@ pub struct SourceConfig {
     pub proxy: Option<ProxyUrl>,
     /// Event hub name; defaults to the connection string's `EntityPath`.
     #[serde(default)]
-    pub event_hub: Option<String>,
+    pub(crate) event_hub: Option<String>,
     /// Consumer group.
     #[serde(default = "defaults::consumer_group")]
-    pub consumer_group: String,
+    pub(crate) consumer_group: String,
     /// Partitions to read; `None` reads every partition the service reports.
     #[serde(default)]
     pub partitions: Option<Vec<String>>,
@@ -189,7 +189,7 @@ pub struct SourceConfig {
     pub batch_max_rows: usize,
     /// A batch is cut once its bodies reach this many bytes.
     #[serde(default = "defaults::batch_max_bytes")]
-    pub batch_max_bytes: usize,
+    pub(crate) batch_max_bytes: usize,
     /// Memory that decoded events may hold between the AMQP link and the end of routing, summed
     /// over every partition (default 64 MiB). When it is used up, receivers cut their batches early
     /// and wait, granting no credit, so memory does not grow with the partition count.
@@ -200,7 +200,7 @@ pub struct SourceConfig {
     pub batch_linger: Duration,
     /// Owner level (`com.microsoft:epoch`) of the receivers; `None` attaches non-exclusive receivers.
     #[serde(default = "defaults::owner_level")]
-    pub owner_level: Option<i64>,
+    pub(crate) owner_level: Option<i64>,
     /// Reaction to an out-of-range start position.
     #[serde(default)]
     pub out_of_range: OutOfRangePolicy,
@@ -278,13 +278,13 @@ impl SourceConfig {
     }
 
     /// The start position of `partition` when it has no checkpoint.
-    pub fn start_of(&self, partition: &str) -> &StartPosition {
+    pub(crate) fn start_of(&self, partition: &str) -> &StartPosition {
         self.partition_start.get(partition).unwrap_or(&self.start)
     }
 
     /// The event hub to read: `event_hub`, else the connection string's `EntityPath`. An IoT Hub
     /// connection string has none until the source resolves it.
-    pub fn event_hub_name(&self) -> crate::Result<&str> {
+    pub(crate) fn event_hub_name(&self) -> crate::Result<&str> {
         self.event_hub
             .as_deref()
             .or(self.event_hubs()?.entity_path.as_deref())

@@ -41,11 +41,11 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Malformed {
     /// Its `x-opt-sequence-number`, when that much could be read.
-    pub sequence_number: Option<i64>,
+    pub(crate) sequence_number: Option<i64>,
     /// What is wrong with it.
-    pub problem: String,
+    pub(crate) problem: String,
     /// The message as received.
-    pub payload: Bytes,
+    pub(crate) payload: Bytes,
 }
 
 /// Decodes the AMQP messages of one partition into message batches.
@@ -106,7 +106,7 @@ impl MessageDecoder {
     }
 
     /// The offset of the row appended last (empty before the first).
-    pub fn last_offset(&self) -> &str {
+    pub(crate) fn last_offset(&self) -> &str {
         &self.scratch.offset
     }
 
@@ -121,7 +121,7 @@ impl MessageDecoder {
     }
 
     /// Body bytes appended since the last [`finish`](Self::finish).
-    pub fn body_bytes(&self) -> usize {
+    pub(crate) fn body_bytes(&self) -> usize {
         self.builder.body_bytes()
     }
 

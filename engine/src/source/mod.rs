@@ -45,16 +45,16 @@ use receiver::PartitionReceiver;
 #[derive(Debug)]
 pub struct SourceBatch {
     /// Partition id.
-    pub partition: String,
+    pub(crate) partition: String,
     /// The events, in the `hubroute_message` schema.
     pub batch: RecordBatch,
     /// Sequence number of the last row: checkpoint this once every row is committed.
     pub last_sequence_number: i64,
     /// Offset of the last row.
-    pub last_offset: String,
+    pub(crate) last_offset: String,
     /// Events of this stretch that could not be decoded, for the dead-letter store; the checkpoint
     /// must not pass them before they are stored.
-    pub malformed: Vec<Malformed>,
+    pub(crate) malformed: Vec<Malformed>,
     /// This batch's share of `max_buffered_bytes`, returned to the source when the batch is dropped.
     _memory: Reservation,
 }
@@ -151,7 +151,7 @@ impl EventHubSource {
     }
 
     /// The event hub being read.
-    pub fn event_hub(&self) -> &str {
+    pub(crate) fn event_hub(&self) -> &str {
         &self.event_hub
     }
 
@@ -178,7 +178,9 @@ impl EventHubSource {
     /// The first retained and last enqueued sequence numbers of each partition this source reads
     /// (`None` for an empty partition), from one `$management` connection: what lag is measured
     /// against.
-    pub async fn retained_sequence_numbers(&self) -> Result<Vec<(String, Option<(i64, i64)>)>> {
+    pub(crate) async fn retained_sequence_numbers(
+        &self,
+    ) -> Result<Vec<(String, Option<(i64, i64)>)>> {
         let mut hub = HubConnection::open(&self.config, &self.event_hub).await?;
         let mut out = Vec::with_capacity(self.partitions.len());
         let mut failure = None;

@@ -13,7 +13,7 @@ type Labels = Vec<(&'static str, String)>;
 
 /// Every twin metric.
 #[derive(Debug, Clone, Default)]
-pub struct TwinMetrics {
+pub(crate) struct TwinMetrics {
     held: Gauge,
     bytes: Gauge,
     loaded: Gauge,
@@ -126,7 +126,7 @@ impl TwinMetrics {
     }
 
     /// Twins held.
-    pub fn held(&self) -> i64 {
+    pub(crate) fn held(&self) -> i64 {
         self.held.get()
     }
 }

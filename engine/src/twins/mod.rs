@@ -13,10 +13,10 @@
 //!  every `refresh`: full query again, merged by version; every `snapshot_interval`: snapshot
 //! ```
 //!
-//! [`Twins`] is the pipeline's handle. Its contract: [`Twins::wait_ready`] resolves once twins are
+//! `Twins` is the pipeline's handle. Its contract: `Twins::wait_ready` resolves once twins are
 //! loaded (or at once when `start_without_twins` is set and the service is unreachable, or when no
 //! `[twins]` section exists), and fails only for errors retrying cannot fix (refused credentials);
-//! [`Twins::attach`] is CPU work for the blocking pool, called once per batch in each partition's
+//! `Twins::attach` is CPU work for the blocking pool, called once per batch in each partition's
 //! order, and never performs I/O. Everything that talks to the service runs on one background task.
 //!
 //! A snapshot older than `refresh` is stale and falls back to a full query. A snapshot whose
@@ -42,7 +42,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use metrics::TwinMetrics;
+pub(crate) use metrics::TwinMetrics;
 pub use store::TwinStore;
 
 use self::client::{RequestFailure, ServiceClient};
@@ -75,7 +75,7 @@ enum Readiness {
 
 /// The twin store of a running engine (a no-op without a `[twins]` section). Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct Twins {
+pub(crate) struct Twins {
     inner: Option<Arc<Inner>>,
 }
 
@@ -113,7 +113,7 @@ impl Twins {
     /// Starts loading twins in the background (nothing without `[twins]`, but a warning for every
     /// route and enrichment that reads `$twin`). The snapshot lives under the checkpoint
     /// directory, named after the hub and the source's event hub and consumer group.
-    pub fn start(engine: &EngineConfig, metrics: TwinMetrics) -> Result<Self> {
+    pub(crate) fn start(engine: &EngineConfig, metrics: TwinMetrics) -> Result<Self> {
         let Some(config) = engine.twins.as_ref() else {
             for reader in engine.twin_readers() {
                 tracing::warn!(%reader, "reads $twin, but there is no [twins] section: $twin is undefined for every message");
@@ -167,7 +167,7 @@ impl Twins {
 
     /// Resolves when routing may start: twins are loaded, or routing may go on without them.
     /// Fails when loading failed for good.
-    pub async fn wait_ready(&self) -> Result<()> {
+    pub(crate) async fn wait_ready(&self) -> Result<()> {
         let Some(inner) = &self.inner else {
             return Ok(());
         };
@@ -192,7 +192,7 @@ impl Twins {
     /// Attaches the twin of each row's device (or module, by `connectionModuleId`) to `batch`,
     /// applying the batch's twin change and lifecycle events in order. CPU only: run it on the
     /// blocking pool. Without `[twins]` the batch is returned as it is.
-    pub fn attach(&self, batch: RecordBatch) -> Result<RecordBatch> {
+    pub(crate) fn attach(&self, batch: RecordBatch) -> Result<RecordBatch> {
         let Some(inner) = &self.inner else {
             return Ok(batch);
         };
@@ -221,7 +221,7 @@ impl Twins {
     }
 
     /// Stops the background task and writes a last snapshot.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         let Some(inner) = &self.inner else {
             return;
         };
@@ -233,18 +233,6 @@ impl Twins {
         if *inner.readiness.borrow() == Readiness::Loaded {
             inner.write_snapshot(true).await;
         }
-    }
-
-    /// Twins held (0 without `[twins]`).
-    pub fn len(&self) -> usize {
-        self.inner
-            .as_ref()
-            .map_or(0, |inner| lock(&inner.state).len())
-    }
-
-    /// Whether no twin is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

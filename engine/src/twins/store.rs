@@ -100,7 +100,7 @@ pub(crate) struct Applied {
 }
 
 /// The twins, and how far each partition's events have been applied. The engine keeps one behind
-/// [`super::Twins`]; it is public so that benchmarks can measure it on its own.
+/// `Twins`; it is public so that benchmarks can measure it on its own.
 #[derive(Debug, Default)]
 pub struct TwinStore {
     devices: HashMap<Box<str>, DeviceEntry>,
@@ -118,13 +118,8 @@ pub struct TwinStore {
 
 impl TwinStore {
     /// Twins held.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.count
-    }
-
-    /// Whether no twin is held.
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
     }
 
     /// Stores a twin given as JSON text (as the twin query returns it) for `device` (and `module`).
@@ -143,7 +138,7 @@ impl TwinStore {
         Ok(())
     }
 
-    /// [`TwinStore::attach`] for callers outside the engine: the batch with its `twin` column.
+    /// `TwinStore::attach` for callers outside the engine: the batch with its `twin` column.
     pub fn attach_twins(&mut self, batch: &RecordBatch) -> Result<RecordBatch> {
         self.attach(batch).map(|(batch, _, _)| batch)
     }
