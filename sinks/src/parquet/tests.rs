@@ -182,7 +182,7 @@ async fn files_roll_by_size_and_are_readable_by_parquet_and_pyarrow() {
         .unwrap()
         .metadata()
         .clone();
-    let codecs: std::collections::BTreeMap<String, String> = metadata
+    let codecs: BTreeMap<String, String> = metadata
         .row_group(0)
         .columns()
         .iter()
