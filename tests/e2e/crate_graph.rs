@@ -153,7 +153,10 @@ fn only_the_allocator_settings_use_unsafe() {
     fn visit(directory: &std::path::Path, found: &mut Vec<String>) {
         for entry in std::fs::read_dir(directory).expect("readable directory") {
             let path = entry.expect("directory entry").path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             if path.is_dir() {
                 if !matches!(name, "target" | "node_modules" | ".git" | ".venv" | "fuzz") {
                     visit(&path, found);

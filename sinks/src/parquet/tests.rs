@@ -190,7 +190,10 @@ async fn files_roll_by_size_and_are_readable_by_parquet_and_pyarrow() {
         .collect();
     assert!(codecs["body"].starts_with("ZSTD"), "{codecs:?}");
     assert!(
-        codecs.iter().filter(|(c, _)| *c != "body").all(|(_, codec)| codec == "SNAPPY"),
+        codecs
+            .iter()
+            .filter(|(c, _)| *c != "body")
+            .all(|(_, codec)| codec == "SNAPPY"),
         "{codecs:?}"
     );
     let temperature = batches[0]
