@@ -138,6 +138,39 @@ fn temperature_column() -> TypedColumn {
     }
 }
 
+/// An open file buffers its body page uncompressed: the page must close near `BODY_PAGE_BYTES`, not at
+/// parquet-rs's 1 MiB default, or memory grows by megabytes per open file.
+#[tokio::test]
+async fn body_pages_close_near_their_bound() {
+    use parquet::file::reader::{FileReader as _, SerializedFileReader};
+
+    let store = Arc::new(InMemory::new());
+    let config = ParquetSinkConfig::new("lake", ObjectStoreConfig::Local { root: "/".into() });
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut sink = ParquetSink::with_store(config, store.clone(), tx).unwrap();
+    sink.write(sink_batch(0, &messages("0", 0..4_000, 480)))
+        .await
+        .unwrap();
+    sink.flush(FlushReason::Shutdown).await.unwrap();
+    acks_for(&mut rx, 1).await;
+
+    let stored = files(store.as_ref()).await;
+    let reader = SerializedFileReader::new(stored[0].1.clone()).unwrap();
+    let row_group = reader.get_row_group(0).unwrap();
+    let body = (0..row_group.num_columns())
+        .find(|&i| row_group.metadata().column(i).column_path().string() == "body")
+        .unwrap();
+    let mut pages = row_group.get_column_page_reader(body).unwrap();
+    let mut sizes = Vec::new();
+    while let Some(page) = pages.get_next_page().unwrap() {
+        sizes.push(page.buffer().len());
+    }
+    // 4 000 bodies of ~500 bytes are ~2 MB: many pages, none above the bound plus one mini batch.
+    let bound = BODY_PAGE_BYTES + WRITE_BATCH_ROWS * 520;
+    assert!(sizes.len() >= 8, "{sizes:?}");
+    assert!(sizes.iter().all(|&size| size <= bound), "{sizes:?}");
+}
+
 #[tokio::test]
 async fn files_roll_by_size_and_are_readable_by_parquet_and_pyarrow() {
     let dir = tempfile::tempdir().unwrap();
