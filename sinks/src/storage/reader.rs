@@ -439,7 +439,7 @@ mod tests {
         .unwrap();
         let mut writer = apache_avro::Writer::new(&other_schema, Vec::new()).unwrap();
         writer
-            .append(AvroValue::Record(vec![("x".into(), AvroValue::Long(1))]))
+            .append_value(AvroValue::Record(vec![("x".into(), AvroValue::Long(1))]))
             .unwrap();
         let error = read_storage_file("other.avro", &writer.into_inner().unwrap(), 10, |_| Ok(()))
             .unwrap_err();
