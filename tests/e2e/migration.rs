@@ -122,7 +122,7 @@ struct Made {
 fn made(i: usize) -> Made {
     Made {
         level: [Some("high"), Some("low"), None][i % 3],
-        json: i % 4 == 0,
+        json: i.is_multiple_of(4),
         temperature: i % 50,
     }
 }

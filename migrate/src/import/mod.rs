@@ -111,11 +111,7 @@ pub struct Counts {
 pub fn import(document: &Value, source: &str, hub: Option<&str>) -> Result<Import> {
     let template = Template::of(document);
     let hubs = Template::hubs(document);
-    let named = |h: &HubResource<'_>| {
-        template
-            .string(h.name)
-            .unwrap_or_else(|u| u.expression.clone())
-    };
+    let named = |h: &HubResource<'_>| template.string(h.name).unwrap_or_else(|u| u.expression);
     let chosen = match (hubs.as_slice(), hub) {
         ([], _) => {
             return Err(Error::NoIotHub {
@@ -207,16 +203,14 @@ impl<'a> Importer<'a> {
         };
         let routing = member(hub.properties, "routing").unwrap_or(&Value::Null);
         let endpoint_specs = member(routing, "endpoints").unwrap_or(&Value::Null);
-        let hub_value = hub_name.clone().map_or_else(
-            || {
-                self.variable(
-                    HUB_NAME,
-                    "The IoT hub's name (`az iot hub list --query [].name`).".to_owned(),
-                    false,
-                )
-            },
-            |name| name,
-        );
+        let hub_value = match &hub_name {
+            Some(name) => name.clone(),
+            None => self.variable(
+                HUB_NAME,
+                "The IoT hub's name (`az iot hub list --query [].name`).".to_owned(),
+                false,
+            ),
+        };
         let endpoints = endpoints::plan(self.template, endpoint_specs, &hub_value);
         for endpoint in &endpoints {
             for warning in &endpoint.warnings {
@@ -265,7 +259,7 @@ impl<'a> Importer<'a> {
         self.header(&mut out, hub_name.as_deref(), &routes, fallback.as_ref());
         out.key(
             "hub_name",
-            &TomlValue::String(hub_value.clone()),
+            &TomlValue::String(hub_value),
             Some("the value of `$iothubname` enrichments"),
         );
         out.blank();
@@ -743,7 +737,7 @@ impl<'a> Importer<'a> {
                 match targets.get(&name) {
                     Some(EndpointTarget::Mapped(mapped)) => endpoints.push(mapped.clone()),
                     Some(EndpointTarget::Unusable(mapped, why)) => {
-                        notes.push(format!("IoT Hub also adds it to `{mapped}`, which {why}"))
+                        notes.push(format!("IoT Hub also adds it to `{mapped}`, which {why}"));
                     }
                     None if name.eq_ignore_ascii_case("events") => notes.push(
                         "IoT Hub also adds it to messages on the built-in endpoint `events`; \

@@ -32,12 +32,15 @@ use crate::{Error, Result};
 /// The first bytes of an Avro object container file.
 const AVRO_MAGIC: &[u8; 4] = b"Obj\x01";
 
+/// A property's name and value, borrowed from the file where possible.
+type Property<'a> = (Cow<'a, str>, Cow<'a, str>);
+
 /// One record as this module reads it: IoT Hub's four fields, borrowed where possible.
 #[derive(Debug, Default)]
 struct StorageRecord<'a> {
     enqueued_time_utc: Cow<'a, str>,
-    properties: Vec<(Cow<'a, str>, Cow<'a, str>)>,
-    system_properties: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    properties: Vec<Property<'a>>,
+    system_properties: Vec<Property<'a>>,
     body: Cow<'a, [u8]>,
 }
 
@@ -244,7 +247,7 @@ fn avro_record(value: &AvroValue) -> Result<StorageRecord<'_>, String> {
 fn avro_strings<'a>(
     field: &str,
     map: &'a HashMap<String, AvroValue>,
-) -> Result<Vec<(Cow<'a, str>, Cow<'a, str>)>, String> {
+) -> Result<Vec<Property<'a>>, String> {
     map.iter()
         .map(|(key, value)| match value {
             AvroValue::String(s) => Ok((Cow::Borrowed(key.as_str()), Cow::Borrowed(s.as_str()))),
