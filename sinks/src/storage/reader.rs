@@ -455,6 +455,18 @@ mod tests {
     }
 
     #[test]
+    fn the_empty_files_iot_hub_writes_for_quiet_windows_hold_no_records() {
+        for encoding in [
+            StorageEncoding::Avro,
+            StorageEncoding::AvroDeflate,
+            StorageEncoding::Json,
+        ] {
+            let (batches, records) = read(&write(encoding, &[]), 10);
+            assert_eq!((batches.len(), records), (0, 0), "{encoding:?}");
+        }
+    }
+
+    #[test]
     fn one_json_record_for_route_test() {
         let line = r#"{"EnqueuedTimeUtc":"2024-05-01T13:05:00.0000000Z","Properties":{"level":"high"},"SystemProperties":{"messageId":"m1","contentType":"application/json","contentEncoding":"utf-8"},"Body":{"t":30}}"#;
         let batch = storage_json_record("record.json", line).unwrap();
