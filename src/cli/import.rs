@@ -14,7 +14,7 @@ pub(crate) struct ImportArgs {
     /// resource, the output of `az iot hub show`, or of `az bicep build` for a Bicep file.
     #[arg(long = "from", value_name = "FILE")]
     from: PathBuf,
-    /// Where to write the configuration (default `hubroute.toml`); `-` writes to stdout.
+    /// Where to write the configuration; `-` writes to stdout.
     #[arg(long, value_name = "FILE", default_value = "hubroute.toml")]
     out: PathBuf,
     /// The hub to import when the file holds several.

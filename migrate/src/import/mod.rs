@@ -286,12 +286,15 @@ impl<'a> Importer<'a> {
         routes: &[PlannedRoute],
         fallback: Option<&PlannedRoute>,
     ) {
+        let hub = hub_name.map_or_else(
+            || "whose name is computed at deployment".to_owned(),
+            |name| format!("`{name}`"),
+        );
         out.comment(&format!(
-            "hubroute configuration imported from {} (IoT hub `{}`) by `hubroute import`.\n\
+            "hubroute configuration imported from {} (the IoT hub {hub}) by `hubroute import`.\n\
              Review it, set the environment variables listed at the end, then run `hubroute check \
              --config <this file>`.",
             self.source,
-            hub_name.unwrap_or("computed at deployment"),
         ));
         out.comment("");
         // Which sources reach the built-in endpoint decides what hubroute, reading it, sees.
