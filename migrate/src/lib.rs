@@ -16,7 +16,7 @@ mod arm;
 mod backtest;
 mod import;
 
-pub use backtest::{Outcome, Report, RouteOutcome, backtest, single_message};
+pub use backtest::{Outcome, Report, RouteOutcome, TwinSet, backtest, single_message};
 pub use import::{Counts, EnvironmentVariable, Import, Warning, import};
 
 /// Errors of the migration tools.

@@ -51,6 +51,11 @@ struct BacktestArgs {
     #[arg(long, value_name = "FILE", num_args = 1.., requires = "config",
           conflicts_with_all = ["message_file", "body", "app_properties", "system_properties", "twin"])]
     input: Vec<PathBuf>,
+    /// Twins for `$twin` conditions: the output of `az iot hub query --hub-name <hub>
+    /// --query-command "SELECT * FROM devices" --output json` (and of `… FROM devices.modules`,
+    /// concatenated). Without it archived messages have no twins and `$twin` is undefined.
+    #[arg(long, value_name = "FILE", requires = "input")]
+    twins: Option<PathBuf>,
     /// Print the backtest as JSON.
     #[arg(long, requires = "input")]
     json: bool,
@@ -232,18 +237,36 @@ fn backtest(path: &std::path::Path, args: &BacktestArgs) -> anyhow::Result<ExitC
     let Some((loaded, table)) = compile_config(path) else {
         return Ok(ExitCode::from(2));
     };
-    for reader in loaded.config.twin_readers() {
-        eprintln!(
-            "warning: {reader} reads $twin; archived messages carry no twins, so it sees undefined"
-        );
-    }
-    let report = match hubroute_migrate::backtest(&table, &args.input, args.examples) {
-        Ok(report) => report,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return Ok(ExitCode::from(2));
+    let twins = match &args.twins {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the twins file {}", path.display()))?;
+            match hubroute_migrate::TwinSet::parse(&path.display().to_string(), &text) {
+                Ok(twins) => Some(twins),
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return Ok(ExitCode::from(2));
+                }
+            }
+        }
+        None => {
+            for reader in loaded.config.twin_readers() {
+                eprintln!(
+                    "warning: {reader} reads $twin; archived messages carry no twins, so it sees \
+                     undefined (give the hub's twins with --twins)"
+                );
+            }
+            None
         }
     };
+    let report =
+        match hubroute_migrate::backtest(&table, &args.input, twins.as_ref(), args.examples) {
+            Ok(report) => report,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return Ok(ExitCode::from(2));
+            }
+        };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report.json())?);
     } else {

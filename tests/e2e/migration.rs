@@ -378,6 +378,56 @@ fn backtest_counts_matches_per_route_over_every_archive_format() {
         "{table}"
     );
 
+    // `$twin` conditions see the twins of `--twins` (the hub's twin query output), else undefined.
+    let twin_config = dir.path().join("twins.toml");
+    std::fs::write(
+        &twin_config,
+        std::fs::read_to_string(&config).unwrap().replace(
+            "condition = \"level = 'high'\"",
+            "condition = \"$twin.tags.site = 'plant-3'\"",
+        ),
+    )
+    .unwrap();
+    let twins = dir.path().join("twins.json");
+    std::fs::write(
+        &twins,
+        r#"[{"deviceId": "d0", "tags": {"site": "plant-3"}}, {"deviceId": "d1", "tags": {"site": "plant-3"}},
+            {"deviceId": "d2", "tags": {"site": "plant-4"}}]"#,
+    )
+    .unwrap();
+    let backtest_twins = |with_twins: bool| {
+        let mut command = hubroute();
+        command
+            .args(["route", "test", "--json", "--config"])
+            .arg(&twin_config)
+            .arg("--input")
+            .arg(dir.path().join("archive.json"));
+        if with_twins {
+            command.arg("--twins").arg(&twins);
+        }
+        let output = command.output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+        (
+            counts_of(&report)["high"].clone(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (without, warning) = backtest_twins(false);
+    assert_eq!(without, json!([0, MESSAGES]));
+    assert!(warning.contains("route `high` reads $twin"), "{warning}");
+    let (with, _) = backtest_twins(true);
+    let plant_3 = (0..MESSAGES).filter(|i| i % 5 < 2).count();
+    assert_eq!(
+        with,
+        json!([plant_3, MESSAGES * 2 / 5]),
+        "d3 and d4 have no twin"
+    );
+
     // A file that is not what it claims: the error names the file and the record.
     let other = dir.path().join("other-schema.avro");
     let output = hubroute()

@@ -11,11 +11,13 @@
 //! condition was `undefined`, the fallback's, and the messages that reached no endpoint, each with
 //! a few example message ids.
 //!
-//! Archived messages carry no twins, so `$twin` conditions are `undefined`; storage records do not
-//! say which route source a message came from, so they count as device messages.
+//! Archived messages carry no twins: without a [`TwinSet`] (`--twins`, the hub's twin query
+//! output) `$twin` conditions are `undefined`. Storage records do not say which route source a
+//! message came from, so they count as device messages.
 
 mod monitor_events;
 mod report;
+mod twins;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -25,6 +27,7 @@ use hubroute_engine::routing::RoutingTable;
 use hubroute_message::MessageColumns;
 
 pub use report::{Outcome, Report, RouteOutcome};
+pub use twins::TwinSet;
 
 use crate::{Error, Result};
 
@@ -78,11 +81,12 @@ impl Format {
     }
 }
 
-/// Routes every message of `inputs` through `table` and counts the outcomes, keeping up to
-/// `examples` message ids per outcome.
+/// Routes every message of `inputs` through `table`, with `twins` attached when given, and counts
+/// the outcomes, keeping up to `examples` message ids per outcome.
 pub fn backtest(
     table: &RoutingTable,
     inputs: &[impl AsRef<Path>],
+    twins: Option<&TwinSet>,
     examples: usize,
 ) -> Result<Report> {
     let started = Instant::now();
@@ -97,6 +101,18 @@ pub fn backtest(
         })?;
         let format = Format::of(&bytes);
         let mut route = |batch: RecordBatch| -> Result<(), hubroute_sinks::Error> {
+            let batch = match twins {
+                Some(twins) => {
+                    twins
+                        .attach(&batch)
+                        .map_err(|e| hubroute_sinks::Error::Archive {
+                            file: file.clone(),
+                            record: 0,
+                            problem: format!("attaching twins failed: {e}"),
+                        })?
+                }
+                None => batch,
+            };
             let started = Instant::now();
             let decisions = table
                 .decide(&batch)
