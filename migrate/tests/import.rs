@@ -132,6 +132,29 @@ fn imported_files_load_and_compile_in_the_engine_once_variables_are_set() {
 }
 
 #[test]
+fn the_commented_out_postgres_endpoint_for_cosmos_db_is_valid_once_uncommented() {
+    let imported = import_case(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/import/routing-tutorial.json"),
+    );
+    let lines: Vec<&str> = imported.toml.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| *l == "# [[endpoints]]")
+        .expect("a commented-out endpoint");
+    let block: Vec<&str> = lines[start..]
+        .iter()
+        .take_while(|l| !l.is_empty())
+        .map(|l| l.trim_start_matches("# "))
+        .collect();
+    assert!(block.contains(&"type = \"postgres\""), "{block:?}");
+    let with_block = format!("{}\n{}\n", imported.toml, block.join("\n"));
+    let loaded = LoadedConfig::parse(Path::new("imported.toml"), &fill_environment(&with_block))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let table = RoutingTable::compile(&loaded).unwrap();
+    assert!(table.endpoints().iter().any(|e| e == "cosmos-telemetry"));
+}
+
+#[test]
 fn secrets_in_the_input_never_reach_the_output() {
     let secret = "U2VjcmV0S2V5VGhhdE11c3ROb3RMZWFr";
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/import/az-iot-hub-show.json");
