@@ -21,8 +21,9 @@ pub struct SystemProperties {
     /// `$correlationId`.
     #[serde(alias = "$correlationId")]
     pub correlation_id: Option<String>,
-    /// `$userId` (AMQP binary; usually UTF-8 text such as the hub name).
-    #[serde(alias = "$userId")]
+    /// `$userId` (AMQP binary; usually UTF-8 text such as the hub name). Read from an array of
+    /// bytes or, as IoT Hub's storage records write it, a string.
+    #[serde(alias = "$userId", default, deserialize_with = "bytes_or_text")]
     pub user_id: Option<Vec<u8>>,
     /// `$contentType`.
     #[serde(alias = "$contentType")]
@@ -53,6 +54,24 @@ pub struct SystemProperties {
     /// `$dt-subject`.
     #[serde(rename = "dt-subject", alias = "$dt-subject")]
     pub dt_subject: Option<String>,
+}
+
+/// `userId` as an array of bytes or as text (its UTF-8 bytes).
+fn bytes_or_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<u8>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum BytesOrText {
+        Bytes(Vec<u8>),
+        Text(String),
+    }
+    Ok(
+        Option::<BytesOrText>::deserialize(deserializer)?.map(|value| match value {
+            BytesOrText::Bytes(bytes) => bytes,
+            BytesOrText::Text(text) => text.into_bytes(),
+        }),
+    )
 }
 
 /// An application property value as it arrived on the wire.
@@ -290,12 +309,15 @@ mod tests {
         for json in [
             r#"{"iothubEnqueuedTime": "2022-06-06T22:56:06.5Z", "connectionDeviceId": "d"}"#,
             r#"{"$enqueuedTime": "2022-06-06T22:56:06.5Z", "$connectionDeviceId": "d"}"#,
-            r#"{"enqueuedTime": "2022-06-06T22:56:06.5Z", "connectionDeviceId": "d"}"#,
+            r#"{"enqueuedTime": "2022-06-06T22:56:06.5Z", "connectionDeviceId": "d", "userId": "hub"}"#,
         ] {
             let system: SystemProperties = serde_json::from_str(json).expect(json);
             assert_eq!(system.iothub_enqueued_time, Some(time), "{json}");
             assert_eq!(system.connection_device_id.as_deref(), Some("d"), "{json}");
         }
+        let storage: SystemProperties =
+            serde_json::from_str(r#"{"userId": "hub"}"#).expect("userId as text");
+        assert_eq!(storage.user_id.as_deref(), Some(&b"hub"[..]));
         let keywords: SystemProperties = serde_json::from_str(
             r#"{"$messageId": "m", "$correlationId": "c", "$userId": [104], "$contentType": "t",
                 "$contentEncoding": "e", "$connectionModuleId": "mod", "$connectionAuthMethod": "a",

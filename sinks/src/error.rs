@@ -6,6 +6,17 @@ pub enum Error {
     /// A batch did not have the message schema.
     #[error(transparent)]
     Schema(#[from] hubroute_message::Error),
+    /// An archived file (IoT Hub storage Avro or JSON, hubroute Parquet) is not what it claims:
+    /// `record` is 1-based, 0 for the file as a whole.
+    #[error("{file}: record {record}: {problem}")]
+    Archive {
+        /// The file.
+        file: String,
+        /// The record that could not be read (1-based; 0: the header or the file).
+        record: usize,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// A sink or store configuration is invalid; fix the configuration file.
     #[error("sink `{sink}`: invalid configuration: {problem}")]
     Config {
@@ -132,6 +143,7 @@ impl Error {
             | Self::Avro { .. }
             | Self::Arrow { .. }
             | Self::Json { .. }
+            | Self::Archive { .. }
             | Self::AcksClosed { .. } => false,
             Self::ObjectStore { source, .. } => object_store_error_is_retryable(source),
             Self::Http { .. } => true,

@@ -30,13 +30,18 @@ pub use dead_letter::{
 };
 pub use error::{Error, Result};
 pub use object_store_config::{ObjectStoreConfig, Secret};
-pub use parquet::{Compression, ParquetSink, ParquetSinkConfig, TypedColumn, TypedColumnType};
+pub use parquet::{
+    Compression, ParquetSink, ParquetSinkConfig, TypedColumn, TypedColumnType, read_parquet_file,
+};
 pub use postgres::{PostgresSink, PostgresSinkConfig, SslMode};
 pub(crate) use sink::AckLedger;
 pub use sink::{
     Ack, AckSender, FailedRow, FlushReason, RetryPolicy, Sink, SinkBatch, Ticket, drive_sink,
 };
 pub use sqlite::{SqliteSink, SqliteSinkConfig};
-pub use storage::{StorageEncoding, StorageSink, StorageSinkConfig};
+pub use storage::{
+    StorageEncoding, StorageSink, StorageSinkConfig, is_avro, read_storage_file,
+    storage_json_record,
+};
 pub use table::{ColumnMapping, SqlType, TableConfig, TableSink};
 pub use webhook::{SignatureConfig, WebhookFormat, WebhookSink, WebhookSinkConfig};

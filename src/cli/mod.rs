@@ -2,6 +2,7 @@
 
 mod check;
 mod emulator;
+mod import;
 mod quickstart;
 mod route;
 mod run;
@@ -38,6 +39,8 @@ enum Command {
     Emulator(emulator::EmulatorArgs),
     /// Simulate a fleet of devices sending telemetry to an Event Hubs endpoint.
     Simulate(simulate::SimulateArgs),
+    /// Write a hubroute configuration from an IoT hub's routing (ARM template or `az iot hub show`).
+    Import(import::ImportArgs),
     /// Work with route conditions.
     #[command(subcommand)]
     Route(route::RouteCommand),
@@ -86,6 +89,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Emulator(args) => emulator::run(args),
         Command::Simulate(args) => simulate::run(args),
+        Command::Import(args) => import::run(&args),
         Command::Route(command) => route::run(command),
         Command::Check(args) => Ok(check::run(&args)),
         Command::Run(args) => run::run(&args),

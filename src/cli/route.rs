@@ -4,21 +4,28 @@
 //! prints is exactly what routing would do. The route comes from `--condition` (prints the truth
 //! value) or from a whole configuration with `--config` and `--message FILE` (prints the routes and
 //! endpoints the message reaches, fallback included, and the application properties each endpoint's
-//! enrichments add, through the engine's own routing table).
+//! enrichments add, through the engine's own routing table). `--message` also takes one IoT Hub
+//! storage JSON record or one `az iot hub monitor-events` event.
+//!
+//! With `--config` and `--input FILE…` it backtests the configuration on archived messages
+//! (`hubroute_migrate::backtest`: IoT Hub storage Avro and JSON, hubroute Parquet, monitor-events
+//! captures), batch by batch through the same routing table, and prints matches per route.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use arrow::record_batch::RecordBatch;
 use hubroute_engine::config::LoadedConfig;
 use hubroute_engine::routing::{Explanation, RoutingTable};
-use hubroute_message::{AppPropertyValue, Message, SystemProperties};
+use hubroute_message::{AppPropertyValue, Message, MessageBatchBuilder, SystemProperties};
 
 /// `hubroute route` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum RouteCommand {
-    /// Evaluate one condition against one message (prints `true`, `false` or `undefined`), or a
-    /// whole configuration (prints the matching routes and the endpoints reached).
+    /// Evaluate one condition against one message (prints `true`, `false` or `undefined`), a
+    /// whole configuration (prints the matching routes and the endpoints reached), or backtest a
+    /// configuration on archived messages (`--config F --input FILE…`: matches per route).
     ///
     /// Exits 0 after printing the result, 2 if the condition or configuration is invalid.
     Test(TestArgs),
@@ -31,6 +38,30 @@ pub(crate) struct TestArgs {
     route: RouteSource,
     #[command(flatten)]
     message: MessageArgs,
+    #[command(flatten)]
+    backtest: BacktestArgs,
+}
+
+/// Backtesting a configuration on archived messages.
+#[derive(Debug, clap::Args)]
+struct BacktestArgs {
+    /// Archived messages to route with `--config`: IoT Hub storage Avro or JSON files, hubroute
+    /// Parquet files, or the saved output of `az iot hub monitor-events --properties all --output
+    /// json`. The format is recognised from the content.
+    #[arg(long, value_name = "FILE", num_args = 1.., requires = "config",
+          conflicts_with_all = ["message_file", "body", "app_properties", "system_properties", "twin"])]
+    input: Vec<PathBuf>,
+    /// Twins for `$twin` conditions: the output of `az iot hub query --hub-name <hub>
+    /// --query-command "SELECT * FROM devices" --output json` (and of `… FROM devices.modules`,
+    /// concatenated). Without it archived messages have no twins and `$twin` is undefined.
+    #[arg(long, value_name = "FILE", requires = "input")]
+    twins: Option<PathBuf>,
+    /// Print the backtest as JSON.
+    #[arg(long, requires = "input")]
+    json: bool,
+    /// Example message ids kept per route and outcome.
+    #[arg(long, default_value_t = 3, requires = "input")]
+    examples: usize,
 }
 
 /// Where the condition under test comes from (exactly one).
@@ -41,8 +72,9 @@ struct RouteSource {
     /// `-` (`-5 < $body.x`).
     #[arg(long, allow_hyphen_values = true)]
     condition: Option<String>,
-    /// A configuration file: test every route, the fallback and enrichments of it.
-    #[arg(long, requires = "message_file")]
+    /// A configuration file: test every route, the fallback and enrichments of it, on `--message`
+    /// or on `--input` files.
+    #[arg(long)]
     config: Option<PathBuf>,
 }
 
@@ -59,7 +91,7 @@ struct MessageArgs {
     app_properties: Option<String>,
     /// System properties as a JSON object, each named by its query keyword (`$contentType`,
     /// `$enqueuedTime`, ...) or as IoT Hub names them in storage (`contentType`, `enqueuedTime`,
-    /// ...): messageId, correlationId, userId (an array of bytes), contentType, contentEncoding,
+    /// ...): messageId, correlationId, userId (text or an array of bytes), contentType, contentEncoding,
     /// enqueuedTime (also iothubEnqueuedTime), connectionDeviceId, connectionModuleId,
     /// connectionAuthMethod, connectionDeviceGenerationId, dt-dataschema, dt-subject,
     /// messageSource.
@@ -69,7 +101,10 @@ struct MessageArgs {
     #[arg(long, value_name = "JSON")]
     twin: Option<String>,
     /// The message as a JSON file: `{"body": ..., "appProperties": {...}, "systemProperties":
-    /// {...}, "twin": {...}}` (a string body is taken as is, any other JSON value as its text).
+    /// {...}, "twin": {...}}` (a string body is taken as is, any other JSON value as its text),
+    /// one IoT Hub storage JSON record (`{"EnqueuedTimeUtc", "Properties", "SystemProperties",
+    /// "Body"}`), or one event as `az iot hub monitor-events --properties all --output json`
+    /// prints it (`{"event": {...}}`).
     #[arg(long = "message", value_name = "FILE", conflicts_with_all = ["body", "app_properties", "system_properties", "twin"])]
     message_file: Option<PathBuf>,
 }
@@ -89,12 +124,31 @@ struct MessageFile {
 }
 
 impl MessageArgs {
+    /// The message as a one-row message batch.
+    fn batch(&self) -> anyhow::Result<RecordBatch> {
+        if let Some(path) = &self.message_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the message file {}", path.display()))?;
+            if let Some(batch) =
+                hubroute_migrate::single_message(&path.display().to_string(), &text)?
+            {
+                return Ok(batch);
+            }
+        }
+        Ok(MessageBatchBuilder::batch_of(&[self.message()?])?)
+    }
+
     fn message(&self) -> anyhow::Result<Message> {
         if let Some(path) = &self.message_file {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading the message file {}", path.display()))?;
-            let file: MessageFile = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not a message file", path.display()))?;
+            let file: MessageFile = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not a message file (hubroute's, an IoT Hub storage JSON record or \
+                         a monitor-events event)",
+                    path.display()
+                )
+            })?;
             let text_of = |value: Option<serde_json::Value>| {
                 value.map(|v| match v {
                     serde_json::Value::String(s) => s,
@@ -138,29 +192,86 @@ pub(crate) fn run(command: RouteCommand) -> anyhow::Result<ExitCode> {
 fn outcome(
     args: &TestArgs,
 ) -> anyhow::Result<Result<hubroute_queries::Truth, hubroute_queries::Error>> {
-    let message = args.message.message()?;
+    let batch = args.message.batch()?;
     let condition = args.route.condition.as_deref().unwrap_or_default();
     let compiled = match hubroute_queries::compile(condition) {
         Ok(compiled) => compiled,
         Err(error) => return Ok(Err(error)),
     };
     let truth = compiled
-        .evaluate_message(&message)
-        .context("evaluating the condition")?;
+        .evaluate(&batch)
+        .context("evaluating the condition")?
+        .first()
+        .copied()
+        .unwrap_or(hubroute_queries::Truth::Undefined);
     Ok(Ok(truth))
 }
 
-/// Which routes and endpoints the message reaches under the configuration at `path`.
-fn explain(path: &std::path::Path, message: &Message) -> anyhow::Result<ExitCode> {
-    let table = match LoadedConfig::load(path).and_then(|loaded| RoutingTable::compile(&loaded)) {
-        Ok(table) => table,
+/// The compiled configuration at `path`, or the error printed.
+fn compile_config(path: &std::path::Path) -> Option<(LoadedConfig, RoutingTable)> {
+    match LoadedConfig::load(path)
+        .and_then(|loaded| RoutingTable::compile(&loaded).map(|table| (loaded, table)))
+    {
+        Ok(compiled) => Some(compiled),
         Err(error) => {
             eprintln!("error: {error}");
-            return Ok(ExitCode::from(2));
+            None
+        }
+    }
+}
+
+/// Which routes and endpoints the message reaches under the configuration at `path`.
+fn explain(path: &std::path::Path, batch: &RecordBatch) -> anyhow::Result<ExitCode> {
+    let Some((_, table)) = compile_config(path) else {
+        return Ok(ExitCode::from(2));
+    };
+    let explanation = table
+        .explain_batch(batch)
+        .context("evaluating the routes")?;
+    print!("{}", render(&explanation));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Routes every message of the `--input` files through the configuration at `path`.
+fn backtest(path: &std::path::Path, args: &BacktestArgs) -> anyhow::Result<ExitCode> {
+    let Some((loaded, table)) = compile_config(path) else {
+        return Ok(ExitCode::from(2));
+    };
+    let twins = match &args.twins {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the twins file {}", path.display()))?;
+            match hubroute_migrate::TwinSet::parse(&path.display().to_string(), &text) {
+                Ok(twins) => Some(twins),
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return Ok(ExitCode::from(2));
+                }
+            }
+        }
+        None => {
+            for reader in loaded.config.twin_readers() {
+                eprintln!(
+                    "warning: {reader} reads $twin; archived messages carry no twins, so it sees \
+                     undefined (give the hub's twins with --twins)"
+                );
+            }
+            None
         }
     };
-    let explanation = table.explain(message).context("evaluating the routes")?;
-    print!("{}", render(&explanation));
+    let report =
+        match hubroute_migrate::backtest(&table, &args.input, twins.as_ref(), args.examples) {
+            Ok(report) => report,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return Ok(ExitCode::from(2));
+            }
+        };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.json())?);
+    } else {
+        print!("{}", report.table());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -198,7 +309,16 @@ fn render(explanation: &Explanation) -> String {
 
 fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
     if let Some(config) = &args.route.config {
-        return explain(config, &args.message.message()?);
+        if !args.backtest.input.is_empty() {
+            return backtest(config, &args.backtest);
+        }
+        if args.message.message_file.is_none() {
+            eprintln!(
+                "error: --config needs --message FILE (one message) or --input FILE… (a backtest)"
+            );
+            return Ok(ExitCode::from(2));
+        }
+        return explain(config, &args.message.batch()?);
     }
     match outcome(args)? {
         Ok(truth) => {

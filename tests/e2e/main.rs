@@ -15,6 +15,7 @@ mod engine;
 mod example;
 mod iothub_connect;
 mod logs;
+mod migration;
 mod operator_view;
 mod scale_out;
 mod source;

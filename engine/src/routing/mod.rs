@@ -72,6 +72,30 @@ pub struct RoutedBatch {
     pub(crate) fallback: usize,
 }
 
+/// One row's decision, as [`RoutingTable::evaluate_rows`] hands it out (buffers reused per row).
+#[derive(Debug, Default)]
+struct RowOutcome {
+    /// Enabled routes of the row's source whose condition is true.
+    matched: Vec<usize>,
+    /// Enabled routes of the row's source whose condition is undefined.
+    undefined: Vec<usize>,
+    /// Whether the fallback route takes the row.
+    fallback: bool,
+}
+
+/// Per-row routing decisions for one batch ([`RoutingTable::decide`]): row indices, ascending.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decisions {
+    /// Per route (configuration order): rows it matched.
+    pub matched: Vec<Vec<u32>>,
+    /// Per route: rows of its source whose condition was `undefined`.
+    pub undefined: Vec<Vec<u32>>,
+    /// Rows the fallback route took.
+    pub fallback: Vec<u32>,
+    /// Rows no route matched and the fallback did not take: they reach no endpoint.
+    pub unmatched: Vec<u32>,
+}
+
 /// Which routes and endpoints one message reaches (`hubroute route test`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Explanation {
@@ -167,44 +191,86 @@ impl RoutingTable {
         self.routes.iter().map(|r| r.name.as_str())
     }
 
-    /// Decides, for every row of `batch`, which endpoints receive it.
-    pub fn route(&self, batch: &RecordBatch) -> Result<RoutedBatch> {
+    /// Route names with their endpoint and whether they are enabled, in configuration order.
+    pub fn routes(&self) -> impl Iterator<Item = (&str, &str, bool)> {
+        self.routes.iter().map(|r| {
+            (
+                r.name.as_str(),
+                self.endpoints[r.endpoint].as_str(),
+                r.enabled,
+            )
+        })
+    }
+
+    /// Whether the configuration has an enabled fallback route.
+    pub fn has_fallback(&self) -> bool {
+        self.fallback.is_some()
+    }
+
+    /// IoT Hub's decision for every row of `batch`, handed to `visit` row by row (in row order)
+    /// after every condition has been evaluated over the whole batch. The one place routing
+    /// semantics live: [`Self::route`] and [`Self::decide`] only collect what it hands out.
+    fn evaluate_rows(
+        &self,
+        batch: &RecordBatch,
+        mut visit: impl FnMut(usize, &RowOutcome),
+    ) -> Result<()> {
         let outcome = self.conditions.evaluate(batch)?;
         let columns = MessageColumns::try_new(batch)?;
         let sources = columns.message_source;
-        let rows = batch.num_rows();
-        let mut per_endpoint = vec![Vec::new(); self.endpoints.len()];
-        let mut matched = vec![0; self.routes.len()];
-        let mut undefined = vec![0; self.routes.len()];
-        let mut fallback = 0;
-        let mut reached = vec![false; self.endpoints.len()];
-        for row in 0..rows {
+        let mut row_outcome = RowOutcome::default();
+        for row in 0..batch.num_rows() {
+            row_outcome.matched.clear();
+            row_outcome.undefined.clear();
+            row_outcome.fallback = false;
             let source = RouteSource::of_message(sources.is_valid(row).then(|| sources.value(row)));
-            reached.iter_mut().for_each(|r| *r = false);
-            let mut any = false;
             for (i, route) in self.routes.iter().enumerate() {
                 if !route.enabled || Some(route.source) != source {
                     continue;
                 }
                 if outcome.matched[i].value(row) {
-                    matched[i] += 1;
-                    reached[route.endpoint] = true;
-                    any = true;
+                    row_outcome.matched.push(i);
                 } else if outcome.defined[i].is_null(row) {
-                    undefined[i] += 1;
+                    row_outcome.undefined.push(i);
                 }
             }
-            if let Some(endpoint) = self.fallback {
+            if self.fallback.is_some() {
                 let condition = &outcome.matched[self.routes.len()];
-                if !any && source == Some(RouteSource::DeviceMessages) && condition.value(row) {
-                    fallback += 1;
-                    reached[endpoint] = true;
-                }
+                row_outcome.fallback = row_outcome.matched.is_empty()
+                    && source == Some(RouteSource::DeviceMessages)
+                    && condition.value(row);
+            }
+            visit(row, &row_outcome);
+        }
+        Ok(())
+    }
+
+    /// Decides, for every row of `batch`, which endpoints receive it.
+    pub fn route(&self, batch: &RecordBatch) -> Result<RoutedBatch> {
+        let mut per_endpoint = vec![Vec::new(); self.endpoints.len()];
+        let mut matched = vec![0; self.routes.len()];
+        let mut undefined = vec![0; self.routes.len()];
+        let mut fallback = 0;
+        let mut reached = vec![false; self.endpoints.len()];
+        self.evaluate_rows(batch, |row, outcome| {
+            reached.iter_mut().for_each(|r| *r = false);
+            for &i in &outcome.matched {
+                matched[i] += 1;
+                reached[self.routes[i].endpoint] = true;
+            }
+            for &i in &outcome.undefined {
+                undefined[i] += 1;
+            }
+            if outcome.fallback
+                && let Some(endpoint) = self.fallback
+            {
+                fallback += 1;
+                reached[endpoint] = true;
             }
             for (endpoint, _) in reached.iter().enumerate().filter(|(_, r)| **r) {
                 per_endpoint[endpoint].push(u32::try_from(row).unwrap_or(u32::MAX));
             }
-        }
+        })?;
         Ok(RoutedBatch {
             rows: per_endpoint,
             matched,
@@ -213,9 +279,42 @@ impl RoutingTable {
         })
     }
 
+    /// Which rows of `batch` each route matched or found `undefined`, which the fallback took and
+    /// which reached no endpoint: what `hubroute route test --input` counts over archived
+    /// messages, batch by batch.
+    pub fn decide(&self, batch: &RecordBatch) -> Result<Decisions> {
+        let mut decisions = Decisions {
+            matched: vec![Vec::new(); self.routes.len()],
+            undefined: vec![Vec::new(); self.routes.len()],
+            fallback: Vec::new(),
+            unmatched: Vec::new(),
+        };
+        self.evaluate_rows(batch, |row, outcome| {
+            let row = u32::try_from(row).unwrap_or(u32::MAX);
+            for &i in &outcome.matched {
+                decisions.matched[i].push(row);
+            }
+            for &i in &outcome.undefined {
+                decisions.undefined[i].push(row);
+            }
+            if outcome.fallback {
+                decisions.fallback.push(row);
+            } else if outcome.matched.is_empty() {
+                decisions.unmatched.push(row);
+            }
+        })?;
+        Ok(decisions)
+    }
+
     /// Which routes and endpoints `message` reaches, and what enrichments each endpoint adds.
     pub fn explain(&self, message: &Message) -> Result<Explanation> {
         let batch = MessageBatchBuilder::batch_of(std::slice::from_ref(message))?;
+        self.explain_batch(&batch)
+    }
+
+    /// [`Self::explain`] for a one-row message batch (a message read from an archive file).
+    pub fn explain_batch(&self, batch: &RecordBatch) -> Result<Explanation> {
+        let batch = batch.slice(0, batch.num_rows().min(1));
         let routed = self.route(&batch)?;
         let reached: Vec<usize> = (0..self.endpoints.len())
             .filter(|&endpoint| !routed.rows[endpoint].is_empty())

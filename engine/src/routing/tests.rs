@@ -107,6 +107,51 @@ fn rows_reach_each_matching_endpoint_once() {
 }
 
 #[test]
+fn decide_lists_the_rows_of_every_outcome_as_route_counts_them() {
+    let cases = [
+        (Some("hot"), "Telemetry"),
+        (Some("critical"), "Telemetry"),
+        (Some("cold"), "Telemetry"),
+        (Some("ignore"), "Telemetry"),
+        (Some("critical"), "twinChangeEvents"),
+        (None, "Telemetry"),
+        (Some("cold"), "deviceLifecycleEvents"),
+    ];
+    let table = table();
+    let messages: Vec<Message> = cases.iter().map(|(l, s)| message(*l, s, None)).collect();
+    let batch = MessageBatchBuilder::batch_of(&messages).expect("batch");
+    let decisions = table.decide(&batch).expect("decide");
+    assert_eq!(
+        decisions,
+        Decisions {
+            matched: vec![vec![0, 1], vec![1], vec![1], vec![4], vec![]],
+            undefined: vec![vec![5], vec![5], vec![5], vec![], vec![]],
+            fallback: vec![2],
+            unmatched: vec![3, 5, 6],
+        }
+    );
+    // The same evaluation as `route`: its counts are the lengths of these lists.
+    let routed = table.route(&batch).expect("route");
+    let lengths = |lists: &[Vec<u32>]| lists.iter().map(Vec::len).collect::<Vec<_>>();
+    assert_eq!(routed.matched, lengths(&decisions.matched));
+    assert_eq!(routed.undefined, lengths(&decisions.undefined));
+    assert_eq!(routed.fallback, decisions.fallback.len());
+    assert_eq!(
+        table
+            .routes()
+            .map(|(name, _, enabled)| (name, enabled))
+            .collect::<Vec<_>>(),
+        [
+            ("hot", true),
+            ("critical-a", true),
+            ("critical-c", true),
+            ("twin", true),
+            ("off", false)
+        ]
+    );
+}
+
+#[test]
 fn explain_names_routes_endpoints_fallback_and_enrichments() {
     let table = table();
     let enriched = |location: &str| {

@@ -38,6 +38,7 @@
 mod columns;
 mod config;
 mod path;
+mod reader;
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
@@ -61,6 +62,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 pub use config::{Compression, ParquetSinkConfig, TypedColumn, TypedColumnType};
+pub use reader::read_parquet_file;
 
 use self::columns::FileSchema;
 use self::path::{FileName, PathTemplate};

@@ -25,6 +25,7 @@
 
 mod config;
 mod name;
+mod reader;
 mod record;
 
 use std::collections::{BTreeMap, HashSet};
@@ -43,6 +44,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 pub use config::{StorageEncoding, StorageSinkConfig};
+pub use reader::{is_avro, read_storage_file, storage_json_record};
 
 use self::name::{FileName, FileNameFormat};
 use self::record::FileEncoder;

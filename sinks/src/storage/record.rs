@@ -32,7 +32,8 @@ use super::StorageEncoding;
 /// IoT Hub's record schema, exactly as its files embed it in `avro.schema`.
 pub(crate) const SCHEMA_JSON: &str = r#"{"type":"record","name":"Message","namespace":"Microsoft.Azure.Devices","fields":[{"name":"EnqueuedTimeUtc","type":"string"},{"name":"Properties","type":{"type":"map","values":"string"}},{"name":"SystemProperties","type":{"type":"map","values":"string"}},{"name":"Body","type":["null","bytes"]}]}"#;
 
-static SCHEMA: LazyLock<Schema> =
+/// IoT Hub's schema, parsed once: the writer's schema, and the reader's in `reader.rs`.
+pub(crate) static SCHEMA: LazyLock<Schema> =
     LazyLock::new(|| Schema::parse_str(SCHEMA_JSON).expect("IoT Hub's schema parses"));
 
 /// Avro block size: Avro's Java default sync interval, which readers and splitters expect.
