@@ -77,11 +77,11 @@ use crate::{
 /// Rows per row group: small enough to keep the in-progress row group a fraction of the file.
 const ROW_GROUP_ROWS: usize = 65_536;
 
-/// The body column's data page bound. Each open file buffers its body page uncompressed until the page
-/// closes, so with parquet-rs's default (1 MiB, checked every 1 024 rows: 1.5 MiB and more of ~500-byte
-/// bodies, in a vector grown by doubling) 32 partitions × 3 endpoints held ~93 MB of page buffers.
-/// Zstandard compresses 128 KiB pages of JSON as well as 1 MiB ones.
-const BODY_PAGE_BYTES: usize = 128 * 1024;
+/// The data page bound of every column. An open file buffers each column's page uncompressed until the
+/// page closes, so with parquet-rs's default (1 MiB, checked every 1 024 rows: 1.5 MiB and more of
+/// ~500-byte bodies, in vectors grown by doubling) 32 partitions × 3 endpoints held ~93 MB of page
+/// buffers. Zstandard compresses 128 KiB pages of JSON as well as 1 MiB ones.
+const PAGE_BYTES: usize = 128 * 1024;
 
 /// Rows encoded between two checks of the page bounds (parquet-rs checks only between such mini
 /// batches): 256 rows of 500-byte bodies are 125 KiB, so a body page closes near its bound.
@@ -305,10 +305,7 @@ impl ParquetSink {
         let mut properties = WriterProperties::builder()
             .set_compression(compression)
             .set_column_compression(ColumnPath::from(message_columns::BODY), body_compression)
-            .set_column_data_page_size_limit(
-                ColumnPath::from(message_columns::BODY),
-                BODY_PAGE_BYTES,
-            )
+            .set_data_page_size_limit(PAGE_BYTES)
             .set_write_batch_size(WRITE_BATCH_ROWS)
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
         // Columns whose values are (nearly) unique per row gain nothing from a dictionary: building

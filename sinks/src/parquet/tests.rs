@@ -138,7 +138,7 @@ fn temperature_column() -> TypedColumn {
     }
 }
 
-/// An open file buffers its body page uncompressed: the page must close near `BODY_PAGE_BYTES`, not at
+/// An open file buffers its body page uncompressed: the page must close near `PAGE_BYTES`, not at
 /// parquet-rs's 1 MiB default, or memory grows by megabytes per open file.
 #[tokio::test]
 async fn body_pages_close_near_their_bound() {
@@ -166,7 +166,7 @@ async fn body_pages_close_near_their_bound() {
         sizes.push(page.buffer().len());
     }
     // 4 000 bodies of ~500 bytes are ~2 MB: many pages, none above the bound plus one mini batch.
-    let bound = BODY_PAGE_BYTES + WRITE_BATCH_ROWS * 520;
+    let bound = PAGE_BYTES + WRITE_BATCH_ROWS * 520;
     assert!(sizes.len() >= 8, "{sizes:?}");
     assert!(sizes.iter().all(|&size| size <= bound), "{sizes:?}");
 }
