@@ -16,6 +16,7 @@ mod example;
 mod iothub_connect;
 mod logs;
 mod operator_view;
+mod parking;
 mod scale_out;
 mod source;
 mod storage;

@@ -746,10 +746,12 @@ impl Shared {
                 problem: problem.to_owned(),
             };
             match state.policy {
-                FullPolicy::Block => queues[endpoint]
-                    .send(item)
-                    .await
-                    .map_err(|_| stopped("its sink task ended"))?,
+                // A full queue of an endpoint that gets parked meanwhile stops blocking: the
+                // ticket's rows are parked instead.
+                FullPolicy::Block => tokio::select! {
+                    sent = queues[endpoint].send(item) => sent.map_err(|_| stopped("its sink task ended"))?,
+                    () = state.parking.parked() => self.park_ticket(endpoint, ticket).await,
+                },
                 FullPolicy::DeadLetter => match queues[endpoint].try_send(item) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Closed(_)) => {

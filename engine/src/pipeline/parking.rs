@@ -24,11 +24,12 @@ use std::time::{Duration, Instant};
 use arrow::record_batch::RecordBatch;
 use hubroute_message::MessageColumns;
 use hubroute_sinks::{
-    Ack, DeadLetter, DeadLetterStore, SinkBatch, SinkConfig, build_sink, drive_sink,
+    Ack, DeadLetter, DeadLetterStore, SinkBatch, SinkConfig, Ticket, build_sink, drive_sink,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::ledger::InFlight;
 use super::metrics::endpoint_labels;
 use super::{ACK_QUEUE, DEAD_LETTER_MAX_BACKOFF, Shared, lock, renumbered};
 use crate::{Error, Result};
@@ -37,17 +38,41 @@ use crate::{Error, Result};
 const REPLAY_POLL: Duration = Duration::from_secs(1);
 
 /// Whether an endpoint is live or parked, and the gate between parking rows and catching up.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Parking {
     /// Read by routers once per batch and endpoint: a plain load on the hot path.
     parked: AtomicBool,
+    /// The same, for routers waiting on a full queue: parking wakes them (their tickets are
+    /// parked, so they stop waiting).
+    changed: watch::Sender<bool>,
     /// Held while parked rows are written and while the replay task checks that none is left.
     gate: tokio::sync::Mutex<()>,
+}
+
+impl Default for Parking {
+    fn default() -> Self {
+        Self {
+            parked: AtomicBool::new(false),
+            changed: watch::Sender::new(false),
+            gate: tokio::sync::Mutex::default(),
+        }
+    }
 }
 
 impl Parking {
     pub(super) fn is_parked(&self) -> bool {
         self.parked.load(Ordering::Acquire)
+    }
+
+    fn set(&self, parked: bool) {
+        self.parked.store(parked, Ordering::Release);
+        self.changed.send_replace(parked);
+    }
+
+    /// Completes once the endpoint is parked.
+    pub(super) async fn parked(&self) {
+        let mut changed = self.changed.subscribe();
+        let _ = changed.wait_for(|parked| *parked).await;
     }
 }
 
@@ -60,24 +85,40 @@ impl Shared {
         if state.parking.is_parked() {
             return;
         }
-        state.parking.parked.store(true, Ordering::Release);
+        state.parking.set(true);
         let reason = self.park_reason(endpoint);
         tracing::warn!(endpoint = %state.name, %reason, "endpoint is dead: parking its rows in the dead-letter store until it recovers");
         for (_, entry) in self.ledger.take_parkable(endpoint) {
-            let Some(source) = &entry.source else {
-                continue;
-            };
-            match entry.table.rows_for(endpoint, source, &entry.indices) {
+            self.park_entry(&entry, &reason).await;
+        }
+    }
+
+    /// Parks the rows of an unsettled ticket's `entry` (taken from the ledger) and settles it.
+    async fn park_entry(&self, entry: &InFlight, reason: &str) {
+        if let Some(source) = &entry.source {
+            match entry.table.rows_for(entry.endpoint, source, &entry.indices) {
                 Ok(rows) => {
                     let partition = &self.partitions[entry.partition].id;
-                    self.store_parked(endpoint, partition, &rows, &reason).await;
+                    self.store_parked(entry.endpoint, partition, &rows, reason)
+                        .await;
                 }
                 Err(error) => {
-                    tracing::error!(endpoint = %state.name, %error, "cannot rebuild rows to park them");
+                    let endpoint = &self.endpoints[entry.endpoint].name;
+                    tracing::error!(%endpoint, %error, "cannot rebuild rows to park them");
                 }
             }
-            self.ledger.release(&entry);
-            self.update_uncommitted(entry.partition);
+        }
+        self.ledger.release(entry);
+        self.update_uncommitted(entry.partition);
+    }
+
+    /// Parks `ticket`'s rows if the ledger still holds it: a router whose queue was full when
+    /// its endpoint was parked hands its ticket over here.
+    pub(super) async fn park_ticket(&self, endpoint: usize, ticket: Ticket) {
+        let _gate = self.endpoints[endpoint].parking.gate.lock().await;
+        if let Some(entry) = self.ledger.take(ticket) {
+            let reason = self.park_reason(endpoint);
+            self.park_entry(&entry, &reason).await;
         }
     }
 
@@ -188,7 +229,7 @@ impl Shared {
                     .map_err(sink_error)?
                     .is_empty()
                 {
-                    state.parking.parked.store(false, Ordering::Release);
+                    state.parking.set(false);
                     lock(&state.health).record_success(Instant::now());
                     tracing::info!(endpoint = %state.name, "every parked row is replayed: the endpoint is live again");
                     break;
@@ -259,7 +300,7 @@ impl Shared {
             .map_err(|e| Error::DeadLetters(Box::new(e)))?;
         if !parked.is_empty() {
             tracing::info!(endpoint = %state.name, objects = parked.len(), "parked rows from a previous run: replaying them before live delivery");
-            state.parking.parked.store(true, Ordering::Release);
+            state.parking.set(true);
         }
         Ok(())
     }
