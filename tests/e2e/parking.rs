@@ -149,8 +149,6 @@ async fn a_webhook_down_longer_than_dead_after_is_parked_and_replayed_in_order_w
 
     // Events flow while the webhook is down: the other endpoints deliver them, and once the
     // webhook is dead (2 s) its rows are parked and every partition's checkpoint moves on.
-    // Events flow while the webhook is down: the other endpoints deliver them, and once the
-    // webhook is dead (2 s) its rows are parked and every partition's checkpoint moves on.
     let sending = tokio::spawn({
         let connection_string = emulator.connection_string("hub");
         async move {
@@ -159,7 +157,7 @@ async fn a_webhook_down_longer_than_dead_after_is_parked_and_replayed_in_order_w
                 EVENTS,
                 Rate::PerSecond(NonZeroU32::new(600).unwrap()),
             )
-            .await
+            .await;
         }
     });
     wait_until(
