@@ -16,11 +16,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use arrow::array::TimestampMillisecondArray;
 use arrow::record_batch::RecordBatch;
 use hubroute_sinks::Ticket;
+use tokio::time::Instant;
 
 use super::lock;
 use crate::progress::{BatchId, PartitionProgress, Position, Progress};
@@ -43,6 +43,7 @@ pub(super) struct InFlight {
     /// batch in memory (such tickets are not parked: they settle when the file does).
     pub(super) source: Option<RecordBatch>,
     pub(super) table: Arc<RoutingTable>,
+    /// Tokio's clock, so stall detection is testable on a paused clock.
     pub(super) routed_at: Instant,
 }
 
@@ -171,5 +172,174 @@ impl Ledger {
                 .or_insert(entry.routed_at);
         }
         oldest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use hubroute_message::{Message, MessageBatchBuilder};
+
+    use super::*;
+    use crate::config::LoadedConfig;
+
+    const CONFIG: &str = r#"
+[source]
+connection_string = "Endpoint=sb://127.0.0.1:5673/;SharedAccessKeyName=R;SharedAccessKey=c2VjcmV0;EntityPath=hub"
+[[endpoints]]
+sink = { type = "webhook", name = "hook", url = "http://127.0.0.1:1/a" }
+[[endpoints]]
+sink = { type = "webhook", name = "other", url = "http://127.0.0.1:1/b" }
+[[routes]]
+name = "all"
+condition = "true"
+endpoint = "hook"
+"#;
+
+    const HOOK: usize = 0;
+    const OTHER: usize = 1;
+
+    fn table() -> Arc<RoutingTable> {
+        let loaded = LoadedConfig::parse(Path::new("t.toml"), CONFIG).expect("valid config");
+        Arc::new(RoutingTable::compile(&loaded).expect("compiles"))
+    }
+
+    /// A source batch of partition rows `first..first + rows`.
+    fn source(first: i64, rows: i64) -> RecordBatch {
+        let messages: Vec<Message> = (first..first + rows)
+            .map(|sequence_number| {
+                let mut message = Message::telemetry("{}");
+                message.sequence_number = sequence_number;
+                message
+            })
+            .collect();
+        MessageBatchBuilder::batch_of(&messages).expect("a batch")
+    }
+
+    /// Opens the batch `first..first + rows` of `partition` with a ticket for each of `endpoints`.
+    fn route(
+        ledger: &Ledger,
+        table: &Arc<RoutingTable>,
+        partition: usize,
+        first: i64,
+        rows: i64,
+        endpoints: &[usize],
+    ) -> Vec<Ticket> {
+        let batch = source(first, rows);
+        let last = Position {
+            sequence_number: first + rows - 1,
+            offset: (first + rows - 1).to_string(),
+        };
+        let id = ledger.open(partition, last, endpoints.to_vec());
+        let enqueued = hubroute_message::MessageColumns::try_new(&batch)
+            .expect("message schema")
+            .enqueued_time
+            .clone();
+        endpoints
+            .iter()
+            .map(|&endpoint| {
+                ledger.issue(InFlight {
+                    partition,
+                    batch: id,
+                    endpoint,
+                    indices: (0..u32::try_from(rows).expect("small")).collect(),
+                    enqueued: enqueued.clone(),
+                    source: Some(batch.clone()),
+                    table: Arc::clone(table),
+                    routed_at: Instant::now(),
+                })
+            })
+            .collect()
+    }
+
+    fn settle(ledger: &Ledger, ticket: Ticket) {
+        let entry = ledger.take(ticket).expect("an unsettled ticket");
+        ledger.release(&entry);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_endpoint_keeps_its_own_position_and_the_checkpoint_is_their_minimum() {
+        let (ledger, table) = (Ledger::new(1, 2), table());
+        let first = route(&ledger, &table, 0, 0, 10, &[HOOK, OTHER]);
+        let second = route(&ledger, &table, 0, 10, 10, &[HOOK, OTHER]);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let third = route(&ledger, &table, 0, 20, 10, &[OTHER]);
+        // The other endpoint commits everything; the hook nothing yet.
+        for ticket in [first[1], second[1], third[0]] {
+            settle(&ledger, ticket);
+        }
+        let progress = ledger.take_checkpoint(0).expect("moved");
+        assert_eq!(
+            progress.partition, None,
+            "the hook holds back the partition"
+        );
+        assert_eq!(progress.endpoints, [None, Some(29)]);
+        // Stall detection sees the hook's oldest ticket, routed 30 s ago on the paused clock.
+        let oldest = ledger.oldest_by_endpoint();
+        assert_eq!(oldest[&HOOK].elapsed(), Duration::from_secs(30));
+        assert!(!oldest.contains_key(&OTHER));
+        settle(&ledger, first[0]);
+        let progress = ledger.take_checkpoint(0).expect("moved");
+        assert_eq!(progress.partition.map(|p| p.sequence_number), Some(9));
+        assert_eq!(progress.endpoints, [Some(9), Some(29)]);
+        assert_eq!(ledger.take_checkpoint(0), None, "nothing moved since");
+        assert!(ledger.take(first[0]).is_none(), "settled once");
+        settle(&ledger, second[0]);
+        assert_eq!(ledger.committed(0), Some(29));
+        assert!(ledger.is_settled(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parking_settles_a_dead_endpoints_tickets_so_the_checkpoint_moves_on() {
+        let (ledger, table) = (Ledger::new(2, 2), table());
+        let a = route(&ledger, &table, 0, 0, 5, &[HOOK, OTHER]);
+        let b = route(&ledger, &table, 1, 0, 5, &[HOOK]);
+        let c = route(&ledger, &table, 0, 5, 5, &[HOOK, OTHER]);
+        settle(&ledger, a[1]);
+        settle(&ledger, c[1]);
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(ledger.committed(0), None, "the dead hook pins partition 0");
+        // Parking takes the hook's tickets in partition order; the caller stores their rows,
+        // then releases them.
+        let parked = ledger.take_parkable(HOOK);
+        let order: Vec<Ticket> = parked.iter().map(|(t, _)| *t).collect();
+        assert_eq!(order, [a[0], c[0], b[0]]);
+        for (_, entry) in &parked {
+            assert_eq!(entry.source.as_ref().map(RecordBatch::num_rows), Some(5));
+            ledger.release(entry);
+        }
+        assert_eq!(ledger.committed(0), Some(9));
+        assert_eq!(ledger.committed(1), Some(4));
+        assert!(ledger.take_parkable(HOOK).is_empty());
+        assert!(
+            ledger.take(a[0]).is_none(),
+            "a late ack of parked rows finds nothing to settle"
+        );
+        assert_eq!(ledger.unsettled_tickets(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_partition_keeps_the_positions_its_endpoints_had_settled() {
+        let (ledger, table) = (Ledger::new(1, 2), table());
+        let before = route(&ledger, &table, 0, 0, 10, &[HOOK]);
+        assert!(
+            !ledger.restart(0, vec![None, None]),
+            "not while rows of the previous period are unsettled"
+        );
+        settle(&ledger, before[0]);
+        // After a restart from checkpoint 9, the other endpoint had settled up to 40 already.
+        assert!(ledger.restart(0, vec![Some(9), Some(40)]));
+        assert_eq!(ledger.committed(0), None, "a new period");
+        let again = route(&ledger, &table, 0, 10, 10, &[HOOK]);
+        settle(&ledger, again[0]);
+        let progress = ledger.take_checkpoint(0).expect("moved");
+        assert_eq!(progress.partition.map(|p| p.sequence_number), Some(19));
+        assert_eq!(
+            progress.endpoints,
+            [Some(19), Some(40)],
+            "a floor ahead of the partition is kept, not forgotten"
+        );
     }
 }

@@ -734,7 +734,7 @@ impl Shared {
                 source: (!self.endpoints[endpoint].reports_failed_rows)
                     .then(|| source.batch.clone()),
                 table: Arc::clone(&table),
-                routed_at: Instant::now(),
+                routed_at: tokio::time::Instant::now(),
             });
             let state = &self.endpoints[endpoint];
             let item = SinkBatch {
@@ -918,7 +918,12 @@ impl Shared {
                 .zip(&progress.endpoints)
                 .filter_map(|(e, p)| p.map(|p| (e.name.clone(), p)))
                 .collect();
-            let saved = match self.checkpoints.save_endpoints(&key, &positions).await {
+            let endpoints_saved = if positions.is_empty() {
+                Ok(())
+            } else {
+                self.checkpoints.save_endpoints(&key, &positions).await
+            };
+            let saved = match endpoints_saved {
                 Ok(()) => match &progress.partition {
                     None => Ok(()),
                     Some(position) => {
@@ -973,13 +978,13 @@ impl Shared {
                 .set(depth as i64);
             let mut health = lock(&endpoint.health);
             if let Some(since) = oldest.get(&index)
-                && now.saturating_duration_since(*since) >= self.stall_after
+                && since.elapsed() >= self.stall_after
             {
                 health.record_failure(
                     now,
                     &format!(
                         "a batch has waited {:?} for a commit; the sink is retrying (see its log)",
-                        now.saturating_duration_since(*since)
+                        since.elapsed()
                     ),
                 );
             }
@@ -1135,5 +1140,41 @@ async fn housekeeping(
     }
     if let Some(poll) = lag_poll {
         poll.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hubroute_message::{Message, MessageBatchBuilder};
+
+    use super::*;
+
+    fn batch(sequence_numbers: std::ops::Range<i64>) -> RecordBatch {
+        let messages: Vec<Message> = sequence_numbers
+            .map(|sequence_number| {
+                let mut message = Message::telemetry("{}");
+                message.sequence_number = sequence_number;
+                message
+            })
+            .collect();
+        MessageBatchBuilder::batch_of(&messages).expect("a batch")
+    }
+
+    #[test]
+    fn after_a_restart_each_endpoint_skips_the_rows_at_or_below_its_own_position() {
+        let mut floors = Floors::new(vec![Some(12), None, Some(15)]);
+        let source = batch(10..20);
+        let skip = floors.for_batch(10).expect("floors ahead of the batch");
+        floors.passed(19);
+        let mut rows = vec![(0..10).collect(), (0..10).collect(), vec![1, 5, 6, 9]];
+        skip_settled(&mut rows, &skip, &source).expect("message schema");
+        assert_eq!(rows[0], (3..10).collect::<Vec<u32>>(), "13 and later");
+        assert_eq!(rows[1].len(), 10, "no position: every row");
+        assert_eq!(rows[2], [6, 9], "16 and later");
+        assert!(
+            floors.for_batch(20).is_none(),
+            "once passed, floors cost nothing"
+        );
+        assert!(Floors::new(vec![None, None]).for_batch(0).is_none());
     }
 }
