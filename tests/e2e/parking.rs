@@ -1,6 +1,7 @@
 //! Endpoint isolation end to end: a webhook that is down for longer than `dead_after` while events
 //! flow is parked, the Parquet and PostgreSQL endpoints and the partition checkpoints go on, and
-//! when the webhook returns every parked message reaches it in partition order, with no command.
+//! when the webhook returns every parked message reaches it in partition order, with no command;
+//! and after a restart only the endpoint that had not committed rows sees them again.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
@@ -308,5 +309,99 @@ async fn a_webhook_down_longer_than_dead_after_is_parked_and_replayed_in_order_w
         "replayed records are moved aside"
     );
     engine.shutdown().await.unwrap();
+    emulator.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_only_the_endpoint_that_had_not_committed_sees_rows_again() {
+    const EVENTS: u64 = 2000;
+    let emulator = Emulator::start(EmulatorConfig {
+        amqp_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..EmulatorConfig::default()
+    })
+    .await
+    .expect("the emulator starts");
+    send(&emulator.connection_string("hub"), EVENTS, Rate::Max).await;
+    let hook = Hook::start().await;
+    hook.stalled.store(true, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+[source]
+connection_string = "{connection_string}"
+batch_max_rows = 64
+
+[checkpoint]
+dir = "{dir}/checkpoints"
+interval = "100ms"
+
+[service]
+listen = "127.0.0.1:0"
+drain_timeout = "300ms"
+
+[[endpoints]]
+queue_capacity = 64
+sink = {{ type = "parquet", name = "lake", store = {{ kind = "local", root = "{dir}/lake" }}, max_file_age = "200ms" }}
+
+[[endpoints]]
+queue_capacity = 64
+sink = {{ type = "webhook", name = "hook", url = "{hook}", linger = "10ms", max_batch_events = 64 }}
+
+[[routes]]
+name = "to-lake"
+condition = "true"
+endpoint = "lake"
+
+[[routes]]
+name = "to-hook"
+condition = "true"
+endpoint = "hook"
+"#,
+        connection_string = emulator.connection_string("hub"),
+        dir = dir.path().display(),
+        hook = hook.url(),
+    );
+    let path = dir.path().join("hubroute.toml");
+    std::fs::write(&path, &text).unwrap();
+    let lake = dir.path().join("lake");
+
+    // The lake commits every row; the stalled webhook none, so no partition checkpoint moves.
+    let engine = RunningEngine::start(LoadedConfig::load(&path).unwrap())
+        .await
+        .unwrap();
+    wait_until("the lake has every row", Duration::from_secs(60), || {
+        parquet_message_ids(&lake).len() == EVENTS as usize
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        committed(&engine),
+        0,
+        "the webhook holds the checkpoints back"
+    );
+    engine.shutdown().await.unwrap();
+
+    // After a restart the source reads every row again, but only the webhook receives them.
+    hook.stalled.store(false, Ordering::SeqCst);
+    let engine = RunningEngine::start(LoadedConfig::load(&path).unwrap())
+        .await
+        .unwrap();
+    wait_until("every row is checkpointed", Duration::from_secs(60), || {
+        committed(&engine) == EVENTS
+    })
+    .await;
+    engine.shutdown().await.unwrap();
+    let delivered: HashSet<String> = hook.message_ids().into_iter().collect();
+    assert_eq!(
+        delivered.len(),
+        EVENTS as usize,
+        "the webhook got every row"
+    );
+    let lake_ids = parquet_message_ids(&lake);
+    assert_eq!(
+        lake_ids.len(),
+        EVENTS as usize,
+        "the lake saw no row twice: its own position was ahead of the checkpoint"
+    );
     emulator.shutdown().await.unwrap();
 }
