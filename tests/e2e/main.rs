@@ -10,6 +10,7 @@ mod amqp_endpoints;
 mod browser;
 mod check;
 mod crate_graph;
+mod dead_letters;
 mod emulator;
 mod engine;
 mod example;

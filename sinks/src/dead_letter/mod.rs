@@ -16,7 +16,8 @@
 //! named so that a listing is in partition order:
 //! `<prefix>/<sink>/parked/<partition>/<first sequence number, 20 digits>-<uuid>.jsonl`. A replayed
 //! object is moved aside to `<prefix>/<sink>/replayed/…` (same rest of the name), not deleted;
-//! [`DeadLetterStore::read_all`] skips what was replayed.
+//! [`DeadLetterStore::read_all`] skips what was replayed. Permanently failed rows are replayed the
+//! same way, but only on an operator's request (`hubroute dead-letters replay --failed`).
 
 use std::sync::Arc;
 
@@ -29,7 +30,7 @@ use futures::TryStreamExt as _;
 use hubroute_message::{
     Message, MessageBatchBuilder, MessageColumns, MessageRef, SystemProperties,
 };
-use object_store::path::Path;
+use object_store::path::{Path, PathPart};
 use object_store::{ObjectStore, ObjectStoreExt as _};
 use serde::{Deserialize, Serialize};
 
@@ -269,6 +270,17 @@ fn property_types(view: &MessageColumns<'_>, row: usize) -> Vec<(String, String)
         .collect()
 }
 
+/// One object of the dead-letter store that is still to replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    /// Where it is.
+    pub path: Path,
+    /// The endpoint its records are for (`_source` for malformed events).
+    pub sink: String,
+    /// Parked rows (replayed automatically) rather than permanently failed ones.
+    pub parked: bool,
+}
+
 /// Writes and reads dead letters. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct DeadLetterStore {
@@ -378,20 +390,93 @@ impl DeadLetterStore {
             .collect()
     }
 
-    /// Moves a replayed parked object aside (`…/parked/…` to `…/replayed/…`), keeping it.
+    /// Moves a replayed object aside (`<prefix>/<sink>/…` to `<prefix>/<sink>/replayed/…`),
+    /// keeping it.
     pub async fn move_aside(&self, path: &Path) -> Result<Path> {
-        let target = Path::from_iter(path.parts().map(|part| {
-            if part.as_ref() == "parked" {
-                object_store::path::PathPart::from("replayed")
-            } else {
-                part
-            }
-        }));
+        let mut rest = path
+            .prefix_match(&self.prefix)
+            .ok_or_else(|| Error::Config {
+                sink: "dead-letters".to_owned(),
+                problem: format!("`{path}` is not under the prefix `{}`", self.prefix),
+            })?;
+        let sink = rest.next().ok_or_else(|| Error::Config {
+            sink: "dead-letters".to_owned(),
+            problem: format!("`{path}` names no endpoint"),
+        })?;
+        let target = Path::from_iter(
+            self.prefix
+                .parts()
+                .chain([sink, PathPart::from("replayed")])
+                .chain(rest),
+        );
         self.store
             .rename(path, &target)
             .await
             .map_err(|e| self.object_error("rename", path, e))?;
         Ok(target)
+    }
+
+    /// Every object still to replay (not moved aside), of endpoint `sink` or of all, in order.
+    pub async fn objects(&self, sink: Option<&str>) -> Result<Vec<StoredObject>> {
+        let folder = match sink {
+            Some(sink) => self.prefix.clone().join(sink),
+            None => self.prefix.clone(),
+        };
+        let mut objects: Vec<Path> = self
+            .store
+            .list(Some(&folder))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|e| self.object_error("list", &folder, e))?;
+        objects.sort();
+        Ok(objects
+            .into_iter()
+            .filter(|path| !self.is_replayed(path))
+            .filter_map(|path| {
+                let (sink, parked) = {
+                    let mut rest = path.prefix_match(&self.prefix)?;
+                    let sink = rest.next()?.as_ref().to_owned();
+                    (sink, rest.next().is_some_and(|p| p.as_ref() == "parked"))
+                };
+                Some(StoredObject { path, sink, parked })
+            })
+            .collect())
+    }
+
+    /// Stores `records` in a new object beside `path` (same folder, a name sorting right after
+    /// it): what is left of an object replayed in part.
+    pub async fn write_beside(&self, path: &Path, records: &[DeadLetter]) -> Result<Path> {
+        let name = path.filename().unwrap_or("object.jsonl");
+        let stem = name.strip_suffix(".jsonl").unwrap_or(name);
+        let parts: Vec<PathPart<'_>> = path.parts().collect();
+        let folder = Path::from_iter(parts[..parts.len().saturating_sub(1)].iter().cloned());
+        let target = folder.join(format!("{stem}-{}.jsonl", uuid::Uuid::new_v4().simple()));
+        self.put_records(&target, records).await?;
+        Ok(target)
+    }
+
+    /// Deletes one object for good.
+    pub async fn delete(&self, path: &Path) -> Result<()> {
+        self.store
+            .delete(path)
+            .await
+            .map_err(|e| self.object_error("delete", path, e))
+    }
+
+    /// Every object under the prefix (or endpoint `sink`), replayed ones included: what `purge`
+    /// deletes.
+    pub async fn all_objects(&self, sink: Option<&str>) -> Result<Vec<Path>> {
+        let folder = match sink {
+            Some(sink) => self.prefix.clone().join(sink),
+            None => self.prefix.clone(),
+        };
+        self.store
+            .list(Some(&folder))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|e| self.object_error("list", &folder, e))
     }
 
     fn object_error(
