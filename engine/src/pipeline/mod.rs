@@ -63,6 +63,8 @@ const SOURCE_QUEUE: usize = 2;
 const ACK_QUEUE: usize = 256;
 /// How often health, queue depths and stalls are refreshed.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+/// Why rows of a `full_policy = "dead_letter"` endpoint were parked.
+const QUEUE_FULL: &str = "endpoint queue full (full_policy = \"dead_letter\")";
 /// Cap of the backoff between attempts to write dead letters.
 const DEAD_LETTER_MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -757,20 +759,11 @@ impl Shared {
                     Err(mpsc::error::TrySendError::Closed(_)) => {
                         return Err(stopped("its sink task ended"));
                     }
+                    // Parked, not failed: the endpoint's queued rows are parked too, so the
+                    // checkpoint moves on, and everything is replayed once the queue drains.
                     Err(mpsc::error::TrySendError::Full(item)) => {
-                        let failed: Vec<FailedRow> = (0..item.batch.num_rows())
-                            .map(|row| FailedRow {
-                                row,
-                                error: "endpoint queue full (full_policy = \"dead_letter\")"
-                                    .to_owned(),
-                            })
-                            .collect();
-                        self.settle(Ack {
-                            ticket,
-                            failed,
-                            failed_rows: None,
-                        })
-                        .await;
+                        self.park(endpoint, QUEUE_FULL).await;
+                        self.park_rows_of(endpoint, ticket, &item.batch).await;
                     }
                 },
             }
@@ -993,7 +986,7 @@ impl Shared {
             let parked = endpoint.parking.is_parked();
             if current == HealthStatus::Dead && !parked {
                 let shared = Arc::clone(self);
-                tokio::spawn(async move { shared.park(index).await });
+                tokio::spawn(async move { shared.park(index, parking::DEAD).await });
             }
             let mut state_labels = labels.clone();
             state_labels.push(("state", if parked { "parked" } else { "live" }.to_owned()));

@@ -1,6 +1,7 @@
 //! Parking a dead endpoint and replaying its rows once it recovers.
 //!
-//! An endpoint that has failed continuously for `dead_after` is *parked*: its unsettled tickets
+//! An endpoint that has failed continuously for `dead_after` (or, with `full_policy =
+//! "dead_letter"`, whose queue is full) is *parked*: its unsettled tickets
 //! that keep their source rows, and every row routed to it from then on, are written in partition
 //! order to the dead-letter store as parked records ([`DeadLetterStore::write_parked`]) and settled
 //! in the [`Ledger`](super::ledger::Ledger) at once, so the partition's checkpoint moves on for the
@@ -17,8 +18,8 @@
 //! Tickets of sinks that hand failed rows back ([`hubroute_sinks::Sink::reports_failed_rows`], the
 //! file sinks) keep no copy of their rows, so they cannot be parked: they settle when their file does.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
@@ -34,6 +35,8 @@ use super::metrics::endpoint_labels;
 use super::{ACK_QUEUE, DEAD_LETTER_MAX_BACKOFF, Shared, lock, renumbered};
 use crate::{Error, Result};
 
+/// Why a dead endpoint's rows were parked.
+pub(super) const DEAD: &str = "dead (failing for longer than `dead_after`)";
 /// How often a replay task looks whether its endpoint is parked.
 const REPLAY_POLL: Duration = Duration::from_secs(1);
 
@@ -47,6 +50,8 @@ pub(super) struct Parking {
     changed: watch::Sender<bool>,
     /// Held while parked rows are written and while the replay task checks that none is left.
     gate: tokio::sync::Mutex<()>,
+    /// Why the endpoint was parked, for the parked records.
+    why: Mutex<&'static str>,
 }
 
 impl Default for Parking {
@@ -55,6 +60,7 @@ impl Default for Parking {
             parked: AtomicBool::new(false),
             changed: watch::Sender::new(false),
             gate: tokio::sync::Mutex::default(),
+            why: Mutex::new(DEAD),
         }
     }
 }
@@ -77,17 +83,19 @@ impl Parking {
 }
 
 impl Shared {
-    /// Parks endpoint `endpoint` if it is live: from now on its rows go to the dead-letter store,
-    /// and its unsettled tickets that can be rebuilt are parked and settled now.
-    pub(super) async fn park(&self, endpoint: usize) {
+    /// Parks endpoint `endpoint` if it is live, because it is dead or (`why`) its queue is full:
+    /// from now on its rows go to the dead-letter store, and its unsettled tickets that can be
+    /// rebuilt are parked and settled now.
+    pub(super) async fn park(&self, endpoint: usize, why: &'static str) {
         let state = &self.endpoints[endpoint];
         let _gate = state.parking.gate.lock().await;
         if state.parking.is_parked() {
             return;
         }
+        *lock(&state.parking.why) = why;
         state.parking.set(true);
         let reason = self.park_reason(endpoint);
-        tracing::warn!(endpoint = %state.name, %reason, "endpoint is dead: parking its rows in the dead-letter store until it recovers");
+        tracing::warn!(endpoint = %state.name, %reason, "parking the endpoint's rows in the dead-letter store until it catches up");
         for (_, entry) in self.ledger.take_parkable(endpoint) {
             self.park_entry(&entry, &reason).await;
         }
@@ -122,6 +130,19 @@ impl Shared {
         }
     }
 
+    /// Parks `rows`, the rows of `ticket` that did not fit the endpoint's queue, if the ledger
+    /// still holds the ticket (parking the endpoint may have parked it already).
+    pub(super) async fn park_rows_of(&self, endpoint: usize, ticket: Ticket, rows: &RecordBatch) {
+        let _gate = self.endpoints[endpoint].parking.gate.lock().await;
+        if let Some(entry) = self.ledger.take(ticket) {
+            let reason = self.park_reason(endpoint);
+            let partition = &self.partitions[entry.partition].id;
+            self.store_parked(endpoint, partition, rows, &reason).await;
+            self.ledger.release(&entry);
+            self.update_uncommitted(entry.partition);
+        }
+    }
+
     /// Parks `rows` of a routed batch if `endpoint` is parked; false when it is live (the caller
     /// queues them).
     pub(super) async fn park_if_parked(
@@ -145,11 +166,12 @@ impl Shared {
 
     fn park_reason(&self, endpoint: usize) -> String {
         let state = &self.endpoints[endpoint];
+        let why = *lock(&state.parking.why);
         let health = lock(&state.health);
         format!(
-            "parked: endpoint `{}` is dead ({})",
+            "parked: endpoint `{}`: {why} (last error: {})",
             state.name,
-            health.last_error().unwrap_or("no error recorded")
+            health.last_error().unwrap_or("none")
         )
     }
 
