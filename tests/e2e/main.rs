@@ -8,6 +8,7 @@
 
 mod amqp_endpoints;
 mod browser;
+mod chaos;
 mod check;
 mod crate_graph;
 mod dead_letters;

@@ -90,9 +90,11 @@ sink = {{ type = "parquet", name = "lake", store = {{ kind = "local", root = "{d
 [[endpoints]]
 sink = {{ type = "postgres", name = "db", dbname = "test", linger = "10ms", table = {{ name = "{table}", columns = [{{ name = "message_id", source = "message_id", type = "text" }}] }} }}
 
+# The webhook's retries back off to at most 200 ms, well under dead_after: a recovered endpoint does
+# not sit out a long backoff, which would look like another outage.
 [[endpoints]]
 queue_capacity = 2
-sink = {{ type = "webhook", name = "hook", url = "{hook}", linger = "10ms", max_batch_events = 64, max_in_flight = 1 }}
+sink = {{ type = "webhook", name = "hook", url = "{hook}", linger = "10ms", max_batch_events = 64, retry = {{ max_backoff = "200ms" }}, max_in_flight = 1 }}
 
 [[routes]]
 name = "to-lake"
@@ -345,7 +347,7 @@ sink = {{ type = "parquet", name = "lake", store = {{ kind = "local", root = "{d
 
 [[endpoints]]
 queue_capacity = 64
-sink = {{ type = "webhook", name = "hook", url = "{hook}", linger = "10ms", max_batch_events = 64 }}
+sink = {{ type = "webhook", name = "hook", url = "{hook}", linger = "10ms", max_batch_events = 64, retry = {{ max_backoff = "200ms" }} }}
 
 [[routes]]
 name = "to-lake"

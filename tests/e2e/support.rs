@@ -432,7 +432,10 @@ impl Hook {
                     if state.unavailable.load(Ordering::SeqCst) {
                         return axum::http::StatusCode::SERVICE_UNAVAILABLE;
                     }
-                    let events: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+                    // A body nested deeper than serde_json's limit is refused as a receiver would.
+                    let Ok(events) = serde_json::from_slice::<Vec<serde_json::Value>>(&body) else {
+                        return axum::http::StatusCode::BAD_REQUEST;
+                    };
                     state.received.lock().unwrap().extend(events);
                     axum::http::StatusCode::OK
                 }

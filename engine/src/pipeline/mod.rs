@@ -554,6 +554,11 @@ impl Floors {
         Self(floors.iter().any(Option::is_some).then(|| floors.into()))
     }
 
+    /// Whether some floor may still be ahead of the routed rows.
+    fn is_active(&self) -> bool {
+        self.0.is_some()
+    }
+
     /// The floors that apply to a batch whose first row is `first`, if any does.
     fn for_batch(&self, first: i64) -> Option<Arc<[Option<i64>]>> {
         self.0
@@ -638,14 +643,20 @@ impl Shared {
         let batch = source.batch.clone();
         let routing = Arc::clone(&table);
         let twins = self.twins.clone();
-        let first = MessageColumns::try_new(&source.batch)?
-            .sequence_number
-            .iter()
-            .flatten()
-            .next()
-            .unwrap_or(source.last_sequence_number);
-        let skip = floors.for_batch(first);
-        floors.passed(source.last_sequence_number);
+        // Only batches of a restarted partition pay for this, until it passed every floor.
+        let skip = if floors.is_active() {
+            let first = MessageColumns::try_new(&source.batch)?
+                .sequence_number
+                .iter()
+                .flatten()
+                .next()
+                .unwrap_or(source.last_sequence_number);
+            let skip = floors.for_batch(first);
+            floors.passed(source.last_sequence_number);
+            skip
+        } else {
+            None
+        };
         let (batch, routed, parts) = tokio::task::spawn_blocking(move || -> Result<_> {
             let batch = twins.attach(batch)?; // twins: attach twins, apply twin events, then route
             let mut routed = routing.route(&batch)?;
