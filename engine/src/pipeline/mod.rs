@@ -1,23 +1,26 @@
-//! The running engine: it wires the source, the routing table and the sinks together and owns the
-//! at-least-once bookkeeping between them.
+//! The running engine: it wires the source, the routing table and the sinks together; the
+//! at-least-once bookkeeping between them is the [`Ledger`]'s (`ledger.rs`), and parking dead
+//! endpoints is `parking.rs`'s.
 //!
 //! ```text
 //!  partition receiver ──(bounded, 2)──► router ──(bounded, queue_capacity)──► endpoint sink
 //!   (AMQP credit only        │  route + rows_for on            (drive_sink)       │
 //!    while there is room)    │  the blocking pool                                  │ acks
-//!                            ▼                                                    ▼
-//!                  PartitionProgress ◄──────────── ack collector (dead-letters failed rows)
-//!                            │
-//!                            ▼ periodically and at shutdown
-//!                     CheckpointStore
+//!                            │  parked endpoint ──► dead-letter store ◄── replay    ▼
+//!                            ▼                       (parked rows)       task   ack collector
+//!                         Ledger ◄────────────────────────────────────────────── (dead-letters
+//!                            │  tickets, in-flight entries, per-endpoint progress   failed rows)
+//!                            ▼ periodically and at shutdown (housekeeping)
+//!                     CheckpointStore: partition checkpoint + endpoint positions
 //! ```
 //!
 //! Every queue is bounded, so a slow sink fills its queue, blocks the router of each partition that
-//! routes to it, which stops asking its receiver for batches, which stops granting AMQP credit.
-//! A source batch becomes one ticket per endpoint that receives rows of it; the partition's
-//! checkpoint moves past the batch only when every ticket of it (and of every earlier batch) is
-//! acked — committed or dead-lettered. The routing table sits behind a lock that routers read once
-//! per batch, so a reload swaps it between batches, never within one.
+//! routes to it, which stops asking its receiver for batches, which stops granting AMQP credit, until
+//! the endpoint recovers or is parked. A source batch becomes one ticket per endpoint that receives
+//! rows of it; the partition's checkpoint moves past the batch only when every ticket of it (and of
+//! every earlier batch) is settled — committed, dead-lettered or parked. The routing table sits
+//! behind a lock that routers read once per batch, so a reload swaps it between batches, never
+//! within one.
 
 mod http;
 mod ledger;
