@@ -338,6 +338,22 @@ async fn db_ids(client: &tokio_postgres::Client, table: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Parked objects of `sink` still to replay.
+fn parked_objects(dir: &Path, sink: &str) -> usize {
+    let mut count = 0;
+    let mut stack = vec![dir.join("dead-letters").join(sink).join("parked")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.path().is_dir() {
+                stack.push(entry.path());
+            } else {
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
 fn counts(ids: &[String]) -> BTreeMap<&str, usize> {
     let mut counts = BTreeMap::new();
     for id in ids {
@@ -409,7 +425,9 @@ async fn chaos_every_endpoint_sees_every_routed_message_under_faults() {
     .await
     .expect("PostgreSQL at 127.0.0.1:5432");
     tokio::spawn(connection);
-    let deadline = Instant::now() + Duration::from_secs(90);
+    // The bound on catching up: replaying what was parked takes longer after more rounds.
+    let settle = Duration::from_secs(90) + Duration::from_secs(3) * u32::try_from(rounds).unwrap();
+    let deadline = Instant::now() + settle;
     loop {
         engine.assert_running();
         let db = db_ids(&client, &table).await;
@@ -433,13 +451,14 @@ async fn chaos_every_endpoint_sees_every_routed_message_under_faults() {
         }
         assert!(
             Instant::now() < deadline,
-            "no progress: db {} lake {} hook {} of {} messages",
+            "not caught up within {settle:?}: db {} lake {} hook {} of {} messages, {} parked objects left",
             db_seen.len(),
             lake.len(),
             hook_ids.len(),
-            everything.len()
+            everything.len(),
+            parked_objects(dir.path(), "hook")
         );
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     engine.kill();
 
