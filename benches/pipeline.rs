@@ -140,9 +140,12 @@ async fn run_once(table: &Arc<RoutingTable>, input: Vec<RecordBatch>, root: &Pat
             sequence_number: i64::try_from(last - 1).expect("small"),
             offset: last.to_string(),
         };
-        let id = progress.push(position, parts.len());
+        let id = progress.push(
+            position,
+            parts.iter().map(|(endpoint, _)| *endpoint).collect(),
+        );
         for (endpoint, rows) in parts {
-            tickets.insert(next_ticket, id);
+            tickets.insert(next_ticket, (id, endpoint));
             sinks[endpoint]
                 .write(SinkBatch {
                     ticket: next_ticket,
@@ -161,8 +164,8 @@ async fn run_once(table: &Arc<RoutingTable>, input: Vec<RecordBatch>, root: &Pat
     drop(sinks);
     while let Some(ack) = acked.recv().await {
         assert!(ack.failed.is_empty(), "no row fails");
-        let id = tickets.remove(&ack.ticket).expect("a known ticket");
-        assert!(progress.ack(id));
+        let (id, endpoint) = tickets.remove(&ack.ticket).expect("a known ticket");
+        assert!(progress.ack(id, endpoint));
     }
     assert!(tickets.is_empty(), "every ticket was acked");
     assert_eq!(

@@ -154,6 +154,15 @@ pub enum Error {
         /// Why, as far as known.
         problem: String,
     },
+    /// A component of the running engine failed in a way that stops it; `source` keeps the type of
+    /// what went wrong.
+    #[error("the {component} failed: {source}")]
+    Fatal {
+        /// What failed: `sink`, `router of partition 3`, `receiver of partition 3`.
+        component: String,
+        /// Why.
+        source: Box<Error>,
+    },
     /// A reloaded configuration changes something only a restart can apply.
     #[error(
         "{file}: the new configuration changes {what}; restart hubroute to apply it (routes, fallback and enrichments reload live)"

@@ -10,6 +10,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod dead_letters;
 mod error;
 pub mod health;
 mod ownership;

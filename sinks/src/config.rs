@@ -3,6 +3,8 @@
 
 use serde::Deserialize;
 
+use crate::table::TableMapping;
+
 use crate::{
     AckSender, AmqpSink, EventHubsSinkConfig, ParquetSink, ParquetSinkConfig, PostgresSink,
     PostgresSinkConfig, Result, ServiceBusSinkConfig, Sink, SqliteSink, SqliteSinkConfig,
@@ -52,11 +54,11 @@ impl SinkConfig {
         match self {
             Self::EventHubs(c) => c.validate(),
             Self::ServiceBus(c) => c.validate(),
-            Self::Parquet(_)
-            | Self::Webhook(_)
-            | Self::Postgres(_)
-            | Self::Sqlite(_)
-            | Self::Storage(_) => Ok(()),
+            Self::Parquet(c) => ParquetSink::validate(c).map(drop),
+            Self::Webhook(c) => WebhookSink::validate(c).map(drop),
+            Self::Postgres(c) => TableMapping::new(&c.name, &c.table).map(drop),
+            Self::Sqlite(c) => TableMapping::new(&c.name, &c.table).map(drop),
+            Self::Storage(_) => Ok(()),
         }
     }
 }

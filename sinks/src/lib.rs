@@ -26,7 +26,7 @@ pub use amqp::{
 };
 pub use config::{SinkConfig, build_sink};
 pub use dead_letter::{
-    DeadLetter, DeadLetterConfig, DeadLetterProperty, DeadLetterStore, MALFORMED_SINK,
+    DeadLetter, DeadLetterConfig, DeadLetterProperty, DeadLetterStore, MALFORMED_SINK, StoredObject,
 };
 pub use error::{Error, Result};
 pub use object_store_config::{ObjectStoreConfig, Secret};

@@ -1,6 +1,7 @@
 //! Argument parsing and dispatch for every subcommand.
 
 mod check;
+mod dead_letters;
 mod emulator;
 mod import;
 mod quickstart;
@@ -52,6 +53,9 @@ enum Command {
     Quickstart(quickstart::QuickstartArgs),
     /// Watch a running service: routes, endpoints and partitions, refreshed every second.
     Top(top::TopArgs),
+    /// List, replay or purge the dead-letter store.
+    #[command(subcommand)]
+    DeadLetters(dead_letters::DeadLettersCommand),
 }
 
 impl Cli {
@@ -95,6 +99,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(&args),
         Command::Quickstart(args) => quickstart::run(args),
         Command::Top(args) => top::run(&args),
+        Command::DeadLetters(command) => dead_letters::run(command),
     }
 }
 

@@ -138,3 +138,53 @@ fn check_accepts_the_forwarding_example_without_connecting() {
         "{stdout}"
     );
 }
+
+/// Sink settings `run` refuses when it builds the sink: `check` refuses them too, without
+/// connecting (each passed `check` before it validated sink settings beyond AMQP's).
+#[test]
+fn check_refuses_every_sink_setting_run_would_refuse() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        (
+            r#"{ type = "webhook", name = "e", url = "not a url" }"#,
+            "url `not a url` is invalid",
+        ),
+        (
+            r#"{ type = "webhook", name = "e", url = "http://127.0.0.1:1/", headers = { "bad header" = "x" } }"#,
+            "header name `bad header` is invalid",
+        ),
+        (
+            r#"{ type = "webhook", name = "e", url = "http://127.0.0.1:1/", max_in_flight = 0 }"#,
+            "max_in_flight, max_batch_events and max_batch_bytes must be at least 1",
+        ),
+        (
+            r#"{ type = "parquet", name = "e", path_template = "{partition" }"#,
+            "has an unclosed `{`",
+        ),
+        (
+            r#"{ type = "postgres", name = "e", table = { name = "a.b.c" } }"#,
+            "must be `table` or `schema.table`",
+        ),
+        (
+            r#"{ type = "sqlite", name = "e", path = "x.db", table = { name = "t", columns = [{ name = "event_hub", source = "message_id", type = "text" }] } }"#,
+            "column `event_hub` is mapped twice",
+        ),
+    ];
+    for (sink, expected) in cases {
+        let config = dir.path().join("sink.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[source]\nconnection_string = \"Endpoint=sb://127.0.0.1:1/;SharedAccessKeyName=k;SharedAccessKey=c2VjcmV0;EntityPath=hub\"\n\n\
+                 [[endpoints]]\nsink = {sink}\n\n[[routes]]\nname = \"r\"\ncondition = \"true\"\nendpoint = \"e\"\n"
+            ),
+        )
+        .expect("write");
+        let (ok, _, stderr) = check(&config);
+        assert!(!ok, "{sink} was accepted");
+        assert!(
+            stderr.contains(expected),
+            "{sink}: {expected:?} not in {stderr}"
+        );
+    }
+}

@@ -8,8 +8,10 @@
 
 mod amqp_endpoints;
 mod browser;
+mod chaos;
 mod check;
 mod crate_graph;
+mod dead_letters;
 mod emulator;
 mod engine;
 mod example;
@@ -17,6 +19,7 @@ mod iothub_connect;
 mod logs;
 mod migration;
 mod operator_view;
+mod parking;
 mod scale_out;
 mod source;
 mod storage;

@@ -402,6 +402,8 @@ pub(crate) struct Hook {
     pub(crate) stalled: Arc<AtomicBool>,
     /// Answer 400 (a permanent failure) to every request.
     pub(crate) rejecting: Arc<AtomicBool>,
+    /// Answer 503 (the service is down; retried) to every request.
+    pub(crate) unavailable: Arc<AtomicBool>,
 }
 
 impl Hook {
@@ -413,6 +415,7 @@ impl Hook {
             received: Arc::default(),
             stalled: Arc::default(),
             rejecting: Arc::default(),
+            unavailable: Arc::default(),
         };
         let state = hook.clone();
         let app = axum::Router::new().route(
@@ -426,7 +429,13 @@ impl Hook {
                     if state.rejecting.load(Ordering::SeqCst) {
                         return axum::http::StatusCode::BAD_REQUEST;
                     }
-                    let events: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+                    if state.unavailable.load(Ordering::SeqCst) {
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    // A body nested deeper than serde_json's limit is refused as a receiver would.
+                    let Ok(events) = serde_json::from_slice::<Vec<serde_json::Value>>(&body) else {
+                        return axum::http::StatusCode::BAD_REQUEST;
+                    };
                     state.received.lock().unwrap().extend(events);
                     axum::http::StatusCode::OK
                 }

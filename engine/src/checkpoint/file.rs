@@ -4,13 +4,14 @@
 //! lower-cased) so one directory can hold many hubs and consumer groups. A save writes a temporary
 //! file beside the target, syncs it and renames it over the target (rename is atomic on POSIX), then
 //! syncs the directory: a crash leaves either the old or the new checkpoint, never a torn one.
+//! Endpoint positions are a JSON object in `…/hubroute-endpoints/{partition}`, written the same way.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Checkpoint, CheckpointKey, CheckpointStore};
+use super::{Checkpoint, CheckpointKey, CheckpointStore, EndpointPositions};
 use crate::{Error, Result};
 
 /// Checkpoints as files under a directory.
@@ -36,6 +37,10 @@ impl FileCheckpointStore {
 
     fn path(&self, key: &CheckpointKey) -> PathBuf {
         self.directory.join(key.blob_name())
+    }
+
+    fn endpoints_path(&self, key: &CheckpointKey) -> PathBuf {
+        self.directory.join(key.endpoints_blob_name())
     }
 }
 
@@ -94,6 +99,37 @@ impl CheckpointStore for FileCheckpointStore {
             sequence_number: checkpoint.sequence_number,
         })
         .map_err(|error| failure(&path, error))?;
+        let target = path.clone();
+        tokio::task::spawn_blocking(move || write_atomically(&target, &contents))
+            .await
+            .map_err(|error| failure(&path, error))?
+            .map_err(|error| failure(&path, format!("cannot write: {error}")))
+    }
+
+    async fn load_endpoints(&self, key: &CheckpointKey) -> Result<EndpointPositions> {
+        let path = self.endpoints_path(key);
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(EndpointPositions::new());
+            }
+            Err(error) => return Err(failure(&path, format!("cannot read: {error}"))),
+        };
+        serde_json::from_slice(&bytes).map_err(|error| {
+            failure(
+                &path,
+                format!("not an endpoint positions file ({error}); delete it to resume every endpoint from the checkpoint"),
+            )
+        })
+    }
+
+    async fn save_endpoints(
+        &self,
+        key: &CheckpointKey,
+        positions: &EndpointPositions,
+    ) -> Result<()> {
+        let path = self.endpoints_path(key);
+        let contents = serde_json::to_vec(positions).map_err(|error| failure(&path, error))?;
         let target = path.clone();
         tokio::task::spawn_blocking(move || write_atomically(&target, &contents))
             .await

@@ -8,6 +8,11 @@
 //! (blob names and metadata of the official Azure SDKs, plus the ownership records several instances
 //! balance partitions with, so hubroute instances and official event processors share or hand over a
 //! consumer group without reprocessing). [`open`] builds the one `[checkpoint]` selects.
+//!
+//! Beside each checkpoint a store keeps hubroute's own record of every endpoint's position in the
+//! partition ([`EndpointPositions`]): the last sequence number each endpoint has settled, at or
+//! ahead of the checkpoint, so that after a restart only the endpoints that had not settled a row
+//! see it again. Official processors ignore it.
 
 mod file;
 mod object_store;
@@ -17,6 +22,7 @@ pub use object_store::ObjectStoreCheckpointStore;
 pub(crate) use object_store::OwnershipVersion;
 pub use object_store::{Ownership, StoreOperations};
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 
@@ -103,6 +109,16 @@ impl CheckpointKey {
         )
     }
 
+    /// `{fqns}/{eventhub}/{consumergroup}/hubroute-endpoints/{partition}`, lower-cased: hubroute's
+    /// endpoint positions, beside the SDK's folders.
+    pub(crate) fn endpoints_blob_name(&self) -> String {
+        format!(
+            "{}/hubroute-endpoints/{}",
+            self.consumer_group_prefix(),
+            self.partition.to_lowercase()
+        )
+    }
+
     /// The SDK ownership blob `{fqns}/{eventhub}/{consumergroup}/ownership/{partition}`,
     /// lower-cased.
     pub(crate) fn ownership_blob_name(&self) -> String {
@@ -125,6 +141,10 @@ pub struct Checkpoint {
     pub sequence_number: i64,
 }
 
+/// Per endpoint name, the sequence number of the last row of a partition that the endpoint has
+/// settled (committed, dead-lettered or parked).
+pub type EndpointPositions = BTreeMap<String, i64>;
+
 /// Durable storage of checkpoints.
 ///
 /// Contract: `save` is durable when it returns (a crash afterwards still loads it) and replaces the
@@ -137,6 +157,15 @@ pub trait CheckpointStore: Send + Sync + Debug {
     async fn load(&self, key: &CheckpointKey) -> Result<Option<Checkpoint>>;
     /// Stores `checkpoint`, replacing the previous one of its key.
     async fn save(&self, checkpoint: &Checkpoint) -> Result<()>;
+    /// The endpoint positions stored beside the checkpoint of `key` (empty when none are).
+    async fn load_endpoints(&self, key: &CheckpointKey) -> Result<EndpointPositions>;
+    /// Stores the endpoint positions of `key`, replacing the previous ones, with the same
+    /// durability and atomicity as `save`.
+    async fn save_endpoints(
+        &self,
+        key: &CheckpointKey,
+        positions: &EndpointPositions,
+    ) -> Result<()>;
 }
 
 #[cfg(test)]
@@ -168,12 +197,22 @@ mod tests {
             sequence_number: 41,
         };
         store.save(&second).await.unwrap();
-        assert_eq!(store.load(&key("0")).await.unwrap(), Some(second));
+        assert_eq!(store.load(&key("0")).await.unwrap(), Some(second.clone()));
         assert_eq!(
             store.load(&key("1")).await.unwrap(),
             None,
             "partitions are independent"
         );
+        assert!(store.load_endpoints(&key("0")).await.unwrap().is_empty());
+        let positions: EndpointPositions = [("lake".to_owned(), 41), ("hook".to_owned(), 7)].into();
+        store.save_endpoints(&key("0"), &positions).await.unwrap();
+        assert_eq!(store.load_endpoints(&key("0")).await.unwrap(), positions);
+        assert_eq!(
+            store.load(&key("0")).await.unwrap(),
+            Some(second),
+            "endpoint positions live beside the checkpoint"
+        );
+        assert!(store.load_endpoints(&key("1")).await.unwrap().is_empty());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use object_store::{
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use super::{Checkpoint, CheckpointKey, CheckpointStore};
+use super::{Checkpoint, CheckpointKey, CheckpointStore, EndpointPositions};
 use crate::{Error, Result};
 
 /// Metadata key of the offset.
@@ -311,6 +311,40 @@ impl CheckpointStore for ObjectStoreCheckpointStore {
         };
         self.store
             .put_opts(&Path::from(name.as_str()), PutPayload::new(), options)
+            .await
+            .map_err(|error| failure(&name, error))?;
+        Ok(())
+    }
+
+    async fn load_endpoints(&self, key: &CheckpointKey) -> Result<EndpointPositions> {
+        let name = key.endpoints_blob_name();
+        self.count("read");
+        let bytes = match self.store.get(&Path::from(name.as_str())).await {
+            Ok(result) => result
+                .bytes()
+                .await
+                .map_err(|error| failure(&name, error))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(EndpointPositions::new()),
+            Err(error) => return Err(failure(&name, error)),
+        };
+        serde_json::from_slice(&bytes).map_err(|error| {
+            failure(
+                &name,
+                format!("not endpoint positions ({error}); delete the blob to resume every endpoint from the checkpoint"),
+            )
+        })
+    }
+
+    async fn save_endpoints(
+        &self,
+        key: &CheckpointKey,
+        positions: &EndpointPositions,
+    ) -> Result<()> {
+        let name = key.endpoints_blob_name();
+        self.count("write");
+        let body = serde_json::to_vec(positions).map_err(|error| failure(&name, error))?;
+        self.store
+            .put(&Path::from(name.as_str()), PutPayload::from(body))
             .await
             .map_err(|error| failure(&name, error))?;
         Ok(())

@@ -93,7 +93,7 @@ fn endpoint_summaries(shared: &Shared) -> Vec<serde_json::Value> {
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
     let now = Instant::now();
-    let fatal = lock(&shared.fatal).clone();
+    let fatal = lock(&shared.fatal).as_ref().map(ToString::to_string);
     let dead: Vec<String> = shared
         .endpoints
         .iter()

@@ -39,6 +39,11 @@ pub struct Metrics {
     pub(crate) endpoint_queue_depth: Family<Labels, Gauge>,
     pub(crate) endpoint_health: Family<Labels, Gauge>,
     pub(crate) endpoint_commit_latency: HistogramFamily,
+    pub(crate) endpoint_parked_rows: Family<Labels, Counter>,
+    pub(crate) endpoint_parked_bytes: Family<Labels, Counter>,
+    pub(crate) endpoint_replayed_rows: Family<Labels, Counter>,
+    pub(crate) endpoint_parked_objects: Family<Labels, Gauge>,
+    pub(crate) endpoint_state_seconds: Family<Labels, Counter<f64, AtomicU64>>,
     pub(crate) partition_events: Family<Labels, Counter>,
     pub(crate) partition_uncommitted_batches: Family<Labels, Gauge>,
     pub(crate) partition_lag_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
@@ -65,6 +70,11 @@ impl Default for Metrics {
             endpoint_queue_depth: Family::default(),
             endpoint_health: Family::default(),
             endpoint_commit_latency: Family::new_with_constructor(commit_latency_histogram),
+            endpoint_parked_rows: Family::default(),
+            endpoint_parked_bytes: Family::default(),
+            endpoint_replayed_rows: Family::default(),
+            endpoint_parked_objects: Family::default(),
+            endpoint_state_seconds: Family::default(),
             partition_events: Family::default(),
             partition_uncommitted_batches: Family::default(),
             partition_lag_seconds: Family::default(),
@@ -125,6 +135,31 @@ impl Default for Metrics {
             "endpoint_commit_latency_seconds",
             "Time from a message's enqueued time to its commit by an endpoint",
             metrics.endpoint_commit_latency.clone(),
+        );
+        metrics.registry.register(
+            "endpoint_parked_rows",
+            "Messages of a dead endpoint parked in the dead-letter store for automatic replay",
+            metrics.endpoint_parked_rows.clone(),
+        );
+        metrics.registry.register(
+            "endpoint_parked_bytes",
+            "Body bytes of the messages parked for an endpoint",
+            metrics.endpoint_parked_bytes.clone(),
+        );
+        metrics.registry.register(
+            "endpoint_replayed_rows",
+            "Parked messages replayed to an endpoint after it recovered",
+            metrics.endpoint_replayed_rows.clone(),
+        );
+        metrics.registry.register(
+            "endpoint_parked_objects",
+            "Parked dead-letter objects of an endpoint still to replay (replay progress)",
+            metrics.endpoint_parked_objects.clone(),
+        );
+        metrics.registry.register(
+            "endpoint_state_seconds",
+            "Time an endpoint spent in each delivery state (live, parked)",
+            metrics.endpoint_state_seconds.clone(),
         );
         metrics.registry.register(
             "partition_events",

@@ -1,60 +1,64 @@
-//! The running engine: it wires the source, the routing table and the sinks together and owns the
-//! at-least-once bookkeeping between them.
+//! The running engine: it wires the source, the routing table and the sinks together; the
+//! at-least-once bookkeeping between them is the [`Ledger`]'s (`ledger.rs`), and parking dead
+//! endpoints is `parking.rs`'s.
 //!
 //! ```text
 //!  partition receiver ──(bounded, 2)──► router ──(bounded, queue_capacity)──► endpoint sink
 //!   (AMQP credit only        │  route + rows_for on            (drive_sink)       │
 //!    while there is room)    │  the blocking pool                                  │ acks
-//!                            ▼                                                    ▼
-//!                  PartitionProgress ◄──────────── ack collector (dead-letters failed rows)
-//!                            │
-//!                            ▼ periodically and at shutdown
-//!                     CheckpointStore
+//!                            │  parked endpoint ──► dead-letter store ◄── replay    ▼
+//!                            ▼                       (parked rows)       task   ack collector
+//!                         Ledger ◄────────────────────────────────────────────── (dead-letters
+//!                            │  tickets, in-flight entries, per-endpoint progress   failed rows)
+//!                            ▼ periodically and at shutdown (housekeeping)
+//!                     CheckpointStore: partition checkpoint + endpoint positions
 //! ```
 //!
 //! Every queue is bounded, so a slow sink fills its queue, blocks the router of each partition that
-//! routes to it, which stops asking its receiver for batches, which stops granting AMQP credit.
-//! A source batch becomes one ticket per endpoint that receives rows of it; the partition's
-//! checkpoint moves past the batch only when every ticket of it (and of every earlier batch) is
-//! acked — committed or dead-lettered. The routing table sits behind a lock that routers read once
-//! per batch, so a reload swaps it between batches, never within one.
+//! routes to it, which stops asking its receiver for batches, which stops granting AMQP credit, until
+//! the endpoint recovers or is parked. A source batch becomes one ticket per endpoint that receives
+//! rows of it; the partition's checkpoint moves past the batch only when every ticket of it (and of
+//! every earlier batch) is settled — committed, dead-lettered or parked. The routing table sits
+//! behind a lock that routers read once per batch, so a reload swaps it between batches, never
+//! within one.
 
 mod http;
+mod ledger;
 mod metrics;
+mod parking;
 mod partitions;
 mod status_page;
 mod watch;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use arrow::array::TimestampMillisecondArray;
 use arrow::record_batch::RecordBatch;
 use hubroute_message::MessageColumns;
 use hubroute_sinks::{
-    Ack, DeadLetter, DeadLetterStore, FailedRow, MALFORMED_SINK, SinkBatch, Ticket, build_sink,
-    drive_sink,
+    Ack, DeadLetter, DeadLetterStore, FailedRow, MALFORMED_SINK, SinkBatch, build_sink, drive_sink,
 };
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::checkpoint::{self, Checkpoint, CheckpointStore, SelectedStore};
+use crate::checkpoint::{self, Checkpoint, CheckpointStore, EndpointPositions, SelectedStore};
 use crate::config::{FullPolicy, LoadedConfig};
 use crate::health::{EndpointHealth, HealthPolicy, HealthStatus};
 use crate::ownership::PartitionOwnership;
-use crate::progress::{BatchId, PartitionProgress, Position};
+use crate::progress::Position;
 use crate::routing::RoutingTable;
 use crate::source::{EventHubSource, PartitionOutcome, SourceBatch};
 use crate::twins::Twins;
 use crate::{Error, Result};
+use ledger::{InFlight, Ledger};
 pub use metrics::Metrics;
 use metrics::{endpoint_labels, partition_labels, route_labels};
+use parking::Parking;
 
 /// Source batches a router may hold per partition beyond the one it is routing.
 const SOURCE_QUEUE: usize = 2;
@@ -62,6 +66,8 @@ const SOURCE_QUEUE: usize = 2;
 const ACK_QUEUE: usize = 256;
 /// How often health, queue depths and stalls are refreshed.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+/// Why rows of a `full_policy = "dead_letter"` endpoint were parked.
+const QUEUE_FULL: &str = "endpoint queue full (full_policy = \"dead_letter\")";
 /// Cap of the backoff between attempts to write dead letters.
 const DEAD_LETTER_MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -76,35 +82,17 @@ struct EndpointState {
     /// Weak, so that the engine's own view never keeps the queue open at shutdown.
     queue: mpsc::WeakSender<SinkBatch>,
     health: Mutex<EndpointHealth>,
+    /// Live or parked (see `parking`).
+    parking: Parking,
 }
 
-/// One partition as the running engine sees it.
+/// One partition as the running engine sees it (its progress is in the [`Ledger`]).
 #[derive(Debug)]
 struct PartitionState {
     id: String,
-    progress: Mutex<PartitionProgress>,
     /// Read by this instance in the current ownership period: only then is its checkpoint written
     /// (`partitions::supervise` owns it).
     active: AtomicBool,
-}
-
-/// A ticket between routing and its ack: where its rows came from, for the checkpoint, commit
-/// latency and dead letters.
-#[derive(Debug)]
-struct InFlight {
-    partition: usize,
-    batch: BatchId,
-    endpoint: usize,
-    /// The source row of each of the ticket's rows, in order.
-    indices: Vec<u32>,
-    /// The source batch's enqueued times (its buffer is shared, the rows are not): commit latency.
-    enqueued: TimestampMillisecondArray,
-    /// The source batch (shared by every ticket of the batch, not copied), to rebuild the rows of a
-    /// failure for the dead-letter store. `None` for sinks that hand failed rows back in the ack,
-    /// which is what keeps a file sink's open files from pinning every source batch in memory.
-    source: Option<RecordBatch>,
-    table: Arc<RoutingTable>,
-    routed_at: Instant,
 }
 
 /// State shared by every task of the engine and its HTTP server.
@@ -117,8 +105,8 @@ pub(crate) struct Shared {
     table: RwLock<Arc<RoutingTable>>,
     endpoints: Vec<EndpointState>,
     partitions: Vec<PartitionState>,
-    in_flight: Mutex<HashMap<Ticket, InFlight>>,
-    next_ticket: AtomicU64,
+    /// Tickets, in-flight entries and progress: where checkpoints come from.
+    ledger: Ledger,
     metrics: Metrics,
     dead_letters: DeadLetterStore,
     checkpoints: Arc<dyn CheckpointStore>,
@@ -129,7 +117,7 @@ pub(crate) struct Shared {
     twins: Twins,
     stall_after: Duration,
     /// The first fatal error, which stops the engine.
-    fatal: Mutex<Option<String>>,
+    fatal: Mutex<Option<Error>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -198,6 +186,7 @@ impl RunningEngine {
                 reports_failed_rows: sink.reports_failed_rows(),
                 queue: queue.downgrade(),
                 health: Mutex::new(EndpointHealth::new(health_policy)),
+                parking: Parking::default(),
             });
             queues.push(queue);
             sinks.push((sink, batches, ack_receiver));
@@ -232,10 +221,10 @@ impl RunningEngine {
             .iter()
             .map(|id| PartitionState {
                 id: id.clone(),
-                progress: Mutex::new(PartitionProgress::default()),
                 active: AtomicBool::new(false),
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let ledger = Ledger::new(partitions.len(), endpoints.len());
         let shared = Arc::new(Shared {
             config_path: loaded.path.clone(),
             hub_name: config.hub_name.clone(),
@@ -243,8 +232,7 @@ impl RunningEngine {
             table: RwLock::new(Arc::new(table)),
             endpoints,
             partitions,
-            in_flight: Mutex::new(HashMap::new()),
-            next_ticket: AtomicU64::new(0),
+            ledger,
             metrics,
             dead_letters,
             checkpoints,
@@ -255,6 +243,11 @@ impl RunningEngine {
             fatal: Mutex::new(None),
             config: RwLock::new(loaded.clone()),
         });
+        for endpoint in 0..shared.endpoints.len() {
+            shared
+                .resume_parking(&shared.dead_letters, endpoint)
+                .await?;
+        }
         let shutdown = CancellationToken::new();
         let drain_timeout = loaded.config.service.drain_timeout;
         let checkpoint_interval = loaded.config.checkpoint.interval;
@@ -307,14 +300,7 @@ impl RunningEngine {
     /// Sum over partitions of the sequence numbers covered by committed checkpoints positions
     /// (`None` for a partition with nothing committed yet).
     pub fn committed_positions(&self) -> Vec<(String, Option<i64>)> {
-        self.shared
-            .partitions
-            .iter()
-            .map(|p| {
-                let committed = lock(&p.progress).committed().map(|c| c.sequence_number);
-                (p.id.clone(), committed)
-            })
-            .collect()
+        self.shared.committed_positions()
     }
 
     /// Whether the engine stopped on its own (a fatal error, or every partition ended).
@@ -425,13 +411,36 @@ async fn run(
             sink_tasks.spawn(
                 async move {
                     if let Err(error) = drive_sink(sink, batches).await {
-                        for_sink.fail(format!("endpoint `{name}`: {error}"), &stop);
+                        let error = Error::Sink {
+                            endpoint: name.clone(),
+                            source: Box::new(error),
+                        };
+                        for_sink.fail("sink", error, &stop);
                     }
                 }
                 .instrument(span),
             ),
         );
         aborts.push(tasks.spawn(collect_acks(Arc::clone(&shared), acks)));
+    }
+    let replaying_done = CancellationToken::new();
+    let mut replays = JoinSet::new();
+    let sink_configs: Vec<hubroute_sinks::SinkConfig> = shared
+        .config
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .config
+        .endpoints
+        .iter()
+        .map(|e| e.sink.clone())
+        .collect();
+    for (index, config) in sink_configs.into_iter().enumerate() {
+        replays.spawn(parking::replay_task(
+            Arc::clone(&shared),
+            index,
+            config,
+            replaying_done.clone(),
+        ));
     }
     let supervisor = tokio::spawn(partitions::supervise(
         Arc::clone(&shared),
@@ -466,7 +475,7 @@ async fn run(
         () = shutdown.cancelled() => {
             tracing::info!(timeout = ?drain_timeout, "shutting down: draining in-flight batches");
             if tokio::time::timeout(drain_timeout, &mut pipeline).await.is_err() {
-                let pending = lock(&shared.in_flight).len();
+                let pending = shared.ledger.unsettled_tickets();
                 tracing::warn!(
                     pending,
                     "drain timeout reached; uncommitted batches will be read again after a restart"
@@ -475,6 +484,8 @@ async fn run(
             }
         }
     }
+    replaying_done.cancel();
+    while replays.join_next().await.is_some() {}
     housekeeping_done.cancel();
     let _ = housekeeping.await;
     shared.write_checkpoints().await;
@@ -486,37 +497,34 @@ async fn run(
 
     let summary = RunSummary {
         events_routed: shared.metrics.events_routed(),
-        checkpoints: shared
-            .partitions
-            .iter()
-            .map(|p| {
-                let committed = lock(&p.progress).committed().map(|c| c.sequence_number);
-                (p.id.clone(), committed)
-            })
-            .collect(),
+        checkpoints: shared.committed_positions(),
     };
     match lock(&shared.fatal).take() {
-        Some(problem) => Err(Error::EndpointStopped {
-            endpoint: "engine".to_owned(),
-            problem,
-        }),
+        Some(error) => Err(error),
         None => Ok(summary),
     }
 }
 
-/// Routes the batches of one partition until its receiver ends.
+/// Routes the batches of one partition until its receiver ends. `floors` (by endpoint) are the
+/// positions the endpoints had settled before a restart: rows at or below its floor are not sent
+/// to an endpoint again.
 async fn route_partition(
     shared: Arc<Shared>,
     partition: usize,
+    floors: Vec<Option<i64>>,
     mut batches: mpsc::Receiver<SourceBatch>,
     receiver: JoinHandle<Result<PartitionOutcome>>,
     queues: Vec<mpsc::Sender<SinkBatch>>,
     shutdown: CancellationToken,
 ) {
     let id = shared.partitions[partition].id.clone();
+    let mut floors = Floors::new(floors);
     while let Some(batch) = batches.recv().await {
-        if let Err(error) = shared.route_batch(partition, batch, &queues).await {
-            shared.fail(format!("partition {id}: {error}"), &shutdown);
+        if let Err(error) = shared
+            .route_batch(partition, batch, &queues, &mut floors)
+            .await
+        {
+            shared.fail(&format!("router of partition {id}"), error, &shutdown);
             break;
         }
     }
@@ -527,15 +535,80 @@ async fn route_partition(
             tracing::warn!(partition = %id, %description, "another reader took this partition");
             shared.ownership.link_stolen(&id);
         }
-        Ok(Err(error)) => shared.fail(format!("partition {id}: {error}"), &shutdown),
-        Err(join) => shared.fail(format!("partition {id}: receiver task: {join}"), &shutdown),
+        Ok(Err(error)) => shared.fail(&format!("receiver of partition {id}"), error, &shutdown),
+        Err(join) => shared.fail(
+            &format!("receiver of partition {id}"),
+            Error::EndpointStopped {
+                endpoint: "receiver".to_owned(),
+                problem: format!("the receiver task panicked: {join}"),
+            },
+            &shutdown,
+        ),
     }
 }
 
+/// The positions a restarted partition's endpoints had settled, while some is ahead of the
+/// routed rows; empty (and free) once the partition has passed every one of them.
+#[derive(Debug, Clone)]
+struct Floors(Option<Arc<[Option<i64>]>>);
+
+impl Floors {
+    fn new(floors: Vec<Option<i64>>) -> Self {
+        Self(floors.iter().any(Option::is_some).then(|| floors.into()))
+    }
+
+    /// Whether some floor may still be ahead of the routed rows.
+    fn is_active(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The floors that apply to a batch whose first row is `first`, if any does.
+    fn for_batch(&self, first: i64) -> Option<Arc<[Option<i64>]>> {
+        self.0
+            .as_ref()
+            .filter(|floors| floors.iter().flatten().any(|f| first <= *f))
+            .cloned()
+    }
+
+    /// Forgets the floors once `last` passed them all.
+    fn passed(&mut self, last: i64) {
+        if self
+            .0
+            .as_ref()
+            .is_some_and(|floors| floors.iter().flatten().all(|f| last >= *f))
+        {
+            self.0 = None;
+        }
+    }
+}
+
+/// Drops from `rows` (source row indices per endpoint) the rows at or below the endpoint's floor.
+fn skip_settled(rows: &mut [Vec<u32>], floors: &[Option<i64>], batch: &RecordBatch) -> Result<()> {
+    let columns = MessageColumns::try_new(batch)?;
+    for (indices, floor) in rows.iter_mut().zip(floors) {
+        if let Some(floor) = *floor {
+            indices.retain(|&row| columns.sequence_number.value(row as usize) > floor);
+        }
+    }
+    Ok(())
+}
+
 impl Shared {
-    fn fail(&self, problem: String, shutdown: &CancellationToken) {
-        tracing::error!(%problem, "stopping the engine");
-        lock(&self.fatal).get_or_insert(problem);
+    fn committed_positions(&self) -> Vec<(String, Option<i64>)> {
+        self.partitions
+            .iter()
+            .enumerate()
+            .map(|(index, p)| (p.id.clone(), self.ledger.committed(index)))
+            .collect()
+    }
+
+    /// Records the first fatal error (the one the engine returns) and stops the engine.
+    fn fail(&self, component: &str, source: Error, shutdown: &CancellationToken) {
+        tracing::error!(%component, error = %source, "stopping the engine");
+        lock(&self.fatal).get_or_insert(Error::Fatal {
+            component: component.to_owned(),
+            source: Box::new(source),
+        });
         shutdown.cancel();
     }
 
@@ -549,6 +622,7 @@ impl Shared {
         partition: usize,
         mut source: SourceBatch,
         queues: &[mpsc::Sender<SinkBatch>],
+        floors: &mut Floors,
     ) -> Result<()> {
         if !source.malformed.is_empty() {
             let records: Vec<DeadLetter> = source
@@ -572,9 +646,26 @@ impl Shared {
         let batch = source.batch.clone();
         let routing = Arc::clone(&table);
         let twins = self.twins.clone();
+        // Only batches of a restarted partition pay for this, until it passed every floor.
+        let skip = if floors.is_active() {
+            let first = MessageColumns::try_new(&source.batch)?
+                .sequence_number
+                .iter()
+                .flatten()
+                .next()
+                .unwrap_or(source.last_sequence_number);
+            let skip = floors.for_batch(first);
+            floors.passed(source.last_sequence_number);
+            skip
+        } else {
+            None
+        };
         let (batch, routed, parts) = tokio::task::spawn_blocking(move || -> Result<_> {
             let batch = twins.attach(batch)?; // twins: attach twins, apply twin events, then route
             let mut routed = routing.route(&batch)?;
+            if let Some(floors) = skip {
+                skip_settled(&mut routed.rows, &floors, &batch)?;
+            }
             let parts = std::mem::take(&mut routed.rows)
                 .into_iter()
                 .enumerate()
@@ -623,11 +714,26 @@ impl Shared {
                 .set(age_ms.max(0) as f64 / 1000.0);
         }
 
+        // A parked endpoint's rows are stored before the batch opens: it holds no ticket of them.
+        let mut live = Vec::with_capacity(parts.len());
+        for (endpoint, indices, rows) in parts {
+            if !self
+                .park_if_parked(endpoint, &source.partition, &rows)
+                .await
+            {
+                live.push((endpoint, indices, rows));
+            }
+        }
+        let parts = live;
         let position = Position {
             sequence_number: source.last_sequence_number,
             offset: source.last_offset.clone(),
         };
-        let batch_id = lock(&self.partitions[partition].progress).push(position, parts.len());
+        let batch_id = self.ledger.open(
+            partition,
+            position,
+            parts.iter().map(|(endpoint, _, _)| *endpoint).collect(),
+        );
         let enqueued = MessageColumns::try_new(&source.batch)
             .map(|columns| columns.enqueued_time.clone())
             .map_err(|error| Error::Decode {
@@ -635,21 +741,17 @@ impl Shared {
                 problem: error.to_string(),
             })?;
         for (endpoint, indices, rows) in parts {
-            let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
-            lock(&self.in_flight).insert(
-                ticket,
-                InFlight {
-                    partition,
-                    batch: batch_id,
-                    endpoint,
-                    indices,
-                    enqueued: enqueued.clone(),
-                    source: (!self.endpoints[endpoint].reports_failed_rows)
-                        .then(|| source.batch.clone()),
-                    table: Arc::clone(&table),
-                    routed_at: Instant::now(),
-                },
-            );
+            let ticket = self.ledger.issue(InFlight {
+                partition,
+                batch: batch_id,
+                endpoint,
+                indices,
+                enqueued: enqueued.clone(),
+                source: (!self.endpoints[endpoint].reports_failed_rows)
+                    .then(|| source.batch.clone()),
+                table: Arc::clone(&table),
+                routed_at: tokio::time::Instant::now(),
+            });
             let state = &self.endpoints[endpoint];
             let item = SinkBatch {
                 ticket,
@@ -660,29 +762,22 @@ impl Shared {
                 problem: problem.to_owned(),
             };
             match state.policy {
-                FullPolicy::Block => queues[endpoint]
-                    .send(item)
-                    .await
-                    .map_err(|_| stopped("its sink task ended"))?,
+                // A full queue of an endpoint that gets parked meanwhile stops blocking: the
+                // ticket's rows are parked instead.
+                FullPolicy::Block => tokio::select! {
+                    sent = queues[endpoint].send(item) => sent.map_err(|_| stopped("its sink task ended"))?,
+                    () = state.parking.parked() => self.park_ticket(endpoint, ticket).await,
+                },
                 FullPolicy::DeadLetter => match queues[endpoint].try_send(item) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Closed(_)) => {
                         return Err(stopped("its sink task ended"));
                     }
+                    // Parked, not failed: the endpoint's queued rows are parked too, so the
+                    // checkpoint moves on, and everything is replayed once the queue drains.
                     Err(mpsc::error::TrySendError::Full(item)) => {
-                        let failed: Vec<FailedRow> = (0..item.batch.num_rows())
-                            .map(|row| FailedRow {
-                                row,
-                                error: "endpoint queue full (full_policy = \"dead_letter\")"
-                                    .to_owned(),
-                            })
-                            .collect();
-                        self.settle(Ack {
-                            ticket,
-                            failed,
-                            failed_rows: None,
-                        })
-                        .await;
+                        self.park(endpoint, QUEUE_FULL).await;
+                        self.park_rows_of(endpoint, ticket, &item.batch).await;
                     }
                 },
             }
@@ -693,7 +788,7 @@ impl Shared {
 
     fn update_uncommitted(&self, partition: usize) {
         let state = &self.partitions[partition];
-        let in_flight = lock(&state.progress).in_flight();
+        let in_flight = self.ledger.unsettled_batches(partition);
         self.metrics
             .partition_uncommitted_batches
             .get_or_create(&partition_labels(&state.id))
@@ -703,10 +798,10 @@ impl Shared {
     /// Applies one ack: dead-letters its failed rows, updates metrics and health, and releases the
     /// ticket from its partition's progress.
     async fn settle(&self, ack: Ack) {
-        let Some(in_flight) = lock(&self.in_flight).remove(&ack.ticket) else {
-            tracing::warn!(
+        let Some(in_flight) = self.ledger.take(ack.ticket) else {
+            tracing::debug!(
                 ticket = ack.ticket,
-                "an ack for an unknown ticket was ignored"
+                "an ack of rows settled otherwise (parked) was ignored"
             );
             return;
         };
@@ -757,7 +852,7 @@ impl Shared {
                 _ => health.record_success(now),
             }
         }
-        lock(&self.partitions[in_flight.partition].progress).ack(in_flight.batch);
+        self.ledger.release(&in_flight);
         self.update_uncommitted(in_flight.partition);
     }
 
@@ -808,36 +903,60 @@ impl Shared {
         }
     }
 
-    /// Writes the checkpoints of every partition whose committed position moved, for the
-    /// partitions this instance still owns.
+    /// Writes the progress of every partition that moved, for the partitions this instance still
+    /// owns: the endpoint positions first, then the checkpoint, so a crash between the two leaves
+    /// positions ahead of the checkpoint (true, and safe to skip by), never behind it.
     async fn write_checkpoints(&self) {
-        for partition in &self.partitions {
+        for (index, partition) in self.partitions.iter().enumerate() {
             if !partition.active.load(Ordering::SeqCst) {
                 continue;
             }
-            let Some(position) = lock(&partition.progress).take_checkpoint() else {
+            let Some(progress) = self.ledger.take_checkpoint(index) else {
                 continue;
             };
             if !self.ownership.may_checkpoint(&partition.id).await {
-                lock(&partition.progress).restore_checkpoint(position);
+                self.ledger.restore_checkpoint(index);
                 continue;
             }
-            let checkpoint = Checkpoint {
-                key: self.source.checkpoint_key(&partition.id),
-                offset: position.offset.clone(),
-                sequence_number: position.sequence_number,
+            let key = self.source.checkpoint_key(&partition.id);
+            let positions: EndpointPositions = self
+                .endpoints
+                .iter()
+                .zip(&progress.endpoints)
+                .filter_map(|(e, p)| p.map(|p| (e.name.clone(), p)))
+                .collect();
+            let endpoints_saved = if positions.is_empty() {
+                Ok(())
+            } else {
+                self.checkpoints.save_endpoints(&key, &positions).await
             };
-            match self.checkpoints.save(&checkpoint).await {
+            let saved = match endpoints_saved {
+                Ok(()) => match &progress.partition {
+                    None => Ok(()),
+                    Some(position) => {
+                        let checkpoint = Checkpoint {
+                            key,
+                            offset: position.offset.clone(),
+                            sequence_number: position.sequence_number,
+                        };
+                        self.checkpoints.save(&checkpoint).await
+                    }
+                },
+                Err(error) => Err(error),
+            };
+            match saved {
                 Ok(()) => {
-                    self.metrics
-                        .partition_checkpoint_sequence_number
-                        .get_or_create(&partition_labels(&partition.id))
-                        .set(position.sequence_number);
-                    tracing::debug!(partition = %partition.id, sequence_number = position.sequence_number, "checkpoint written");
+                    if let Some(position) = &progress.partition {
+                        self.metrics
+                            .partition_checkpoint_sequence_number
+                            .get_or_create(&partition_labels(&partition.id))
+                            .set(position.sequence_number);
+                        tracing::debug!(partition = %partition.id, sequence_number = position.sequence_number, "checkpoint written");
+                    }
                 }
                 Err(error) => {
                     tracing::warn!(partition = %partition.id, %error, "writing a checkpoint failed; retrying at the next interval");
-                    lock(&partition.progress).restore_checkpoint(position);
+                    self.ledger.restore_checkpoint(index);
                 }
             }
         }
@@ -845,7 +964,7 @@ impl Shared {
 
     /// Refreshes queue depths, health, the reconnect count and the source's buffered bytes, and marks endpoints whose oldest
     /// batch is stalled.
-    fn refresh_endpoints(&self) {
+    fn refresh_endpoints(self: &Arc<Self>) {
         self.metrics
             .source_reconnects
             .set(i64::try_from(self.source.reconnects()).unwrap_or(i64::MAX));
@@ -853,13 +972,7 @@ impl Shared {
             .source_buffered_bytes
             .set(i64::try_from(self.source.buffered_bytes()).unwrap_or(i64::MAX));
         let now = Instant::now();
-        let mut oldest: HashMap<usize, Instant> = HashMap::new();
-        for in_flight in lock(&self.in_flight).values() {
-            oldest
-                .entry(in_flight.endpoint)
-                .and_modify(|t| *t = (*t).min(in_flight.routed_at))
-                .or_insert(in_flight.routed_at);
-        }
+        let oldest = self.ledger.oldest_by_endpoint();
         for (index, endpoint) in self.endpoints.iter().enumerate() {
             let labels = endpoint_labels(&endpoint.name);
             let depth = endpoint
@@ -872,17 +985,29 @@ impl Shared {
                 .set(depth as i64);
             let mut health = lock(&endpoint.health);
             if let Some(since) = oldest.get(&index)
-                && now.saturating_duration_since(*since) >= self.stall_after
+                && since.elapsed() >= self.stall_after
             {
                 health.record_failure(
                     now,
                     &format!(
                         "a batch has waited {:?} for a commit; the sink is retrying (see its log)",
-                        now.saturating_duration_since(*since)
+                        since.elapsed()
                     ),
                 );
             }
             let current = health.status(now);
+            drop(health);
+            let parked = endpoint.parking.is_parked();
+            if current == HealthStatus::Dead && !parked {
+                let shared = Arc::clone(self);
+                tokio::spawn(async move { shared.park(index, parking::DEAD).await });
+            }
+            let mut state_labels = labels.clone();
+            state_labels.push(("state", if parked { "parked" } else { "live" }.to_owned()));
+            self.metrics
+                .endpoint_state_seconds
+                .get_or_create(&state_labels)
+                .inc_by(HOUSEKEEPING_INTERVAL.as_secs_f64());
             for status in [
                 HealthStatus::Unknown,
                 HealthStatus::Healthy,
@@ -900,6 +1025,24 @@ impl Shared {
         }
     }
 
+    /// The positions each endpoint (by index) had settled in `partition` before this period, as
+    /// stored beside its checkpoint. Unreadable positions only cost duplicates: they are logged
+    /// and every endpoint resumes from the checkpoint.
+    async fn endpoint_floors(&self, partition: &str) -> Vec<Option<i64>> {
+        let key = self.source.checkpoint_key(partition);
+        let stored = match self.checkpoints.load_endpoints(&key).await {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::warn!(%partition, %error, "cannot read the endpoint positions; every endpoint resumes from the checkpoint");
+                EndpointPositions::new()
+            }
+        };
+        self.endpoints
+            .iter()
+            .map(|e| stored.get(&e.name).copied())
+            .collect()
+    }
+
     /// Reads each partition's retained range from the service and sets the lag in events: the
     /// last enqueued sequence number minus the last committed one (every retained event before
     /// the first commit).
@@ -912,10 +1055,10 @@ impl Shared {
             }
         };
         for (id, range) in ranges {
-            let Some(state) = self.partitions.iter().find(|p| p.id == id) else {
+            let Some(index) = self.partitions.iter().position(|p| p.id == id) else {
                 continue;
             };
-            let committed = lock(&state.progress).committed().map(|c| c.sequence_number);
+            let committed = self.ledger.committed(index);
             let lag = match (range, committed) {
                 (None, _) => 0,
                 (Some((_, last)), Some(committed)) => (last - committed).max(0),
@@ -1004,5 +1147,41 @@ async fn housekeeping(
     }
     if let Some(poll) = lag_poll {
         poll.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hubroute_message::{Message, MessageBatchBuilder};
+
+    use super::*;
+
+    fn batch(sequence_numbers: std::ops::Range<i64>) -> RecordBatch {
+        let messages: Vec<Message> = sequence_numbers
+            .map(|sequence_number| {
+                let mut message = Message::telemetry("{}");
+                message.sequence_number = sequence_number;
+                message
+            })
+            .collect();
+        MessageBatchBuilder::batch_of(&messages).expect("a batch")
+    }
+
+    #[test]
+    fn after_a_restart_each_endpoint_skips_the_rows_at_or_below_its_own_position() {
+        let mut floors = Floors::new(vec![Some(12), None, Some(15)]);
+        let source = batch(10..20);
+        let skip = floors.for_batch(10).expect("floors ahead of the batch");
+        floors.passed(19);
+        let mut rows = vec![(0..10).collect(), (0..10).collect(), vec![1, 5, 6, 9]];
+        skip_settled(&mut rows, &skip, &source).expect("message schema");
+        assert_eq!(rows[0], (3..10).collect::<Vec<u32>>(), "13 and later");
+        assert_eq!(rows[1].len(), 10, "no position: every row");
+        assert_eq!(rows[2], [6, 9], "16 and later");
+        assert!(
+            floors.for_batch(20).is_none(),
+            "once passed, floors cost nothing"
+        );
+        assert!(Floors::new(vec![None, None]).for_batch(0).is_none());
     }
 }

@@ -19,8 +19,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::{SOURCE_QUEUE, Shared, lock, route_partition};
-use crate::progress::PartitionProgress;
+use super::{SOURCE_QUEUE, Shared, route_partition};
 
 /// How often a partition won back is checked for unsettled rows of its previous period.
 const RESTART_POLL: Duration = Duration::from_millis(100);
@@ -73,12 +72,12 @@ pub(super) async fn supervise(
             if started.contains(&index) || running.contains_key(&index) {
                 continue;
             }
-            {
-                let mut progress = lock(&partition.progress);
-                if progress.in_flight() > 0 {
-                    continue;
-                }
-                *progress = PartitionProgress::default();
+            if !shared.ledger.is_settled(index) {
+                continue;
+            }
+            let floors = shared.endpoint_floors(&partition.id).await;
+            if !shared.ledger.restart(index, floors.clone()) {
+                continue;
             }
             partition.active.store(true, Ordering::SeqCst);
             let stop = shutdown.child_token();
@@ -88,6 +87,7 @@ pub(super) async fn supervise(
             let router = route_partition(
                 Arc::clone(&shared),
                 index,
+                floors,
                 batches,
                 receiver,
                 queues.clone(),

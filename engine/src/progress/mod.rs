@@ -1,10 +1,15 @@
-//! Checkpoint advancement for one partition under at-least-once delivery.
+//! Checkpoint advancement for one partition under at-least-once delivery, per endpoint.
 //!
 //! Every source batch is split into tickets, one per endpoint that receives some of its rows; a
-//! sink acks a ticket once those rows are committed or dead-lettered. Acks arrive in any order
-//! (endpoints run independently), but a checkpoint is a single position in the partition, so it
-//! may only move past a batch when that batch and every batch before it have no ticket left.
+//! sink acks a ticket once those rows are committed, dead-lettered or parked. Acks arrive in any
+//! order (endpoints run independently), but a checkpoint is a single position in the partition, so
+//! it may only move past a batch when that batch and every batch before it have no ticket left.
 //! A `VecDeque` in partition order makes that a pop from the front: O(1) per batch.
+//!
+//! Each endpoint also has its own position: the end of the longest prefix of batches in which it
+//! has no ticket left. It is at or ahead of the partition's checkpoint; stored beside it, it lets a
+//! restarted engine skip, for that endpoint only, the rows the endpoint had already settled. A
+//! position read back at start is a floor: an endpoint's position never moves below it.
 
 use std::collections::VecDeque;
 
@@ -25,8 +30,17 @@ pub struct Position {
 struct PendingBatch {
     id: BatchId,
     last: Position,
-    /// Tickets not yet acked; the batch is done at zero.
-    outstanding: usize,
+    /// Endpoints whose ticket of this batch is not yet acked; the batch is done when empty.
+    outstanding: Vec<usize>,
+}
+
+/// What a periodic writer saves for a partition: its checkpoint and every endpoint's position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// The partition's checkpoint (`None` until a batch of this period is done).
+    pub partition: Option<Position>,
+    /// Per endpoint (by index), the sequence number of the last row it has settled, if known.
+    pub endpoints: Vec<Option<i64>>,
 }
 
 /// Tracks the batches of one partition between routing and commit.
@@ -35,28 +49,40 @@ pub struct PartitionProgress {
     pending: VecDeque<PendingBatch>,
     next_id: u64,
     committed: Option<Position>,
-    /// Whether `committed` moved since the last [`Self::take_checkpoint`].
+    /// Per endpoint, the position read back at start (see the module documentation).
+    floors: Vec<Option<i64>>,
+    /// Whether anything moved since the last [`Self::take_checkpoint`].
     dirty: bool,
 }
 
 impl PartitionProgress {
-    /// Starts tracking a batch ending at `last` that was handed to `tickets` endpoints (0 when
-    /// no endpoint wants any of its rows: it is done at once).
-    pub fn push(&mut self, last: Position, tickets: usize) -> BatchId {
+    /// Progress of a partition whose endpoints had settled up to `floors` (by endpoint index)
+    /// before a restart.
+    pub fn resuming(floors: Vec<Option<i64>>) -> Self {
+        Self {
+            floors,
+            ..Self::default()
+        }
+    }
+
+    /// Starts tracking a batch ending at `last` that was handed to `endpoints` (empty when no
+    /// endpoint wants any of its rows: it is done at once).
+    pub fn push(&mut self, last: Position, endpoints: Vec<usize>) -> BatchId {
         let id = BatchId(self.next_id);
         self.next_id += 1;
         self.pending.push_back(PendingBatch {
             id,
             last,
-            outstanding: tickets,
+            outstanding: endpoints,
         });
+        self.dirty = true;
         self.advance();
         id
     }
 
-    /// Records one acked ticket of `batch`. Returns false for an ack that matches no outstanding
-    /// ticket (a duplicate or unknown ack, which is a bug in the caller worth logging).
-    pub fn ack(&mut self, batch: BatchId) -> bool {
+    /// Records the acked ticket of `endpoint` in `batch`. Returns false for an ack that matches no
+    /// outstanding ticket (a duplicate or unknown ack, which is a bug in the caller worth logging).
+    pub fn ack(&mut self, batch: BatchId, endpoint: usize) -> bool {
         let Some(front) = self.pending.front() else {
             return false;
         };
@@ -67,14 +93,16 @@ impl PartitionProgress {
         else {
             return false;
         };
-        match self.pending.get_mut(index) {
-            Some(pending) if pending.outstanding > 0 => {
-                pending.outstanding -= 1;
-                self.advance();
-                true
-            }
-            _ => false,
-        }
+        let Some(pending) = self.pending.get_mut(index) else {
+            return false;
+        };
+        let Some(slot) = pending.outstanding.iter().position(|e| *e == endpoint) else {
+            return false;
+        };
+        pending.outstanding.swap_remove(slot);
+        self.dirty = true;
+        self.advance();
+        true
     }
 
     /// Batches still waiting for acks.
@@ -87,28 +115,55 @@ impl PartitionProgress {
         self.committed.as_ref()
     }
 
-    /// The committed position if it moved since the last call: what a periodic writer saves.
-    pub(crate) fn take_checkpoint(&mut self) -> Option<Position> {
-        if self.dirty {
-            self.dirty = false;
-            self.committed.clone()
-        } else {
-            None
+    /// The sequence number of the last row `endpoint` has settled: the end of the batch before
+    /// the first one with a ticket of it outstanding, never below its floor.
+    pub fn endpoint_position(&self, endpoint: usize) -> Option<i64> {
+        let newest = self
+            .pending
+            .back()
+            .map(|b| &b.last)
+            .or(self.committed.as_ref());
+        let settled = match self
+            .pending
+            .iter()
+            .position(|b| b.outstanding.contains(&endpoint))
+        {
+            Some(0) => self.committed.as_ref(),
+            Some(i) => Some(&self.pending[i - 1].last),
+            None => newest,
         }
+        .map(|p| p.sequence_number);
+        let floor = self.floors.get(endpoint).copied().flatten();
+        settled.max(floor)
     }
 
-    /// Marks the committed position as not yet saved again, after saving `failed` did not work.
-    /// A newer committed position wins: it is the one the next call to `take_checkpoint` returns.
-    pub(crate) fn restore_checkpoint(&mut self, failed: Position) {
-        self.committed.get_or_insert(failed);
+    /// The progress of `endpoints` endpoints if anything moved since the last call: what a
+    /// periodic writer saves.
+    pub fn take_checkpoint(&mut self, endpoints: usize) -> Option<Progress> {
+        if !self.dirty {
+            return None;
+        }
+        self.dirty = false;
+        Some(Progress {
+            partition: self.committed.clone(),
+            endpoints: (0..endpoints).map(|e| self.endpoint_position(e)).collect(),
+        })
+    }
+
+    /// Offers the progress again at the next [`Self::take_checkpoint`], after saving it did not
+    /// work. Positions only move forward, so the next call returns these or newer ones.
+    pub(crate) fn restore_checkpoint(&mut self) {
         self.dirty = true;
     }
 
     fn advance(&mut self) {
-        while self.pending.front().is_some_and(|b| b.outstanding == 0) {
+        while self
+            .pending
+            .front()
+            .is_some_and(|b| b.outstanding.is_empty())
+        {
             if let Some(done) = self.pending.pop_front() {
                 self.committed = Some(done.last);
-                self.dirty = true;
             }
         }
     }

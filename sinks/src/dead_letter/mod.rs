@@ -9,6 +9,15 @@
 //!
 //! Replay: [`DeadLetterStore::read_all`] returns the records; [`DeadLetter::to_batch`] rebuilds a
 //! message batch (original positions, properties and body) to feed back through a sink.
+//!
+//! *Parked* rows are the rows of an endpoint that was dead (failing for longer than `dead_after`),
+//! stored so that the partition's checkpoint can move on and replayed automatically once the
+//! endpoint recovers. They live apart from permanently failed rows, one object per routed batch,
+//! named so that a listing is in partition order:
+//! `<prefix>/<sink>/parked/<partition>/<first sequence number, 20 digits>-<uuid>.jsonl`. A replayed
+//! object is moved aside to `<prefix>/<sink>/replayed/…` (same rest of the name), not deleted;
+//! [`DeadLetterStore::read_all`] skips what was replayed. Permanently failed rows are replayed the
+//! same way, but only on an operator's request (`hubroute dead-letters replay --failed`).
 
 use std::sync::Arc;
 
@@ -21,7 +30,7 @@ use futures::TryStreamExt as _;
 use hubroute_message::{
     Message, MessageBatchBuilder, MessageColumns, MessageRef, SystemProperties,
 };
-use object_store::path::Path;
+use object_store::path::{Path, PathPart};
 use object_store::{ObjectStore, ObjectStoreExt as _};
 use serde::{Deserialize, Serialize};
 
@@ -100,6 +109,9 @@ pub struct DeadLetter {
     /// Twin JSON, when the engine knew it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub twin: Option<String>,
+    /// Parked (the endpoint was dead; replayed automatically) rather than permanently failed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parked: bool,
 }
 
 /// The `sink` of dead letters the source set aside: events that are not well-formed AMQP messages
@@ -134,6 +146,7 @@ impl DeadLetter {
             properties: Vec::new(),
             body: base64::engine::general_purpose::STANDARD.encode(message),
             twin: None,
+            parked: false,
         }
     }
 
@@ -187,9 +200,25 @@ impl DeadLetter {
                     properties,
                     body: base64::engine::general_purpose::STANDARD.encode(&message.body),
                     twin: message.twin,
+                    parked: false,
                 })
             })
             .collect()
+    }
+
+    /// Parked records of every row of `batch` (message schema), for endpoint `sink`.
+    pub fn parked_rows(sink: &str, batch: &RecordBatch, reason: &str) -> Result<Vec<Self>> {
+        let failed: Vec<FailedRow> = (0..batch.num_rows())
+            .map(|row| FailedRow {
+                row,
+                error: reason.to_owned(),
+            })
+            .collect();
+        let mut records = Self::from_failed_rows(sink, None, batch, &failed)?;
+        for record in &mut records {
+            record.parked = true;
+        }
+        Ok(records)
     }
 
     /// Rebuilds a message batch from dead letters, for replay.
@@ -241,6 +270,17 @@ fn property_types(view: &MessageColumns<'_>, row: usize) -> Vec<(String, String)
         .collect()
 }
 
+/// One object of the dead-letter store that is still to replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    /// Where it is.
+    pub path: Path,
+    /// The endpoint its records are for (`_source` for malformed events).
+    pub sink: String,
+    /// Parked rows (replayed automatically) rather than permanently failed ones.
+    pub parked: bool,
+}
+
 /// Writes and reads dead letters. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct DeadLetterStore {
@@ -269,14 +309,6 @@ impl DeadLetterStore {
         let Some(first) = records.first() else {
             return Ok(None);
         };
-        let mut body = Vec::new();
-        for record in records {
-            serde_json::to_writer(&mut body, record).map_err(|source| Error::Json {
-                what: format!("dead letter for sink `{}`", record.sink),
-                source,
-            })?;
-            body.push(b'\n');
-        }
         let now = Utc::now();
         let path = self.prefix.clone().join(first.sink.as_str()).join(format!(
             "{:04}/{:02}/{:02}/{:02}/{}-{}.jsonl",
@@ -291,15 +323,7 @@ impl DeadLetterStore {
             sink: first.sink.clone(),
             problem: format!("dead-letter path `{path}` is invalid: {e}"),
         })?;
-        self.store
-            .put(&path, Bytes::from(body).into())
-            .await
-            .map_err(|source| Error::ObjectStore {
-                sink: first.sink.clone(),
-                operation: "upload",
-                path: path.to_string(),
-                source: Box::new(source),
-            })?;
+        self.put_records(&path, records).await?;
         tracing::warn!(
             sink = %first.sink,
             %path,
@@ -308,6 +332,186 @@ impl DeadLetterStore {
             "dead-lettered messages"
         );
         Ok(Some(path))
+    }
+
+    /// Stores the parked `records` of one partition of endpoint `sink` (in partition order) in one
+    /// new object named after the first one's position; returns its path (`None` when empty).
+    pub async fn write_parked(&self, records: &[DeadLetter]) -> Result<Option<Path>> {
+        let Some(first) = records.first() else {
+            return Ok(None);
+        };
+        let path = self
+            .parked_folder(&first.sink)
+            .join(first.partition.as_str())
+            .join(format!(
+                "{:020}-{}.jsonl",
+                first.sequence_number.max(0),
+                uuid::Uuid::new_v4().simple()
+            ));
+        self.put_records(&path, records).await?;
+        Ok(Some(path))
+    }
+
+    fn parked_folder(&self, sink: &str) -> Path {
+        self.prefix.clone().join(sink).join("parked")
+    }
+
+    /// The parked objects of endpoint `sink` still to replay, in partition order.
+    pub async fn parked(&self, sink: &str) -> Result<Vec<Path>> {
+        let folder = self.parked_folder(sink);
+        let mut objects: Vec<Path> = self
+            .store
+            .list(Some(&folder))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|e| self.object_error("list", &folder, e))?;
+        objects.sort();
+        Ok(objects)
+    }
+
+    /// The records of one object.
+    pub async fn read(&self, path: &Path) -> Result<Vec<DeadLetter>> {
+        let read = self.store.get(path).await;
+        let bytes = match read {
+            Ok(result) => result.bytes().await,
+            Err(e) => Err(e),
+        }
+        .map_err(|e| self.object_error("read", path, e))?;
+        bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|line| {
+                serde_json::from_slice(line).map_err(|source| Error::Json {
+                    what: format!("dead letter in `{path}`"),
+                    source,
+                })
+            })
+            .collect()
+    }
+
+    /// Moves a replayed object aside (`<prefix>/<sink>/…` to `<prefix>/<sink>/replayed/…`),
+    /// keeping it.
+    pub async fn move_aside(&self, path: &Path) -> Result<Path> {
+        let mut rest = path
+            .prefix_match(&self.prefix)
+            .ok_or_else(|| Error::Config {
+                sink: "dead-letters".to_owned(),
+                problem: format!("`{path}` is not under the prefix `{}`", self.prefix),
+            })?;
+        let sink = rest.next().ok_or_else(|| Error::Config {
+            sink: "dead-letters".to_owned(),
+            problem: format!("`{path}` names no endpoint"),
+        })?;
+        let target = Path::from_iter(
+            self.prefix
+                .parts()
+                .chain([sink, PathPart::from("replayed")])
+                .chain(rest),
+        );
+        self.store
+            .rename(path, &target)
+            .await
+            .map_err(|e| self.object_error("rename", path, e))?;
+        Ok(target)
+    }
+
+    /// Every object still to replay (not moved aside), of endpoint `sink` or of all, in order.
+    pub async fn objects(&self, sink: Option<&str>) -> Result<Vec<StoredObject>> {
+        let folder = match sink {
+            Some(sink) => self.prefix.clone().join(sink),
+            None => self.prefix.clone(),
+        };
+        let mut objects: Vec<Path> = self
+            .store
+            .list(Some(&folder))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|e| self.object_error("list", &folder, e))?;
+        objects.sort();
+        Ok(objects
+            .into_iter()
+            .filter(|path| !self.is_replayed(path))
+            .filter_map(|path| {
+                let (sink, parked) = {
+                    let mut rest = path.prefix_match(&self.prefix)?;
+                    let sink = rest.next()?.as_ref().to_owned();
+                    (sink, rest.next().is_some_and(|p| p.as_ref() == "parked"))
+                };
+                Some(StoredObject { path, sink, parked })
+            })
+            .collect())
+    }
+
+    /// Stores `records` in a new object beside `path` (same folder, a name sorting right after
+    /// it): what is left of an object replayed in part.
+    pub async fn write_beside(&self, path: &Path, records: &[DeadLetter]) -> Result<Path> {
+        let name = path.filename().unwrap_or("object.jsonl");
+        let stem = name.strip_suffix(".jsonl").unwrap_or(name);
+        let parts: Vec<PathPart<'_>> = path.parts().collect();
+        let folder = Path::from_iter(parts[..parts.len().saturating_sub(1)].iter().cloned());
+        let target = folder.join(format!("{stem}-{}.jsonl", uuid::Uuid::new_v4().simple()));
+        self.put_records(&target, records).await?;
+        Ok(target)
+    }
+
+    /// Deletes one object for good.
+    pub async fn delete(&self, path: &Path) -> Result<()> {
+        self.store
+            .delete(path)
+            .await
+            .map_err(|e| self.object_error("delete", path, e))
+    }
+
+    /// Every object under the prefix (or endpoint `sink`), replayed ones included: what `purge`
+    /// deletes.
+    pub async fn all_objects(&self, sink: Option<&str>) -> Result<Vec<Path>> {
+        let folder = match sink {
+            Some(sink) => self.prefix.clone().join(sink),
+            None => self.prefix.clone(),
+        };
+        self.store
+            .list(Some(&folder))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|e| self.object_error("list", &folder, e))
+    }
+
+    fn object_error(
+        &self,
+        operation: &'static str,
+        path: &Path,
+        source: object_store::Error,
+    ) -> Error {
+        Error::ObjectStore {
+            sink: "dead-letters".to_owned(),
+            operation,
+            path: path.to_string(),
+            source: Box::new(source),
+        }
+    }
+
+    async fn put_records(&self, path: &Path, records: &[DeadLetter]) -> Result<()> {
+        let mut body = Vec::new();
+        for record in records {
+            serde_json::to_writer(&mut body, record).map_err(|source| Error::Json {
+                what: format!("dead letter for sink `{}`", record.sink),
+                source,
+            })?;
+            body.push(b'\n');
+        }
+        self.store
+            .put(path, Bytes::from(body).into())
+            .await
+            .map_err(|source| Error::ObjectStore {
+                sink: records.first().map_or_else(String::new, |r| r.sink.clone()),
+                operation: "upload",
+                path: path.to_string(),
+                source: Box::new(source),
+            })?;
+        Ok(())
     }
 
     /// Convenience for the engine: dead-letters the `failed` rows of an acked ticket's `batch`.
@@ -322,35 +526,28 @@ impl DeadLetterStore {
             .await
     }
 
-    /// Every dead letter under the prefix, oldest object first.
+    /// Whether `path` is `<prefix>/<sink>/replayed/…`.
+    fn is_replayed(&self, path: &Path) -> bool {
+        path.prefix_match(&self.prefix)
+            .and_then(|mut rest| rest.nth(1))
+            .is_some_and(|part| part.as_ref() == "replayed")
+    }
+
+    /// Every dead letter under the prefix (parked or failed, not yet replayed), oldest object
+    /// first within each endpoint.
     pub async fn read_all(&self) -> Result<Vec<DeadLetter>> {
-        let object_error = |operation, path: &Path, source| Error::ObjectStore {
-            sink: "dead-letters".to_owned(),
-            operation,
-            path: path.to_string(),
-            source: Box::new(source),
-        };
         let mut objects: Vec<_> = self
             .store
             .list(Some(&self.prefix))
+            .map_ok(|meta| meta.location)
             .try_collect()
             .await
-            .map_err(|e| object_error("list", &self.prefix, e))?;
-        objects.sort_by(|a, b| a.location.cmp(&b.location));
+            .map_err(|e| self.object_error("list", &self.prefix, e))?;
+        objects.retain(|o| !self.is_replayed(o));
+        objects.sort();
         let mut records = Vec::new();
         for object in objects {
-            let read = self.store.get(&object.location).await;
-            let bytes = match read {
-                Ok(result) => result.bytes().await,
-                Err(e) => Err(e),
-            }
-            .map_err(|e| object_error("read", &object.location, e))?;
-            for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                records.push(serde_json::from_slice(line).map_err(|source| Error::Json {
-                    what: format!("dead letter in `{}`", object.location),
-                    source,
-                })?);
-            }
+            records.extend(self.read(&object).await?);
         }
         Ok(records)
     }

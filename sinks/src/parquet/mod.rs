@@ -267,6 +267,26 @@ impl ParquetSink {
         Self::with_store(config, store, acks)
     }
 
+    /// Checks `config` without touching its store (what `hubroute check` runs): the path template,
+    /// the typed columns and the limits.
+    pub(crate) fn validate(config: &ParquetSinkConfig) -> Result<(PathTemplate, FileSchema)> {
+        let template = PathTemplate::parse(&config.name, &config.path_template)?;
+        let schema = FileSchema::new(&config.name, &config.columns)?;
+        if config.max_concurrent_uploads == 0
+            || config.max_file_bytes == 0
+            || config.max_buffered_bytes == 0
+        {
+            return Err(Error::Config {
+                sink: config.name.clone(),
+                problem:
+                    "max_concurrent_uploads, max_file_bytes and max_buffered_bytes must be at \
+                          least 1"
+                        .to_owned(),
+            });
+        }
+        Ok((template, schema))
+    }
+
     /// Builds the sink over an existing store (`config.store` is ignored): for custom or
     /// instrumented stores.
     pub fn with_store(
@@ -274,20 +294,8 @@ impl ParquetSink {
         store: Arc<dyn ObjectStore>,
         acks: AckSender,
     ) -> Result<Self> {
-        let template = PathTemplate::parse(&config.name, &config.path_template)?;
-        let schema = Arc::new(FileSchema::new(&config.name, &config.columns)?);
-        if config.max_concurrent_uploads == 0
-            || config.max_file_bytes == 0
-            || config.max_buffered_bytes == 0
-        {
-            return Err(Error::Config {
-                sink: config.name,
-                problem:
-                    "max_concurrent_uploads, max_file_bytes and max_buffered_bytes must be at \
-                          least 1"
-                        .to_owned(),
-            });
-        }
+        let (template, schema) = Self::validate(&config)?;
+        let schema = Arc::new(schema);
         // Zstandard goes where the bytes are, the body; the other columns (dictionary-encoded or
         // small) use Snappy. parquet-rs keeps zstd contexts (~160 KB) for every zstd column of every
         // open file: with every column in zstd, 32 partitions × 3 endpoints held 155 MB of them.

@@ -88,8 +88,9 @@ pub struct WebhookSink {
 }
 
 impl WebhookSink {
-    /// Builds the sink; fails on an invalid URL, header or limit.
-    pub fn new(config: WebhookSinkConfig, acks: AckSender) -> Result<Self> {
+    /// Checks `config` without connecting (what `hubroute check` runs) and returns the headers
+    /// every request carries.
+    pub(crate) fn validate(config: &WebhookSinkConfig) -> Result<HeaderMap> {
         let config_error = |problem: String| Error::Config {
             sink: config.name.clone(),
             problem,
@@ -124,6 +125,16 @@ impl WebhookSink {
                 ))
             })?;
         }
+        Ok(headers)
+    }
+
+    /// Builds the sink; fails on an invalid URL, header or limit.
+    pub fn new(config: WebhookSinkConfig, acks: AckSender) -> Result<Self> {
+        let headers = Self::validate(&config)?;
+        let config_error = |problem: String| Error::Config {
+            sink: config.name.clone(),
+            problem,
+        };
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .pool_max_idle_per_host(config.max_in_flight)

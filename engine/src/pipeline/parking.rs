@@ -1,0 +1,350 @@
+//! Parking a dead endpoint and replaying its rows once it recovers.
+//!
+//! An endpoint that has failed continuously for `dead_after` (or, with `full_policy =
+//! "dead_letter"`, whose queue is full) is *parked*: its unsettled tickets
+//! that keep their source rows, and every row routed to it from then on, are written in partition
+//! order to the dead-letter store as parked records ([`DeadLetterStore::write_parked`]) and settled
+//! in the [`Ledger`](super::ledger::Ledger) at once, so the partition's checkpoint moves on for the
+//! other endpoints. A replay task per endpoint then probes the endpoint by delivering the oldest
+//! parked object through a fresh instance of the endpoint's own sink (its retries and backoff are
+//! the probe's): once that succeeds the endpoint is up again, the task replays every parked object
+//! in order (moving each aside once acked), and the endpoint goes back to live delivery when none is
+//! left. The endpoint's gate is held while rows are parked and while the replay task decides it has
+//! caught up, so no row is parked after the replay task's last look.
+//!
+//! Parked objects survive a restart: an endpoint with parked objects at start begins parked, so its
+//! new rows queue up behind the old ones.
+//!
+//! Tickets of sinks that hand failed rows back ([`hubroute_sinks::Sink::reports_failed_rows`], the
+//! file sinks) keep no copy of their rows, so they cannot be parked: they settle when their file does.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::record_batch::RecordBatch;
+use hubroute_message::MessageColumns;
+use hubroute_sinks::{
+    Ack, DeadLetter, DeadLetterStore, SinkBatch, SinkConfig, Ticket, build_sink, drive_sink,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::ledger::InFlight;
+use super::metrics::endpoint_labels;
+use super::{ACK_QUEUE, DEAD_LETTER_MAX_BACKOFF, Shared, lock, renumbered};
+use crate::{Error, Result};
+
+/// Why a dead endpoint's rows were parked.
+pub(super) const DEAD: &str = "dead (failing for longer than `dead_after`)";
+/// How often a replay task looks whether its endpoint is parked.
+const REPLAY_POLL: Duration = Duration::from_secs(1);
+
+/// Whether an endpoint is live or parked, and the gate between parking rows and catching up.
+#[derive(Debug)]
+pub(super) struct Parking {
+    /// Read by routers once per batch and endpoint: a plain load on the hot path.
+    parked: AtomicBool,
+    /// The same, for routers waiting on a full queue: parking wakes them (their tickets are
+    /// parked, so they stop waiting).
+    changed: watch::Sender<bool>,
+    /// Held while parked rows are written and while the replay task checks that none is left.
+    gate: tokio::sync::Mutex<()>,
+    /// Why the endpoint was parked, for the parked records.
+    why: Mutex<&'static str>,
+}
+
+impl Default for Parking {
+    fn default() -> Self {
+        Self {
+            parked: AtomicBool::new(false),
+            changed: watch::Sender::new(false),
+            gate: tokio::sync::Mutex::default(),
+            why: Mutex::new(DEAD),
+        }
+    }
+}
+
+impl Parking {
+    pub(super) fn is_parked(&self) -> bool {
+        self.parked.load(Ordering::Acquire)
+    }
+
+    fn set(&self, parked: bool) {
+        self.parked.store(parked, Ordering::Release);
+        self.changed.send_replace(parked);
+    }
+
+    /// Completes once the endpoint is parked.
+    pub(super) async fn parked(&self) {
+        let mut changed = self.changed.subscribe();
+        let _ = changed.wait_for(|parked| *parked).await;
+    }
+}
+
+impl Shared {
+    /// Parks endpoint `endpoint` if it is live, because it is dead or (`why`) its queue is full:
+    /// from now on its rows go to the dead-letter store, and its unsettled tickets that can be
+    /// rebuilt are parked and settled now.
+    pub(super) async fn park(&self, endpoint: usize, why: &'static str) {
+        let state = &self.endpoints[endpoint];
+        let _gate = state.parking.gate.lock().await;
+        if state.parking.is_parked() {
+            return;
+        }
+        *lock(&state.parking.why) = why;
+        state.parking.set(true);
+        let reason = self.park_reason(endpoint);
+        tracing::warn!(endpoint = %state.name, %reason, "parking the endpoint's rows in the dead-letter store until it catches up");
+        for (_, entry) in self.ledger.take_parkable(endpoint) {
+            self.park_entry(&entry, &reason).await;
+        }
+    }
+
+    /// Parks the rows of an unsettled ticket's `entry` (taken from the ledger) and settles it.
+    async fn park_entry(&self, entry: &InFlight, reason: &str) {
+        if let Some(source) = &entry.source {
+            match entry.table.rows_for(entry.endpoint, source, &entry.indices) {
+                Ok(rows) => {
+                    let partition = &self.partitions[entry.partition].id;
+                    self.store_parked(entry.endpoint, partition, &rows, reason)
+                        .await;
+                }
+                Err(error) => {
+                    let endpoint = &self.endpoints[entry.endpoint].name;
+                    tracing::error!(%endpoint, %error, "cannot rebuild rows to park them");
+                }
+            }
+        }
+        self.ledger.release(entry);
+        self.update_uncommitted(entry.partition);
+    }
+
+    /// Parks `ticket`'s rows if the ledger still holds it: a router whose queue was full when
+    /// its endpoint was parked hands its ticket over here.
+    pub(super) async fn park_ticket(&self, endpoint: usize, ticket: Ticket) {
+        let _gate = self.endpoints[endpoint].parking.gate.lock().await;
+        if let Some(entry) = self.ledger.take(ticket) {
+            let reason = self.park_reason(endpoint);
+            self.park_entry(&entry, &reason).await;
+        }
+    }
+
+    /// Parks `rows`, the rows of `ticket` that did not fit the endpoint's queue, if the ledger
+    /// still holds the ticket (parking the endpoint may have parked it already).
+    pub(super) async fn park_rows_of(&self, endpoint: usize, ticket: Ticket, rows: &RecordBatch) {
+        let _gate = self.endpoints[endpoint].parking.gate.lock().await;
+        if let Some(entry) = self.ledger.take(ticket) {
+            let reason = self.park_reason(endpoint);
+            let partition = &self.partitions[entry.partition].id;
+            self.store_parked(endpoint, partition, rows, &reason).await;
+            self.ledger.release(&entry);
+            self.update_uncommitted(entry.partition);
+        }
+    }
+
+    /// Parks `rows` of a routed batch if `endpoint` is parked; false when it is live (the caller
+    /// queues them).
+    pub(super) async fn park_if_parked(
+        &self,
+        endpoint: usize,
+        partition: &str,
+        rows: &RecordBatch,
+    ) -> bool {
+        let parking = &self.endpoints[endpoint].parking;
+        if !parking.is_parked() {
+            return false;
+        }
+        let _gate = parking.gate.lock().await;
+        if !parking.is_parked() {
+            return false;
+        }
+        let reason = self.park_reason(endpoint);
+        self.store_parked(endpoint, partition, rows, &reason).await;
+        true
+    }
+
+    fn park_reason(&self, endpoint: usize) -> String {
+        let state = &self.endpoints[endpoint];
+        let why = *lock(&state.parking.why);
+        let health = lock(&state.health);
+        format!(
+            "parked: endpoint `{}`: {why} (last error: {})",
+            state.name,
+            health.last_error().unwrap_or("none")
+        )
+    }
+
+    /// Writes parked records of `rows`, retrying until the store takes them: the rows are settled
+    /// (and the checkpoint may pass them) only once they are stored.
+    async fn store_parked(
+        &self,
+        endpoint: usize,
+        partition: &str,
+        rows: &RecordBatch,
+        reason: &str,
+    ) {
+        let name = &self.endpoints[endpoint].name;
+        let records = match DeadLetter::parked_rows(name, rows, reason) {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::error!(endpoint = %name, %partition, %error, "cannot describe rows to park");
+                return;
+            }
+        };
+        let mut backoff = Duration::from_millis(100);
+        while let Err(error) = self.dead_letters.write_parked(&records).await {
+            tracing::error!(endpoint = %name, %error, retry_in = ?backoff, "parking rows failed");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(DEAD_LETTER_MAX_BACKOFF);
+        }
+        let labels = endpoint_labels(name);
+        self.metrics
+            .endpoint_parked_rows
+            .get_or_create(&labels)
+            .inc_by(rows.num_rows() as u64);
+        let bytes = MessageColumns::try_new(rows).map_or(0, |columns| {
+            let offsets = columns.body.value_offsets();
+            offsets[offsets.len() - 1] - offsets[0]
+        });
+        self.metrics
+            .endpoint_parked_bytes
+            .get_or_create(&labels)
+            .inc_by(bytes as u64);
+    }
+
+    /// Replays the parked objects of `endpoint` through a fresh instance of its sink, in order,
+    /// until none is left; then the endpoint is live again.
+    async fn replay(
+        &self,
+        endpoint: usize,
+        config: &SinkConfig,
+        stop: &CancellationToken,
+    ) -> Result<()> {
+        let state = &self.endpoints[endpoint];
+        let sink_error = |source| Error::Sink {
+            endpoint: state.name.clone(),
+            source: Box::new(source),
+        };
+        let (acks, mut ack_receiver) = mpsc::channel(ACK_QUEUE);
+        let sink = build_sink(config.clone(), acks).map_err(sink_error)?;
+        let (queue, batches) = mpsc::channel(1);
+        let mut driver = tokio::spawn(drive_sink(sink, batches));
+        let labels = endpoint_labels(&state.name);
+        let mut ticket = 0;
+        loop {
+            let objects = self
+                .dead_letters
+                .parked(&state.name)
+                .await
+                .map_err(sink_error)?;
+            self.metrics
+                .endpoint_parked_objects
+                .get_or_create(&labels)
+                .set(objects.len() as i64);
+            if objects.is_empty() {
+                let _gate = state.parking.gate.lock().await;
+                if self
+                    .dead_letters
+                    .parked(&state.name)
+                    .await
+                    .map_err(sink_error)?
+                    .is_empty()
+                {
+                    state.parking.set(false);
+                    lock(&state.health).record_success(Instant::now());
+                    tracing::info!(endpoint = %state.name, "every parked row is replayed: the endpoint is live again");
+                    break;
+                }
+                continue;
+            }
+            for path in objects {
+                let records = self.dead_letters.read(&path).await.map_err(sink_error)?;
+                let batch = DeadLetter::to_batch(&records).map_err(sink_error)?;
+                ticket += 1;
+                let item = SinkBatch {
+                    ticket,
+                    batch: batch.clone(),
+                };
+                let ack: Ack = tokio::select! {
+                    () = stop.cancelled() => return Ok(()),
+                    ended = &mut driver => return Err(match ended {
+                        Ok(Err(error)) => sink_error(error),
+                        _ => Error::EndpointStopped { endpoint: state.name.clone(), problem: "its replay sink ended".to_owned() },
+                    }),
+                    ack = async {
+                        queue.send(item).await.ok()?;
+                        ack_receiver.recv().await
+                    } => ack.ok_or_else(|| Error::EndpointStopped { endpoint: state.name.clone(), problem: "its replay sink ended".to_owned() })?,
+                };
+                if !ack.failed.is_empty() {
+                    let (rows, failed) = match ack.failed_rows {
+                        Some(rows) => (rows, renumbered(&ack.failed)),
+                        None => (batch.clone(), ack.failed.clone()),
+                    };
+                    self.dead_letter(&state.name, &rows, &failed).await;
+                }
+                let delivered = batch.num_rows().saturating_sub(ack.failed.len());
+                if delivered > 0 {
+                    lock(&state.health).record_success(Instant::now());
+                }
+                self.metrics
+                    .endpoint_replayed_rows
+                    .get_or_create(&labels)
+                    .inc_by(delivered as u64);
+                self.dead_letters
+                    .move_aside(&path)
+                    .await
+                    .map_err(sink_error)?;
+            }
+        }
+        drop(queue);
+        match driver.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(sink_error(error)),
+            Err(join) => Err(Error::EndpointStopped {
+                endpoint: state.name.clone(),
+                problem: format!("its replay sink panicked: {join}"),
+            }),
+        }
+    }
+
+    /// Starts `endpoint` parked when the dead-letter store holds parked rows of it from before.
+    pub(super) async fn resume_parking(
+        &self,
+        store: &DeadLetterStore,
+        endpoint: usize,
+    ) -> Result<()> {
+        let state = &self.endpoints[endpoint];
+        let parked = store
+            .parked(&state.name)
+            .await
+            .map_err(|e| Error::DeadLetters(Box::new(e)))?;
+        if !parked.is_empty() {
+            tracing::info!(endpoint = %state.name, objects = parked.len(), "parked rows from a previous run: replaying them before live delivery");
+            state.parking.set(true);
+        }
+        Ok(())
+    }
+}
+
+/// Replays `endpoint`'s parked rows whenever it is parked, until `stop`.
+pub(super) async fn replay_task(
+    shared: Arc<Shared>,
+    endpoint: usize,
+    config: SinkConfig,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(REPLAY_POLL) => {}
+        }
+        if !shared.endpoints[endpoint].parking.is_parked() {
+            continue;
+        }
+        if let Err(error) = shared.replay(endpoint, &config, &stop).await {
+            tracing::warn!(endpoint = %shared.endpoints[endpoint].name, %error, "replaying parked rows failed; trying again");
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! Endpoint isolation end to end: a webhook that is down for longer than `dead_after` while events
+//! flow is parked, the Parquet and PostgreSQL endpoints and the partition checkpoints go on, and
+//! when the webhook returns every parked message reaches it in partition order, with no command;
+//! and after a restart only the endpoint that had not committed rows sees them again.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use hubroute_emulator::simulate::{
+    Rate, Simulation, SimulationConfig, SimulationTarget, StopAfter,
+};
+use hubroute_emulator::{Emulator, EmulatorConfig};
+use hubroute_engine::config::LoadedConfig;
+use hubroute_engine::pipeline::RunningEngine;
+use hubroute_protocol::ConnectionString;
+
+use crate::support::{Hook, metrics_of, parquet_message_ids, wait_until};
+
+/// Sends `events` simulated messages (unique message ids) at `rate`.
+async fn send(connection_string: &str, events: u64, rate: Rate) {
+    let report = Simulation::new(SimulationConfig {
+        target: SimulationTarget::Amqp {
+            connection_string: ConnectionString::parse(connection_string).unwrap(),
+            partition: None,
+        },
+        devices: NonZeroU32::new(40).unwrap(),
+        rate,
+        stop: StopAfter::Events(events),
+        seed: 7,
+        max_in_flight: 64,
+        mix: Default::default(),
+    })
+    .run()
+    .await
+    .expect("the simulation runs");
+    assert_eq!((report.sent, report.errors), (events, 0));
+}
+
+async fn postgres_ids(table: &str) -> Vec<String> {
+    let (client, connection) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=test",
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("PostgreSQL at 127.0.0.1:5432 (user postgres, database test): run .ci/test");
+    tokio::spawn(connection);
+    client
+        .query(&format!("SELECT message_id FROM \"{table}\""), &[])
+        .await
+        .map(|rows| rows.iter().map(|row| row.get(0)).collect())
+        .unwrap_or_default()
+}
+
+/// The sum of the series of the Prometheus text whose line starts with `prefix`.
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(prefix))
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+fn config(dir: &Path, connection_string: &str, table: &str, hook: &str) -> String {
+    let dir = dir.display();
+    format!(
+        r#"
+[source]
+connection_string = "{connection_string}"
+batch_max_rows = 64
+batch_linger = "10ms"
+
+[checkpoint]
+dir = "{dir}/checkpoints"
+interval = "200ms"
+
+[dead_letters]
+store = {{ kind = "local", root = "{dir}" }}
+
+[service]
+listen = "127.0.0.1:0"
+stall_after = "300ms"
+dead_after = "2s"
+
+[[endpoints]]
+sink = {{ type = "parquet", name = "lake", store = {{ kind = "local", root = "{dir}/lake" }}, max_file_age = "300ms" }}
+
+[[endpoints]]
+sink = {{ type = "postgres", name = "db", dbname = "test", linger = "10ms", table = {{ name = "{table}", columns = [{{ name = "message_id", source = "message_id", type = "text" }}] }} }}
+
+# The webhook's retries back off to at most 200 ms, well under dead_after: a recovered endpoint does
+# not sit out a long backoff, which would look like another outage.
+[[endpoints]]
+queue_capacity = 2
+sink = {{ type = "webhook", name = "hook", url = "{hook}", linger = "10ms", max_batch_events = 64, retry = {{ max_backoff = "200ms" }}, max_in_flight = 1 }}
+
+[[routes]]
+name = "to-lake"
+condition = "true"
+endpoint = "lake"
+
+[[routes]]
+name = "to-db"
+condition = "true"
+endpoint = "db"
+
+[[routes]]
+name = "to-hook"
+condition = "true"
+endpoint = "hook"
+"#
+    )
+}
+
+/// Committed events over all partitions (sequence numbers start at 0).
+fn committed(engine: &RunningEngine) -> u64 {
+    engine
+        .committed_positions()
+        .iter()
+        .filter_map(|(_, c)| *c)
+        .map(|c| u64::try_from(c + 1).unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_down_longer_than_dead_after_is_parked_and_replayed_in_order_without_loss() {
+    const EVENTS: u64 = 3000;
+    let emulator = Emulator::start(EmulatorConfig {
+        amqp_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..EmulatorConfig::default()
+    })
+    .await
+    .expect("the emulator starts");
+    let hook = Hook::start().await;
+    hook.unavailable.store(true, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let table = format!("parked_{}", uuid::Uuid::new_v4().simple());
+    let text = config(
+        dir.path(),
+        &emulator.connection_string("hub"),
+        &table,
+        &hook.url(),
+    );
+    let path = dir.path().join("hubroute.toml");
+    std::fs::write(&path, &text).unwrap();
+    let engine = RunningEngine::start(LoadedConfig::load(&path).unwrap())
+        .await
+        .unwrap();
+    let addr = engine.http_addr();
+
+    // Events flow while the webhook is down: the other endpoints deliver them, and once the
+    // webhook is dead (2 s) its rows are parked and every partition's checkpoint moves on.
+    let sending = tokio::spawn({
+        let connection_string = emulator.connection_string("hub");
+        async move {
+            send(
+                &connection_string,
+                EVENTS,
+                Rate::PerSecond(NonZeroU32::new(600).unwrap()),
+            )
+            .await;
+        }
+    });
+    wait_until(
+        "the checkpoints advance with the webhook down",
+        Duration::from_secs(60),
+        || committed(&engine) > EVENTS / 2,
+    )
+    .await;
+    sending.await.unwrap();
+    wait_until(
+        "every event is checkpointed with the webhook still down",
+        Duration::from_secs(60),
+        || committed(&engine) == EVENTS,
+    )
+    .await;
+    assert!(
+        hook.message_ids().is_empty(),
+        "the webhook accepted nothing"
+    );
+    let text = metrics_of(addr).await;
+    assert_eq!(
+        metric(
+            &text,
+            "hubroute_endpoint_parked_rows_total{endpoint=\"hook\"}"
+        ),
+        EVENTS as f64,
+        "every webhook row is parked once:\n{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "hubroute_endpoint_parked_rows_total{endpoint=\"db\"}"
+        ),
+        0.0
+    );
+    assert!(
+        metric(
+            &text,
+            "hubroute_endpoint_state_seconds_total{endpoint=\"hook\",state=\"parked\"}"
+        ) > 0.0
+    );
+    let parked = hubroute_sinks::DeadLetterStore::new(&hubroute_sinks::DeadLetterConfig {
+        store: hubroute_sinks::ObjectStoreConfig::Local {
+            root: dir.path().to_owned(),
+        },
+        prefix: "dead-letters".to_owned(),
+    })
+    .unwrap();
+    let letters = parked.read_all().await.unwrap();
+    assert_eq!(letters.len(), EVENTS as usize);
+    assert!(letters.iter().all(|l| l.parked && l.sink == "hook"));
+    let lake = parquet_message_ids(&dir.path().join("lake"));
+    let db = postgres_ids(&table).await;
+    let sent: BTreeSet<String> = letters
+        .iter()
+        .map(|l| l.system_properties.message_id.clone().unwrap())
+        .collect();
+    assert_eq!(sent.len(), EVENTS as usize, "parked once each");
+    assert_eq!(
+        db.len(),
+        sent.len(),
+        "PostgreSQL has every row exactly once"
+    );
+    assert_eq!(db.iter().cloned().collect::<BTreeSet<_>>(), sent);
+    assert_eq!(
+        lake.iter().cloned().collect::<BTreeSet<_>>(),
+        sent,
+        "Parquet too"
+    );
+
+    // The webhook returns: every parked row is replayed, in partition order, with no command.
+    hook.unavailable.store(false, Ordering::SeqCst);
+    wait_until(
+        "the webhook has every parked row",
+        Duration::from_secs(60),
+        || hook.message_ids().iter().collect::<HashSet<_>>().len() == sent.len(),
+    )
+    .await;
+    let received = hook.received.lock().unwrap().clone();
+    let mut seen = HashSet::new();
+    let mut last: BTreeMap<String, i64> = BTreeMap::new();
+    for event in &received {
+        let id = event["systemProperties"]["messageId"].as_str().unwrap();
+        if !seen.insert(id.to_owned()) {
+            continue;
+        }
+        let partition = event["partition"].as_str().unwrap().to_owned();
+        let sequence = event["sequenceNumber"].as_i64().unwrap();
+        let previous = last.insert(partition.clone(), sequence);
+        assert!(
+            previous.is_none_or(|p| p < sequence),
+            "partition {partition}: {sequence} arrived after {previous:?}"
+        );
+    }
+    assert_eq!(
+        seen.iter().cloned().collect::<BTreeSet<_>>(),
+        sent,
+        "nothing lost"
+    );
+
+    // Caught up: the endpoint is live again, and a new wave goes straight to the webhook.
+    wait_until(
+        "the parked objects are moved aside",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_dir(dir.path().join("dead-letters/hook/parked"))
+                .map(|d| {
+                    d.flatten().all(|p| {
+                        std::fs::read_dir(p.path())
+                            .map(|mut f| f.next().is_none())
+                            .unwrap_or(true)
+                    })
+                })
+                .unwrap_or(true)
+        },
+    )
+    .await;
+    let delivered =
+        |text: &str| metric(text, "hubroute_endpoint_delivered_total{endpoint=\"hook\"}");
+    let before = delivered(&metrics_of(addr).await);
+    send(&emulator.connection_string("hub"), 200, Rate::Max).await;
+    let started = std::time::Instant::now();
+    while delivered(&metrics_of(addr).await) < before + 200.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "new events reach the webhook live"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = metrics_of(addr).await;
+    assert_eq!(
+        metric(
+            &text,
+            "hubroute_endpoint_parked_rows_total{endpoint=\"hook\"}"
+        ),
+        EVENTS as f64,
+        "nothing parked once live again"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "hubroute_endpoint_replayed_rows_total{endpoint=\"hook\"}"
+        ),
+        EVENTS as f64
+    );
+    assert!(
+        parked.read_all().await.unwrap().is_empty(),
+        "replayed records are moved aside"
+    );
+    engine.shutdown().await.unwrap();
+    emulator.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_only_the_endpoint_that_had_not_committed_sees_rows_again() {
+    const EVENTS: u64 = 2000;
+    let emulator = Emulator::start(EmulatorConfig {
+        amqp_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..EmulatorConfig::default()
+    })
+    .await
+    .expect("the emulator starts");
+    send(&emulator.connection_string("hub"), EVENTS, Rate::Max).await;
+    let hook = Hook::start().await;
+    hook.stalled.store(true, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+[source]
+connection_string = "{connection_string}"
+batch_max_rows = 64
+
+[checkpoint]
+dir = "{dir}/checkpoints"
+interval = "100ms"
+
+[service]
+listen = "127.0.0.1:0"
+drain_timeout = "300ms"
+
+[[endpoints]]
+queue_capacity = 64
+sink = {{ type = "parquet", name = "lake", store = {{ kind = "local", root = "{dir}/lake" }}, max_file_age = "200ms" }}
+
+[[endpoints]]
+queue_capacity = 64
+sink = {{ type = "webhook", name = "hook", url = "{hook}", linger = "10ms", max_batch_events = 64, retry = {{ max_backoff = "200ms" }} }}
+
+[[routes]]
+name = "to-lake"
+condition = "true"
+endpoint = "lake"
+
+[[routes]]
+name = "to-hook"
+condition = "true"
+endpoint = "hook"
+"#,
+        connection_string = emulator.connection_string("hub"),
+        dir = dir.path().display(),
+        hook = hook.url(),
+    );
+    let path = dir.path().join("hubroute.toml");
+    std::fs::write(&path, &text).unwrap();
+    let lake = dir.path().join("lake");
+
+    // The lake commits every row; the stalled webhook none, so no partition checkpoint moves.
+    let engine = RunningEngine::start(LoadedConfig::load(&path).unwrap())
+        .await
+        .unwrap();
+    wait_until("the lake has every row", Duration::from_secs(60), || {
+        parquet_message_ids(&lake).len() == EVENTS as usize
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        committed(&engine),
+        0,
+        "the webhook holds the checkpoints back"
+    );
+    engine.shutdown().await.unwrap();
+
+    // After a restart the source reads every row again, but only the webhook receives them.
+    hook.stalled.store(false, Ordering::SeqCst);
+    let engine = RunningEngine::start(LoadedConfig::load(&path).unwrap())
+        .await
+        .unwrap();
+    wait_until("every row is checkpointed", Duration::from_secs(60), || {
+        committed(&engine) == EVENTS
+    })
+    .await;
+    engine.shutdown().await.unwrap();
+    let delivered: HashSet<String> = hook.message_ids().into_iter().collect();
+    assert_eq!(
+        delivered.len(),
+        EVENTS as usize,
+        "the webhook got every row"
+    );
+    let lake_ids = parquet_message_ids(&lake);
+    assert_eq!(
+        lake_ids.len(),
+        EVENTS as usize,
+        "the lake saw no row twice: its own position was ahead of the checkpoint"
+    );
+    emulator.shutdown().await.unwrap();
+}
