@@ -163,6 +163,17 @@ pub enum Error {
         /// Why.
         source: Box<Error>,
     },
+    /// A task of the engine panicked: a bug in hubroute, not in the configuration or the data.
+    #[error(
+        "the {component} panicked: {problem}; this is a bug in hubroute: please report it with the \
+         log lines before this one"
+    )]
+    Panicked {
+        /// Which task: `engine task`, `router`.
+        component: &'static str,
+        /// The panic's message.
+        problem: String,
+    },
     /// A reloaded configuration changes something only a restart can apply.
     #[error(
         "{file}: the new configuration changes {what}; restart hubroute to apply it (routes, fallback and enrichments reload live)"

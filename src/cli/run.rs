@@ -48,7 +48,7 @@ async fn serve(loaded: LoadedConfig) -> anyhow::Result<ExitCode> {
     let summary = engine.wait().await?;
     tracing::info!(
         events_routed = summary.events_routed,
-        checkpoints = ?summary.checkpoints,
+        committed = ?summary.committed,
         "hubroute stopped"
     );
     Ok(ExitCode::SUCCESS)

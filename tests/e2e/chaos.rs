@@ -23,9 +23,8 @@ use fe2o3_amqp::types::messaging::{
     ApplicationProperties, Body, Data, Message, MessageId, Properties,
 };
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
-use hubroute_protocol::ConnectionString;
 
-use crate::support::{Hook, hubroute, lines_of, parquet_message_ids};
+use crate::support::{EventHubConnection, Hook, hubroute, lines_of, parquet_message_ids};
 
 const PARTITIONS: usize = 4;
 const WAVE: usize = 400;
@@ -176,45 +175,10 @@ fn wave(round: usize, poison: bool) -> Vec<Sent> {
 
 /// Sends `messages` round-robin over the partitions with a plain fe2o3-amqp producer.
 async fn send(connection_string: &str, messages: &[Sent]) {
-    use fe2o3_amqp::sasl_profile::SaslProfile;
-    use fe2o3_amqp::{Connection, Sender, Session};
-    use fe2o3_amqp_cbs::client::CbsClient;
-    use fe2o3_amqp_cbs::token::CbsToken;
-
-    let cs = ConnectionString::parse(connection_string).expect("valid");
-    let hub = cs.entity_path.clone().expect("EntityPath");
-    let mut connection = Connection::builder()
-        .container_id("chaos-producer")
-        .sasl_profile(SaslProfile::Anonymous)
-        .open(format!("amqp://{}:{}", cs.host, cs.effective_port()).as_str())
-        .await
-        .expect("connect");
-    let mut session = Session::begin(&mut connection).await.expect("session");
-    let mut cbs = CbsClient::attach(&mut session).await.expect("$cbs");
-    let audience = cs.audience(&hub);
-    let expiry = chrono::Utc::now().timestamp() + 3600;
-    let token = cs.key.as_ref().expect("key").sign(&audience, expiry);
-    cbs.put_token(
-        audience.as_str(),
-        CbsToken::new(
-            token.as_str(),
-            hubroute_protocol::cbs::SAS_TOKEN_TYPE,
-            serde_amqp::primitives::Timestamp::from_milliseconds(expiry * 1000),
-        ),
-    )
-    .await
-    .expect("put-token");
+    let mut connection = EventHubConnection::open(connection_string).await;
     let mut senders = Vec::new();
     for partition in 0..PARTITIONS {
-        senders.push(
-            Sender::attach(
-                &mut session,
-                format!("chaos-{partition}"),
-                format!("{hub}/Partitions/{partition}"),
-            )
-            .await
-            .expect("sender attaches"),
-        );
+        senders.push(connection.partition_sender(&partition.to_string()).await);
     }
     for (n, sent) in messages.iter().enumerate() {
         let mut properties = ApplicationProperties::builder();
@@ -244,9 +208,7 @@ async fn send(connection_string: &str, messages: &[Sent]) {
     for sender in senders {
         sender.close().await.expect("sender closes");
     }
-    let _ = cbs.close().await;
-    let _ = session.end().await;
-    let _ = connection.close().await;
+    connection.close().await;
 }
 
 fn config(dir: &Path, connection_string: &str, table: &str, hook: &str) -> String {

@@ -19,7 +19,7 @@ use hubroute_engine::config::LoadedConfig;
 use hubroute_engine::pipeline::RunningEngine;
 use hubroute_protocol::ConnectionString;
 
-use crate::support::{Hook, metrics_of, parquet_message_ids, wait_until};
+use crate::support::{Hook, metric_sum, metrics_of, parquet_message_ids, wait_until};
 
 const DEVICES: u32 = 50;
 
@@ -113,14 +113,6 @@ async fn dead_letters_in(dir: &Path) -> Vec<hubroute_sinks::DeadLetter> {
     .read_all()
     .await
     .unwrap()
-}
-
-/// The sum of the values of every series of the Prometheus text whose line starts with `prefix`.
-fn metric_sum(text: &str, prefix: &str) -> u64 {
-    text.lines()
-        .filter(|line| line.starts_with(prefix))
-        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
 }
 
 async fn postgres() -> tokio_postgres::Client {
@@ -422,7 +414,7 @@ async fn a_stalled_sink_holds_back_the_source_and_nothing_is_lost_when_it_recove
         let addr = engine.http_addr();
         async move {
             let text = metrics_of(&addr).await;
-            metric_sum(&text, "hubroute_partition_lag_events{")
+            metric_sum(&text, "hubroute_partition_lag_events{") as u64
         }
     };
     let started = Instant::now();

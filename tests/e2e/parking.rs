@@ -18,7 +18,7 @@ use hubroute_engine::config::LoadedConfig;
 use hubroute_engine::pipeline::RunningEngine;
 use hubroute_protocol::ConnectionString;
 
-use crate::support::{Hook, metrics_of, parquet_message_ids, wait_until};
+use crate::support::{Hook, metric_sum, metrics_of, parquet_message_ids, wait_until};
 
 /// Sends `events` simulated messages (unique message ids) at `rate`.
 async fn send(connection_string: &str, events: u64, rate: Rate) {
@@ -53,14 +53,6 @@ async fn postgres_ids(table: &str) -> Vec<String> {
         .await
         .map(|rows| rows.iter().map(|row| row.get(0)).collect())
         .unwrap_or_default()
-}
-
-/// The sum of the series of the Prometheus text whose line starts with `prefix`.
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|line| line.starts_with(prefix))
-        .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
 }
 
 fn config(dir: &Path, connection_string: &str, table: &str, hook: &str) -> String {
@@ -182,7 +174,7 @@ async fn a_webhook_down_longer_than_dead_after_is_parked_and_replayed_in_order_w
     );
     let text = metrics_of(addr).await;
     assert_eq!(
-        metric(
+        metric_sum(
             &text,
             "hubroute_endpoint_parked_rows_total{endpoint=\"hook\"}"
         ),
@@ -190,14 +182,14 @@ async fn a_webhook_down_longer_than_dead_after_is_parked_and_replayed_in_order_w
         "every webhook row is parked once:\n{text}"
     );
     assert_eq!(
-        metric(
+        metric_sum(
             &text,
             "hubroute_endpoint_parked_rows_total{endpoint=\"db\"}"
         ),
         0.0
     );
     assert!(
-        metric(
+        metric_sum(
             &text,
             "hubroute_endpoint_state_seconds_total{endpoint=\"hook\",state=\"parked\"}"
         ) > 0.0
@@ -279,7 +271,7 @@ async fn a_webhook_down_longer_than_dead_after_is_parked_and_replayed_in_order_w
     )
     .await;
     let delivered =
-        |text: &str| metric(text, "hubroute_endpoint_delivered_total{endpoint=\"hook\"}");
+        |text: &str| metric_sum(text, "hubroute_endpoint_delivered_total{endpoint=\"hook\"}");
     let before = delivered(&metrics_of(addr).await);
     send(&emulator.connection_string("hub"), 200, Rate::Max).await;
     let started = std::time::Instant::now();
@@ -292,7 +284,7 @@ async fn a_webhook_down_longer_than_dead_after_is_parked_and_replayed_in_order_w
     }
     let text = metrics_of(addr).await;
     assert_eq!(
-        metric(
+        metric_sum(
             &text,
             "hubroute_endpoint_parked_rows_total{endpoint=\"hook\"}"
         ),
@@ -300,7 +292,7 @@ async fn a_webhook_down_longer_than_dead_after_is_parked_and_replayed_in_order_w
         "nothing parked once live again"
     );
     assert_eq!(
-        metric(
+        metric_sum(
             &text,
             "hubroute_endpoint_replayed_rows_total{endpoint=\"hook\"}"
         ),

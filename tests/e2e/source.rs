@@ -22,6 +22,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::support::EventHubConnection;
+
 const WAIT: Duration = Duration::from_secs(30);
 
 async fn start_emulator(config: EmulatorConfig) -> RunningEmulator {
@@ -668,39 +670,8 @@ async fn send_with_fe2o3(
     partition: &str,
     messages: Vec<fe2o3_amqp::types::messaging::Message<fe2o3_amqp::types::messaging::Body<Value>>>,
 ) {
-    use fe2o3_amqp::sasl_profile::SaslProfile;
-    use fe2o3_amqp::{Connection, Sender, Session};
-    use fe2o3_amqp_cbs::client::CbsClient;
-    use fe2o3_amqp_cbs::token::CbsToken;
-
-    let cs = ConnectionString::parse(connection_string).expect("valid");
-    let hub = cs.entity_path.clone().expect("EntityPath");
-    let mut connection = Connection::builder()
-        .container_id("e2e-source-producer")
-        .sasl_profile(SaslProfile::Anonymous)
-        .open(format!("amqp://{}:{}", cs.host, cs.effective_port()).as_str())
-        .await
-        .expect("connect");
-    let mut session = Session::begin(&mut connection).await.expect("session");
-    let mut cbs = CbsClient::attach(&mut session).await.expect("$cbs");
-    let audience = cs.audience(&hub);
-    let expiry = chrono::Utc::now().timestamp() + 3600;
-    let token = cs.key.as_ref().expect("key").sign(&audience, expiry);
-    let cbs_token = CbsToken::new(
-        token.as_str(),
-        hubroute_protocol::cbs::SAS_TOKEN_TYPE,
-        serde_amqp::primitives::Timestamp::from_milliseconds(expiry * 1000),
-    );
-    cbs.put_token(audience.as_str(), cbs_token)
-        .await
-        .expect("put-token");
-    let mut sender = Sender::attach(
-        &mut session,
-        "e2e-source-sender",
-        format!("{hub}/Partitions/{partition}"),
-    )
-    .await
-    .expect("sender attaches");
+    let mut connection = EventHubConnection::open(connection_string).await;
+    let mut sender = connection.partition_sender(partition).await;
     for message in messages {
         sender
             .send(message)
@@ -710,9 +681,7 @@ async fn send_with_fe2o3(
             .expect("accepted");
     }
     sender.close().await.expect("sender closes");
-    cbs.close().await.expect("$cbs closes");
-    session.end().await.expect("session ends");
-    connection.close().await.expect("connection closes");
+    connection.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -216,7 +216,7 @@ endpoint = "archive-json"
         .collect();
     let summary = engine.shutdown().await.expect("a clean shutdown");
     let checkpointed: u64 = summary
-        .checkpoints
+        .committed
         .iter()
         .filter_map(|(_, c)| *c)
         .map(|c| u64::try_from(c + 1).unwrap())

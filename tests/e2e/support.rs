@@ -21,7 +21,7 @@ use std::{
 use arrow::array::{Array, AsArray};
 
 use fe2o3_amqp::{
-    Connection, Receiver, Session,
+    Connection, Receiver, Sender, Session,
     connection::ConnectionHandle,
     sasl_profile::SaslProfile,
     session::SessionHandle,
@@ -329,6 +329,17 @@ impl EventHubConnection {
             .await
     }
 
+    /// Attaches a sender to `<hub>/Partitions/<partition>`: a producer that picks the partition.
+    pub(crate) async fn partition_sender(&mut self, partition: &str) -> Sender {
+        Sender::attach(
+            &mut self.session,
+            format!("e2e-sender-{}", uuid::Uuid::new_v4()),
+            format!("{}/Partitions/{partition}", self.hub),
+        )
+        .await
+        .unwrap_or_else(|error| panic!("attaching a sender to partition {partition}: {error}"))
+    }
+
     /// Reads a partition from the start until `expected` events arrived (then one more second, to
     /// catch surplus events); panics after 30 s without progress.
     pub(crate) async fn read_partition(
@@ -512,6 +523,14 @@ pub(crate) fn parquet_message_ids(dir: &Path) -> Vec<String> {
 }
 
 /// The Prometheus metrics text a running engine serves at `addr`.
+/// The sum of the values of every series of the Prometheus text whose line starts with `prefix`.
+pub(crate) fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(prefix))
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
 pub(crate) async fn metrics_of(addr: impl std::fmt::Display) -> String {
     reqwest::get(format!("http://{addr}/metrics"))
         .await

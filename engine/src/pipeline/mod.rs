@@ -129,8 +129,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct RunSummary {
     /// Events read and routed.
     pub events_routed: u64,
-    /// Per partition, the sequence number of the last checkpoint written (if any).
-    pub checkpoints: Vec<(String, Option<i64>)>,
+    /// Per partition, the last sequence number every endpoint had committed when the engine stopped
+    /// (`None` if none). The final checkpoint write was given these positions; whether the store
+    /// took it (and whether this instance still owned the partition) is in the log and metrics.
+    pub committed: Vec<(String, Option<i64>)>,
 }
 
 /// A started engine. Dropping it does not stop it; call [`RunningEngine::shutdown`].
@@ -297,8 +299,8 @@ impl RunningEngine {
             .collect()
     }
 
-    /// Sum over partitions of the sequence numbers covered by committed checkpoints positions
-    /// (`None` for a partition with nothing committed yet).
+    /// Per partition, the last sequence number every endpoint has committed (`None` for a partition
+    /// with nothing committed yet): the position its next checkpoint will record.
     pub fn committed_positions(&self) -> Vec<(String, Option<i64>)> {
         self.shared.committed_positions()
     }
@@ -326,9 +328,9 @@ impl RunningEngine {
     pub async fn wait(self) -> Result<RunSummary> {
         match self.task.await {
             Ok(result) => result,
-            Err(join) => Err(Error::EndpointStopped {
-                endpoint: "engine".to_owned(),
-                problem: format!("the engine task panicked: {join}"),
+            Err(join) => Err(Error::Panicked {
+                component: "engine task",
+                problem: join.to_string(),
             }),
         }
     }
@@ -497,7 +499,7 @@ async fn run(
 
     let summary = RunSummary {
         events_routed: shared.metrics.events_routed(),
-        checkpoints: shared.committed_positions(),
+        committed: shared.committed_positions(),
     };
     match lock(&shared.fatal).take() {
         Some(error) => Err(error),
@@ -678,9 +680,9 @@ impl Shared {
             Ok((batch, routed, parts))
         })
         .await
-        .map_err(|join| Error::EndpointStopped {
-            endpoint: "router".to_owned(),
-            problem: format!("routing panicked: {join}"),
+        .map_err(|join| Error::Panicked {
+            component: "router",
+            problem: join.to_string(),
         })??;
         source.batch = batch; // twins: in-flight tickets keep the batch with its twins
 

@@ -514,18 +514,6 @@ impl DeadLetterStore {
         Ok(())
     }
 
-    /// Convenience for the engine: dead-letters the `failed` rows of an acked ticket's `batch`.
-    pub async fn write_failed(
-        &self,
-        sink: &str,
-        route: Option<&str>,
-        batch: &RecordBatch,
-        failed: &[FailedRow],
-    ) -> Result<Option<Path>> {
-        self.write(&DeadLetter::from_failed_rows(sink, route, batch, failed)?)
-            .await
-    }
-
     /// Whether `path` is `<prefix>/<sink>/replayed/…`.
     fn is_replayed(&self, path: &Path) -> bool {
         path.prefix_match(&self.prefix)
@@ -593,11 +581,7 @@ mod tests {
             },
         ];
         let records = DeadLetter::from_failed_rows("hook", Some("r1"), &batch, &failed).unwrap();
-        let path = store
-            .write_failed("hook", Some("r1"), &batch, &failed)
-            .await
-            .unwrap()
-            .unwrap();
+        let path = store.write(&records).await.unwrap().unwrap();
         assert!(path.as_ref().starts_with("dl/hook/"), "{path}");
         assert_eq!(store.write(&[]).await.unwrap(), None);
 
