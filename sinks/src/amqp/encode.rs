@@ -140,15 +140,15 @@ impl Mapping {
         strings
             .into_iter()
             .filter(move |(name, _)| event_hubs || *name != annotations::MESSAGE_SOURCE)
-            .filter_map(move |(name, array)| text(array, row).map(|v| (name, SystemValue::String(v))))
-            .chain(
-                (event_hubs && enqueued_time.is_valid(row)).then(|| {
-                    (
-                        annotations::IOTHUB_ENQUEUED_TIME,
-                        SystemValue::Timestamp(enqueued_time.value(row)),
-                    )
-                }),
-            )
+            .filter_map(move |(name, array)| {
+                text(array, row).map(|v| (name, SystemValue::String(v)))
+            })
+            .chain((event_hubs && enqueued_time.is_valid(row)).then(|| {
+                (
+                    annotations::IOTHUB_ENQUEUED_TIME,
+                    SystemValue::Timestamp(enqueued_time.value(row)),
+                )
+            }))
     }
 
     /// Appends the encoded message of row `row`, stamped with `key` as `x-opt-partition-key`: the
@@ -188,8 +188,8 @@ impl Mapping {
         // Properties: message-id, user-id, to, subject, reply-to, correlation-id, content-type,
         // content-encoding; trailing absent fields are left out, as the list's encoding allows.
         scratch.clear();
-        let user_id = (self.send_user_id && view.user_id.is_valid(row))
-            .then(|| view.user_id.value(row));
+        let user_id =
+            (self.send_user_id && view.user_id.is_valid(row)).then(|| view.user_id.value(row));
         let string = |array| text(array, row).map_or(Field::Absent, Field::String);
         let symbol = |array| text(array, row).map_or(Field::Absent, Field::Symbol);
         let fields = [
@@ -468,7 +468,10 @@ mod tests {
         let application = &message.application_properties.as_ref().unwrap().0;
         assert_eq!(application.get("a"), Some(&SimpleValue::String("1".into())));
         assert_eq!(application.get("gone"), Some(&SimpleValue::Null));
-        assert_eq!(application.get("b"), Some(&SimpleValue::String(String::new())));
+        assert_eq!(
+            application.get("b"),
+            Some(&SimpleValue::String(String::new()))
+        );
         assert_eq!(
             application.get("iothub-message-source"),
             None,
