@@ -967,9 +967,7 @@ impl Connection {
             put_flow(out, window.local_channel, &link_flow(window, link));
         }
         let outcome = match &link.kind {
-            LinkKind::Producer(producer) => {
-                Some(producer.store(partial.message_format, payload))
-            }
+            LinkKind::Producer(producer) => Some(producer.store(partial.message_format, payload)),
             LinkKind::Requests(node) => {
                 let node = *node;
                 Some(match self.nodes().answer(node, payload) {
