@@ -48,7 +48,7 @@ pub(crate) struct Incoming<'a> {
     pub(crate) partition_key: Option<&'a str>,
 }
 
-fn not_a_message(error: hubroute_amqp::Error) -> Error {
+fn not_a_message(error: &hubroute_amqp::Error) -> Error {
     Error::Config {
         problem: format!("an event is not a well-formed AMQP message: {error}"),
     }
@@ -157,7 +157,7 @@ impl Partition {
         partition_key: Option<&str>,
         max_message_bytes: usize,
     ) -> Result<PublishedPosition> {
-        let view = MessageView::parse(message).map_err(not_a_message)?;
+        let view = MessageView::parse(message).map_err(|error| not_a_message(&error))?;
         self.append_all(
             &[Incoming {
                 message,
@@ -203,8 +203,8 @@ impl Partition {
                 Some(key) => &[position[0], position[1], position[2], key],
                 None => &position,
             };
-            let encoded =
-                stamp_annotations(event.message, &event.view, stamps).map_err(not_a_message)?;
+            let encoded = stamp_annotations(event.message, &event.view, stamps)
+                .map_err(|error| not_a_message(&error))?;
             if encoded.len() > max_message_bytes {
                 return Err(Error::MessageTooLarge {
                     size: encoded.len(),
