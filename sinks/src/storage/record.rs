@@ -251,21 +251,32 @@ struct TimeText {
     unusual: String,
 }
 
+/// Writes `value` as decimal digits filling `out`, zero-padded.
+fn digits(out: &mut [u8], value: u32) {
+    let mut value = value;
+    for slot in out.iter_mut().rev() {
+        *slot = b'0' + u8::try_from(value % 10).expect("a digit");
+        value /= 10;
+    }
+}
+
 impl TimeText {
     fn format(&mut self, millis: i64) -> &str {
-        if self.millis != Some(millis) {
+        let same_minute = self
+            .millis
+            .is_some_and(|last| last.div_euclid(60_000) == millis.div_euclid(60_000));
+        if self.millis != Some(millis) && same_minute && self.unusual.is_empty() {
+            // Rows of a batch are usually seconds apart: only the seconds and milliseconds change.
+            self.millis = Some(millis);
+            let in_minute = u32::try_from(millis.rem_euclid(60_000)).expect("below 60000");
+            digits(&mut self.buffer[17..19], in_minute / 1000);
+            digits(&mut self.buffer[20..23], in_minute % 1000);
+        } else if self.millis != Some(millis) {
             self.millis = Some(millis);
             self.unusual.clear();
             let time = DateTime::from_timestamp_millis(millis).unwrap_or_default();
             let year = time.year();
             if (0..=9999).contains(&year) {
-                let digits = |out: &mut [u8], value: u32| {
-                    let mut value = value;
-                    for slot in out.iter_mut().rev() {
-                        *slot = b'0' + u8::try_from(value % 10).expect("a digit");
-                        value /= 10;
-                    }
-                };
                 let b = &mut self.buffer;
                 digits(&mut b[0..4], year.unsigned_abs());
                 b[4] = b'-';
@@ -513,6 +524,31 @@ mod tests {
                 Value::Union(1, Box::new(Value::Bytes(body.to_vec()))),
             ),
         ])
+    }
+
+    #[test]
+    fn times_have_seven_fractional_digits_within_and_across_minutes() {
+        let mut time = TimeText::default();
+        for millis in [
+            1_654_109_018_051,
+            1_654_109_019_999,
+            1_654_109_040_000,
+            1_654_109_060_001,
+            -1,
+            -60_001,
+            -60_000,
+            253_402_300_800_000,
+            253_402_300_800_001,
+            1_654_109_060_002,
+        ] {
+            let expected = format!(
+                "{}0000Z",
+                DateTime::from_timestamp_millis(millis)
+                    .unwrap()
+                    .format("%Y-%m-%dT%H:%M:%S%.3f")
+            );
+            assert_eq!(time.format(millis), expected, "{millis}");
+        }
     }
 
     /// `apache-avro`'s reader, with IoT Hub's schema, reads every datum back as the record written,
