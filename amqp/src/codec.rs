@@ -590,6 +590,23 @@ pub fn put_timestamp(out: &mut Vec<u8>, millis: i64) {
     out.extend_from_slice(&millis.to_be_bytes());
 }
 
+/// Appends a `null`.
+pub fn put_null(out: &mut Vec<u8>) {
+    out.push(code::NULL);
+}
+
+/// Appends a `double`.
+pub fn put_double(out: &mut Vec<u8>, value: f64) {
+    out.push(code::DOUBLE);
+    out.extend_from_slice(&value.to_be_bytes());
+}
+
+/// Appends a `uuid`.
+pub fn put_uuid(out: &mut Vec<u8>, value: &[u8; 16]) {
+    out.push(code::UUID);
+    out.extend_from_slice(value);
+}
+
 fn put_variable(out: &mut Vec<u8>, short: u8, long: u8, data: &[u8]) {
     match u8::try_from(data.len()) {
         Ok(len) => out.extend_from_slice(&[short, len]),
@@ -759,6 +776,9 @@ mod tests {
         put_symbol(&mut out, "sym");
         put_binary(&mut out, &[9; 3]);
         put_timestamp(&mut out, -1);
+        put_null(&mut out);
+        put_double(&mut out, -2.5);
+        put_uuid(&mut out, &[4; 16]);
         let mut reader = Reader::new(&out);
         let mut values = Vec::new();
         while !reader.is_empty() {
@@ -785,6 +805,9 @@ mod tests {
                 Value::Symbol("sym"),
                 Value::Binary(&[9; 3]),
                 Value::Timestamp(-1),
+                Value::Null,
+                Value::Double(-2.5),
+                Value::Uuid([4; 16]),
             ]
         );
         // And serde_amqp agrees with the writers.

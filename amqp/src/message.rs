@@ -116,6 +116,8 @@ pub struct MessageView<'a> {
     /// Where the sections after the header, delivery- and message-annotations begin: the bare
     /// message (properties onwards) and the footer.
     pub bare_start: usize,
+    /// Where a leading header section ends (0 without one).
+    pub header_end: usize,
 }
 
 impl<'a> MessageView<'a> {
@@ -129,6 +131,7 @@ impl<'a> MessageView<'a> {
             body: Body::Empty,
             message_annotations_range: None,
             bare_start: 0,
+            header_end: 0,
         };
         let mut last = 0u64;
         let mut body_range: Option<Range<usize>> = None;
@@ -171,6 +174,9 @@ impl<'a> MessageView<'a> {
                 section::HEADER | section::DELIVERY_ANNOTATIONS => {
                     inner.skip()?;
                     view.bare_start = end;
+                    if code == section::HEADER {
+                        view.header_end = end;
+                    }
                 }
                 section::MESSAGE_ANNOTATIONS => {
                     view.message_annotations = Some(inner.read_map()?);
@@ -303,12 +309,16 @@ pub enum Annotation<'a> {
     Timestamp(i64),
 }
 
-/// Re-encodes `message` with `stamps` set in its message annotations (replacing entries with the
-/// same symbol keys, keeping the others in order) and every other section copied as it is. A
-/// delivery-annotations section is dropped: it is hop-by-hop and never forwarded.
-pub fn stamp_annotations(message: &[u8], stamps: &[(&str, Annotation<'_>)]) -> Result<Vec<u8>> {
-    let view = MessageView::parse(message)?;
-    let mut entries = Vec::with_capacity(256);
+/// Re-encodes `message` (whose sections `view` found, so it is not parsed again) with `stamps` set
+/// in its message annotations (replacing entries with the same symbol keys, keeping the others in
+/// order) and every other section copied as it is. A delivery-annotations section is dropped: it is
+/// hop-by-hop and never forwarded.
+pub fn stamp_annotations(
+    message: &[u8],
+    view: &MessageView<'_>,
+    stamps: &[(&str, Annotation<'_>)],
+) -> Result<Vec<u8>> {
+    let mut entries = Vec::with_capacity(128);
     let mut count = 0u32;
     if let Some(annotations) = view.message_annotations {
         let mut reader = annotations.reader();
@@ -335,26 +345,11 @@ pub fn stamp_annotations(message: &[u8], stamps: &[(&str, Annotation<'_>)]) -> R
     }
     let mut out = Vec::with_capacity(message.len() + entries.len() + 16);
     // A header section, if present, stays first.
-    let header_end = header_end(message)?;
-    out.extend_from_slice(&message[..header_end]);
+    out.extend_from_slice(&message[..view.header_end]);
     codec::put_descriptor(&mut out, section::MESSAGE_ANNOTATIONS);
     codec::put_map(&mut out, count, &entries);
-    out.extend_from_slice(&message[view.bare_start.max(header_end)..]);
+    out.extend_from_slice(&message[view.bare_start.max(view.header_end)..]);
     Ok(out)
-}
-
-/// The end of a leading header section (0 without one).
-fn header_end(message: &[u8]) -> Result<usize> {
-    let mut reader = Reader::new(message);
-    if reader.is_empty() {
-        return Ok(0);
-    }
-    match reader.read_value()? {
-        Value::Described(descriptor, _) if section_code(descriptor) == Some(section::HEADER) => {
-            Ok(reader.position())
-        }
-        _ => Ok(0),
-    }
 }
 
 #[cfg(test)]
@@ -475,6 +470,7 @@ mod tests {
         let bytes = encode(original.clone());
         let stamped = stamp_annotations(
             &bytes,
+            &MessageView::parse(&bytes).expect("parses"),
             &[
                 ("x-opt-sequence-number", Annotation::Long(42)),
                 ("x-opt-offset", Annotation::String("4096")),

@@ -13,6 +13,7 @@
 //! once and rewrites the file when the partition is next opened.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use hubroute_amqp::message::{Annotation, stamp_annotations};
+use hubroute_amqp::message::{Annotation, MessageView, stamp_annotations};
 use hubroute_protocol::filter::{EARLIEST_OFFSET, LATEST_OFFSET};
 use hubroute_protocol::{EventPosition, PositionKind, annotations};
 use tokio::sync::watch;
@@ -36,6 +37,21 @@ pub(crate) struct StoredEvent {
     pub(crate) enqueued_time_ms: i64,
     /// The complete encoded message, annotations included.
     pub(crate) encoded: Bytes,
+}
+
+/// One event of a delivery, to be appended: its encoding, the sections found in it (it is parsed
+/// once, by whoever received it) and its partition key.
+#[derive(Debug)]
+pub(crate) struct Incoming<'a> {
+    pub(crate) message: &'a [u8],
+    pub(crate) view: MessageView<'a>,
+    pub(crate) partition_key: Option<&'a str>,
+}
+
+fn not_a_message(error: &hubroute_amqp::Error) -> Error {
+    Error::Config {
+        problem: format!("an event is not a well-formed AMQP message: {error}"),
+    }
 }
 
 /// Where an appended event landed.
@@ -141,25 +157,35 @@ impl Partition {
         partition_key: Option<&str>,
         max_message_bytes: usize,
     ) -> Result<PublishedPosition> {
-        self.append_all(&[(message, partition_key)], max_message_bytes)
-            .map(|mut positions| positions.remove(0))
+        let view = MessageView::parse(message).map_err(|error| not_a_message(&error))?;
+        self.append_all(
+            &[Incoming {
+                message,
+                view,
+                partition_key,
+            }],
+            max_message_bytes,
+        )
     }
 
     /// Appends the events of one delivery (a batch) all or nothing: every event is stamped and
     /// checked against `max_message_bytes` before the first is stored, as Event Hubs refuses a
-    /// batch whole.
+    /// batch whole. Returns where the first event landed.
     pub(crate) fn append_all(
         &self,
-        events: &[(&[u8], Option<&str>)],
+        events: &[Incoming<'_>],
         max_message_bytes: usize,
-    ) -> Result<Vec<PublishedPosition>> {
+    ) -> Result<PublishedPosition> {
         let enqueued_time_ms = chrono::Utc::now().timestamp_millis();
         let mut state = self.lock();
-        let (mut sequence_number, mut offset) = (state.next_sequence, state.next_offset);
+        let (first_sequence, first_offset) = (state.next_sequence, state.next_offset);
+        let (mut sequence_number, mut offset) = (first_sequence, first_offset);
         let mut stamped = Vec::with_capacity(events.len());
-        for &(message, partition_key) in events {
-            let offset_text = offset.to_string();
-            let mut stamps = vec![
+        let mut offset_text = String::new();
+        for event in events {
+            offset_text.clear();
+            write!(offset_text, "{offset}").expect("writing to a String");
+            let position = [
                 (
                     annotations::SEQUENCE_NUMBER,
                     Annotation::Long(sequence_number),
@@ -170,12 +196,15 @@ impl Partition {
                     Annotation::Timestamp(enqueued_time_ms),
                 ),
             ];
-            if let Some(key) = partition_key {
-                stamps.push((annotations::PARTITION_KEY, Annotation::String(key)));
-            }
-            let encoded = stamp_annotations(message, &stamps).map_err(|error| Error::Config {
-                problem: format!("an event is not a well-formed AMQP message: {error}"),
-            })?;
+            let key = event
+                .partition_key
+                .map(|key| (annotations::PARTITION_KEY, Annotation::String(key)));
+            let stamps: &[(&str, Annotation<'_>)] = match key {
+                Some(key) => &[position[0], position[1], position[2], key],
+                None => &position,
+            };
+            let encoded = stamp_annotations(event.message, &event.view, stamps)
+                .map_err(|error| not_a_message(&error))?;
             if encoded.len() > max_message_bytes {
                 return Err(Error::MessageTooLarge {
                     size: encoded.len(),
@@ -199,14 +228,7 @@ impl Partition {
                 })?;
             }
         }
-        let mut positions = Vec::with_capacity(stamped.len());
         for event in stamped {
-            positions.push(PublishedPosition {
-                partition: self.id.clone(),
-                sequence_number: event.sequence_number,
-                offset: event.offset.to_string(),
-                enqueued_time_ms,
-            });
             state.retained_bytes += event.encoded.len() as u64;
             state.events.push_back(event);
         }
@@ -217,7 +239,12 @@ impl Partition {
         let next = state.next_sequence;
         drop(state);
         self.appended.send_replace(next);
-        Ok(positions)
+        Ok(PublishedPosition {
+            partition: self.id.clone(),
+            sequence_number: first_sequence,
+            offset: first_offset.to_string(),
+            enqueued_time_ms,
+        })
     }
 
     /// Up to `max` events starting at sequence number `from` (fewer if not yet appended or trimmed).
@@ -665,6 +692,14 @@ mod tests {
         encoded
     }
 
+    fn incoming<'a>(message: &'a [u8], partition_key: Option<&'a str>) -> Incoming<'a> {
+        Incoming {
+            message,
+            view: MessageView::parse(message).unwrap(),
+            partition_key,
+        }
+    }
+
     fn partition(retention: Retention, path: Option<PathBuf>) -> Partition {
         Partition::open("0".to_owned(), retention, path).unwrap()
     }
@@ -724,18 +759,23 @@ mod tests {
         let p = partition(Retention::default(), None);
         let (small, large) = (message("a"), message(&"x".repeat(100)));
         let error = p
-            .append_all(&[(&small, None), (&large, None)], 60)
+            .append_all(&[incoming(&small, None), incoming(&large, None)], 60)
             .unwrap_err();
         assert!(matches!(error, Error::MessageTooLarge { .. }), "{error}");
         assert!(p.info().is_empty, "nothing of a refused batch is stored");
-        let stored = p
-            .append_all(&[(&small, Some("k")), (&small, Some("k"))], 1 << 20)
+        let first = p
+            .append_all(
+                &[incoming(&small, Some("k")), incoming(&small, Some("k"))],
+                1 << 20,
+            )
             .unwrap();
+        assert_eq!((first.sequence_number, first.offset.as_str()), (0, "0"));
+        let stored = p.read_from(0, 2);
         assert_eq!(
             stored.iter().map(|s| s.sequence_number).collect::<Vec<_>>(),
             [0, 1]
         );
-        let second: i64 = stored[1].offset.parse().unwrap();
+        let second = stored[1].offset;
         assert_eq!(second, p.read_from(0, 1)[0].encoded.len() as i64);
     }
 

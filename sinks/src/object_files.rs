@@ -8,6 +8,8 @@
 //! failed upload is aborted and retried from the same buffer, forever while the error is retryable.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::{Array, AsArray, UInt32Array};
 use arrow::compute::take_record_batch;
@@ -19,6 +21,29 @@ use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt};
 
 use crate::error::object_store_error_is_retryable;
 use crate::{AckLedger, Error, FailedRow, Result, RetryPolicy, Ticket};
+
+/// Counts a file's memory as uploading until dropped (with its upload task, however it ends).
+#[derive(Debug)]
+pub(crate) struct UploadMemory {
+    uploading: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl UploadMemory {
+    pub(crate) fn hold(uploading: &Arc<AtomicU64>, bytes: u64) -> Self {
+        uploading.fetch_add(bytes, Ordering::AcqRel);
+        Self {
+            uploading: Arc::clone(uploading),
+            bytes,
+        }
+    }
+}
+
+impl Drop for UploadMemory {
+    fn drop(&mut self) {
+        self.uploading.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
 
 /// Files larger than this are uploaded as multipart uploads in parts of this size.
 pub(crate) const PART_BYTES: usize = 8 * 1024 * 1024;
@@ -113,25 +138,10 @@ pub(crate) async fn upload_with_retries(
     }
 }
 
-/// Settles every ticket part of a file: committed, or each row failed with `error`.
-pub(crate) async fn settle_all(
-    ledger: &AckLedger,
-    tickets: Vec<(Ticket, RowSet)>,
-    error: Option<String>,
-) -> Result<()> {
-    for (ticket, rows) in tickets {
-        let failed = match &error {
-            None => Vec::new(),
-            Some(error) => rows
-                .rows()
-                .into_iter()
-                .map(|row| FailedRow {
-                    row,
-                    error: error.clone(),
-                })
-                .collect(),
-        };
-        ledger.settle(ticket, failed).await?;
+/// Settles every ticket part of a file as committed.
+pub(crate) async fn commit_all(ledger: &AckLedger, tickets: Vec<(Ticket, RowSet)>) -> Result<()> {
+    for (ticket, _) in tickets {
+        ledger.settle(ticket, Vec::new()).await?;
     }
     Ok(())
 }

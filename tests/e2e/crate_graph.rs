@@ -11,7 +11,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("hubroute-amqp", &[]),
     ("hubroute-view", &[]),
     ("hubroute-queries", &["hubroute-message"]),
-    ("hubroute-sinks", &["hubroute-message", "hubroute-protocol"]),
+    (
+        "hubroute-sinks",
+        &["hubroute-amqp", "hubroute-message", "hubroute-protocol"],
+    ),
     (
         "hubroute-emulator",
         &["hubroute-amqp", "hubroute-protocol", "hubroute-message"],

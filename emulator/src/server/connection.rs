@@ -145,6 +145,7 @@ struct Partial {
     delivery_id: u32,
     settled: bool,
     message_format: u32,
+    /// The frames joined so far; empty for a delivery in one frame, read from its frame.
     payload: Vec<u8>,
 }
 
@@ -929,23 +930,36 @@ impl Connection {
             link.partial = None;
             return;
         }
+        // A delivery in one frame is read where it lies in the read buffer; only the frames of a
+        // multi-frame delivery are joined.
         let partial = match link.partial.take() {
             Some(mut partial) => {
                 partial.payload.extend_from_slice(&transfer.payload);
                 partial.settled |= transfer.settled.unwrap_or(false);
                 partial
             }
-            None => Partial {
+            None if transfer.more => Partial {
                 delivery_id: transfer.delivery_id.unwrap_or(0),
                 settled: transfer.settled.unwrap_or(false),
                 message_format: transfer.message_format.unwrap_or(0),
                 payload: transfer.payload.to_vec(),
+            },
+            None => Partial {
+                delivery_id: transfer.delivery_id.unwrap_or(0),
+                settled: transfer.settled.unwrap_or(false),
+                message_format: transfer.message_format.unwrap_or(0),
+                payload: Vec::new(),
             },
         };
         if transfer.more {
             link.partial = Some(partial);
             return;
         }
+        let payload: &[u8] = if partial.payload.is_empty() {
+            &transfer.payload
+        } else {
+            &partial.payload
+        };
         link.delivery_count = link.delivery_count.wrapping_add(1);
         link.credit = link.credit.saturating_sub(1);
         if link.credit <= LINK_CREDIT / 2 && !matches!(link.kind, LinkKind::Refused) {
@@ -953,12 +967,10 @@ impl Connection {
             put_flow(out, window.local_channel, &link_flow(window, link));
         }
         let outcome = match &link.kind {
-            LinkKind::Producer(producer) => {
-                Some(producer.store(partial.message_format, &partial.payload))
-            }
+            LinkKind::Producer(producer) => Some(producer.store(partial.message_format, payload)),
             LinkKind::Requests(node) => {
                 let node = *node;
-                Some(match self.nodes().answer(node, &partial.payload) {
+                Some(match self.nodes().answer(node, payload) {
                     Ok(answer) => {
                         self.replies.push(PendingReply {
                             node,

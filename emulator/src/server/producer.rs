@@ -16,7 +16,7 @@ use hubroute_protocol::{annotations, conditions};
 
 use super::consumer::{LinkId, Wake};
 use crate::Error;
-use crate::store::{Hub, Partition};
+use crate::store::{Hub, Incoming, Partition};
 
 /// A producer link's destination.
 #[derive(Debug)]
@@ -52,33 +52,42 @@ impl Producer {
         let envelope = MessageView::parse(payload)
             .map_err(|error| malformed(format!("the message is not well-formed AMQP: {error}")))?;
         let envelope_key = partition_key(&envelope);
-        let events: Vec<&[u8]> = if message_format == BATCH_MESSAGE_FORMAT {
-            match envelope.body {
-                Body::Data(sections) => sections.iter().collect(),
-                _ => {
-                    return Err(malformed(
-                        "a batch message must carry its events in data sections",
-                    ));
-                }
-            }
-        } else {
-            vec![payload]
-        };
         let partition = match (&self.partition, envelope_key) {
             (Some(partition), _) => partition,
             (None, Some(key)) => self.hub.partition_for_key(key),
             (None, None) => self.hub.next_round_robin(),
         };
-        let mut stamped = Vec::with_capacity(events.len());
-        for event in events {
-            let view = MessageView::parse(event).map_err(|error| {
-                malformed(format!("an event in the batch does not decode: {error}"))
-            })?;
-            stamped.push((event, partition_key(&view).or(envelope_key)));
-        }
+        // Each event is parsed once here; storing it reuses what the parse found.
+        let events: Vec<Incoming<'_>> = if message_format == BATCH_MESSAGE_FORMAT {
+            let Body::Data(sections) = envelope.body else {
+                return Err(malformed(
+                    "a batch message must carry its events in data sections",
+                ));
+            };
+            sections
+                .iter()
+                .map(|event| {
+                    let view = MessageView::parse(event).map_err(|error| {
+                        malformed(format!("an event in the batch does not decode: {error}"))
+                    })?;
+                    let partition_key = partition_key(&view).or(envelope_key);
+                    Ok(Incoming {
+                        message: event,
+                        view,
+                        partition_key,
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        } else {
+            vec![Incoming {
+                message: payload,
+                partition_key: envelope_key,
+                view: envelope,
+            }]
+        };
         // A batch is stored whole or refused whole, as Event Hubs does.
         partition
-            .append_all(&stamped, self.max_message_bytes)
+            .append_all(&events, self.max_message_bytes)
             .map(|_| ())
             .map_err(|error| match error {
                 Error::MessageTooLarge { .. } => {

@@ -18,16 +18,19 @@
 //! Service Bus, as users see behind IoT Hub). Values absent from the row are not sent. The source's
 //! own `x-opt-*` positions are not forwarded: the target assigns its own.
 //!
-//! In batch mode each message is encoded here, on the caller's task, into the bytes of one data
-//! section of a batch delivery (`0x80013700`); the publisher only packs bytes.
+//! Each message is encoded here, on the caller's task, with `hubroute-amqp`'s writers straight from
+//! the batch's columns (no owned message per row): in batch mode those bytes are one data section
+//! of a batch delivery (`0x80013700`) and the publisher only packs them; a link without the batch
+//! format (a plain broker) gets them decoded into the owned message fe2o3-amqp's sender takes.
 
-use arrow::array::{Array, StringArray, TimestampMillisecondArray};
-use fe2o3_amqp_types::messaging::annotations::OwnedKey;
-use fe2o3_amqp_types::messaging::message::__private::Serializable;
-use fe2o3_amqp_types::messaging::{
-    ApplicationProperties, Data, Message, MessageAnnotations, MessageId, Properties,
+use arrow::array::{Array, StringArray};
+use fe2o3_amqp_types::messaging::message::__private::Deserializable;
+use fe2o3_amqp_types::messaging::{Data, Message};
+use hubroute_amqp::codec::{
+    put_binary, put_bool, put_descriptor, put_double, put_list, put_long, put_map, put_null,
+    put_string, put_symbol, put_timestamp, put_ulong, put_uuid,
 };
-use fe2o3_amqp_types::primitives::{Binary, OrderedMap, SimpleValue, Symbol, Timestamp, Value};
+use hubroute_amqp::message::section;
 use hubroute_message::{AppPropertyValue, MessageColumns};
 use hubroute_protocol::annotations;
 
@@ -57,24 +60,45 @@ fn text(array: &StringArray, row: usize) -> Option<&str> {
     array.is_valid(row).then(|| array.value(row))
 }
 
-fn millis(array: &TimestampMillisecondArray, row: usize) -> Option<i64> {
-    array.is_valid(row).then(|| array.value(row))
+/// A system property value: the `iothub-*` and `dt-*` values are strings but for the enqueued time.
+#[derive(Debug, Clone, Copy)]
+enum SystemValue<'a> {
+    String(&'a str),
+    Timestamp(i64),
 }
 
-/// The AMQP application property value of a row's property.
-fn simple_value(value: AppPropertyValue) -> SimpleValue {
-    match value {
-        AppPropertyValue::String(s) => SimpleValue::String(s),
-        AppPropertyValue::Bool(b) => SimpleValue::Bool(b),
-        AppPropertyValue::Long(v) => SimpleValue::Long(v),
-        AppPropertyValue::ULong(v) => SimpleValue::Ulong(v),
-        AppPropertyValue::Double(v) => SimpleValue::Double(v.into()),
-        AppPropertyValue::Timestamp(ms) => SimpleValue::Timestamp(Timestamp::from_milliseconds(ms)),
-        AppPropertyValue::Uuid(bytes) => SimpleValue::Uuid(bytes.into()),
-        AppPropertyValue::Binary(bytes) => SimpleValue::Binary(Binary::from(bytes)),
-        AppPropertyValue::Null => SimpleValue::Null,
-        AppPropertyValue::Other { rendered, .. } => SimpleValue::String(rendered),
+impl SystemValue<'_> {
+    fn put(self, out: &mut Vec<u8>) {
+        match self {
+            Self::String(s) => put_string(out, s),
+            Self::Timestamp(ms) => put_timestamp(out, ms),
+        }
     }
+}
+
+/// Appends an application property value with its wire type.
+fn put_property(out: &mut Vec<u8>, value: &AppPropertyValue) {
+    match value {
+        AppPropertyValue::String(s) | AppPropertyValue::Other { rendered: s, .. } => {
+            put_string(out, s);
+        }
+        AppPropertyValue::Bool(b) => put_bool(out, *b),
+        AppPropertyValue::Long(v) => put_long(out, *v),
+        AppPropertyValue::ULong(v) => put_ulong(out, *v),
+        AppPropertyValue::Double(v) => put_double(out, *v),
+        AppPropertyValue::Timestamp(ms) => put_timestamp(out, *ms),
+        AppPropertyValue::Uuid(bytes) => put_uuid(out, bytes),
+        AppPropertyValue::Binary(bytes) => put_binary(out, bytes),
+        AppPropertyValue::Null => put_null(out),
+    }
+}
+
+/// Encodes rows into messages with `hubroute-amqp`'s writers, straight from the columns: no owned
+/// message per row. One per writer; its scratch buffer (a section's entries before their map or
+/// list header) is reused across rows.
+#[derive(Debug, Default)]
+pub(crate) struct Encoder {
+    scratch: Vec<u8>,
 }
 
 impl Mapping {
@@ -90,100 +114,175 @@ impl Mapping {
         }
     }
 
-    /// The message of row `row`, stamped with `key` as `x-opt-partition-key`.
-    pub(crate) fn message(
+    /// The system properties of row `row` this mapping sends, in a fixed order.
+    fn system_properties<'a>(
         &self,
+        view: &MessageColumns<'a>,
+        row: usize,
+    ) -> impl Iterator<Item = (&'static str, SystemValue<'a>)> {
+        let event_hubs = self.flavor == Flavor::EventHubs;
+        let strings = [
+            (annotations::CONNECTION_DEVICE_ID, view.connection_device_id),
+            (annotations::CONNECTION_MODULE_ID, view.connection_module_id),
+            (
+                annotations::CONNECTION_AUTH_METHOD,
+                view.connection_auth_method,
+            ),
+            (
+                annotations::CONNECTION_AUTH_GENERATION_ID,
+                view.connection_auth_generation_id,
+            ),
+            (annotations::MESSAGE_SOURCE, view.message_source),
+            (annotations::DT_DATASCHEMA, view.dt_dataschema),
+            (annotations::DT_SUBJECT, view.dt_subject),
+        ];
+        let enqueued_time = view.iothub_enqueued_time;
+        strings
+            .into_iter()
+            .filter(move |(name, _)| event_hubs || *name != annotations::MESSAGE_SOURCE)
+            .filter_map(move |(name, array)| {
+                text(array, row).map(|v| (name, SystemValue::String(v)))
+            })
+            .chain((event_hubs && enqueued_time.is_valid(row)).then(|| {
+                (
+                    annotations::IOTHUB_ENQUEUED_TIME,
+                    SystemValue::Timestamp(enqueued_time.value(row)),
+                )
+            }))
+    }
+
+    /// Appends the encoded message of row `row`, stamped with `key` as `x-opt-partition-key`: the
+    /// bytes of one data section of a batch delivery, or of a delivery of its own. Sections:
+    /// message annotations (when any), properties, application properties (when any), one data
+    /// section with the body.
+    pub(crate) fn encode(
+        &self,
+        encoder: &mut Encoder,
         view: &MessageColumns<'_>,
         row: usize,
         key: Option<&str>,
-    ) -> Message<Data> {
-        let properties = Properties {
-            message_id: text(view.message_id, row).map(|id| MessageId::String(id.to_owned())),
-            user_id: (self.send_user_id && view.user_id.is_valid(row))
-                .then(|| Binary::from(view.user_id.value(row).to_vec())),
-            correlation_id: text(view.correlation_id, row)
-                .map(|id| MessageId::String(id.to_owned())),
-            content_type: text(view.content_type, row).map(Symbol::from),
-            content_encoding: text(view.content_encoding, row).map(Symbol::from),
-            ..Properties::default()
-        };
+        out: &mut Vec<u8>,
+    ) {
+        let scratch = &mut encoder.scratch;
+        let in_annotations = self.placement == SystemPropertyPlacement::MessageAnnotations;
 
-        let mut system: Vec<(&'static str, Value)> = Vec::with_capacity(8);
-        let mut string = |name: &'static str, array: &StringArray| {
-            if let Some(value) = text(array, row) {
-                system.push((name, Value::String(value.to_owned())));
-            }
-        };
-        string(annotations::CONNECTION_DEVICE_ID, view.connection_device_id);
-        string(annotations::CONNECTION_MODULE_ID, view.connection_module_id);
-        string(
-            annotations::CONNECTION_AUTH_METHOD,
-            view.connection_auth_method,
-        );
-        string(
-            annotations::CONNECTION_AUTH_GENERATION_ID,
-            view.connection_auth_generation_id,
-        );
-        if self.flavor == Flavor::EventHubs {
-            string(annotations::MESSAGE_SOURCE, view.message_source);
-        }
-        string(annotations::DT_DATASCHEMA, view.dt_dataschema);
-        string(annotations::DT_SUBJECT, view.dt_subject);
-        if self.flavor == Flavor::EventHubs
-            && let Some(ms) = millis(view.iothub_enqueued_time, row)
-        {
-            system.push((
-                annotations::IOTHUB_ENQUEUED_TIME,
-                Value::Timestamp(Timestamp::from_milliseconds(ms)),
-            ));
-        }
-
-        let mut annotations_map: OrderedMap<OwnedKey, Value> = OrderedMap::new();
-        let mut application: OrderedMap<String, SimpleValue> = view
-            .typed_application_properties_of(row)
-            .map(|(name, value)| (name.to_owned(), simple_value(value)))
-            .collect();
-        for (name, value) in system {
-            match self.placement {
-                SystemPropertyPlacement::MessageAnnotations => {
-                    annotations_map.insert(OwnedKey::Symbol(Symbol::from(name)), value);
-                }
-                SystemPropertyPlacement::ApplicationProperties => {
-                    if let Ok(value) = SimpleValue::try_from(value) {
-                        application.insert(name.to_owned(), value);
-                    }
-                }
+        scratch.clear();
+        let mut count = 0;
+        if in_annotations {
+            for (name, value) in self.system_properties(view, row) {
+                put_symbol(scratch, name);
+                value.put(scratch);
+                count += 2;
             }
         }
         if let Some(key) = key {
-            annotations_map.insert(
-                OwnedKey::Symbol(Symbol::from(annotations::PARTITION_KEY)),
-                Value::String(key.to_owned()),
-            );
+            put_symbol(scratch, annotations::PARTITION_KEY);
+            put_string(scratch, key);
+            count += 2;
         }
-        Message {
-            header: None,
-            delivery_annotations: None,
-            message_annotations: (!annotations_map.is_empty())
-                .then_some(MessageAnnotations(annotations_map)),
-            properties: Some(properties),
-            application_properties: (!application.is_empty())
-                .then_some(ApplicationProperties(application)),
-            body: Data(Binary::from(view.body.value(row).to_vec())),
-            footer: None,
+        if count > 0 {
+            put_descriptor(out, section::MESSAGE_ANNOTATIONS);
+            put_map(out, count, scratch);
         }
+
+        // Properties: message-id, user-id, to, subject, reply-to, correlation-id, content-type,
+        // content-encoding; trailing absent fields are left out, as the list's encoding allows.
+        scratch.clear();
+        let user_id =
+            (self.send_user_id && view.user_id.is_valid(row)).then(|| view.user_id.value(row));
+        let string = |array| text(array, row).map_or(Field::Absent, Field::String);
+        let symbol = |array| text(array, row).map_or(Field::Absent, Field::Symbol);
+        let fields = [
+            string(view.message_id),
+            user_id.map_or(Field::Absent, Field::Binary),
+            Field::Absent,
+            Field::Absent,
+            Field::Absent,
+            string(view.correlation_id),
+            symbol(view.content_type),
+            symbol(view.content_encoding),
+        ];
+        let present = fields
+            .iter()
+            .rposition(|field| !matches!(field, Field::Absent))
+            .map_or(0, |last| last + 1);
+        for field in &fields[..present] {
+            match *field {
+                Field::Absent => put_null(scratch),
+                Field::String(s) => put_string(scratch, s),
+                Field::Symbol(s) => put_symbol(scratch, s),
+                Field::Binary(b) => put_binary(scratch, b),
+            }
+        }
+        put_descriptor(out, section::PROPERTIES);
+        put_list(out, present as u32, scratch);
+
+        scratch.clear();
+        let mut count = 0;
+        let system: Vec<(&'static str, SystemValue<'_>)> = if in_annotations {
+            Vec::new()
+        } else {
+            self.system_properties(view, row).collect()
+        };
+        let types = view.application_property_types;
+        let typed = types.value_offsets()[row] != types.value_offsets()[row + 1];
+        if typed {
+            for (name, value) in view.typed_application_properties_of(row) {
+                if system.iter().all(|(system_name, _)| *system_name != name) {
+                    put_string(scratch, name);
+                    put_property(scratch, &value);
+                    count += 2;
+                }
+            }
+        } else {
+            for (name, value) in view.application_properties_of(row) {
+                if system.iter().all(|(system_name, _)| *system_name != name) {
+                    put_string(scratch, name);
+                    match value {
+                        Some(value) => put_string(scratch, value),
+                        None => put_null(scratch),
+                    }
+                    count += 2;
+                }
+            }
+        }
+        for (name, value) in system {
+            put_string(scratch, name);
+            value.put(scratch);
+            count += 2;
+        }
+        if count > 0 {
+            put_descriptor(out, section::APPLICATION_PROPERTIES);
+            put_map(out, count, scratch);
+        }
+
+        put_descriptor(out, section::DATA);
+        put_binary(out, view.body.value(row));
     }
 }
 
-/// The encoded bytes of `message`, as one data section of a batch delivery holds them.
-pub(crate) fn encode(message: &Message<Data>) -> Vec<u8> {
-    serde_amqp::to_vec(&Serializable(message)).expect("an AMQP message always encodes")
+/// A field of the properties list.
+#[derive(Debug, Clone, Copy)]
+enum Field<'a> {
+    Absent,
+    String(&'a str),
+    Symbol(&'a str),
+    Binary(&'a [u8]),
+}
+
+/// The message an encoding holds, for a link that sends each message as a delivery of its own
+/// (through fe2o3-amqp, whose sender takes owned messages).
+pub(crate) fn decode(encoded: &[u8]) -> Message<Data> {
+    let Deserializable(message) = serde_amqp::from_slice::<Deserializable<Message<Data>>>(encoded)
+        .expect("an encoding of ours always decodes");
+    message
 }
 
 #[cfg(test)]
 mod tests {
-    use fe2o3_amqp_types::messaging::Body;
-    use fe2o3_amqp_types::messaging::message::__private::Deserializable;
+    use fe2o3_amqp_types::messaging::annotations::OwnedKey;
+    use fe2o3_amqp_types::messaging::{Body, MessageId};
+    use fe2o3_amqp_types::primitives::{SimpleValue, Symbol, Timestamp, Value};
     use hubroute_message::{Message as Row, MessageBatchBuilder};
 
     use super::*;
@@ -221,7 +320,14 @@ mod tests {
         let batch = MessageBatchBuilder::batch_of(&[row()]).unwrap();
         let view = MessageColumns::try_new(&batch).unwrap();
         let key = mapping.partition_key(&view, 0);
-        let bytes = encode(&mapping.message(&view, 0, key.as_deref()));
+        let mut bytes = Vec::new();
+        mapping.encode(
+            &mut Encoder::default(),
+            &view,
+            0,
+            key.as_deref(),
+            &mut bytes,
+        );
         let Deserializable(message) =
             serde_amqp::from_slice::<Deserializable<Message<Body<Value>>>>(&bytes).unwrap();
         (key, message)
@@ -334,6 +440,44 @@ mod tests {
             message.properties.as_ref().unwrap().message_id,
             Some(MessageId::String("m-1".into()))
         );
+    }
+
+    #[test]
+    fn string_only_properties_and_single_messages_encode_the_same_message() {
+        let mut m = Row::telemetry("plain");
+        m.system.message_id = Some("m-2".into());
+        m.application_properties = vec![
+            ("a".into(), AppPropertyValue::from("1")),
+            ("gone".into(), AppPropertyValue::Null),
+            ("b".into(), AppPropertyValue::from("")),
+        ];
+        let batch = MessageBatchBuilder::batch_of(&[m]).unwrap();
+        let view = MessageColumns::try_new(&batch).unwrap();
+        let mapping = mapping(
+            Flavor::ServiceBus,
+            SystemPropertyPlacement::ApplicationProperties,
+            PartitionKey::None,
+        );
+        let mut bytes = Vec::new();
+        mapping.encode(&mut Encoder::default(), &view, 0, None, &mut bytes);
+        let message = decode(&bytes);
+        assert_eq!(message.message_annotations, None, "no key, no annotations");
+        let properties = message.properties.as_ref().unwrap();
+        assert_eq!(properties.message_id, Some(MessageId::String("m-2".into())));
+        assert_eq!(properties.content_type, None);
+        let application = &message.application_properties.as_ref().unwrap().0;
+        assert_eq!(application.get("a"), Some(&SimpleValue::String("1".into())));
+        assert_eq!(application.get("gone"), Some(&SimpleValue::Null));
+        assert_eq!(
+            application.get("b"),
+            Some(&SimpleValue::String(String::new()))
+        );
+        assert_eq!(
+            application.get("iothub-message-source"),
+            None,
+            "not sent to Service Bus"
+        );
+        assert_eq!(message.body.0.as_slice(), b"plain");
     }
 
     #[test]

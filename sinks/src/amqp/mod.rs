@@ -28,7 +28,7 @@ pub use config::{
 };
 
 use self::config::Target;
-use self::encode::{Mapping, encode};
+use self::encode::{Encoder, Mapping, decode};
 use self::publisher::{Command, Event, Payload, Publisher};
 use crate::{AckSender, Error, FlushReason, Result, Sink, SinkBatch};
 
@@ -40,6 +40,7 @@ pub struct AmqpSink {
     /// `amqp[s]://host:port/address`, for errors.
     target: String,
     mapping: Mapping,
+    encoder: Encoder,
     batch_format: bool,
     /// Bounded to one ticket: `write` waits while the publisher is busy (backpressure).
     commands: mpsc::Sender<Command>,
@@ -71,6 +72,7 @@ impl AmqpSink {
             name,
             target: described,
             mapping,
+            encoder: Encoder::default(),
             batch_format,
             commands,
             task: Some(task),
@@ -114,11 +116,13 @@ impl Sink for AmqpSink {
         let events = (0..view.len())
             .map(|row| {
                 let key = self.mapping.partition_key(&view, row);
-                let message = self.mapping.message(&view, row, key.as_deref());
+                let mut encoded = Vec::with_capacity(256 + view.body.value(row).len());
+                self.mapping
+                    .encode(&mut self.encoder, &view, row, key.as_deref(), &mut encoded);
                 let payload = if self.batch_format {
-                    Payload::Section(encode(&message))
+                    Payload::Section(encoded)
                 } else {
-                    Payload::Message(Box::new(message))
+                    Payload::Message(Box::new(decode(&encoded)))
                 };
                 Event {
                     ticket,

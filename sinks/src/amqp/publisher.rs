@@ -614,10 +614,14 @@ impl Publisher {
         let mut groups: Vec<(Option<String>, Vec<Event>)> = Vec::new();
         let mut index: HashMap<Option<String>, usize> = HashMap::new();
         for event in events {
-            let slot = *index.entry(event.key.clone()).or_insert_with(|| {
-                groups.push((event.key.clone(), Vec::new()));
-                groups.len() - 1
-            });
+            let slot = match index.get(&event.key) {
+                Some(&slot) => slot,
+                None => {
+                    groups.push((event.key.clone(), Vec::new()));
+                    index.insert(event.key.clone(), groups.len() - 1);
+                    groups.len() - 1
+                }
+            };
             groups[slot].1.push(event);
         }
         let limit = self.batch_target();

@@ -267,7 +267,9 @@ async fn over_size_and_rejected_messages_fail_their_rows_with_the_reason() {
         .find(|&len| {
             let batch = MessageBatchBuilder::batch_of(&[row("d", "b".repeat(len))]).unwrap();
             let view = MessageColumns::try_new(&batch).unwrap();
-            let encoded = encode(&mapping.message(&view, 0, None)).len();
+            let mut encoded = Vec::new();
+            mapping.encode(&mut Encoder::default(), &view, 0, None, &mut encoded);
+            let encoded = encoded.len();
             encoded + 8 + 48 <= LIMIT && encoded + 60 > LIMIT
         })
         .expect("a borderline size exists");

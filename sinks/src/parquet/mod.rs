@@ -67,7 +67,7 @@ pub use reader::read_parquet_file;
 use self::columns::FileSchema;
 use self::path::{FileName, PathTemplate};
 use crate::object_files::{
-    RowSet, fail_all_with_rows, settle_all, split_by_partition, upload_with_retries,
+    RowSet, UploadMemory, commit_all, fail_all_with_rows, split_by_partition, upload_with_retries,
 };
 use crate::sink::background;
 use crate::{
@@ -214,29 +214,6 @@ struct Upload {
     _slot: OwnedSemaphorePermit,
     /// The file's memory, counted against `max_buffered_bytes` until the upload settles.
     _memory: UploadMemory,
-}
-
-/// Counts a file's memory as uploading until dropped (with its upload task, however it ends).
-#[derive(Debug)]
-struct UploadMemory {
-    uploading: Arc<AtomicU64>,
-    bytes: u64,
-}
-
-impl UploadMemory {
-    fn hold(uploading: &Arc<AtomicU64>, bytes: u64) -> Self {
-        uploading.fetch_add(bytes, Ordering::AcqRel);
-        Self {
-            uploading: Arc::clone(uploading),
-            bytes,
-        }
-    }
-}
-
-impl Drop for UploadMemory {
-    fn drop(&mut self) {
-        self.uploading.fetch_sub(self.bytes, Ordering::AcqRel);
-    }
 }
 
 /// Writes routed messages as Parquet files on an object store. See the module documentation.
@@ -510,7 +487,7 @@ impl Upload {
         )
         .await;
         match outcome {
-            None => settle_all(&self.ledger, self.tickets, None).await,
+            None => commit_all(&self.ledger, self.tickets).await,
             Some(error) => {
                 let rows = read_back(&bytes).map_err(parquet_error)?;
                 fail_all_with_rows(&self.ledger, self.tickets, &error, &rows).await

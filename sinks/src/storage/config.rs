@@ -14,6 +14,9 @@ use serde::{Deserialize, Deserializer};
 use super::name::FileNameFormat;
 use crate::{ObjectStoreConfig, RetryPolicy};
 
+/// The least `max_buffered_bytes` a configuration file may set.
+const MIN_BUFFERED_BYTES: u64 = 1024 * 1024;
+
 /// IoT Hub's `batchFrequencyInSeconds` range.
 pub(crate) const BATCH_FREQUENCY_SECONDS: RangeInclusive<u64> = 60..=720;
 
@@ -31,6 +34,7 @@ pub(crate) const MAX_CHUNK_BYTES: RangeInclusive<u64> = 10_485_760..=524_288_000
 /// file_name_format = "{iothub}/{partition}/{YYYY}/{MM}/{DD}/{HH}/{mm}"
 /// batch_frequency = 300                   # seconds, 60 to 720 (or "5m")
 /// max_chunk_bytes = 314572800             # 10 MiB to 500 MiB
+/// max_buffered_bytes = 268435456          # memory of open files and uploads
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,8 +73,7 @@ pub struct StorageSinkConfig {
     pub batch_frequency: Duration,
     /// A file is written once it holds this many bytes (IoT Hub's `maxChunkSizeInBytes`); 10 MiB
     /// (10 485 760) to 500 MiB (524 288 000), default 300 MiB. A file can exceed it by one
-    /// batch; an Avro file counts the block it is filling as a whole block (64 kB). Also the bound
-    /// of memory held per open file.
+    /// batch; an Avro Deflate file counts the block it is filling (up to 64 kB) uncompressed.
     #[serde(
         default = "default_max_chunk_bytes",
         deserialize_with = "max_chunk_bytes"
@@ -81,6 +84,15 @@ pub struct StorageSinkConfig {
     /// (header, no blocks); an empty JSON file has zero bytes.
     #[serde(default = "default_write_empty_files")]
     pub write_empty_files: bool,
+    /// The memory all open files (encoded bytes and the rows they keep until committed) and the
+    /// files being uploaded may hold together (default 256 MiB). Over it, a write waits for an
+    /// upload or closes the largest open file early, so with many partitions active files are
+    /// smaller than `max_chunk_bytes` and memory does not grow with the partition count.
+    #[serde(
+        default = "default_max_buffered_bytes",
+        deserialize_with = "max_buffered_bytes"
+    )]
+    pub max_buffered_bytes: u64,
     /// Uploads in flight at once; `write` waits when all are busy (default 4).
     #[serde(default = "default_max_concurrent_uploads")]
     pub max_concurrent_uploads: usize,
@@ -119,6 +131,10 @@ fn default_max_chunk_bytes() -> u64 {
 
 fn default_write_empty_files() -> bool {
     true
+}
+
+fn default_max_buffered_bytes() -> u64 {
+    256 * 1024 * 1024
 }
 
 fn default_max_concurrent_uploads() -> usize {
@@ -171,6 +187,17 @@ fn max_chunk_bytes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D:
     Ok(bytes)
 }
 
+fn max_buffered_bytes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let bytes = u64::deserialize(deserializer)?;
+    if bytes < MIN_BUFFERED_BYTES {
+        return Err(serde::de::Error::custom(format!(
+            "max_buffered_bytes must be at least {MIN_BUFFERED_BYTES} (1 MiB): it holds the open \
+             files of every partition; got {bytes}"
+        )));
+    }
+    Ok(bytes)
+}
+
 impl StorageSinkConfig {
     /// A configuration with IoT Hub's defaults, writing to `store`.
     pub fn new(name: impl Into<String>, store: ObjectStoreConfig) -> Self {
@@ -183,6 +210,7 @@ impl StorageSinkConfig {
             batch_frequency: default_batch_frequency(),
             max_chunk_bytes: default_max_chunk_bytes(),
             write_empty_files: default_write_empty_files(),
+            max_buffered_bytes: default_max_buffered_bytes(),
             max_concurrent_uploads: default_max_concurrent_uploads(),
             retry: RetryPolicy::default(),
         }
@@ -247,6 +275,8 @@ mod tests {
                 r#","file_name_format":"{iothub}/{YYYY}/{MM}/{DD}/{HH}/{mm}""#,
                 Err("{partition}"),
             ),
+            (r#","max_buffered_bytes":1048576"#, Ok(())),
+            (r#","max_buffered_bytes":1048575"#, Err("at least 1048576")),
             (r#","typo":1"#, Err("unknown field `typo`")),
         ];
         for (fields, expected) in cases {

@@ -9,7 +9,10 @@
 //! runtime stays free for I/O), uploaded whole when it rolls, and committed, which is when its
 //! tickets are acked, only once the upload completed under its final name. A failed upload is
 //! retried from the same buffer while the error is retryable; a permanent error (missing container,
-//! denied access) fails the file's rows so that the engine dead-letters them.
+//! denied access) fails the file's rows so that the engine dead-letters them. A file keeps the rows
+//! it holds (the batches as written, not a copy) until it is committed and hands them back with the
+//! failure ([`Sink::reports_failed_rows`]): IoT Hub's record drops what a dead letter needs
+//! (sequence numbers, property types), so the file cannot give them back itself.
 //!
 //! # Names
 //!
@@ -20,8 +23,12 @@
 //!
 //! # Memory and backpressure
 //!
-//! Memory is bounded by `max_chunk_bytes` per open file plus `max_concurrent_uploads` finished
-//! files. Rolling a file waits for an upload slot, so a slow store makes `write` wait.
+//! Open files (their encoded bytes and the rows they keep) and the files being uploaded together
+//! hold at most `max_buffered_bytes` (plus the batch being written): over it, `write` waits for an
+//! upload to finish, or rolls the largest open file early when none is in flight, so with many
+//! partitions active files close smaller than `max_chunk_bytes` rather than memory growing with the
+//! partition count. At most `max_concurrent_uploads` files upload at once; rolling a file waits for
+//! an upload slot, so a slow store makes `write` wait.
 
 mod config;
 mod name;
@@ -29,6 +36,7 @@ mod reader;
 mod record;
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::AsArray;
@@ -49,7 +57,9 @@ pub use reader::{is_avro, read_storage_file, storage_json_record};
 use self::name::{FileName, FileNameFormat};
 use self::record::FileEncoder;
 use crate::error::object_store_error_is_retryable;
-use crate::object_files::{RowSet, settle_all, split_by_partition, upload_with_retries};
+use crate::object_files::{
+    RowSet, UploadMemory, commit_all, fail_all_with_rows, split_by_partition, upload_with_retries,
+};
 use crate::sink::background;
 use crate::{
     AckLedger, AckSender, Error, FlushReason, Result, RetryPolicy, Sink, SinkBatch, Ticket,
@@ -69,9 +79,20 @@ struct OpenFile {
     opened_at: Instant,
     window: DateTime<Utc>,
     tickets: Vec<(Ticket, RowSet)>,
+    /// The rows of `tickets`, in file order: handed back if the file fails.
+    rows: Vec<RecordBatch>,
+    /// Memory of `rows`.
+    rows_bytes: u64,
+    /// The encoder's size when it last settled.
+    encoded_bytes: u64,
 }
 
 impl OpenFile {
+    /// Memory the file holds: its rows, and its encoded bytes as of its last settled batch.
+    fn buffered(&self) -> u64 {
+        self.encoded_bytes + self.rows_bytes
+    }
+
     /// Waits for the batch being encoded, if any, and returns the idle encoder.
     async fn settle(&mut self) -> Result<&mut Encoder> {
         if let Some(encoding) = &mut self.encoding {
@@ -80,6 +101,7 @@ impl OpenFile {
                 Err(e) => std::panic::resume_unwind(e.into_panic()),
             };
             self.encoding = None;
+            self.encoded_bytes = encoder.len() as u64;
             self.encoder = Some(encoder);
             result?;
         }
@@ -89,9 +111,12 @@ impl OpenFile {
             .expect("a settled file has its encoder"))
     }
 
-    /// Starts encoding `batch` on the blocking pool. The file must be settled.
+    /// Keeps `batch` with the file and starts encoding it on the blocking pool. The file must be
+    /// settled.
     fn encode(&mut self, batch: RecordBatch, sink: Arc<str>) {
         let mut encoder = self.encoder.take().expect("encode follows settle");
+        self.rows_bytes += batch.get_array_memory_size() as u64;
+        self.rows.push(batch.clone());
         self.encoding = Some(tokio::task::spawn_blocking(move || {
             let result = MessageColumns::try_new(&batch)
                 .map_err(Error::from)
@@ -131,10 +156,14 @@ struct Upload {
     /// The file's encoder; the upload task finishes it (last Avro block) off the runtime.
     encoder: Encoder,
     tickets: Vec<(Ticket, RowSet)>,
+    /// The rows of `tickets`, in file order.
+    rows: Vec<RecordBatch>,
     ledger: AckLedger,
     retry: RetryPolicy,
     /// Held until the upload settles: bounds uploads in flight.
     _slot: OwnedSemaphorePermit,
+    /// The file's memory, counted against `max_buffered_bytes` until the upload settles.
+    _memory: UploadMemory,
 }
 
 /// Writes routed messages as IoT Hub storage-endpoint files. See the module documentation.
@@ -154,6 +183,8 @@ pub struct StorageSink {
     uploads: JoinSet<Result<()>>,
     /// One permit per upload in flight; rolling a file waits for one (backpressure).
     upload_slots: Arc<Semaphore>,
+    /// Memory of the files being uploaded, counted against `max_buffered_bytes`.
+    uploading: Arc<AtomicU64>,
 }
 
 impl StorageSink {
@@ -177,10 +208,12 @@ impl StorageSink {
         let format = FileNameFormat::parse(&config.file_name_format).map_err(config_error)?;
         if config.max_concurrent_uploads == 0
             || config.max_chunk_bytes == 0
+            || config.max_buffered_bytes == 0
             || config.batch_frequency.is_zero()
         {
             return Err(config_error(
-                "max_concurrent_uploads, max_chunk_bytes and batch_frequency must be positive"
+                "max_concurrent_uploads, max_chunk_bytes, max_buffered_bytes and batch_frequency \
+                 must be positive"
                     .to_owned(),
             ));
         }
@@ -200,6 +233,7 @@ impl StorageSink {
             last_file_bytes: BTreeMap::new(),
             claimed: ClaimedNames::default(),
             uploads: JoinSet::new(),
+            uploading: Arc::default(),
         })
     }
 
@@ -224,6 +258,9 @@ impl StorageSink {
             opened_at: Instant::now(),
             window,
             tickets: Vec::new(),
+            rows: Vec::new(),
+            rows_bytes: 0,
+            encoded_bytes: 0,
         })
     }
 
@@ -242,6 +279,7 @@ impl StorageSink {
                 self.roll(partition).await?;
             }
         }
+        self.keep_within_budget().await?;
         if !self.open.contains_key(partition) {
             let event_hub = batch
                 .column_by_name(message_columns::EVENT_HUB)
@@ -258,6 +296,39 @@ impl StorageSink {
         file.tickets.push((ticket, rows));
         file.encode(batch, Arc::clone(&self.name));
         Ok(())
+    }
+
+    /// Keeps the memory of open files and uploads in flight within `max_buffered_bytes`: while
+    /// over it, waits for an upload to finish, or with none in flight rolls the largest open file.
+    /// The wait is backpressure: `write` does not resolve.
+    async fn keep_within_budget(&mut self) -> Result<()> {
+        loop {
+            let mut open = 0;
+            let mut largest: Option<(&String, u64)> = None;
+            for (partition, file) in &self.open {
+                let buffered = file.buffered();
+                open += buffered;
+                if largest.is_none_or(|(_, most)| buffered > most) {
+                    largest = Some((partition, buffered));
+                }
+            }
+            let uploading = self.uploading.load(Ordering::Acquire);
+            if open + uploading <= self.config.max_buffered_bytes {
+                return Ok(());
+            }
+            if uploading > 0 {
+                match self.uploads.join_next().await {
+                    Some(done) => background::finished(done)?,
+                    None => return Ok(()),
+                }
+                continue;
+            }
+            let Some((largest, _)) = largest else {
+                return Ok(());
+            };
+            let largest = largest.clone();
+            self.roll(&largest).await?;
+        }
     }
 
     /// Closes the partition's file (or writes an empty one for an idle partition) and starts its
@@ -279,11 +350,13 @@ impl StorageSink {
                 self.open_file(partition, &idle.event_hub, idle.window)?
             }
         };
+        let buffered = file.buffered();
         let OpenFile {
             encoder,
             event_hub,
             window,
             tickets,
+            rows,
             ..
         } = file;
         let encoder = encoder.expect("settled above");
@@ -315,9 +388,11 @@ impl StorageSink {
                 claimed: Arc::clone(&self.claimed),
                 encoder,
                 tickets,
+                rows,
                 ledger: self.ledger.clone(),
                 retry: self.config.retry,
                 _slot: slot,
+                _memory: UploadMemory::hold(&self.uploading, buffered),
             }
             .run(),
         );
@@ -344,7 +419,7 @@ impl Upload {
                     "encoding a file of partition {} failed: {error}",
                     self.partition
                 );
-                return settle_all(&self.ledger, self.tickets, Some(error)).await;
+                return fail(&self.sink, &self.ledger, self.tickets, &error, &self.rows).await;
             }
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
@@ -372,8 +447,31 @@ impl Upload {
             }
             Err(error) => Some(error),
         };
-        settle_all(&self.ledger, self.tickets, outcome).await
+        match outcome {
+            None => commit_all(&self.ledger, self.tickets).await,
+            Some(error) => fail(&self.sink, &self.ledger, self.tickets, &error, &self.rows).await,
+        }
     }
+}
+
+/// Fails every row of a file with `error`, handing the rows back.
+async fn fail(
+    sink: &str,
+    ledger: &AckLedger,
+    tickets: Vec<(Ticket, RowSet)>,
+    error: &str,
+    rows: &[RecordBatch],
+) -> Result<()> {
+    // An empty file settles no ticket.
+    let Some(first) = rows.first() else {
+        return Ok(());
+    };
+    let rows =
+        arrow::compute::concat_batches(&first.schema(), rows).map_err(|source| Error::Arrow {
+            sink: sink.to_owned(),
+            source,
+        })?;
+    fail_all_with_rows(ledger, tickets, error, &rows).await
 }
 
 fn lock(claimed: &ClaimedNames) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -430,6 +528,10 @@ impl Sink for StorageSink {
 
     fn idempotent(&self) -> bool {
         false
+    }
+
+    fn reports_failed_rows(&self) -> bool {
+        true
     }
 
     async fn write(&mut self, batch: SinkBatch) -> Result<()> {

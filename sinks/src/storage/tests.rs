@@ -1,7 +1,8 @@
 //! Unit tests of the storage sink: every field of every record read back by independent readers
 //! (Python's fastavro for Avro and Avro Deflate, Python's json for JSON lines) on local disk and
 //! on Azurite, IoT Hub's exact Avro header, blob names against the format, numbered names instead
-//! of overwrites, rolling by size and time, empty files, and permanent upload failures.
+//! of overwrites, rolling by size, time and memory budget, empty files, and permanent upload
+//! failures (the rows handed back).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -664,7 +665,7 @@ impl ObjectStore for DeniedStore {
 }
 
 #[tokio::test]
-async fn a_permanent_upload_error_fails_every_row_of_the_file() {
+async fn a_permanent_upload_error_fails_every_row_of_the_file_and_hands_the_rows_back() {
     let (tx, mut rx) = mpsc::channel(16);
     let mut sink = StorageSink::with_store(
         StorageSinkConfig::new("archive", ObjectStoreConfig::default()),
@@ -672,20 +673,78 @@ async fn a_permanent_upload_error_fails_every_row_of_the_file() {
         tx,
     )
     .unwrap();
-    sink.write(sink_batch(4, &varied_messages("0", 0)[..3]))
-        .await
-        .unwrap();
+    assert!(sink.reports_failed_rows());
+    let first = sink_batch(4, &varied_messages("0", 0)[..3]);
+    // Rows of two partitions, so each file holds a part of the ticket.
+    let (zero, one) = (varied_messages("0", 10), varied_messages("1", 20));
+    let mixed = sink_batch(5, &[one[0].clone(), zero[1].clone(), one[2].clone()]);
+    let expected = [first.batch.clone(), mixed.batch.clone()];
+    sink.write(first).await.unwrap();
+    sink.write(mixed).await.unwrap();
     sink.flush(FlushReason::Shutdown).await.unwrap();
-    let ack = acks_for(&mut rx, 1).await.remove(0);
-    assert_eq!(
-        ack.failed.iter().map(|f| f.row).collect::<Vec<_>>(),
-        [0, 1, 2]
-    );
-    assert!(
-        ack.failed[0].error.contains("forbids writes"),
-        "{:?}",
-        ack.failed[0]
-    );
+    let acks = acks_for(&mut rx, 2).await;
+    for (ack, expected) in acks.iter().zip(expected) {
+        assert_eq!(
+            ack.failed.iter().map(|f| f.row).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        assert!(
+            ack.failed
+                .iter()
+                .all(|f| f.error.contains("forbids writes")),
+            "{:?}",
+            ack.failed
+        );
+        assert_eq!(
+            ack.failed_rows.as_ref(),
+            Some(&expected),
+            "ticket {}: the rows as written, in row order",
+            ack.ticket
+        );
+    }
+}
+
+#[tokio::test]
+async fn files_roll_early_to_stay_within_max_buffered_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let mut config =
+        StorageSinkConfig::new("archive", ObjectStoreConfig::Local { root: root.clone() });
+    config.file_name_format = "{iothub}/{partition}/{YYYY}/{MM}/{DD}/{HH}/{mm}.avro".into();
+    // Less than one batch: every batch rolls the file before it.
+    config.max_buffered_bytes = 1;
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut sink = StorageSink::new(config, tx).unwrap();
+    let mut sent = Vec::new();
+    for ticket in 0..3 {
+        let messages = varied_messages("0", ticket * 100);
+        sent.extend(messages.iter().map(|m| m.body.to_vec()));
+        sink.write(sink_batch(u64::try_from(ticket).unwrap(), &messages))
+            .await
+            .unwrap();
+    }
+    sink.flush(FlushReason::Shutdown).await.unwrap();
+    let acks = acks_for(&mut rx, 3).await;
+    assert!(acks.iter().all(|a| a.failed.is_empty()), "{acks:?}");
+    let store = ObjectStoreConfig::Local { root: root.clone() }
+        .build("t")
+        .unwrap();
+    let stored = files(store.as_ref()).await;
+    assert_eq!(stored.len(), 3, "one file per batch: {stored:?}");
+    let paths: Vec<PathBuf> = stored.iter().map(|(p, _)| root.join(p.as_ref())).collect();
+    use base64::Engine as _;
+    let mut bodies: Vec<Vec<u8>> = read_with_python("avro", &paths)
+        .iter()
+        .flat_map(|f| f["records"].as_array().unwrap().clone())
+        .map(|r| {
+            base64::engine::general_purpose::STANDARD
+                .decode(r["Body"].as_str().unwrap())
+                .unwrap()
+        })
+        .collect();
+    bodies.sort();
+    sent.sort();
+    assert_eq!(bodies, sent, "every row exactly once");
 }
 
 #[test]
