@@ -118,7 +118,12 @@ impl Shared {
 
     /// Writes dead letters, retrying until the store takes them: the checkpoint must not move past
     /// rows that are neither committed nor dead-lettered.
-    pub(super) async fn dead_letter(&self, endpoint: &str, rows: &RecordBatch, failed: &[FailedRow]) {
+    pub(super) async fn dead_letter(
+        &self,
+        endpoint: &str,
+        rows: &RecordBatch,
+        failed: &[FailedRow],
+    ) {
         let records = match DeadLetter::from_failed_rows(endpoint, None, rows, failed) {
             Ok(records) => records,
             Err(error) => {

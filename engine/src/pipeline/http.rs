@@ -71,7 +71,8 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 
 fn endpoint_summaries(shared: &Shared) -> Vec<serde_json::Value> {
     let now = now();
-    let ago = |t: Option<std::time::Instant>| t.map(|t| now.saturating_duration_since(t).as_secs_f64());
+    let ago =
+        |t: Option<std::time::Instant>| t.map(|t| now.saturating_duration_since(t).as_secs_f64());
     shared
         .endpoints
         .iter()

@@ -67,7 +67,11 @@ impl Router {
                 shared.ownership.link_stolen(&id);
             }
             Ok(Err(error)) => {
-                shared.fail(&format!("receiver of partition {id}"), error, &self.shutdown);
+                shared.fail(
+                    &format!("receiver of partition {id}"),
+                    error,
+                    &self.shutdown,
+                );
             }
             Err(join) => shared.fail(
                 &format!("receiver of partition {id}"),

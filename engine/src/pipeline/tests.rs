@@ -101,7 +101,11 @@ impl Log {
                 message.partition = PARTITION.to_owned();
                 message.sequence_number = sequence_number;
                 message.offset = (sequence_number * 100).to_string();
-                let level = if is_hot(sequence_number) { "hot" } else { "cold" };
+                let level = if is_hot(sequence_number) {
+                    "hot"
+                } else {
+                    "cold"
+                };
                 message.application_properties =
                     vec![("level".to_owned(), AppPropertyValue::from(level))];
                 message
@@ -191,7 +195,9 @@ impl BatchSource for MemorySource {
 
     async fn retained_sequence_numbers(&self) -> Result<RetainedRanges> {
         let log = self.log.batches.borrow();
-        let first = log.first().and_then(|b| sequence_numbers(b).first().copied());
+        let first = log
+            .first()
+            .and_then(|b| sequence_numbers(b).first().copied());
         let last = log.last().and_then(|b| sequence_numbers(b).last().copied());
         Ok(vec![(PARTITION.to_owned(), first.zip(last))])
     }
@@ -203,7 +209,14 @@ impl BatchSource for MemorySource {
 struct Destination {
     up: Arc<watch::Sender<bool>>,
     instances: Arc<Mutex<usize>>,
-    delivered: Arc<Mutex<Vec<(usize, Vec<i64>)>>>,
+    delivered: Arc<Mutex<Vec<Delivery>>>,
+}
+
+/// The rows one sink instance committed in one `write`.
+#[derive(Debug)]
+struct Delivery {
+    instance: usize,
+    rows: Vec<i64>,
 }
 
 impl Destination {
@@ -215,8 +228,8 @@ impl Destination {
     fn rows(&self, which: impl Fn(usize) -> bool) -> Vec<i64> {
         lock(&self.delivered)
             .iter()
-            .filter(|(instance, _)| which(*instance))
-            .flat_map(|(_, rows)| rows.iter().copied())
+            .filter(|delivery| which(delivery.instance))
+            .flat_map(|delivery| delivery.rows.iter().copied())
             .collect()
     }
 }
@@ -243,7 +256,10 @@ impl Sink for TestSink {
     async fn write(&mut self, batch: SinkBatch) -> hubroute_sinks::Result<()> {
         let mut up = self.destination.up.subscribe();
         let _ = up.wait_for(|up| *up).await;
-        lock(&self.destination.delivered).push((self.instance, sequence_numbers(&batch.batch)));
+        lock(&self.destination.delivered).push(Delivery {
+            instance: self.instance,
+            rows: sequence_numbers(&batch.batch),
+        });
         let _ = self.acks.send(Ack::committed(batch.ticket)).await;
         Ok(())
     }
@@ -429,7 +445,10 @@ async fn after_a_restart_an_endpoint_skips_the_rows_it_had_committed() {
     })
     .await;
     // The hook never committed: the engine stops with the partition checkpoint unwritten.
-    engine.shutdown().await.expect("a stop after the drain timeout");
+    engine
+        .shutdown()
+        .await
+        .expect("a stop after the drain timeout");
     assert_eq!(harness.checkpoint().await, None);
 
     harness.hook.set_up(true);
@@ -476,9 +495,10 @@ async fn an_endpoint_dead_for_dead_after_is_parked_and_replayed_in_order_once_it
     .await;
     // While parked, the lake keeps committing and the checkpoint keeps moving.
     harness.log.append(10..20);
-    eventually("the checkpoint moves on while the hook is parked", || async {
-        harness.checkpoint().await == Some(19)
-    })
+    eventually(
+        "the checkpoint moves on while the hook is parked",
+        || async { harness.checkpoint().await == Some(19) },
+    )
     .await;
     assert_eq!(harness.lake_rows(), (0..20).collect::<Vec<_>>());
     assert!(harness.hook.rows(|_| true).is_empty());
@@ -499,7 +519,11 @@ async fn an_endpoint_dead_for_dead_after_is_parked_and_replayed_in_order_once_it
         harness.checkpoint().await == Some(29)
     })
     .await;
-    let live: BTreeSet<i64> = harness.hook.rows(|instance| instance == 0).into_iter().collect();
+    let live: BTreeSet<i64> = harness
+        .hook
+        .rows(|instance| instance == 0)
+        .into_iter()
+        .collect();
     assert!(
         hot(20..30).iter().all(|row| live.contains(row)),
         "rows after the replay go to the live sink"
