@@ -24,7 +24,7 @@ use crate::source::{EventHubSource, PartitionOutcome, SourceBatch};
 
 /// The first retained and last enqueued sequence numbers of each partition (`None` for an empty
 /// one), by partition id: what lag is measured against.
-pub(super) type RetainedRanges = Vec<(String, Option<(i64, i64)>)>;
+pub(crate) type RetainedRanges = Vec<(String, Option<(i64, i64)>)>;
 
 /// What the pipeline needs from a source of partitioned event batches.
 #[async_trait]

@@ -130,6 +130,7 @@ struct PartitionState {
 /// task's own struct (`Router`, `Housekeeping`); the checkpoint store, for one, is not here: only
 /// housekeeping writes it and only the supervisor reads endpoint positions from it.
 pub(crate) struct Shared {
+    /// The IoT hub's name, for `/routes`.
     hub_name: String,
     /// Partitions, checkpoint keys and source metrics (receivers are started by the supervisor).
     source: Arc<dyn BatchSource>,
@@ -141,6 +142,7 @@ pub(crate) struct Shared {
     partitions: Vec<PartitionState>,
     /// Tickets, in-flight entries and progress: where checkpoints come from.
     ledger: Ledger,
+    /// Every counter and gauge `/metrics` serves; updated by every task.
     metrics: Metrics,
     /// Permanently failed rows, malformed events and parked rows.
     dead_letters: DeadLetterStore,
