@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,11 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::batch_source::RetainedRanges;
 use super::{BatchSource, RunningEngine, SinkFactory, lock};
-use crate::Result;
 use crate::checkpoint::{CheckpointKey, CheckpointStore, EndpointPositions};
 use crate::config::LoadedConfig;
 use crate::health::HealthStatus;
 use crate::source::{PartitionOutcome, SourceBatch};
+use crate::{Error, Result};
 
 const PARTITION: &str = "0";
 /// The endpoint indices, in configuration order.
@@ -212,6 +213,8 @@ impl BatchSource for MemorySource {
 #[derive(Debug, Clone, Default)]
 struct Destination {
     up: Arc<watch::Sender<bool>>,
+    /// The sink fails as a whole (an error from `write`, fatal for the engine).
+    broken: Arc<AtomicBool>,
     instances: Arc<Mutex<usize>>,
     delivered: Arc<Mutex<Vec<Delivery>>>,
 }
@@ -258,6 +261,12 @@ impl Sink for TestSink {
     }
 
     async fn write(&mut self, batch: SinkBatch) -> hubroute_sinks::Result<()> {
+        if self.destination.broken.load(Ordering::SeqCst) {
+            return Err(hubroute_sinks::Error::Config {
+                sink: "hook".to_owned(),
+                problem: "the test broke this sink".to_owned(),
+            });
+        }
         let mut up = self.destination.up.subscribe();
         let _ = up.wait_for(|up| *up).await;
         lock(&self.destination.delivered).push(Delivery {
@@ -526,4 +535,30 @@ async fn an_endpoint_dead_for_dead_after_is_parked_and_replayed_in_order_once_it
     );
     assert_ne!(engine.endpoint_health()[HOOK].1, HealthStatus::Dead);
     engine.shutdown().await.expect("a clean stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_sink_stops_the_engine_with_a_typed_fatal_error_and_no_checkpoint() {
+    let harness = Harness::new();
+    harness.hook.broken.store(true, Ordering::SeqCst);
+    let engine = harness.start().await;
+    harness.log.append(0..3);
+    let stopped = tokio::time::timeout(Duration::from_secs(60), engine.wait())
+        .await
+        .expect("the engine stops by itself");
+    match stopped {
+        Err(Error::Fatal { component, source }) => {
+            assert_eq!(component, "sink");
+            assert!(
+                matches!(*source, Error::Sink { ref endpoint, .. } if endpoint == "hook"),
+                "the sink's error, typed: {source:?}"
+            );
+        }
+        other => panic!("expected a fatal sink error, got {other:?}"),
+    }
+    assert_eq!(
+        harness.checkpoint().await,
+        None,
+        "rows of the failed sink are never checkpointed"
+    );
 }
