@@ -28,6 +28,7 @@ const RESTART_POLL: Duration = Duration::from_millis(100);
 
 /// Runs routers for the owned partitions until `shutdown`, then waits for them to drain. With a
 /// single instance it also ends once every router has ended by itself (as the engine always has).
+/// `checkpoints` is read for the positions a partition's endpoints had settled before it starts.
 pub(super) async fn supervise(
     shared: Arc<Shared>,
     checkpoints: Arc<dyn CheckpointStore>,
