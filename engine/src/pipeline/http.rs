@@ -5,8 +5,7 @@
 //! and the status page (`/`, its assets and its data at `/status`; see `status_page`).
 //! Every route is a `GET`: nothing here changes the engine.
 
-use std::sync::{Arc, PoisonError};
-use std::time::Instant;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
@@ -18,14 +17,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::status_page::{self, StatusBoard};
-use super::{Shared, lock};
+use super::{Shared, lock, now};
 use crate::health::HealthStatus;
 
 /// Serves until `shutdown` is cancelled.
 pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
     // Every configured route, endpoint and partition has its counters from the start, at 0.
     {
-        let config = shared.config.read().unwrap_or_else(PoisonError::into_inner);
+        let config = shared.routes.config();
         shared.metrics.initialise_series(
             config.config.routes.iter().map(|r| r.name.as_str()),
             shared.endpoints.iter().map(|e| e.name.as_str()),
@@ -71,8 +70,9 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 fn endpoint_summaries(shared: &Shared) -> Vec<serde_json::Value> {
-    let now = Instant::now();
-    let ago = |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t).as_secs_f64());
+    let now = now();
+    let ago =
+        |t: Option<std::time::Instant>| t.map(|t| now.saturating_duration_since(t).as_secs_f64());
     shared
         .endpoints
         .iter()
@@ -92,7 +92,7 @@ fn endpoint_summaries(shared: &Shared) -> Vec<serde_json::Value> {
 }
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
-    let now = Instant::now();
+    let now = now();
     let fatal = lock(&shared.fatal).as_ref().map(ToString::to_string);
     let dead: Vec<String> = shared
         .endpoints
@@ -135,11 +135,7 @@ async fn routes(State(shared): State<Arc<Shared>>) -> Response {
 
 /// The `/routes` document (the status page reads its route and endpoint names from it too).
 pub(super) fn routes_summary(shared: &Shared) -> serde_json::Value {
-    let loaded = shared
-        .config
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
+    let loaded = shared.routes.config();
     let config = &loaded.config;
     let routes: Vec<_> = config
         .routes
@@ -165,7 +161,7 @@ pub(super) fn routes_summary(shared: &Shared) -> serde_json::Value {
     });
     json!({
         "hub_name": shared.hub_name,
-        "event_hub": shared.event_hub,
+        "event_hub": shared.source.event_hub(),
         "partitions": shared.partitions.iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
         "ownership": ownership_summary(shared),
         "routes": routes,

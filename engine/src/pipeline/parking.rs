@@ -24,9 +24,7 @@ use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
 use hubroute_message::MessageColumns;
-use hubroute_sinks::{
-    Ack, DeadLetter, DeadLetterStore, SinkBatch, SinkConfig, Ticket, build_sink, drive_sink,
-};
+use hubroute_sinks::{Ack, DeadLetter, DeadLetterStore, SinkBatch, SinkConfig, Ticket, drive_sink};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -227,7 +225,7 @@ impl Shared {
             source: Box::new(source),
         };
         let (acks, mut ack_receiver) = mpsc::channel(ACK_QUEUE);
-        let sink = build_sink(config.clone(), acks).map_err(sink_error)?;
+        let sink = (self.build_sink)(config.clone(), acks).map_err(sink_error)?;
         let (queue, batches) = mpsc::channel(1);
         let mut driver = tokio::spawn(drive_sink(sink, batches));
         let labels = endpoint_labels(&state.name);

@@ -19,15 +19,19 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::{SOURCE_QUEUE, Shared, route_partition};
+use super::router::{Floors, Router};
+use super::{SOURCE_QUEUE, Shared};
+use crate::checkpoint::{CheckpointStore, EndpointPositions};
 
 /// How often a partition won back is checked for unsettled rows of its previous period.
 const RESTART_POLL: Duration = Duration::from_millis(100);
 
 /// Runs routers for the owned partitions until `shutdown`, then waits for them to drain. With a
 /// single instance it also ends once every router has ended by itself (as the engine always has).
+/// `checkpoints` is read for the positions a partition's endpoints had settled before it starts.
 pub(super) async fn supervise(
     shared: Arc<Shared>,
+    checkpoints: Arc<dyn CheckpointStore>,
     queues: Vec<mpsc::Sender<SinkBatch>>,
     shutdown: CancellationToken,
 ) {
@@ -75,7 +79,7 @@ pub(super) async fn supervise(
             if !shared.ledger.is_settled(index) {
                 continue;
             }
-            let floors = shared.endpoint_floors(&partition.id).await;
+            let floors = endpoint_floors(&shared, checkpoints.as_ref(), &partition.id).await;
             if !shared.ledger.restart(index, floors.clone()) {
                 continue;
             }
@@ -84,15 +88,14 @@ pub(super) async fn supervise(
             let (downstream, batches) = mpsc::channel(SOURCE_QUEUE);
             let receiver = shared.source.spawn(&partition.id, downstream, stop.clone());
             let span = tracing::info_span!("partition", partition = %partition.id);
-            let router = route_partition(
-                Arc::clone(&shared),
-                index,
-                floors,
-                batches,
-                receiver,
-                queues.clone(),
-                shutdown.clone(),
-            )
+            let router = Router {
+                shared: Arc::clone(&shared),
+                partition: index,
+                floors: Floors::new(floors),
+                queues: queues.clone(),
+                shutdown: shutdown.clone(),
+            }
+            .run(batches, receiver)
             .instrument(span);
             routers.spawn(async move {
                 router.await;
@@ -122,4 +125,27 @@ pub(super) async fn supervise(
     }
     drop(queues);
     while routers.join_next().await.is_some() {}
+}
+
+/// The positions each endpoint (by index) had settled in `partition` before this period, as
+/// stored beside its checkpoint. Unreadable positions only cost duplicates: they are logged and
+/// every endpoint resumes from the checkpoint.
+async fn endpoint_floors(
+    shared: &Shared,
+    checkpoints: &dyn CheckpointStore,
+    partition: &str,
+) -> Vec<Option<i64>> {
+    let key = shared.source.checkpoint_key(partition);
+    let stored = match checkpoints.load_endpoints(&key).await {
+        Ok(stored) => stored,
+        Err(error) => {
+            tracing::warn!(%partition, %error, "cannot read the endpoint positions; every endpoint resumes from the checkpoint");
+            EndpointPositions::new()
+        }
+    };
+    shared
+        .endpoints
+        .iter()
+        .map(|e| stored.get(&e.name).copied())
+        .collect()
 }

@@ -59,6 +59,24 @@ pub struct SourceBatch {
     _memory: Reservation,
 }
 
+impl SourceBatch {
+    /// A batch of `partition` outside any memory budget, for tests that feed the pipeline without
+    /// a receiver: its last row's sequence number and offset are read from the batch.
+    #[cfg(test)]
+    pub(crate) fn unbudgeted(partition: &str, batch: RecordBatch) -> Self {
+        let columns = hubroute_message::MessageColumns::try_new(&batch).expect("message schema");
+        let last = batch.num_rows().checked_sub(1).expect("a batch with rows");
+        Self {
+            partition: partition.to_owned(),
+            last_sequence_number: columns.sequence_number.value(last),
+            last_offset: columns.offset.value(last).to_owned(),
+            malformed: Vec::new(),
+            _memory: MemoryBudget::new(0).empty(),
+            batch,
+        }
+    }
+}
+
 /// Why a partition receiver ended without an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PartitionOutcome {

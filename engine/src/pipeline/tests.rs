@@ -1,0 +1,564 @@
+//! The running pipeline on tokio's paused clock, without AMQP: batches come from an in-memory
+//! [`BatchSource`] (a partition log that resumes after the stored checkpoint, as the AMQP source
+//! does), the routing table is compiled from a small configuration, the `lake` endpoint is the real
+//! Parquet sink on a temporary directory (not idempotent, so a duplicate shows), and the `hook`
+//! endpoint is a test sink whose destination the test takes down and brings back.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use hubroute_message::{AppPropertyValue, Message, MessageBatchBuilder, MessageColumns};
+use hubroute_sinks::{Ack, AckSender, FlushReason, Sink, SinkBatch, build_sink};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::batch_source::RetainedRanges;
+use super::{BatchSource, RunningEngine, SinkFactory, lock};
+use crate::checkpoint::{CheckpointKey, CheckpointStore, EndpointPositions};
+use crate::config::LoadedConfig;
+use crate::health::HealthStatus;
+use crate::source::{PartitionOutcome, SourceBatch};
+use crate::{Error, Result};
+
+const PARTITION: &str = "0";
+/// The endpoint indices, in configuration order.
+const LAKE: usize = 0;
+const HOOK: usize = 1;
+
+fn config(dir: &Path) -> String {
+    let dir = dir.display();
+    format!(
+        r#"
+[source]
+connection_string = "Endpoint=sb://127.0.0.1:5673/;SharedAccessKeyName=R;SharedAccessKey=c2VjcmV0;EntityPath=hub"
+
+[checkpoint]
+dir = "{dir}/checkpoints"
+interval = "1s"
+
+[dead_letters]
+store = {{ kind = "local", root = "{dir}/dead-letters" }}
+
+[service]
+listen = "127.0.0.1:0"
+stall_after = "30s"
+dead_after = "10m"
+drain_timeout = "5s"
+
+[[endpoints]]
+sink = {{ type = "parquet", name = "lake", store = {{ kind = "local", root = "{dir}/lake" }}, max_file_age = "1s" }}
+
+[[endpoints]]
+queue_capacity = 2
+sink = {{ type = "webhook", name = "hook", url = "http://127.0.0.1:1/hook" }}
+
+[[routes]]
+name = "everything"
+condition = "true"
+endpoint = "lake"
+
+[[routes]]
+name = "hot"
+condition = "level = 'hot'"
+endpoint = "hook"
+"#
+    )
+}
+
+/// Every third event is hot (routed to the hook as well as the lake).
+fn is_hot(sequence_number: i64) -> bool {
+    sequence_number % 3 == 0
+}
+
+fn hot(sequence_numbers: std::ops::Range<i64>) -> Vec<i64> {
+    sequence_numbers.filter(|s| is_hot(*s)).collect()
+}
+
+fn sequence_numbers(batch: &RecordBatch) -> Vec<i64> {
+    MessageColumns::try_new(batch)
+        .expect("message schema")
+        .sequence_number
+        .values()
+        .to_vec()
+}
+
+/// Partition logs shared by every engine a test starts, as an event hub outlives its readers.
+#[derive(Debug, Default)]
+struct Log {
+    batches: watch::Sender<Vec<RecordBatch>>,
+}
+
+impl Log {
+    fn append(&self, sequence_numbers: std::ops::Range<i64>) {
+        let messages: Vec<Message> = sequence_numbers
+            .map(|sequence_number| {
+                let mut message = Message::telemetry("{}");
+                message.partition = PARTITION.to_owned();
+                message.sequence_number = sequence_number;
+                message.offset = (sequence_number * 100).to_string();
+                let level = if is_hot(sequence_number) {
+                    "hot"
+                } else {
+                    "cold"
+                };
+                message.application_properties =
+                    vec![("level".to_owned(), AppPropertyValue::from(level))];
+                message
+            })
+            .collect();
+        let batch = MessageBatchBuilder::batch_of(&messages).expect("a batch");
+        self.batches.send_modify(|log| log.push(batch));
+    }
+}
+
+fn checkpoint_key(partition: &str) -> CheckpointKey {
+    CheckpointKey {
+        fully_qualified_namespace: "memory".to_owned(),
+        event_hub: "hub".to_owned(),
+        consumer_group: "$Default".to_owned(),
+        partition: partition.to_owned(),
+    }
+}
+
+/// A one-partition source reading [`Log`]: it resumes after the stored checkpoint and then follows
+/// the log until stopped, as a caught-up AMQP receiver does.
+#[derive(Debug)]
+struct MemorySource {
+    log: Arc<Log>,
+    checkpoints: Arc<dyn CheckpointStore>,
+    partitions: Vec<String>,
+}
+
+#[async_trait]
+impl BatchSource for MemorySource {
+    fn event_hub(&self) -> &str {
+        "hub"
+    }
+
+    fn partitions(&self) -> &[String] {
+        &self.partitions
+    }
+
+    fn checkpoint_key(&self, partition: &str) -> CheckpointKey {
+        checkpoint_key(partition)
+    }
+
+    fn spawn(
+        &self,
+        partition: &str,
+        downstream: mpsc::Sender<SourceBatch>,
+        shutdown: CancellationToken,
+    ) -> JoinHandle<Result<PartitionOutcome>> {
+        let key = self.checkpoint_key(partition);
+        let checkpoints = Arc::clone(&self.checkpoints);
+        let mut log = self.log.batches.subscribe();
+        tokio::spawn(async move {
+            let after = checkpoints.load(&key).await?.map(|c| c.sequence_number);
+            let mut sent = 0;
+            loop {
+                let unsent: Vec<RecordBatch> = log.borrow_and_update()[sent..].to_vec();
+                sent += unsent.len();
+                for batch in unsent {
+                    let skip = sequence_numbers(&batch)
+                        .iter()
+                        .take_while(|s| after.is_some_and(|after| **s <= after))
+                        .count();
+                    if skip == batch.num_rows() {
+                        continue;
+                    }
+                    let batch = batch.slice(skip, batch.num_rows() - skip);
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(PartitionOutcome::Stopped),
+                        delivered = downstream.send(SourceBatch::unbudgeted(&key.partition, batch)) => {
+                            if delivered.is_err() {
+                                return Ok(PartitionOutcome::DownstreamClosed);
+                            }
+                        }
+                    }
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(PartitionOutcome::Stopped),
+                    _ = log.changed() => {}
+                }
+            }
+        })
+    }
+
+    fn reconnects(&self) -> u64 {
+        0
+    }
+
+    fn buffered_bytes(&self) -> u64 {
+        0
+    }
+
+    async fn retained_sequence_numbers(&self) -> Result<RetainedRanges> {
+        let log = self.log.batches.borrow();
+        let first = log
+            .first()
+            .and_then(|b| sequence_numbers(b).first().copied());
+        let last = log.last().and_then(|b| sequence_numbers(b).last().copied());
+        Ok(vec![(PARTITION.to_owned(), first.zip(last))])
+    }
+}
+
+/// The hook's destination: up or down, and what each sink instance delivered, in order
+/// (instance 0 is the endpoint's live sink; later ones are built to replay parked rows).
+#[derive(Debug, Clone, Default)]
+struct Destination {
+    up: Arc<watch::Sender<bool>>,
+    /// The sink fails as a whole (an error from `write`, fatal for the engine).
+    broken: Arc<AtomicBool>,
+    instances: Arc<Mutex<usize>>,
+    delivered: Arc<Mutex<Vec<Delivery>>>,
+}
+
+/// The rows one sink instance committed in one `write`.
+#[derive(Debug)]
+struct Delivery {
+    instance: usize,
+    rows: Vec<i64>,
+}
+
+impl Destination {
+    fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+
+    /// Every row delivered by `instance`s matching `which`, in delivery order.
+    fn rows(&self, which: impl Fn(usize) -> bool) -> Vec<i64> {
+        lock(&self.delivered)
+            .iter()
+            .filter(|delivery| which(delivery.instance))
+            .flat_map(|delivery| delivery.rows.iter().copied())
+            .collect()
+    }
+}
+
+/// A sink that, while its destination is down, retries inside `write` (so it holds its ticket
+/// unacked and its queue fills, as a real sink retrying does), and commits once it is up.
+#[derive(Debug)]
+struct TestSink {
+    instance: usize,
+    destination: Destination,
+    acks: AckSender,
+}
+
+#[async_trait]
+impl Sink for TestSink {
+    fn name(&self) -> &str {
+        "hook"
+    }
+
+    fn idempotent(&self) -> bool {
+        false
+    }
+
+    async fn write(&mut self, batch: SinkBatch) -> hubroute_sinks::Result<()> {
+        if self.destination.broken.load(Ordering::SeqCst) {
+            return Err(hubroute_sinks::Error::Config {
+                sink: "hook".to_owned(),
+                problem: "the test broke this sink".to_owned(),
+            });
+        }
+        let mut up = self.destination.up.subscribe();
+        let _ = up.wait_for(|up| *up).await;
+        lock(&self.destination.delivered).push(Delivery {
+            instance: self.instance,
+            rows: sequence_numbers(&batch.batch),
+        });
+        let _ = self.acks.send(Ack::committed(batch.ticket)).await;
+        Ok(())
+    }
+
+    fn flush_deadline(&self) -> Option<tokio::time::Instant> {
+        None
+    }
+
+    async fn flush(&mut self, _: FlushReason) -> hubroute_sinks::Result<()> {
+        Ok(())
+    }
+}
+
+/// One test's directory, partition log and hook destination, shared by the engines it starts.
+struct Harness {
+    dir: tempfile::TempDir,
+    log: Arc<Log>,
+    hook: Destination,
+    /// The checkpoint store the last engine was started with, to read what it wrote.
+    checkpoints: Arc<Mutex<Option<Arc<dyn CheckpointStore>>>>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            log: Arc::default(),
+            hook: Destination::default(),
+            checkpoints: Arc::default(),
+        }
+    }
+
+    async fn start(&self) -> RunningEngine {
+        let path = self.dir.path().join("hubroute.toml");
+        let loaded = LoadedConfig::parse(&path, &config(self.dir.path())).expect("valid config");
+        let hook = self.hook.clone();
+        let sinks: SinkFactory = Arc::new(move |config, acks| {
+            if config.name() != "hook" {
+                return build_sink(config, acks);
+            }
+            let instance = {
+                let mut instances = lock(&hook.instances);
+                *instances += 1;
+                *instances - 1
+            };
+            Ok(Box::new(TestSink {
+                instance,
+                destination: hook.clone(),
+                acks,
+            }))
+        });
+        let log = Arc::clone(&self.log);
+        let stash = Arc::clone(&self.checkpoints);
+        RunningEngine::start_with(loaded, sinks, move |_, checkpoints| async move {
+            *lock(&stash) = Some(Arc::clone(&checkpoints));
+            let source = MemorySource {
+                log,
+                checkpoints,
+                partitions: vec![PARTITION.to_owned()],
+            };
+            Ok(Arc::new(source) as Arc<dyn BatchSource>)
+        })
+        .await
+        .expect("the engine starts")
+    }
+
+    fn store(&self) -> Arc<dyn CheckpointStore> {
+        lock(&self.checkpoints)
+            .clone()
+            .expect("an engine was started")
+    }
+
+    /// The stored partition checkpoint's sequence number.
+    async fn checkpoint(&self) -> Option<i64> {
+        self.store()
+            .load(&checkpoint_key(PARTITION))
+            .await
+            .expect("the checkpoint store reads")
+            .map(|c| c.sequence_number)
+    }
+
+    /// The stored position of `endpoint`.
+    async fn position(&self, endpoint: &str) -> Option<i64> {
+        let positions: EndpointPositions = self
+            .store()
+            .load_endpoints(&checkpoint_key(PARTITION))
+            .await
+            .expect("the checkpoint store reads");
+        positions.get(endpoint).copied()
+    }
+
+    /// Every row in the lake's Parquet files, sorted, duplicates kept.
+    fn lake_rows(&self) -> Vec<i64> {
+        fn visit(dir: &Path, rows: &mut Vec<i64>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries {
+                let path = entry.expect("a directory entry").path();
+                if path.is_dir() {
+                    visit(&path, rows);
+                } else if path.extension().is_some_and(|e| e == "parquet") {
+                    let bytes = std::fs::read(&path).expect("a readable file");
+                    hubroute_sinks::read_parquet_file("lake", bytes.into(), 1024, |batch| {
+                        rows.extend(sequence_numbers(&batch));
+                        Ok(())
+                    })
+                    .expect("a Parquet file of the sink");
+                }
+            }
+        }
+        let mut rows = Vec::new();
+        visit(&self.dir.path().join("lake"), &mut rows);
+        rows.sort_unstable();
+        rows
+    }
+}
+
+/// Waits, on the paused clock, until `check` holds (up to a minute of paused time).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    for _ in 0..600 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("still not true after a minute: {what}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn rows_reach_their_endpoints_and_the_checkpoint_waits_for_every_endpoint() {
+    let harness = Harness::new();
+    let engine = harness.start().await;
+    harness.log.append(0..10);
+    eventually("the lake's position is stored", || async {
+        harness.position("lake").await == Some(9)
+    })
+    .await;
+    assert_eq!(harness.lake_rows(), (0..10).collect::<Vec<_>>());
+    assert_eq!(
+        harness.checkpoint().await,
+        None,
+        "the hook has not committed its rows: the partition checkpoint waits"
+    );
+    assert_eq!(harness.position("hook").await, None);
+
+    harness.hook.set_up(true);
+    eventually("the checkpoint covers the batch", || async {
+        harness.checkpoint().await == Some(9)
+    })
+    .await;
+    assert_eq!(harness.position("hook").await, Some(9));
+    assert_eq!(
+        harness.hook.rows(|_| true),
+        hot(0..10),
+        "only the hot rows reach the hook"
+    );
+    let summary = engine.shutdown().await.expect("a clean stop");
+    assert_eq!(summary.events_routed, 10);
+    assert_eq!(summary.committed, [(PARTITION.to_owned(), Some(9))]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_restart_an_endpoint_skips_the_rows_it_had_committed() {
+    let harness = Harness::new();
+    let engine = harness.start().await;
+    harness.log.append(0..10);
+    eventually("the lake's position is stored", || async {
+        harness.position("lake").await == Some(9)
+    })
+    .await;
+    // The hook never committed: the engine stops with the partition checkpoint unwritten.
+    engine
+        .shutdown()
+        .await
+        .expect("a stop after the drain timeout");
+    assert_eq!(harness.checkpoint().await, None);
+
+    harness.hook.set_up(true);
+    let engine = harness.start().await;
+    harness.log.append(10..20);
+    eventually("the checkpoint covers both batches", || async {
+        harness.checkpoint().await == Some(19)
+    })
+    .await;
+    assert_eq!(
+        harness.lake_rows(),
+        (0..20).collect::<Vec<_>>(),
+        "the lake got the first batch once, although the partition was read again from its start"
+    );
+    assert_eq!(
+        harness.hook.rows(|_| true),
+        hot(0..20),
+        "the hook got what it had not committed"
+    );
+    engine.shutdown().await.expect("a clean stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_dead_for_dead_after_is_parked_and_replayed_in_order_once_it_recovers() {
+    let harness = Harness::new();
+    let engine = harness.start().await;
+    let parked = || engine.shared.endpoints[HOOK].parking.is_parked();
+    harness.log.append(0..10);
+    eventually("the lake's position is stored", || async {
+        harness.position("lake").await == Some(9)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(9 * 60)).await;
+    assert!(!parked(), "not before dead_after");
+    assert_eq!(harness.checkpoint().await, None);
+
+    tokio::time::sleep(Duration::from_secs(2 * 60)).await;
+    assert!(parked(), "failing (stalled) for longer than dead_after");
+    let health = engine.endpoint_health();
+    assert_eq!(health[HOOK], ("hook".to_owned(), HealthStatus::Dead));
+    eventually("the checkpoint moves past the parked rows", || async {
+        harness.checkpoint().await == Some(9)
+    })
+    .await;
+    // While parked, the lake keeps committing and the checkpoint keeps moving.
+    harness.log.append(10..20);
+    eventually(
+        "the checkpoint moves on while the hook is parked",
+        || async { harness.checkpoint().await == Some(19) },
+    )
+    .await;
+    assert_eq!(harness.lake_rows(), (0..20).collect::<Vec<_>>());
+    assert!(harness.hook.rows(|_| true).is_empty());
+    assert_eq!(
+        engine.endpoint_health()[LAKE].1,
+        HealthStatus::Healthy,
+        "the lake is unaffected"
+    );
+
+    harness.hook.set_up(true);
+    eventually("the hook is live again", || async { !parked() }).await;
+    assert_eq!(
+        harness.hook.rows(|instance| instance > 0),
+        hot(0..20),
+        "every parked row is replayed, in partition order"
+    );
+    harness.log.append(20..30);
+    eventually("live delivery resumes", || async {
+        harness.checkpoint().await == Some(29)
+    })
+    .await;
+    let live: BTreeSet<i64> = harness
+        .hook
+        .rows(|instance| instance == 0)
+        .into_iter()
+        .collect();
+    assert!(
+        hot(20..30).iter().all(|row| live.contains(row)),
+        "rows after the replay go to the live sink"
+    );
+    assert_ne!(engine.endpoint_health()[HOOK].1, HealthStatus::Dead);
+    engine.shutdown().await.expect("a clean stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_sink_stops_the_engine_with_a_typed_fatal_error_and_no_checkpoint() {
+    let harness = Harness::new();
+    harness.hook.broken.store(true, Ordering::SeqCst);
+    let engine = harness.start().await;
+    harness.log.append(0..3);
+    let stopped = tokio::time::timeout(Duration::from_secs(60), engine.wait())
+        .await
+        .expect("the engine stops by itself");
+    match stopped {
+        Err(Error::Fatal { component, source }) => {
+            assert_eq!(component, "sink");
+            assert!(
+                matches!(*source, Error::Sink { ref endpoint, .. } if endpoint == "hook"),
+                "the sink's error, typed: {source:?}"
+            );
+        }
+        other => panic!("expected a fatal sink error, got {other:?}"),
+    }
+    assert_eq!(
+        harness.checkpoint().await,
+        None,
+        "rows of the failed sink are never checkpointed"
+    );
+}
