@@ -128,7 +128,7 @@ ensure_azurite() {
         log "starting Azurite blob service on 127.0.0.1:10000"
         mkdir -p "$HUBROUTE_STATE/azurite"
         nohup "$bin" --blobHost 127.0.0.1 --blobPort 10000 --location "$HUBROUTE_STATE/azurite" \
-            --skipApiVersionCheck --loose --silent >"$HUBROUTE_STATE/azurite.log" 2>&1 &
+            --skipApiVersionCheck --loose --silent --disableTelemetry >"$HUBROUTE_STATE/azurite.log" 2>&1 &
         wait_for_port 127.0.0.1 10000 60 || die "Azurite did not start; see $HUBROUTE_STATE/azurite.log"
     fi
     export HUBROUTE_AZURITE_BLOB_ENDPOINT="http://127.0.0.1:10000/devstoreaccount1"

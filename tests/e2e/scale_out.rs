@@ -1023,7 +1023,12 @@ impl PrivateAzurite {
             ])
             .arg("--location")
             .arg(self.data.path())
-            .args(["--skipApiVersionCheck", "--loose", "--silent"])
+            .args([
+                "--skipApiVersionCheck",
+                "--loose",
+                "--silent",
+                "--disableTelemetry",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -55,7 +55,7 @@ use object_store::ObjectStore;
 use object_store::path::Path;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression as ParquetCompression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
@@ -86,6 +86,14 @@ const PAGE_BYTES: usize = 128 * 1024;
 /// Rows encoded between two checks of the page bounds (parquet-rs checks only between such mini
 /// batches): 256 rows of 500-byte bodies are 125 KiB, so a body page closes near its bound.
 const WRITE_BATCH_ROWS: usize = 256;
+
+/// The row bound of every data page. A dictionary-encoded column buffers one 8-byte index per row
+/// until its page closes, and its encoded size (a few bits per row) never reaches [`PAGE_BYTES`],
+/// so only this bound closes it: at parquet-rs's default (20 000 rows, in vectors grown by
+/// doubling) the ~10 dictionary columns of 32 partitions × 3 endpoints' open files held 67 MB of
+/// index buffers (heaptrack, `benches/e2e/run.py --partitions 32`). 4 096 rows cost one ~30-byte
+/// page header per 4 096 values.
+const PAGE_ROWS: usize = 4096;
 
 /// Message columns whose values are unique, or nearly, per row: written without a dictionary.
 const UNIQUE_PER_ROW: &[&str] = &[
@@ -291,6 +299,7 @@ impl ParquetSink {
             .set_compression(compression)
             .set_column_compression(ColumnPath::from(message_columns::BODY), body_compression)
             .set_data_page_size_limit(PAGE_BYTES)
+            .set_data_page_row_count_limit(PAGE_ROWS)
             .set_write_batch_size(WRITE_BATCH_ROWS)
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
         // Columns whose values are (nearly) unique per row gain nothing from a dictionary: building
@@ -298,6 +307,12 @@ impl ParquetSink {
         for column in UNIQUE_PER_ROW {
             properties = properties.set_column_dictionary_enabled(ColumnPath::from(*column), false);
         }
+        // Minimum and maximum of JSON bodies prune nothing, and computing them compared every body
+        // with two others (memcmp was 3 % of the engine's instructions).
+        properties = properties.set_column_statistics_enabled(
+            ColumnPath::from(message_columns::BODY),
+            EnabledStatistics::None,
+        );
         let properties = properties.build();
         Ok(Self {
             name: config.name.as_str().into(),

@@ -171,6 +171,53 @@ async fn body_pages_close_near_their_bound() {
     assert!(sizes.iter().all(|&size| size <= bound), "{sizes:?}");
 }
 
+/// A dictionary-encoded column's page closes by rows (its few bits per row never reach the byte
+/// bound), so an open file holds at most `PAGE_ROWS` of its indices; the body column carries no
+/// min/max statistics (they prune nothing and cost two comparisons per body).
+#[tokio::test]
+async fn dictionary_pages_close_by_rows_and_bodies_carry_no_statistics() {
+    use parquet::file::reader::{FileReader as _, SerializedFileReader};
+
+    let store = Arc::new(InMemory::new());
+    let config = ParquetSinkConfig::new("lake", ObjectStoreConfig::Local { root: "/".into() });
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut sink = ParquetSink::with_store(config, store.clone(), tx).unwrap();
+    let mut batch = messages("0", 0..10_000, 8);
+    for (index, message) in batch.iter_mut().enumerate() {
+        message.system.connection_device_id = Some(format!("device-{}", index % 7));
+    }
+    sink.write(sink_batch(0, &batch)).await.unwrap();
+    sink.flush(FlushReason::Shutdown).await.unwrap();
+    acks_for(&mut rx, 1).await;
+
+    let stored = files(store.as_ref()).await;
+    let reader = SerializedFileReader::new(stored[0].1.clone()).unwrap();
+    let row_group = reader.get_row_group(0).unwrap();
+    let column = |name: &str| {
+        (0..row_group.num_columns())
+            .find(|&i| row_group.metadata().column(i).column_path().string() == name)
+            .unwrap()
+    };
+    let mut pages = row_group
+        .get_column_page_reader(column("connection_device_id"))
+        .unwrap();
+    let mut rows = Vec::new();
+    while let Some(page) = pages.get_next_page().unwrap() {
+        if !matches!(page, parquet::column::page::Page::DictionaryPage { .. }) {
+            rows.push(page.num_values() as usize);
+        }
+    }
+    assert_eq!(rows.iter().sum::<usize>(), 10_000, "{rows:?}");
+    assert!(rows.iter().all(|&n| n <= PAGE_ROWS), "{rows:?}");
+    let body = row_group.metadata().column(column("body"));
+    assert!(body.statistics().is_none(), "{:?}", body.statistics());
+    let sequence_number = row_group.metadata().column(column("sequence_number"));
+    assert!(
+        sequence_number.statistics().is_some(),
+        "other columns keep theirs"
+    );
+}
+
 #[tokio::test]
 async fn files_roll_by_size_and_are_readable_by_parquet_and_pyarrow() {
     let dir = tempfile::tempdir().unwrap();
