@@ -418,7 +418,7 @@ pub(crate) struct Hook {
 }
 
 impl Hook {
-    /// Serves `POST /hook` on a free loopback port.
+    /// Serves `POST /hook` (and `HEAD /hook`, the engine's probe) on a free loopback port.
     pub(crate) async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let hook = Self {
@@ -449,6 +449,24 @@ impl Hook {
                     };
                     state.received.lock().unwrap().extend(events);
                     axum::http::StatusCode::OK
+                }
+            })
+            .head({
+                // The engine's health probe: a service that is down (or stalled) is so for every
+                // method, as behind a gateway.
+                let state = hook.clone();
+                move || {
+                    let state = state.clone();
+                    async move {
+                        while state.stalled.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        if state.unavailable.load(Ordering::SeqCst) {
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE
+                        } else {
+                            axum::http::StatusCode::OK
+                        }
+                    }
                 }
             }),
         );

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::{Connection, TransactionBehavior, params_from_iter};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params_from_iter};
 
 pub use config::SqliteSinkConfig;
 
@@ -55,6 +55,72 @@ impl SqliteSink {
         let settings = TableSinkSettings::new(config.batch_max_rows, config.linger, config.retry);
         TableSink::start(config.name, mapping, settings, writer, acks)
     }
+}
+
+/// Whether the database can take rows (see [`crate::probe`]): opens the file read-write without
+/// creating it and prepares a query of the target table, on the blocking pool. A missing file or
+/// table is up when the sink would create it (the file always, the table with `create = true`) and
+/// its directory exists; nothing is written.
+pub(crate) async fn probe(config: &SqliteSinkConfig) -> Result<()> {
+    let mapping = TableMapping::new(&config.name, &config.table)?;
+    let (sink, path, busy_timeout) = (
+        config.name.clone(),
+        config.path.clone(),
+        config.busy_timeout,
+    );
+    let table = mapping.quoted_name();
+    let create = mapping.create;
+    let database_error = move |code: Option<String>, message: String| Error::Database {
+        sink: sink.clone(),
+        operation: "probe",
+        code,
+        message: format!("{}: {message}", path.display()),
+    };
+    let path = config.path.clone();
+    tokio::task::spawn_blocking(move || {
+        if !path.exists() {
+            let directory = match path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => std::path::Path::new("."),
+            };
+            if !directory.is_dir() {
+                return Err(database_error(
+                    Some("SQLITE_CANTOPEN".to_owned()),
+                    format!("the directory {} does not exist", directory.display()),
+                ));
+            }
+            if !create {
+                return Err(database_error(
+                    None,
+                    format!("the database does not exist, so table {table} does not either; create it or set `create = true`"),
+                ));
+            }
+            return Ok(());
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let connection = Connection::open_with_flags(&path, flags)
+            .and_then(|connection| connection.busy_timeout(busy_timeout).map(|()| connection))
+            .map_err(|error| database_error(Some(code_name(&error)), error.to_string()))?;
+        match connection.prepare(&format!("SELECT 1 FROM {table} LIMIT 0")) {
+            Ok(_) => Ok(()),
+            Err(error) if create && error.to_string().starts_with("no such table") => Ok(()),
+            Err(error) => {
+                let hint = if error.to_string().starts_with("no such table") {
+                    "; create it or set `create = true`"
+                } else {
+                    ""
+                };
+                Err(database_error(Some(code_name(&error)), format!("{error}{hint}")))
+            }
+        }
+    })
+    .await
+    .map_err(|join| Error::Database {
+        sink: config.name.clone(),
+        operation: "probe",
+        code: None,
+        message: format!("the blocking probe panicked: {join}"),
+    })?
 }
 
 /// What the blocking task needs, shared without copying.
