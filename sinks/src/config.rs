@@ -185,6 +185,36 @@ mod tests {
         }
     }
 
+    #[test]
+    fn max_hold_is_the_linger_or_file_age_of_each_kind() {
+        let cases = [
+            (
+                r#"{"type":"parquet","name":"l","max_file_age":"5s"}"#,
+                5_000,
+            ),
+            (
+                r#"{"type":"webhook","name":"h","url":"http://x","linger":"20ms"}"#,
+                20,
+            ),
+            (
+                r#"{"type":"postgres","name":"p","table":{"name":"m"},"linger":"30ms"}"#,
+                30,
+            ),
+            (
+                r#"{"type":"storage","name":"s","batch_frequency":60}"#,
+                60_000,
+            ),
+            (
+                r#"{"type":"servicebus","name":"sb","url":"amqp://127.0.0.1:5672","entity":"/q"}"#,
+                0,
+            ),
+        ];
+        for (json, millis) in cases {
+            let config: SinkConfig = serde_json::from_str(json).unwrap();
+            assert_eq!(config.max_hold(), Duration::from_millis(millis), "{json}");
+        }
+    }
+
     #[tokio::test]
     async fn build_sink_builds_each_kind() {
         let dir = tempfile::tempdir().unwrap();

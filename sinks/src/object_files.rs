@@ -236,7 +236,7 @@ pub(crate) async fn probe_store(
     prefix: &Path,
 ) -> Result<()> {
     let client = store.build_for_probe(sink, PROBE_TIMEOUT)?;
-    let path = prefix.child(PROBE_OBJECT);
+    let path = prefix.clone().join(PROBE_OBJECT);
     match client.head(&path).await {
         Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
         Err(source) => Err(Error::ObjectStore {

@@ -1,7 +1,8 @@
 //! Endpoint isolation end to end: a webhook that is down for longer than `dead_after` while events
 //! flow is parked, the Parquet and PostgreSQL endpoints and the partition checkpoints go on, its
-//! health probe fails (and gates the replay) while it is down, and when the webhook returns every
-//! parked message reaches it in partition order, with no command;
+//! health probe fails (and gates the replay) while it is down, a replay that fails after a passing
+//! probe goes back to probing, and when the webhook returns every parked message reaches it in
+//! partition order, with no command;
 //! and after a restart only the endpoint that had not committed rows sees them again.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -107,12 +108,12 @@ endpoint = "hook"
     )
 }
 
-/// Polls the engine's metrics until `done` holds, for at most 30 s.
+/// Polls the engine's metrics until `done` holds, for at most 60 s (probes back off up to 30 s).
 async fn wait_until_metric(addr: SocketAddr, what: &str, done: impl Fn(&str) -> bool) {
     let started = std::time::Instant::now();
     while !done(&metrics_of(addr).await) {
         assert!(
-            started.elapsed() < Duration::from_secs(30),
+            started.elapsed() < Duration::from_secs(60),
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -265,6 +266,26 @@ async fn a_webhook_down_longer_than_dead_after_is_parked_and_replayed_in_order_w
         sent,
         "Parquet too"
     );
+
+    // A probe can pass while deliveries still fail (HEAD answers, POST does not): each failed
+    // replay goes back to probing, and nothing is replayed or lost meanwhile.
+    hook.head_answers.store(true, Ordering::SeqCst);
+    wait_until_metric(
+        addr,
+        "two passing probes of the webhook, each followed by a failed replay",
+        |text| probes(text, "up") >= 2.0,
+    )
+    .await;
+    let text = metrics_of(addr).await;
+    assert_eq!(
+        metric_sum(
+            &text,
+            "hubroute_endpoint_replayed_rows_total{endpoint=\"hook\"}"
+        ),
+        0.0,
+        "{text}"
+    );
+    assert!(hook.message_ids().is_empty());
 
     // The webhook returns: every parked row is replayed, in partition order, with no command.
     hook.unavailable.store(false, Ordering::SeqCst);

@@ -415,6 +415,9 @@ pub(crate) struct Hook {
     pub(crate) rejecting: Arc<AtomicBool>,
     /// Answer 503 (the service is down; retried) to every request.
     pub(crate) unavailable: Arc<AtomicBool>,
+    /// Answer `HEAD` (the engine's probe) with 200 even while `unavailable`: a service whose
+    /// front answers while its POST handler fails.
+    pub(crate) head_answers: Arc<AtomicBool>,
 }
 
 impl Hook {
@@ -427,6 +430,7 @@ impl Hook {
             stalled: Arc::default(),
             rejecting: Arc::default(),
             unavailable: Arc::default(),
+            head_answers: Arc::default(),
         };
         let state = hook.clone();
         let app = axum::Router::new().route(
@@ -461,7 +465,9 @@ impl Hook {
                         while state.stalled.load(Ordering::SeqCst) {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
-                        if state.unavailable.load(Ordering::SeqCst) {
+                        if state.unavailable.load(Ordering::SeqCst)
+                            && !state.head_answers.load(Ordering::SeqCst)
+                        {
                             axum::http::StatusCode::SERVICE_UNAVAILABLE
                         } else {
                             axum::http::StatusCode::OK
