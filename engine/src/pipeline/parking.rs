@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use arrow::record_batch::RecordBatch;
 use hubroute_message::MessageColumns;
 use hubroute_sinks::{
-    Ack, DeadLetter, DeadLetterStore, SinkBatch, SinkConfig, Ticket, build_sink, drive_sink, probe,
+    Ack, DeadLetter, DeadLetterStore, SinkBatch, SinkConfig, Ticket, build_sink, drive_sink,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -227,7 +227,7 @@ impl Shared {
     /// is recorded in the endpoint's health, so the status page shows why it is still parked.
     async fn probe(&self, endpoint: usize, config: &SinkConfig) -> bool {
         let state = &self.endpoints[endpoint];
-        let outcome = probe(config).await;
+        let outcome = hubroute_sinks::probe(config).await;
         let mut labels = endpoint_labels(&state.name);
         labels.push((
             "outcome",

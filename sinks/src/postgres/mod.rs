@@ -126,7 +126,7 @@ pub(crate) async fn probe(config: &PostgresSinkConfig) -> Result<()> {
             ),
         }
     };
-    let probe = async {
+    let probing = async {
         let (client, connection) = pg.connect(tls).await.map_err(|e| connection_failed(&e))?;
         let connection = tokio::spawn(connection);
         let found = client
@@ -152,7 +152,7 @@ pub(crate) async fn probe(config: &PostgresSinkConfig) -> Result<()> {
             ))
         }
     };
-    tokio::time::timeout(config.connect_timeout, probe)
+    tokio::time::timeout(config.connect_timeout, probing)
         .await
         .unwrap_or_else(|_| {
             Err(database_error(

@@ -68,51 +68,13 @@ pub(crate) async fn probe(config: &SqliteSinkConfig) -> Result<()> {
         config.path.clone(),
         config.busy_timeout,
     );
-    let table = mapping.quoted_name();
-    let create = mapping.create;
-    let database_error = move |code: Option<String>, message: String| Error::Database {
-        sink: sink.clone(),
-        operation: "probe",
-        code,
-        message: format!("{}: {message}", path.display()),
-    };
-    let path = config.path.clone();
     tokio::task::spawn_blocking(move || {
-        if !path.exists() {
-            let directory = match path.parent() {
-                Some(parent) if !parent.as_os_str().is_empty() => parent,
-                _ => std::path::Path::new("."),
-            };
-            if !directory.is_dir() {
-                return Err(database_error(
-                    Some("SQLITE_CANTOPEN".to_owned()),
-                    format!("the directory {} does not exist", directory.display()),
-                ));
-            }
-            if !create {
-                return Err(database_error(
-                    None,
-                    format!("the database does not exist, so table {table} does not either; create it or set `create = true`"),
-                ));
-            }
-            return Ok(());
-        }
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let connection = Connection::open_with_flags(&path, flags)
-            .and_then(|connection| connection.busy_timeout(busy_timeout).map(|()| connection))
-            .map_err(|error| database_error(Some(code_name(&error)), error.to_string()))?;
-        match connection.prepare(&format!("SELECT 1 FROM {table} LIMIT 0")) {
-            Ok(_) => Ok(()),
-            Err(error) if create && error.to_string().starts_with("no such table") => Ok(()),
-            Err(error) => {
-                let hint = if error.to_string().starts_with("no such table") {
-                    "; create it or set `create = true`"
-                } else {
-                    ""
-                };
-                Err(database_error(Some(code_name(&error)), format!("{error}{hint}")))
-            }
-        }
+        probe_blocking(&path, busy_timeout, &mapping).map_err(|(code, message)| Error::Database {
+            sink,
+            operation: "probe",
+            code,
+            message: format!("{}: {message}", path.display()),
+        })
     })
     .await
     .map_err(|join| Error::Database {
@@ -121,6 +83,52 @@ pub(crate) async fn probe(config: &SqliteSinkConfig) -> Result<()> {
         code: None,
         message: format!("the blocking probe panicked: {join}"),
     })?
+}
+
+/// [`probe`]'s work on the blocking pool; the error is (result code, what is wrong).
+fn probe_blocking(
+    path: &std::path::Path,
+    busy_timeout: Duration,
+    mapping: &TableMapping,
+) -> std::result::Result<(), (Option<String>, String)> {
+    let table = mapping.quoted_name();
+    let missing_table =
+        || format!("table {table} does not exist; create it or set `create = true`");
+    if !path.exists() {
+        let directory = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => std::path::Path::new("."),
+        };
+        if !directory.is_dir() {
+            return Err((
+                Some("SQLITE_CANTOPEN".to_owned()),
+                format!("the directory {} does not exist", directory.display()),
+            ));
+        }
+        return if mapping.create {
+            Ok(())
+        } else {
+            Err((
+                None,
+                format!("the database does not exist, so {}", missing_table()),
+            ))
+        };
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let connection = Connection::open_with_flags(path, flags)
+        .and_then(|connection| connection.busy_timeout(busy_timeout).map(|()| connection))
+        .map_err(|error| (Some(code_name(&error)), error.to_string()))?;
+    match connection.prepare(&format!("SELECT 1 FROM {table} LIMIT 0")) {
+        Ok(_) => Ok(()),
+        Err(error) if error.to_string().starts_with("no such table") => {
+            if mapping.create {
+                Ok(())
+            } else {
+                Err((Some(code_name(&error)), missing_table()))
+            }
+        }
+        Err(error) => Err((Some(code_name(&error)), error.to_string())),
+    }
 }
 
 /// What the blocking task needs, shared without copying.

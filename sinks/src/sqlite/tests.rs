@@ -191,7 +191,7 @@ async fn the_probe_checks_the_table_without_creating_the_database() {
     probe(&with_create(true)).await.unwrap();
     let error = probe(&with_create(false)).await.unwrap_err().to_string();
     assert!(
-        error.contains("no such table: messages; create it or set `create = true`"),
+        error.contains("table \"messages\" does not exist; create it or set `create = true`"),
         "{error}"
     );
     Connection::open(&path)
