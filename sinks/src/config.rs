@@ -1,5 +1,8 @@
-//! One configuration type for every sink, tagged by `type`, and [`build_sink`] to turn it into a
-//! running [`Sink`]. The engine's configuration embeds a list of these, one per endpoint.
+//! One configuration type for every sink, tagged by `type`, [`build_sink`] to turn it into a
+//! running [`Sink`], and [`probe`] to ask whether its endpoint can take writes. The engine's
+//! configuration embeds a list of these, one per endpoint.
+
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -48,6 +51,21 @@ impl SinkConfig {
         }
     }
 
+    /// The longest a healthy sink of this configuration holds a row on purpose before it
+    /// delivers it: its `linger`, or the age at which it writes a file (`max_file_age`,
+    /// `batch_frequency`); zero for the AMQP sinks, which publish at once. A commit that takes
+    /// longer than this plus the backend's own latency means the endpoint is slow or failing.
+    pub fn max_hold(&self) -> Duration {
+        match self {
+            Self::Parquet(c) => c.max_file_age,
+            Self::Webhook(c) => c.linger,
+            Self::Postgres(c) => c.linger,
+            Self::Sqlite(c) => c.linger,
+            Self::Storage(c) => c.batch_frequency,
+            Self::EventHubs(_) | Self::ServiceBus(_) => Duration::ZERO,
+        }
+    }
+
     /// Checks the settings that can be checked without connecting or touching files (what
     /// `hubroute check` runs). Sinks whose checks need their backend run them in [`build_sink`].
     pub fn validate(&self) -> Result<()> {
@@ -74,6 +92,33 @@ pub fn build_sink(config: SinkConfig, acks: AckSender) -> Result<Box<dyn Sink>> 
         SinkConfig::EventHubs(c) => Box::new(AmqpSink::event_hubs(&c, acks)?),
         SinkConfig::ServiceBus(c) => Box::new(AmqpSink::service_bus(&c, acks)?),
     })
+}
+
+/// Whether the endpoint `config` describes can take writes now: ONE cheap request that stores
+/// nothing, bounded by the sink's own timeout (`timeout`, `connect_timeout`, the AMQP open
+/// timeout, 10 s for object stores), without the sink's retries. `Ok` means up; the error says
+/// why not. The engine probes a parked endpoint with it before replaying its rows.
+///
+/// | sink | request | down when |
+/// |---|---|---|
+/// | `postgres` | connect (same TLS and credentials), `SELECT to_regclass(table)` | no connection, refused login, table missing and `create = false` |
+/// | `sqlite` | open the file read-write (not creating it), prepare a query of the table | directory missing, file unreadable or locked beyond `busy_timeout`, table missing and `create = false` |
+/// | `webhook` | `HEAD url` with the configured headers | connection failure, timeout, 5xx, 429 (any other status is up: the server answered) |
+/// | `parquet`, `storage` | `head` of an object under the path template's fixed prefix | connection failure, timeout, 5xx, refused credentials (not found is up) |
+/// | `eventhubs`, `servicebus` | connect, SASL, CBS token, attach a sender link, close | any of those steps failing |
+///
+/// A probe that passes does not promise that the next write succeeds (a webhook can answer HEAD
+/// and fail POST): callers keep handling delivery failures.
+pub async fn probe(config: &SinkConfig) -> Result<()> {
+    match config {
+        SinkConfig::Parquet(c) => ParquetSink::probe(c).await,
+        SinkConfig::Webhook(c) => WebhookSink::probe(c).await,
+        SinkConfig::Postgres(c) => crate::postgres::probe(c).await,
+        SinkConfig::Sqlite(c) => crate::sqlite::probe(c).await,
+        SinkConfig::Storage(c) => StorageSink::probe(c).await,
+        SinkConfig::EventHubs(c) => AmqpSink::probe_event_hubs(c).await,
+        SinkConfig::ServiceBus(c) => AmqpSink::probe_service_bus(c).await,
+    }
 }
 
 #[cfg(test)]
@@ -137,6 +182,36 @@ mod tests {
                 }
                 (parsed, expected) => panic!("{json}: {parsed:?}, expected {expected:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn max_hold_is_the_linger_or_file_age_of_each_kind() {
+        let cases = [
+            (
+                r#"{"type":"parquet","name":"l","max_file_age":"5s"}"#,
+                5_000,
+            ),
+            (
+                r#"{"type":"webhook","name":"h","url":"http://x","linger":"20ms"}"#,
+                20,
+            ),
+            (
+                r#"{"type":"postgres","name":"p","table":{"name":"m"},"linger":"30ms"}"#,
+                30,
+            ),
+            (
+                r#"{"type":"storage","name":"s","batch_frequency":60}"#,
+                60_000,
+            ),
+            (
+                r#"{"type":"servicebus","name":"sb","url":"amqp://127.0.0.1:5672","entity":"/q"}"#,
+                0,
+            ),
+        ];
+        for (json, millis) in cases {
+            let config: SinkConfig = serde_json::from_str(json).unwrap();
+            assert_eq!(config.max_hold(), Duration::from_millis(millis), "{json}");
         }
     }
 

@@ -24,7 +24,7 @@ mod webhook;
 pub use amqp::{
     AmqpSink, EventHubsSinkConfig, PartitionKey, ServiceBusSinkConfig, SystemPropertyPlacement,
 };
-pub use config::{SinkConfig, build_sink};
+pub use config::{SinkConfig, build_sink, probe};
 pub use dead_letter::{
     DeadLetter, DeadLetterConfig, DeadLetterProperty, DeadLetterStore, MALFORMED_SINK, StoredObject,
 };

@@ -6,10 +6,14 @@
 //! above that a multipart upload whose parts become visible only at `complete` (Azure block list
 //! commit, S3 `CompleteMultipartUpload`, local filesystem: a staged file renamed into place). A
 //! failed upload is aborted and retried from the same buffer, forever while the error is retryable.
+//!
+//! Their health probe ([`probe_store`]) is one `head` request under the fixed part of the
+//! endpoint's path template: it writes nothing, and answers within [`PROBE_TIMEOUT`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use arrow::array::{Array, AsArray, UInt32Array};
 use arrow::compute::take_record_batch;
@@ -20,7 +24,10 @@ use object_store::path::Path;
 use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt};
 
 use crate::error::object_store_error_is_retryable;
-use crate::{AckLedger, Error, FailedRow, Result, RetryPolicy, Ticket};
+use crate::{AckLedger, Error, FailedRow, ObjectStoreConfig, Result, RetryPolicy, Ticket};
+
+/// How long the one request of a probe may take.
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Counts a file's memory as uploading until dropped (with its upload task, however it ends).
 #[derive(Debug)]
@@ -201,4 +208,61 @@ pub(crate) async fn fail_all_with_rows(
         ledger.settle_with_rows(ticket, failed, Some(data)).await?;
     }
     Ok(())
+}
+
+/// The directory part of a path template before its first `{token}`: `lake/{iothub}/…` gives
+/// `lake`, `{iothub}/…` the store's root.
+pub(crate) fn fixed_prefix(template: &str) -> Path {
+    let fixed = &template[..template.find('{').unwrap_or(template.len())];
+    Path::from(
+        fixed
+            .rsplit_once('/')
+            .map_or("", |(directory, _)| directory),
+    )
+}
+
+/// The object a probe asks about: it need not exist (not found is an answer).
+const PROBE_OBJECT: &str = ".hubroute-probe";
+
+/// Whether the store of endpoint `sink` can take files: one `head` of an object under `prefix`,
+/// without retries, within [`PROBE_TIMEOUT`]. Any answer of the store counts as up, including
+/// "not found" (the usual answer; also that of a missing container, which uploads would report as
+/// a permanent failure); a connection failure, a timeout, a server error or a refused credential
+/// is the error. `head` rather than a listing because object_store maps its status codes to
+/// typed errors (`NotFound`, `PermissionDenied`, ...) for every backend.
+pub(crate) async fn probe_store(
+    sink: &str,
+    store: &ObjectStoreConfig,
+    prefix: &Path,
+) -> Result<()> {
+    let client = store.build_for_probe(sink, PROBE_TIMEOUT)?;
+    let path = prefix.clone().join(PROBE_OBJECT);
+    match client.head(&path).await {
+        Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(source) => Err(Error::ObjectStore {
+            sink: sink.to_owned(),
+            operation: "probe (head)",
+            path: path.to_string(),
+            source: Box::new(source),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fixed_prefix_is_the_directory_before_the_first_token() {
+        let cases = [
+            ("{iothub}/{partition}/{YYYY}", ""),
+            ("lake/{iothub}/{partition}", "lake"),
+            ("a/b/files-{iothub}/{partition}", "a/b"),
+            ("archive/hub-{partition}", "archive"),
+            ("no-token", ""),
+        ];
+        for (template, prefix) in cases {
+            assert_eq!(fixed_prefix(template).as_ref(), prefix, "{template}");
+        }
+    }
 }

@@ -10,11 +10,12 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use object_store::ObjectStore;
-use object_store::aws::AmazonS3Builder;
-use object_store::azure::MicrosoftAzureBuilder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::local::LocalFileSystem;
+use object_store::{ClientConfigKey, ObjectStore, RetryConfig};
 use serde::Deserialize;
 
 use crate::{Error, Result};
@@ -125,6 +126,31 @@ impl Default for ObjectStoreConfig {
 impl ObjectStoreConfig {
     /// Builds the store. `sink` names the endpoint in errors.
     pub fn build(&self, sink: &str) -> Result<Arc<dyn ObjectStore>> {
+        self.build_with(sink, None)
+    }
+
+    /// Builds the store for one health probe: requests time out after `timeout` and are not
+    /// retried (object_store's own retries would stretch a probe of a store that is down to
+    /// minutes; the caller decides when to probe again).
+    pub(crate) fn build_for_probe(
+        &self,
+        sink: &str,
+        timeout: Duration,
+    ) -> Result<Arc<dyn ObjectStore>> {
+        self.build_with(sink, Some(timeout))
+    }
+
+    /// Builds the store; with `probe_timeout`, without retries and with that request timeout.
+    fn build_with(
+        &self,
+        sink: &str,
+        probe_timeout: Option<Duration>,
+    ) -> Result<Arc<dyn ObjectStore>> {
+        let no_retries = RetryConfig {
+            max_retries: 0,
+            ..RetryConfig::default()
+        };
+        let timeout = probe_timeout.map(|t| humantime::format_duration(t).to_string());
         let config_error = |problem: String| Error::Config {
             sink: sink.to_owned(),
             problem,
@@ -160,6 +186,15 @@ impl ObjectStoreConfig {
                         .with_endpoint(endpoint.clone())
                         .with_allow_http(true);
                 }
+                if let Some(timeout) = &timeout {
+                    builder = builder
+                        .with_retry(no_retries)
+                        .with_config(AzureConfigKey::Client(ClientConfigKey::Timeout), timeout)
+                        .with_config(
+                            AzureConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                            timeout,
+                        );
+                }
                 let store = builder.build().map_err(|e| {
                     config_error(format!(
                         "Azure container `{container}`: {e}; set `account` and `access_key` or AZURE_STORAGE_ACCOUNT_NAME/AZURE_STORAGE_ACCOUNT_KEY"
@@ -189,6 +224,15 @@ impl ObjectStoreConfig {
                 }
                 if let Some(secret) = secret_access_key {
                     builder = builder.with_secret_access_key(secret.expose());
+                }
+                if let Some(timeout) = &timeout {
+                    builder = builder
+                        .with_retry(no_retries)
+                        .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), timeout)
+                        .with_config(
+                            AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                            timeout,
+                        );
                 }
                 let store = builder.build().map_err(|e| {
                     config_error(format!(

@@ -31,6 +31,10 @@
 //!   [`Sink::flush_deadline`]; the driver calls [`Sink::flush`] with [`FlushReason::Deadline`] then.
 //! * **Shutdown.** [`Sink::flush`] with [`FlushReason::Shutdown`] delivers everything buffered and returns
 //!   after all acks for written tickets have been sent (or the error that prevented it).
+//! * **Health probe.** [`crate::probe`] asks, from a sink's configuration alone, whether its
+//!   endpoint can take writes: one request that stores nothing, bounded in time, not retried. It is
+//!   a hint, not a promise: a write after a passing probe can still fail, and is handled as any
+//!   write is. The engine probes a parked endpoint before it replays the endpoint's parked rows.
 //! * **Fatal errors in the background.** A sink that delivers from background tasks reports their
 //!   fatal error through [`Sink::stopped`] as soon as it happens.
 //!

@@ -1,6 +1,8 @@
 //! Endpoint isolation end to end: a webhook that is down for longer than `dead_after` while events
-//! flow is parked, the Parquet and PostgreSQL endpoints and the partition checkpoints go on, and
-//! when the webhook returns every parked message reaches it in partition order, with no command;
+//! flow is parked, the Parquet and PostgreSQL endpoints and the partition checkpoints go on, its
+//! health probe fails (and gates the replay) while it is down, a replay that fails after a passing
+//! probe goes back to probing, and when the webhook returns every parked message reaches it in
+//! partition order, with no command;
 //! and after a restart only the endpoint that had not committed rows sees them again.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -106,6 +108,18 @@ endpoint = "hook"
     )
 }
 
+/// Polls the engine's metrics until `done` holds, for at most 60 s (probes back off up to 30 s).
+async fn wait_until_metric(addr: SocketAddr, what: &str, done: impl Fn(&str) -> bool) {
+    let started = std::time::Instant::now();
+    while !done(&metrics_of(addr).await) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Committed events over all partitions (sequence numbers start at 0).
 fn committed(engine: &RunningEngine) -> u64 {
     engine
@@ -194,6 +208,36 @@ async fn a_webhook_down_longer_than_dead_after_is_parked_and_replayed_in_order_w
             "hubroute_endpoint_state_seconds_total{endpoint=\"hook\",state=\"parked\"}"
         ) > 0.0
     );
+    // The probe gates the replay: while the webhook is down every probe fails and nothing is
+    // replayed.
+    let probes = |text: &str, outcome: &str| {
+        metric_sum(
+            text,
+            &format!("hubroute_endpoint_probes_total{{endpoint=\"hook\",outcome=\"{outcome}\"}}"),
+        )
+    };
+    wait_until_metric(addr, "a failed probe of the parked webhook", |text| {
+        probes(text, "down") >= 1.0
+    })
+    .await;
+    let text = metrics_of(addr).await;
+    assert_eq!(
+        probes(&text, "up"),
+        0.0,
+        "no probe passes while the webhook is down:\n{text}"
+    );
+    assert_eq!(
+        metric_sum(
+            &text,
+            "hubroute_endpoint_replayed_rows_total{endpoint=\"hook\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric_sum(&text, "hubroute_endpoint_probes_total{endpoint=\"db\""),
+        0.0,
+        "live endpoints are not probed"
+    );
     let parked = hubroute_sinks::DeadLetterStore::new(&hubroute_sinks::DeadLetterConfig {
         store: hubroute_sinks::ObjectStoreConfig::Local {
             root: dir.path().to_owned(),
@@ -222,6 +266,26 @@ async fn a_webhook_down_longer_than_dead_after_is_parked_and_replayed_in_order_w
         sent,
         "Parquet too"
     );
+
+    // A probe can pass while deliveries still fail (HEAD answers, POST does not): each failed
+    // replay goes back to probing, and nothing is replayed or lost meanwhile.
+    hook.head_answers.store(true, Ordering::SeqCst);
+    wait_until_metric(
+        addr,
+        "two passing probes of the webhook, each followed by a failed replay",
+        |text| probes(text, "up") >= 2.0,
+    )
+    .await;
+    let text = metrics_of(addr).await;
+    assert_eq!(
+        metric_sum(
+            &text,
+            "hubroute_endpoint_replayed_rows_total{endpoint=\"hook\"}"
+        ),
+        0.0,
+        "{text}"
+    );
+    assert!(hook.message_ids().is_empty());
 
     // The webhook returns: every parked row is replayed, in partition order, with no command.
     hook.unavailable.store(false, Ordering::SeqCst);
@@ -297,6 +361,10 @@ async fn a_webhook_down_longer_than_dead_after_is_parked_and_replayed_in_order_w
             "hubroute_endpoint_replayed_rows_total{endpoint=\"hook\"}"
         ),
         EVENTS as f64
+    );
+    assert!(
+        probes(&text, "up") >= 1.0,
+        "the replay began after a passing probe:\n{text}"
     );
     assert!(
         parked.read_all().await.unwrap().is_empty(),

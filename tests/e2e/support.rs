@@ -415,10 +415,13 @@ pub(crate) struct Hook {
     pub(crate) rejecting: Arc<AtomicBool>,
     /// Answer 503 (the service is down; retried) to every request.
     pub(crate) unavailable: Arc<AtomicBool>,
+    /// Answer `HEAD` (the engine's probe) with 200 even while `unavailable`: a service whose
+    /// front answers while its POST handler fails.
+    pub(crate) head_answers: Arc<AtomicBool>,
 }
 
 impl Hook {
-    /// Serves `POST /hook` on a free loopback port.
+    /// Serves `POST /hook` (and `HEAD /hook`, the engine's probe) on a free loopback port.
     pub(crate) async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let hook = Self {
@@ -427,6 +430,7 @@ impl Hook {
             stalled: Arc::default(),
             rejecting: Arc::default(),
             unavailable: Arc::default(),
+            head_answers: Arc::default(),
         };
         let state = hook.clone();
         let app = axum::Router::new().route(
@@ -449,6 +453,26 @@ impl Hook {
                     };
                     state.received.lock().unwrap().extend(events);
                     axum::http::StatusCode::OK
+                }
+            })
+            .head({
+                // The engine's health probe: a service that is down (or stalled) is so for every
+                // method, as behind a gateway.
+                let state = hook.clone();
+                move || {
+                    let state = state.clone();
+                    async move {
+                        while state.stalled.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        if state.unavailable.load(Ordering::SeqCst)
+                            && !state.head_answers.load(Ordering::SeqCst)
+                        {
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE
+                        } else {
+                            axum::http::StatusCode::OK
+                        }
+                    }
                 }
             }),
         );

@@ -43,6 +43,7 @@ pub struct Metrics {
     pub(crate) endpoint_parked_bytes: Family<Labels, Counter>,
     pub(crate) endpoint_replayed_rows: Family<Labels, Counter>,
     pub(crate) endpoint_parked_objects: Family<Labels, Gauge>,
+    pub(crate) endpoint_probes: Family<Labels, Counter>,
     pub(crate) endpoint_state_seconds: Family<Labels, Counter<f64, AtomicU64>>,
     pub(crate) partition_events: Family<Labels, Counter>,
     pub(crate) partition_uncommitted_batches: Family<Labels, Gauge>,
@@ -74,6 +75,7 @@ impl Default for Metrics {
             endpoint_parked_bytes: Family::default(),
             endpoint_replayed_rows: Family::default(),
             endpoint_parked_objects: Family::default(),
+            endpoint_probes: Family::default(),
             endpoint_state_seconds: Family::default(),
             partition_events: Family::default(),
             partition_uncommitted_batches: Family::default(),
@@ -155,6 +157,12 @@ impl Default for Metrics {
             "endpoint_parked_objects",
             "Parked dead-letter objects of an endpoint still to replay (replay progress)",
             metrics.endpoint_parked_objects.clone(),
+        );
+        metrics.registry.register(
+            "endpoint_probes",
+            "Health probes of a parked endpoint by outcome (up: its parked rows are replayed next; \
+             down: probed again after a backoff)",
+            metrics.endpoint_probes.clone(),
         );
         metrics.registry.register(
             "endpoint_state_seconds",

@@ -5,12 +5,16 @@
 //! that keep their source rows, and every row routed to it from then on, are written in partition
 //! order to the dead-letter store as parked records ([`DeadLetterStore::write_parked`]) and settled
 //! in the [`Ledger`](super::ledger::Ledger) at once, so the partition's checkpoint moves on for the
-//! other endpoints. A replay task per endpoint then probes the endpoint by delivering the oldest
-//! parked object through a fresh instance of the endpoint's own sink (its retries and backoff are
-//! the probe's): once that succeeds the endpoint is up again, the task replays every parked object
-//! in order (moving each aside once acked), and the endpoint goes back to live delivery when none is
-//! left. The endpoint's gate is held while rows are parked and while the replay task decides it has
-//! caught up, so no row is parked after the replay task's last look.
+//! other endpoints. A replay task per endpoint then probes the endpoint ([`hubroute_sinks::probe`]:
+//! one cheap request that stores nothing, such as a `HEAD` to a webhook or a table lookup in
+//! PostgreSQL), again and again with a capped backoff while it is down. Once a probe passes, the
+//! task replays every parked object in order through a fresh instance of the endpoint's own sink
+//! (moving each aside once acked), and the endpoint goes back to live delivery when none is left.
+//! A probe is a hint, not a promise: when the sink fails, or an object is not committed within
+//! `stall_after` plus the sink's own buffering time ([`SinkConfig::max_hold`]), the replay sink is
+//! dropped and the task probes again (the object stays parked, so it may reach the endpoint twice:
+//! at least once, as everywhere). The endpoint's gate is held while rows are parked and while the
+//! replay task decides it has caught up, so no row is parked after the replay task's last look.
 //!
 //! Parked objects survive a restart: an endpoint with parked objects at start begins parked, so its
 //! new rows queue up behind the old ones.
@@ -37,6 +41,12 @@ use crate::{Error, Result};
 pub(super) const DEAD: &str = "dead (failing for longer than `dead_after`)";
 /// How often a replay task looks whether its endpoint is parked.
 const REPLAY_POLL: Duration = Duration::from_secs(1);
+/// The wait after the first failed probe (or failed replay) of a parked endpoint; it doubles with
+/// every further failure, up to [`PROBE_MAX_BACKOFF`].
+const PROBE_FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between two probes of an endpoint that stays down: it bounds how long a
+/// recovered endpoint waits for its parked rows.
+const PROBE_MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Whether an endpoint is live or parked, and the gate between parking rows and catching up.
 #[derive(Debug)]
@@ -211,8 +221,34 @@ impl Shared {
             .inc_by(bytes as u64);
     }
 
+    /// Probes `endpoint` once: true when it can take writes. Counted by outcome; a failed probe
+    /// is recorded in the endpoint's health, so the status page shows why it is still parked.
+    async fn probe(&self, endpoint: usize, config: &SinkConfig) -> bool {
+        let state = &self.endpoints[endpoint];
+        let outcome = hubroute_sinks::probe(config).await;
+        let mut labels = endpoint_labels(&state.name);
+        labels.push((
+            "outcome",
+            if outcome.is_ok() { "up" } else { "down" }.to_owned(),
+        ));
+        self.metrics.endpoint_probes.get_or_create(&labels).inc();
+        match outcome {
+            Ok(()) => {
+                tracing::info!(endpoint = %state.name, "the parked endpoint answers its probe: replaying its parked rows");
+                true
+            }
+            Err(error) => {
+                tracing::warn!(endpoint = %state.name, %error, "the parked endpoint is still down");
+                lock(&state.health).record_failure(Instant::now(), &error.to_string());
+                false
+            }
+        }
+    }
+
     /// Replays the parked objects of `endpoint` through a fresh instance of its sink, in order,
-    /// until none is left; then the endpoint is live again.
+    /// until none is left; then the endpoint is live again. An object not committed within
+    /// `stall_after` plus the sink's [`SinkConfig::max_hold`] ends the replay with an error (the
+    /// endpoint is still failing), as does a sink that stops.
     async fn replay(
         &self,
         endpoint: usize,
@@ -229,6 +265,7 @@ impl Shared {
         let (queue, batches) = mpsc::channel(1);
         let mut driver = tokio::spawn(drive_sink(sink, batches));
         let labels = endpoint_labels(&state.name);
+        let commit_within = self.stall_after + config.max_hold();
         let mut ticket = 0;
         loop {
             let objects = self
@@ -266,6 +303,13 @@ impl Shared {
                 };
                 let ack: Ack = tokio::select! {
                     () = stop.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(commit_within) => {
+                        driver.abort();
+                        return Err(Error::EndpointStopped {
+                            endpoint: state.name.clone(),
+                            problem: format!("a parked object was not committed within {commit_within:?} (stall_after plus the sink's linger or file age) while replaying; it stays parked"),
+                        });
+                    }
                     ended = &mut driver => return Err(match ended {
                         Ok(Err(error)) => sink_error(error),
                         _ => Error::EndpointStopped { endpoint: state.name.clone(), problem: "its replay sink ended".to_owned() },
@@ -326,23 +370,39 @@ impl Shared {
     }
 }
 
-/// Replays `endpoint`'s parked rows whenever it is parked, until `stop`.
+/// Replays `endpoint`'s parked rows whenever it is parked, until `stop`: probes it until it is up,
+/// replays, and after a failed probe or replay waits (backing off) and probes again.
 pub(super) async fn replay_task(
     shared: Arc<Shared>,
     endpoint: usize,
     config: SinkConfig,
     stop: CancellationToken,
 ) {
+    let parking = &shared.endpoints[endpoint].parking;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(REPLAY_POLL) => {}
         }
-        if !shared.endpoints[endpoint].parking.is_parked() {
-            continue;
-        }
-        if let Err(error) = shared.replay(endpoint, &config, &stop).await {
-            tracing::warn!(endpoint = %shared.endpoints[endpoint].name, %error, "replaying parked rows failed; trying again");
+        let mut backoff = PROBE_FIRST_BACKOFF;
+        while parking.is_parked() {
+            let up = tokio::select! {
+                () = stop.cancelled() => return,
+                up = shared.probe(endpoint, &config) => up,
+            };
+            if up {
+                match shared.replay(endpoint, &config, &stop).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        tracing::warn!(endpoint = %shared.endpoints[endpoint].name, %error, retry_in = ?backoff, "replaying parked rows failed; probing again");
+                    }
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(PROBE_MAX_BACKOFF);
         }
     }
 }

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fe2o3_amqp::connection::{ConnectionHandle, OpenError};
-use fe2o3_amqp::link::{LinkStateError, SendError, SenderAttachError, SessionStopReason};
+use fe2o3_amqp::link::{
+    DetachError, LinkStateError, SendError, SenderAttachError, SessionStopReason,
+};
 use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::{Connection, Sender, Session};
@@ -31,6 +33,8 @@ use super::config::{Auth, Target};
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long closing may take before the connection is abandoned.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a probe waits for the peer to detach a link it has just attached.
+const PROBE_DETACH_GRACE: Duration = Duration::from_secs(1);
 /// The least wait after `com.microsoft:server-busy`, as the SDKs do.
 pub(crate) const SERVER_BUSY_BACKOFF: Duration = Duration::from_secs(4);
 
@@ -347,6 +351,28 @@ impl Link {
             cbs,
             renew_at,
         })
+    }
+
+    /// Opens a link to `target` as [`Link::open`] does, waits [`PROBE_DETACH_GRACE`] for the
+    /// peer to detach it (Event Hubs refuses an unknown entity by attaching and then detaching
+    /// with the condition) and closes it: the health probe. Nothing is sent.
+    pub(crate) async fn probe(target: &Target) -> Result<(), Failure> {
+        let mut link = Self::open(target).await?;
+        let refused = tokio::time::timeout(PROBE_DETACH_GRACE, link.sender.on_detach()).await;
+        link.close().await;
+        match refused {
+            Err(_elapsed) => Ok(()),
+            Ok(
+                DetachError::RemoteDetachedWithError(error)
+                | DetachError::RemoteClosedWithError(error),
+            ) => Err(opening_refused("attaching the sender", &error)),
+            Ok(DetachError::SessionStopped(reason)) => {
+                Err(session_stopped("attaching the sender", &reason))
+            }
+            Ok(other) => Err(Failure::transient(format!(
+                "the peer detached the sender right after attaching it: {other}"
+            ))),
+        }
     }
 
     /// Renews the token on `$cbs` (a no-op without one).

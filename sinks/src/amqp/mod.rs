@@ -28,6 +28,7 @@ pub use config::{
 };
 
 use self::config::Target;
+use self::connection::{Failure, Link};
 use self::encode::{Encoder, Mapping, decode};
 use self::publisher::{Command, Event, Payload, Publisher};
 use crate::{AckSender, Error, FlushReason, Result, Sink, SinkBatch};
@@ -59,6 +60,16 @@ impl AmqpSink {
     /// Must be called inside a Tokio runtime.
     pub fn service_bus(config: &ServiceBusSinkConfig, acks: AckSender) -> Result<Self> {
         Ok(Self::start(config.target()?, acks))
+    }
+
+    /// Whether the event hub takes messages (see [`crate::probe`] and [`probe`]).
+    pub(crate) async fn probe_event_hubs(config: &EventHubsSinkConfig) -> Result<()> {
+        probe(&config.target()?).await
+    }
+
+    /// Whether the Service Bus entity or queue takes messages (see [`crate::probe`] and [`probe`]).
+    pub(crate) async fn probe_service_bus(config: &ServiceBusSinkConfig) -> Result<()> {
+        probe(&config.target()?).await
     }
 
     fn start(target: Target, acks: AckSender) -> Self {
@@ -97,6 +108,30 @@ impl AmqpSink {
             },
             None => stopped(),
         }
+    }
+}
+
+/// Opens a connection to `target` as the publisher does (TLS, SASL, a CBS token for Event Hubs
+/// and Service Bus), attaches a sender link to the entity, gives the peer a moment to refuse it
+/// and closes it all again: no message is sent. A refused credential or an unknown entity is reported as such (not retryable), anything
+/// else (connection refused, timeouts, a busy server) as retryable.
+async fn probe(target: &Target) -> Result<()> {
+    match Link::probe(target).await {
+        Ok(()) => Ok(()),
+        Err(Failure::Fatal { operation, problem }) => Err(Error::Amqp {
+            sink: target.sink.clone(),
+            target: target.describe(),
+            operation,
+            problem,
+            retryable: false,
+        }),
+        Err(Failure::Transient { problem, .. }) => Err(Error::Amqp {
+            sink: target.sink.clone(),
+            target: target.describe(),
+            operation: "probe (connect, authenticate, attach the sender)",
+            problem,
+            retryable: true,
+        }),
     }
 }
 

@@ -356,3 +356,85 @@ async fn a_refused_entity_or_key_stops_the_sink_with_an_error_naming_it() {
     }
     emulator.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_probe_opens_authenticates_and_attaches_without_sending() {
+    let emulator = emulator(1024 * 1024).await;
+    AmqpSink::probe_event_hubs(&config(&emulator, "target"))
+        .await
+        .unwrap();
+    assert!(
+        read_all(&emulator, "target", 2).await.is_empty(),
+        "the probe sends nothing"
+    );
+
+    let error = AmqpSink::probe_event_hubs(&config(&emulator, "missing-hub"))
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("amqp:not-found") && !error.is_retryable(),
+        "{error}"
+    );
+    let wrong_key = {
+        let text = emulator
+            .connection_string("target")
+            .replace(hubroute_emulator::DEFAULT_KEY_VALUE, "not-the-key");
+        let mut config = config(&emulator, "target");
+        config.connection_string = ConnectionString::parse(&text).unwrap();
+        config
+    };
+    let error = AmqpSink::probe_event_hubs(&wrong_key).await.unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("sink `downstream`") && message.contains("put-token"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("not-the-key"),
+        "the key leaked: {message}"
+    );
+    assert!(!error.is_retryable());
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down = {
+        let text = emulator
+            .connection_string("target")
+            .replace(&emulator.amqp_addr().to_string(), &closed.to_string());
+        let mut config = config(&emulator, "target");
+        config.connection_string = ConnectionString::parse(&text).unwrap();
+        config
+    };
+    let error = AmqpSink::probe_event_hubs(&down).await.unwrap_err();
+    assert!(
+        error.to_string().contains("TCP connect failed") && error.is_retryable(),
+        "{error}"
+    );
+    emulator.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_probe_of_a_broker_queue_checks_the_credentials() {
+    let queue = |password: &str| {
+        let mut config = ServiceBusSinkConfig::broker(
+            "rabbit",
+            "amqp://127.0.0.1:5672",
+            format!("/queue/hr-probe-{}", uuid::Uuid::new_v4().simple()),
+        );
+        config.username = Some("guest".into());
+        config.password = Some(crate::Secret::new(password));
+        config
+    };
+    AmqpSink::probe_service_bus(&queue("guest"))
+        .await
+        .expect("RabbitMQ with the AMQP 1.0 plugin at 127.0.0.1:5672 (guest/guest): run .ci/test");
+    let error = AmqpSink::probe_service_bus(&queue("wrong"))
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("SASL authentication") && !error.is_retryable(),
+        "{error}"
+    );
+}

@@ -67,7 +67,8 @@ pub use reader::read_parquet_file;
 use self::columns::FileSchema;
 use self::path::{FileName, PathTemplate};
 use crate::object_files::{
-    RowSet, UploadMemory, commit_all, fail_all_with_rows, split_by_partition, upload_with_retries,
+    RowSet, UploadMemory, commit_all, fail_all_with_rows, fixed_prefix, probe_store,
+    split_by_partition, upload_with_retries,
 };
 use crate::sink::background;
 use crate::{
@@ -270,6 +271,18 @@ impl ParquetSink {
             });
         }
         Ok((template, schema))
+    }
+
+    /// Whether the endpoint's store can take files: one `head` under the path template's fixed
+    /// prefix (see [`crate::probe`]).
+    pub(crate) async fn probe(config: &ParquetSinkConfig) -> Result<()> {
+        Self::validate(config)?;
+        probe_store(
+            &config.name,
+            &config.store,
+            &fixed_prefix(&config.path_template),
+        )
+        .await
     }
 
     /// Builds the sink over an existing store (`config.store` is ignored): for custom or

@@ -755,3 +755,78 @@ async fn small_and_multipart_files_are_uploaded(store_config: ObjectStoreConfig)
         (100..109).collect::<Vec<_>>()
     );
 }
+
+/// Azurite's well-known account key.
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn the_probe_tells_a_reachable_store_from_one_that_is_down_or_refuses_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = ParquetSinkConfig::new(
+        "lake",
+        ObjectStoreConfig::Local {
+            root: dir.path().join("lake"),
+        },
+    );
+    ParquetSink::probe(&local).await.unwrap();
+
+    let container = format!("probe-{}", uuid::Uuid::new_v4().simple());
+    create_azurite_container(&container);
+    // Azurite's account, with its endpoint spelled out so that a test can move it.
+    let azure = |container: &str, endpoint: &str, access_key: &str| {
+        let mut config = ParquetSinkConfig::new(
+            "lake",
+            ObjectStoreConfig::Azure {
+                account: Some("devstoreaccount1".to_owned()),
+                container: container.to_owned(),
+                access_key: Some(Secret::new(access_key)),
+                use_emulator: false,
+                endpoint: Some(endpoint.to_owned()),
+            },
+        );
+        config.path_template = "lake/{iothub}/{partition}".to_owned();
+        config
+    };
+    let azurite = "http://127.0.0.1:10000/devstoreaccount1";
+    ParquetSink::probe(&azure(&container, azurite, AZURITE_KEY))
+        .await
+        .unwrap();
+    // Not found is an answer: the store is up (uploads would report the missing container).
+    ParquetSink::probe(&azure("no-such-container", azurite, AZURITE_KEY))
+        .await
+        .unwrap();
+
+    let down = format!("http://127.0.0.1:{}/devstoreaccount1", closed_port());
+    let started = std::time::Instant::now();
+    let error = ParquetSink::probe(&azure(&container, &down, AZURITE_KEY))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("sink `lake`: object store probe (head) of `lake/.hubroute-probe` failed"),
+        "{error}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5) && !error.contains("retries"),
+        "a store that is down is not retried ({:?}): {error}",
+        started.elapsed()
+    );
+    let wrong_key = "d3Jvbmcga2V5IG9mIHRoaXJ0eS10d28gYnl0ZXMgISEhIQ==";
+    let error = ParquetSink::probe(&azure(&container, azurite, wrong_key))
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("probe (head)") && !error.is_retryable(),
+        "a refused key is down, and no retry fixes it: {error}"
+    );
+}

@@ -47,23 +47,7 @@ impl PostgresSink {
     /// on the first batch). Must be called inside a Tokio runtime.
     pub fn new(config: PostgresSinkConfig, acks: AckSender) -> Result<Self> {
         let mapping = TableMapping::new(&config.name, &config.table)?;
-        let mut pg = tokio_postgres::Config::new();
-        pg.host(&config.host)
-            .port(config.port)
-            .user(&config.user)
-            .dbname(&config.dbname)
-            .application_name(format!("hubroute {}", config.name))
-            .connect_timeout(config.connect_timeout)
-            .ssl_mode(config.sslmode.negotiation());
-        if let Some(password) = &config.password {
-            pg.password(password.expose());
-        }
-        let tls = RustlsConnector::new(config.sslmode, config.sslrootcert.as_deref()).map_err(
-            |problem| Error::Config {
-                sink: config.name.clone(),
-                problem,
-            },
-        )?;
+        let (pg, tls) = connection_settings(&config)?;
         let writer = PostgresWriter {
             sink: config.name.clone(),
             config: pg,
@@ -82,6 +66,104 @@ impl PostgresSink {
         let settings = TableSinkSettings::new(config.batch_max_rows, config.linger, config.retry);
         TableSink::start(config.name, mapping, settings, writer, acks)
     }
+}
+
+/// The connection settings and TLS of `config`, shared by the sink and its probe.
+fn connection_settings(
+    config: &PostgresSinkConfig,
+) -> Result<(tokio_postgres::Config, RustlsConnector)> {
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&config.host)
+        .port(config.port)
+        .user(&config.user)
+        .dbname(&config.dbname)
+        .application_name(format!("hubroute {}", config.name))
+        .connect_timeout(config.connect_timeout)
+        .ssl_mode(config.sslmode.negotiation());
+    if let Some(password) = &config.password {
+        pg.password(password.expose());
+    }
+    let tls =
+        RustlsConnector::new(config.sslmode, config.sslrootcert.as_deref()).map_err(|problem| {
+            Error::Config {
+                sink: config.name.clone(),
+                problem,
+            }
+        })?;
+    Ok((pg, tls))
+}
+
+/// Whether the database can take rows (see [`crate::probe`]): connects as the sink does (same
+/// host, credentials and TLS) and looks the target table up with `to_regclass`, all within
+/// `connect_timeout`. A missing table is down unless the sink would create it (`create = true`).
+/// Nothing is written and no statement is prepared.
+pub(crate) async fn probe(config: &PostgresSinkConfig) -> Result<()> {
+    let mapping = TableMapping::new(&config.name, &config.table)?;
+    let (pg, tls) = connection_settings(config)?;
+    let table = mapping.quoted_name();
+    let database_error = |operation, code: Option<&str>, message: String| Error::Database {
+        sink: config.name.clone(),
+        operation,
+        code: code.map(str::to_owned),
+        message,
+    };
+    let connection_failed = |error: &tokio_postgres::Error| {
+        if let Some(message) =
+            tls::describe_failure(error, &config.host, config.sslrootcert.as_deref())
+        {
+            return database_error("connect", None, message);
+        }
+        match error.as_db_error() {
+            Some(db) => database_error("connect", Some(db.code().code()), db.message().to_owned()),
+            // SQLSTATE 08001, as libpq and JDBC report a connection that could not be made.
+            None => database_error(
+                "connect",
+                Some("08001"),
+                format!(
+                    "{error}; check that PostgreSQL is running at {}:{} and reachable",
+                    config.host, config.port
+                ),
+            ),
+        }
+    };
+    let probing = async {
+        let (client, connection) = pg.connect(tls).await.map_err(|e| connection_failed(&e))?;
+        let connection = tokio::spawn(connection);
+        let found = client
+            .query_one("SELECT to_regclass($1)::text", &[&table])
+            .await
+            .map_err(|e| match e.as_db_error() {
+                Some(db) => {
+                    database_error("probe", Some(db.code().code()), db.message().to_owned())
+                }
+                None => database_error("probe", Some("08006"), e.to_string()),
+            })?
+            .get::<_, Option<String>>(0)
+            .is_some();
+        drop(client);
+        let _ = connection.await;
+        if found || mapping.create {
+            Ok(())
+        } else {
+            Err(database_error(
+                "probe",
+                Some("42P01"),
+                format!("table {table} does not exist; create it or set `create = true`"),
+            ))
+        }
+    };
+    tokio::time::timeout(config.connect_timeout, probing)
+        .await
+        .unwrap_or_else(|_| {
+            Err(database_error(
+                "connect",
+                Some("08001"),
+                format!(
+                    "no answer from {}:{} within connect_timeout ({:?})",
+                    config.host, config.port, config.connect_timeout
+                ),
+            ))
+        })
 }
 
 /// The SQL text of one table, built once.

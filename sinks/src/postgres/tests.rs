@@ -536,3 +536,54 @@ async fn scram_over_tls_binds_the_channel_to_the_servers_certificate() {
         .get(0);
     assert!(ssl);
 }
+
+#[tokio::test]
+async fn the_probe_finds_the_table_and_reports_a_missing_one_or_a_closed_port() {
+    let table = TestTable::new("probe").await;
+    let existing = |create: bool| {
+        let mut table_config = TableConfig::new(&table.name);
+        table_config.create = create;
+        config("warehouse", table_config)
+    };
+    // Missing, but the sink would create it.
+    probe(&existing(true)).await.unwrap();
+    let error = probe(&existing(false)).await.unwrap_err().to_string();
+    assert!(
+        error.contains("database probe failed (42P01)")
+            && error.contains(&format!(
+                "table \"{}\" does not exist; create it or set `create = true`",
+                table.name
+            )),
+        "{error}"
+    );
+    admin()
+        .await
+        .batch_execute(&format!("CREATE TABLE \"{}\" (x int)", table.name))
+        .await
+        .unwrap();
+    probe(&existing(false)).await.unwrap();
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut down = existing(false);
+    down.port = closed;
+    let error = probe(&down).await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("database connect failed (08001)")
+            && error.to_string().contains(&format!(
+                "check that PostgreSQL is running at 127.0.0.1:{closed}"
+            )),
+        "{error}"
+    );
+    assert!(error.is_retryable());
+    let mut wrong_database = existing(false);
+    wrong_database.dbname = "hubroute_no_such_database".into();
+    let error = probe(&wrong_database).await.unwrap_err().to_string();
+    assert!(error.contains("(3D000)"), "{error}");
+    table.drop_table().await;
+}

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::{Connection, TransactionBehavior, params_from_iter};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params_from_iter};
 
 pub use config::SqliteSinkConfig;
 
@@ -54,6 +54,80 @@ impl SqliteSink {
         };
         let settings = TableSinkSettings::new(config.batch_max_rows, config.linger, config.retry);
         TableSink::start(config.name, mapping, settings, writer, acks)
+    }
+}
+
+/// Whether the database can take rows (see [`crate::probe`]): opens the file read-write without
+/// creating it and prepares a query of the target table, on the blocking pool. A missing file or
+/// table is up when the sink would create it (the file always, the table with `create = true`) and
+/// its directory exists; nothing is written.
+pub(crate) async fn probe(config: &SqliteSinkConfig) -> Result<()> {
+    let mapping = TableMapping::new(&config.name, &config.table)?;
+    let (sink, path, busy_timeout) = (
+        config.name.clone(),
+        config.path.clone(),
+        config.busy_timeout,
+    );
+    tokio::task::spawn_blocking(move || {
+        probe_blocking(&path, busy_timeout, &mapping).map_err(|(code, message)| Error::Database {
+            sink,
+            operation: "probe",
+            code,
+            message: format!("{}: {message}", path.display()),
+        })
+    })
+    .await
+    .map_err(|join| Error::Database {
+        sink: config.name.clone(),
+        operation: "probe",
+        code: None,
+        message: format!("the blocking probe panicked: {join}"),
+    })?
+}
+
+/// [`probe`]'s work on the blocking pool; the error is (result code, what is wrong).
+fn probe_blocking(
+    path: &std::path::Path,
+    busy_timeout: Duration,
+    mapping: &TableMapping,
+) -> std::result::Result<(), (Option<String>, String)> {
+    let table = mapping.quoted_name();
+    let missing_table =
+        || format!("table {table} does not exist; create it or set `create = true`");
+    if !path.exists() {
+        let directory = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => std::path::Path::new("."),
+        };
+        if !directory.is_dir() {
+            return Err((
+                Some("SQLITE_CANTOPEN".to_owned()),
+                format!("the directory {} does not exist", directory.display()),
+            ));
+        }
+        return if mapping.create {
+            Ok(())
+        } else {
+            Err((
+                None,
+                format!("the database does not exist, so {}", missing_table()),
+            ))
+        };
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let connection = Connection::open_with_flags(path, flags)
+        .and_then(|connection| connection.busy_timeout(busy_timeout).map(|()| connection))
+        .map_err(|error| (Some(code_name(&error)), error.to_string()))?;
+    match connection.prepare(&format!("SELECT 1 FROM {table} LIMIT 0")) {
+        Ok(_) => Ok(()),
+        Err(error) if error.to_string().starts_with("no such table") => {
+            if mapping.create {
+                Ok(())
+            } else {
+                Err((Some(code_name(&error)), missing_table()))
+            }
+        }
+        Err(error) => Err((Some(code_name(&error)), error.to_string())),
     }
 }
 

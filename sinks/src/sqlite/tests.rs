@@ -165,3 +165,45 @@ async fn a_missing_table_stops_the_sink_with_a_permanent_error() {
     assert!(!error.is_retryable());
     assert!(error.to_string().contains("no such table"), "{error}");
 }
+
+#[tokio::test]
+async fn the_probe_checks_the_table_without_creating_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.db");
+    let with_create = |create: bool| {
+        let mut table = TableConfig::new("messages");
+        table.create = create;
+        config(&path, table)
+    };
+    probe(&with_create(true)).await.unwrap();
+    assert!(!path.exists(), "the probe creates nothing");
+    let error = probe(&with_create(false)).await.unwrap_err().to_string();
+    assert!(
+        error.contains("database probe failed")
+            && error.contains("create it or set `create = true`"),
+        "{error}"
+    );
+
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE other (x)")
+        .unwrap();
+    probe(&with_create(true)).await.unwrap();
+    let error = probe(&with_create(false)).await.unwrap_err().to_string();
+    assert!(
+        error.contains("table \"messages\" does not exist; create it or set `create = true`"),
+        "{error}"
+    );
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE messages (x)")
+        .unwrap();
+    probe(&with_create(false)).await.unwrap();
+
+    let missing = config(&dir.path().join("gone/m.db"), TableConfig::new("messages"));
+    let error = probe(&missing).await.unwrap_err().to_string();
+    assert!(
+        error.contains("(SQLITE_CANTOPEN)") && error.contains("gone does not exist"),
+        "{error}"
+    );
+}

@@ -58,7 +58,8 @@ use self::name::{FileName, FileNameFormat};
 use self::record::FileEncoder;
 use crate::error::object_store_error_is_retryable;
 use crate::object_files::{
-    RowSet, UploadMemory, commit_all, fail_all_with_rows, split_by_partition, upload_with_retries,
+    RowSet, UploadMemory, commit_all, fail_all_with_rows, fixed_prefix, probe_store,
+    split_by_partition, upload_with_retries,
 };
 use crate::sink::background;
 use crate::{
@@ -192,6 +193,17 @@ impl StorageSink {
     pub fn new(config: StorageSinkConfig, acks: AckSender) -> Result<Self> {
         let store = config.store.build(&config.name)?;
         Self::with_store(config, store, acks)
+    }
+
+    /// Whether the endpoint's store can take files: one `head` under the file name format's
+    /// fixed prefix (see [`crate::probe`]).
+    pub(crate) async fn probe(config: &StorageSinkConfig) -> Result<()> {
+        probe_store(
+            &config.name,
+            &config.store,
+            &fixed_prefix(&config.file_name_format),
+        )
+        .await
     }
 
     /// Builds the sink over an existing store (`config.store` is ignored): for custom or

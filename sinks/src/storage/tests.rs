@@ -760,3 +760,50 @@ fn a_bad_file_name_format_is_a_configuration_error() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn the_probe_asks_under_the_fixed_prefix_of_the_file_name_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = StorageSinkConfig::new(
+        "archive",
+        ObjectStoreConfig::Local {
+            root: dir.path().to_owned(),
+        },
+    );
+    StorageSink::probe(&local).await.unwrap();
+
+    let container = format!("probe-{}", uuid::Uuid::new_v4().simple());
+    create_azurite_container(&container);
+    let azure = |endpoint: String| {
+        StorageSinkConfig::new(
+            "archive",
+            ObjectStoreConfig::Azure {
+                account: Some("devstoreaccount1".to_owned()),
+                container: container.clone(),
+                access_key: Some(crate::Secret::new(
+                    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==",
+                )),
+                use_emulator: false,
+                endpoint: Some(endpoint),
+            },
+        )
+    };
+    StorageSink::probe(&azure("http://127.0.0.1:10000/devstoreaccount1".to_owned()))
+        .await
+        .unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let error = StorageSink::probe(&azure(format!(
+        "http://127.0.0.1:{closed}/devstoreaccount1"
+    )))
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("sink `archive`: object store probe (head) of `.hubroute-probe` failed"),
+        "{error}"
+    );
+}

@@ -128,6 +128,45 @@ impl WebhookSink {
         Ok(headers)
     }
 
+    /// Whether the endpoint answers: one `HEAD` request to `url` with the configured headers,
+    /// within `timeout` (see [`crate::probe`]). HEAD is safe by definition, so no receiver acts
+    /// on it, and it carries no body to sign. A connection failure, a timeout, a 5xx or a 429 mean
+    /// down; any other status means up, because the server answered: a receiver that accepts only
+    /// POST answers 405, one behind a gateway that checks a key 401, and such answers say nothing
+    /// about whether a POST would be taken (a delivery finds that out).
+    pub(crate) async fn probe(config: &WebhookSinkConfig) -> Result<()> {
+        let headers = Self::validate(config)?;
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .build()
+            .map_err(|e| Error::Config {
+                sink: config.name.clone(),
+                problem: format!("cannot build the HTTP client: {e}"),
+            })?;
+        let response = client
+            .head(&config.url)
+            .headers(headers)
+            .send()
+            .await
+            .map_err(|source| Error::Http {
+                sink: config.name.clone(),
+                url: config.url.clone(),
+                source,
+            })?;
+        let status = response.status().as_u16();
+        if status >= 500 || status == 429 {
+            return Err(Error::HttpStatus {
+                sink: config.name.clone(),
+                url: config.url.clone(),
+                status,
+                body: "a HEAD probe got a server error or throttling answer; the endpoint is not \
+                       ready to take deliveries"
+                    .to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     /// Builds the sink; fails on an invalid URL, header or limit.
     pub fn new(config: WebhookSinkConfig, acks: AckSender) -> Result<Self> {
         let headers = Self::validate(&config)?;
