@@ -405,12 +405,16 @@ pub(crate) fn app_property(message: &Message<Body<Value>>, name: &str) -> Option
 }
 
 /// An HTTP webhook receiver: records every message it accepts and can be told to
-/// hang (a stalled sink) until released.
+/// hang (a stalled sink) until released, to answer slowly, or to fail.
 #[derive(Clone)]
 pub(crate) struct Hook {
     addr: SocketAddr,
     pub(crate) received: Arc<Mutex<Vec<serde_json::Value>>>,
     pub(crate) stalled: Arc<AtomicBool>,
+    /// Answer every request after 300 ms (slow, but within any sensible timeout).
+    pub(crate) slow: Arc<AtomicBool>,
+    /// Answer 500 (a server error; retried) to every request.
+    pub(crate) failing: Arc<AtomicBool>,
     /// Answer 400 (a permanent failure) to every request.
     pub(crate) rejecting: Arc<AtomicBool>,
     /// Answer 503 (the service is down; retried) to every request.
@@ -425,6 +429,8 @@ impl Hook {
             addr: listener.local_addr().unwrap(),
             received: Arc::default(),
             stalled: Arc::default(),
+            slow: Arc::default(),
+            failing: Arc::default(),
             rejecting: Arc::default(),
             unavailable: Arc::default(),
         };
@@ -436,6 +442,12 @@ impl Hook {
                 async move {
                     while state.stalled.load(Ordering::SeqCst) {
                         tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    if state.slow.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    if state.failing.load(Ordering::SeqCst) {
+                        return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
                     }
                     if state.rejecting.load(Ordering::SeqCst) {
                         return axum::http::StatusCode::BAD_REQUEST;
@@ -502,22 +514,31 @@ pub(crate) fn parquet_message_ids(dir: &Path) -> Vec<String> {
             if path.is_dir() {
                 stack.push(path);
             } else if path.extension().is_some_and(|e| e == "parquet") {
-                let file = std::fs::File::open(&path).unwrap();
-                let reader =
-                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-                        .unwrap()
-                        .build()
-                        .unwrap();
-                for batch in reader {
-                    let batch = batch.unwrap();
-                    let column = batch
-                        .column_by_name("message_id")
-                        .unwrap()
-                        .as_string::<i32>();
-                    ids.extend((0..column.len()).map(|i| column.value(i).to_owned()));
-                }
+                ids.extend(parquet_file_message_ids(
+                    std::fs::File::open(&path).unwrap(),
+                ));
             }
         }
+    }
+    ids
+}
+
+/// `message_id` of every row of one Parquet file (a local file or the bytes of an object).
+pub(crate) fn parquet_file_message_ids(
+    file: impl parquet::file::reader::ChunkReader + 'static,
+) -> Vec<String> {
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut ids = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let column = batch
+            .column_by_name("message_id")
+            .unwrap()
+            .as_string::<i32>();
+        ids.extend((0..column.len()).map(|i| column.value(i).to_owned()));
     }
     ids
 }
