@@ -1,6 +1,6 @@
 //! The chaos suite: the real `hubroute run` against a `hubroute emulator --data-dir`, a private
-//! PostgreSQL cluster, Parquet on local disk, Parquet on Azurite behind a fault proxy, and a
-//! webhook, while faults are injected as events flow.
+//! PostgreSQL cluster, Parquet on local disk, Parquet on a private Azurite behind a fault proxy, and
+//! a webhook, while faults are injected as events flow.
 //!
 //! Every round sends a wave of events spread over [`SEND_WINDOW`], SIGKILLs the engine at a random
 //! moment (and starts it again), and injects two of the six other faults, so that every three rounds
@@ -52,8 +52,8 @@ use rand::{RngExt as _, SeedableRng as _};
 use crate::fault_proxy::{Fault as ProxyFault, FaultProxy};
 use crate::private_postgres::{PrivatePostgres, StopMode};
 use crate::support::{
-    EventHubConnection, Hook, hubroute, lines_of, parquet_file_message_ids, parquet_message_ids,
-    run_python,
+    EventHubConnection, Hook, PrivateAzurite, hubroute, lines_of, parquet_file_message_ids,
+    parquet_message_ids, run_python,
 };
 
 const PARTITIONS: usize = 4;
@@ -120,9 +120,12 @@ fn schedule(rounds: usize, rng: &mut StdRng) -> Vec<[Fault; 2]> {
 struct FaultLog(Mutex<Vec<(usize, Duration, String)>>);
 
 impl FaultLog {
-    /// Records `what`, which began `at` into `round`.
+    /// Records `what`, which began `at` into `round`, and prints it (the table comes at the end,
+    /// this helps reading a failure).
     fn record(&self, round: usize, at: Duration, what: impl Into<String>) {
-        self.0.lock().unwrap().push((round, at, what.into()));
+        let what = what.into();
+        println!("round {round} +{at:.1?}: {what}");
+        self.0.lock().unwrap().push((round, at, what));
     }
 
     fn count(&self, prefix: &str) -> usize {
@@ -205,12 +208,27 @@ impl EngineChild {
         let child = hubroute()
             .args(["run", "--config"])
             .arg(config)
-            .env("RUST_LOG", "warn,fe2o3_amqp=off")
+            // `hubroute::cli::run` logs "serving ..." once the source has connected.
+            .env("RUST_LOG", "warn,fe2o3_amqp=off,hubroute::cli::run=info")
             .stdout(Stdio::null())
             .stderr(File::create(&log).expect("creating the engine's log"))
             .spawn()
             .expect("spawning `hubroute run`");
         Self { child, log }
+    }
+
+    /// Waits until it has connected to the hub and serves (it logs "serving ..."); panics if it
+    /// exits or takes longer than 30 s.
+    async fn wait_started(&mut self) {
+        let started = Instant::now();
+        while !std::fs::read_to_string(&self.log).is_ok_and(|log| log.contains("serving http://")) {
+            self.assert_running();
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the engine did not start within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// SIGKILL.
@@ -222,11 +240,16 @@ impl EngineChild {
     /// Panics with the end of its log if it exited (a crash).
     fn assert_running(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
-            let mut log = String::new();
-            let _ = File::open(&self.log).and_then(|mut file| file.read_to_string(&mut log));
-            let tail = &log[log.len().saturating_sub(8000)..];
-            panic!("the engine exited ({status}):\n{tail}");
+            panic!("the engine exited ({status}):\n{}", self.log_tail());
         }
+    }
+
+    /// The last lines of its log.
+    fn log_tail(&self) -> String {
+        let mut log = String::new();
+        let _ = File::open(&self.log).and_then(|mut file| file.read_to_string(&mut log));
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 }
 
@@ -352,34 +375,33 @@ async fn assert_hub_refuses_a_1_mib_body(connection_string: &str) -> String {
     refusal
 }
 
-/// Parquet on Azurite, reached by the engine through a [`FaultProxy`].
+/// Parquet on a private Azurite, reached by the engine through a [`FaultProxy`]. Private, because
+/// clients killed mid-upload can leave Azurite unable to complete any upload (Azure/Azurite#2436):
+/// the shared instance must not pay for the suite's faults.
 struct BlobLake {
     container: String,
-    azurite: String,
+    azurite: PrivateAzurite,
     proxy: FaultProxy,
 }
 
 impl BlobLake {
-    /// A fresh container in the Azurite of `HUBROUTE_AZURITE_BLOB_ENDPOINT` and a proxy in front.
+    /// A private Azurite with a fresh container, and a proxy in front.
     async fn create() -> Self {
-        let azurite = std::env::var("HUBROUTE_AZURITE_BLOB_ENDPOINT")
-            .unwrap_or_else(|_| "http://127.0.0.1:10000/devstoreaccount1".to_owned());
-        let authority = azurite
+        let azurite = PrivateAzurite::start();
+        let upstream: SocketAddr = azurite
+            .endpoint()
             .strip_prefix("http://")
             .and_then(|rest| rest.split('/').next())
-            .expect("HUBROUTE_AZURITE_BLOB_ENDPOINT is http://host:port/account");
-        let upstream: SocketAddr = tokio::net::lookup_host(authority)
-            .await
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .unwrap_or_else(|| panic!("resolving Azurite at {authority}"));
+            .and_then(|authority| authority.parse().ok())
+            .expect("Azurite's endpoint is http://127.0.0.1:<port>/<account>");
         let container = format!("chaos-{}", uuid::Uuid::new_v4().simple());
         run_python(
             "checkpoint_store.py",
             &[
                 "create",
                 &format!(
-                    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};BlobEndpoint={azurite}"
+                    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};BlobEndpoint={}",
+                    azurite.endpoint()
                 ),
                 &container,
             ],
@@ -406,7 +428,7 @@ impl BlobLake {
             .with_account("devstoreaccount1")
             .with_access_key(AZURITE_KEY)
             .with_container_name(&self.container)
-            .with_endpoint(self.azurite.clone())
+            .with_endpoint(self.azurite.endpoint())
             .with_allow_http(true)
             .build()
             .expect("Azurite client");
@@ -687,11 +709,14 @@ async fn webhook_outage(
     );
 }
 
-/// SIGKILLs the engine `at` into the round and starts the next incarnation after `down`.
+/// SIGKILLs the engine `at` into the round and starts the next incarnation after `down`, once the
+/// emulator is up (`hub_up`): `hubroute run` fails fast when the hub is unreachable at start, as
+/// documented, so a supervisor would start it again; the suite does not start it into an outage.
 async fn kill_engine(
     engine: &mut EngineChild,
     incarnations: &mut usize,
     config: &Path,
+    hub_up: &tokio::sync::Mutex<()>,
     (at, down): (Duration, Duration),
     (round, started, log): (usize, Instant, &FaultLog),
 ) {
@@ -704,14 +729,17 @@ async fn kill_engine(
         format!("engine SIGKILL, down {down:.1?}"),
     );
     tokio::time::sleep(down).await;
+    let _hub_up = hub_up.lock().await;
     *incarnations += 1;
     *engine = EngineChild::start(config, *incarnations);
+    engine.wait_started().await;
 }
 
 /// Sends the round's wave; with `restart_after`, restarts the emulator that long after the last
-/// event, while the engine still consumes.
+/// event, while the engine still consumes (holding `hub_up`, so that no engine starts meanwhile).
 async fn send_wave(
     emulator: &mut EmulatorChild,
+    hub_up: &tokio::sync::Mutex<()>,
     messages: Vec<Sent>,
     restart_after: Option<Duration>,
     (round, started, log): (usize, Instant, &FaultLog),
@@ -725,6 +753,7 @@ async fn send_wave(
     .expect("sending the wave");
     if let Some(after) = restart_after {
         tokio::time::sleep(after).await;
+        let _hub_up = hub_up.lock().await;
         log.record(round, started.elapsed(), "emulator restarted");
         tokio::task::block_in_place(|| emulator.restart());
     }
@@ -768,6 +797,8 @@ async fn chaos_every_endpoint_sees_every_routed_message_under_faults() {
     let mut sent: Vec<Sent> = Vec::new();
     let mut incarnations = 0;
     let mut engine = EngineChild::start(&path, incarnations);
+    engine.wait_started().await;
+    let hub_up = tokio::sync::Mutex::new(());
     for (round, faults) in plan.iter().enumerate() {
         let round_started = Instant::now();
         let context = (round, round_started, &log);
@@ -826,8 +857,15 @@ async fn chaos_every_endpoint_sees_every_routed_message_under_faults() {
         );
 
         tokio::join!(
-            send_wave(&mut emulator, messages, emulator_restart, context),
-            kill_engine(&mut engine, &mut incarnations, &path, kill, context),
+            send_wave(&mut emulator, &hub_up, messages, emulator_restart, context),
+            kill_engine(
+                &mut engine,
+                &mut incarnations,
+                &path,
+                &hub_up,
+                kill,
+                context
+            ),
             async {
                 if faults.contains(&Fault::PostgresRestart) {
                     restart_postgres(&postgres, postgres_restart, context).await;
@@ -913,13 +951,14 @@ async fn chaos_every_endpoint_sees_every_routed_message_under_faults() {
         }
         assert!(
             Instant::now() < deadline,
-            "not caught up within {settle:?} (seed {seed}): {} of {} messages; {} parked objects left",
+            "not caught up within {settle:?} (seed {seed}): {} of {} messages; {} parked objects left; the engine's log ends:\n{}",
             seen.iter()
                 .map(|s| format!("{} {}", s.name, s.covered().len()))
                 .collect::<Vec<_>>()
                 .join(", "),
             everything.len(),
-            parked_objects(dir.path(), "hook")
+            parked_objects(dir.path(), "hook"),
+            engine.log_tail()
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     };

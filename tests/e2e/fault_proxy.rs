@@ -99,7 +99,13 @@ impl FaultProxy {
         let counts = Arc::new(FaultCounts::default());
         let accept_counts = Arc::clone(&counts);
         let accept_loop = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
+            loop {
+                // Accepting fails transiently (a connection reset before it was accepted, or
+                // too many open files); the proxy must outlive that.
+                let Ok((client, _)) = listener.accept().await else {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                };
                 let fault = *faults.borrow();
                 accept_counts.by_fault[fault.index()].fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(serve(

@@ -560,3 +560,91 @@ pub(crate) async fn metrics_of(addr: impl std::fmt::Display) -> String {
         .await
         .unwrap()
 }
+
+/// How long Azurite may take to listen.
+const AZURITE_PATIENCE: Duration = Duration::from_secs(90);
+
+/// A private Azurite blob service per test, so that deadlines do not depend on what else uses the
+/// shared one, and so that a test may stop it (`stop`, then `resume` on the same port with the same
+/// data directory) or hurt it: Azurite can stop completing uploads for good once clients died
+/// mid-upload (Azure/Azurite#2436), which the chaos suite does on purpose.
+pub(crate) struct PrivateAzurite {
+    port: u16,
+    data: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateAzurite {
+    /// Starts it on a free port with an empty data directory.
+    pub(crate) fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut azurite = Self {
+            port,
+            data: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        azurite.resume();
+        azurite
+    }
+
+    /// Its blob endpoint, `http://127.0.0.1:<port>/devstoreaccount1`.
+    pub(crate) fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/devstoreaccount1", self.port)
+    }
+
+    /// Starts the service again after `stop` (or for the first time); waits until it listens.
+    pub(crate) fn resume(&mut self) {
+        let bin = workspace_root().join(".ci/node_modules/.bin/azurite-blob");
+        assert!(
+            bin.exists(),
+            "{} is missing: run .ci/test (it installs Azurite)",
+            bin.display()
+        );
+        let child = Command::new(bin)
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &self.port.to_string(),
+            ])
+            .arg("--location")
+            .arg(self.data.path())
+            .args(["--skipApiVersionCheck", "--loose", "--silent"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Azurite starts");
+        self.child = Some(child);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                started.elapsed() < AZURITE_PATIENCE,
+                "Azurite does not listen"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the service (SIGTERM, so it saves its data) and waits until the port is closed.
+    pub(crate) fn stop(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().unwrap();
+        assert!(std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err());
+    }
+}
+
+impl Drop for PrivateAzurite {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
