@@ -26,8 +26,10 @@
 //! what each sink saw, duplicates included, is printed.
 //!
 //! `HUBROUTE_CHAOS_ROUNDS` sets the rounds (default 3: every fault once, about half a minute in CI);
-//! `HUBROUTE_CHAOS_SEED` replays a schedule and its timings (the seed is printed first), e.g.
-//! `HUBROUTE_CHAOS_ROUNDS=30 cargo nextest run --test e2e chaos --no-capture`.
+//! `HUBROUTE_CHAOS_SEED` replays a schedule and its timings (the seed is printed first), and
+//! `HUBROUTE_CHAOS_KEEP=1` keeps the working directory (engine logs, checkpoints, dead letters), e.g.
+//! `HUBROUTE_CHAOS_ROUNDS=30 cargo nextest run --profile soak --test e2e chaos --no-capture` (the
+//! soak profile lets it run for up to an hour).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -422,16 +424,42 @@ impl BlobLake {
         )
     }
 
-    /// `message_id` of every row of every Parquet object, read from Azurite directly.
-    async fn message_ids(&self) -> Vec<String> {
-        let store = object_store::azure::MicrosoftAzureBuilder::new()
+    /// A client of the container in Azurite itself, bypassing the proxy.
+    fn direct(&self) -> object_store::azure::MicrosoftAzure {
+        object_store::azure::MicrosoftAzureBuilder::new()
             .with_account("devstoreaccount1")
             .with_access_key(AZURITE_KEY)
             .with_container_name(&self.container)
             .with_endpoint(self.azurite.endpoint())
             .with_allow_http(true)
             .build()
-            .expect("Azurite client");
+            .expect("Azurite client")
+    }
+
+    /// Restarts Azurite when it no longer completes uploads. After clients die or are cut off
+    /// mid-upload, Azurite can stop reading request bodies for good (it still lists and reads;
+    /// compare Azure/Azurite#2436): a defect of the emulator, not of the engine, that would
+    /// otherwise leave the endpoint parked forever. Returns whether it restarted it.
+    async fn restart_if_wedged(&mut self) -> bool {
+        let store = self.direct();
+        let path = object_store::path::Path::from("probe/upload");
+        let probe = store.put(&path, bytes::Bytes::from_static(&[0; 1024]).into());
+        if matches!(
+            tokio::time::timeout(Duration::from_secs(5), probe).await,
+            Ok(Ok(_))
+        ) {
+            return false;
+        }
+        tokio::task::block_in_place(|| {
+            self.azurite.stop();
+            self.azurite.resume();
+        });
+        true
+    }
+
+    /// `message_id` of every row of every Parquet object, read from Azurite directly.
+    async fn message_ids(&self) -> Vec<String> {
+        let store = self.direct();
         let objects: Vec<_> = store.list(None).try_collect().await.unwrap();
         let mut ids = Vec::new();
         for object in objects {
@@ -776,10 +804,16 @@ async fn chaos_every_endpoint_sees_every_routed_message_under_faults() {
     let plan = schedule(rounds, &mut rng);
 
     let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
+    // `HUBROUTE_CHAOS_KEEP` keeps the engine's logs, checkpoints and dead letters for a post-mortem.
+    let dir = tempfile::Builder::new()
+        .prefix("hubroute-chaos-")
+        .disable_cleanup(std::env::var_os("HUBROUTE_CHAOS_KEEP").is_some())
+        .tempdir()
+        .unwrap();
+    println!("chaos: working directory {}", dir.path().display());
     let mut emulator = EmulatorChild::start(free_port(), &dir.path().join("partitions"));
     let postgres = Arc::new(PrivatePostgres::start());
-    let blob = BlobLake::create().await;
+    let mut blob = BlobLake::create().await;
     let hook = Hook::start().await;
     let path = dir.path().join("hubroute.toml");
     std::fs::write(
@@ -889,6 +923,13 @@ async fn chaos_every_endpoint_sees_every_routed_message_under_faults() {
             },
         );
         engine.assert_running();
+        if blob.restart_if_wedged().await {
+            log.record(
+                round,
+                round_started.elapsed(),
+                "Azurite no longer completed uploads: restarted it",
+            );
+        }
 
         // No stall: whatever the other endpoints go through, PostgreSQL catches up within the bound.
         let so_far: BTreeSet<String> = sent.iter().map(|s| s.id.clone()).collect();
@@ -920,6 +961,13 @@ async fn chaos_every_endpoint_sees_every_routed_message_under_faults() {
     let deadline = Instant::now() + settle;
     let seen = loop {
         engine.assert_running();
+        if blob.restart_if_wedged().await {
+            log.record(
+                rounds,
+                started.elapsed(),
+                "Azurite no longer completed uploads: restarted it (while settling)",
+            );
+        }
         let seen = [
             Seen {
                 name: "db",
@@ -957,7 +1005,10 @@ async fn chaos_every_endpoint_sees_every_routed_message_under_faults() {
                 .collect::<Vec<_>>()
                 .join(", "),
             everything.len(),
-            parked_objects(dir.path(), "hook"),
+            ["blob", "hook"]
+                .map(|sink| parked_objects(dir.path(), sink))
+                .iter()
+                .sum::<usize>(),
             engine.log_tail()
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
