@@ -25,7 +25,7 @@
 //! delivered plus dead-lettered equals everything routed. A table of the faults injected and of
 //! what each sink saw, duplicates included, is printed.
 //!
-//! `HUBROUTE_CHAOS_ROUNDS` sets the rounds (default 3: every fault once, about half a minute in CI);
+//! `HUBROUTE_CHAOS_ROUNDS` sets the rounds (default 3: every fault once, about 20 s in CI);
 //! `HUBROUTE_CHAOS_SEED` replays a schedule and its timings (the seed is printed first), and
 //! `HUBROUTE_CHAOS_KEEP=1` keeps the working directory (engine logs, checkpoints, dead letters), e.g.
 //! `HUBROUTE_CHAOS_ROUNDS=30 cargo nextest run --profile soak --test e2e chaos --no-capture` (the
