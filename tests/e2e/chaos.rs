@@ -82,7 +82,7 @@ fn free_port() -> u16 {
 }
 
 /// The faults a round injects besides the engine SIGKILL that every round gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
     Poison,
     PostgresRestart,
