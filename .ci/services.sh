@@ -3,7 +3,8 @@
 #
 # - PostgreSQL: the machine's server at 127.0.0.1:5432 (user postgres, trust auth, database `test`);
 #   started with pg_ctlcluster if it is down. ensure_postgres_tls adds TLS: a test CA and server
-#   certificate, ssl = on, and the role hubroute_tls that may connect only over TLS.
+#   certificate, ssl = on, and the role hubroute_tls that may connect only over TLS. The chaos test
+#   restarts PostgreSQL, so it runs a private cluster with the same server's initdb and pg_ctl.
 # - Python: a virtualenv at .venv with the official Azure SDK packages and pyarrow (protocol and format
 #   fidelity checks run the real SDKs against our endpoints).
 # - Azurite: Azure Blob emulator from npm, installed under .ci/node_modules, listening on 127.0.0.1:10000.

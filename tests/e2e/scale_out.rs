@@ -26,7 +26,7 @@ use hubroute_engine::checkpoint::{
 };
 use hubroute_protocol::ConnectionString;
 
-use crate::support::{hubroute, lines_of, metrics_of};
+use crate::support::{PrivateAzurite, hubroute, lines_of, metrics_of};
 
 /// Azurite's well-known development account key.
 const AZURITE_KEY: &str =
@@ -976,89 +976,6 @@ async fn the_official_python_processor_shares_partitions_and_checkpoints_with_hu
     assert_eq!(lake_ids.len() + python_ids.len(), 4 * PHASE as usize);
     drop(late);
     emulator.shutdown().await.unwrap();
-}
-
-/// A private Azurite blob service per test, so that the balancing deadlines do not depend on what
-/// else uses the shared one; the outage test stops it and starts it again (on the same port, with
-/// the same data directory).
-struct PrivateAzurite {
-    port: u16,
-    data: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl PrivateAzurite {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut azurite = Self {
-            port,
-            data: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        azurite.resume();
-        azurite
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}/devstoreaccount1", self.port)
-    }
-
-    fn resume(&mut self) {
-        let bin = crate::support::workspace_root().join(".ci/node_modules/.bin/azurite-blob");
-        assert!(
-            bin.exists(),
-            "{} is missing: run .ci/test (it installs Azurite)",
-            bin.display()
-        );
-        let child = std::process::Command::new(bin)
-            .args([
-                "--blobHost",
-                "127.0.0.1",
-                "--blobPort",
-                &self.port.to_string(),
-            ])
-            .arg("--location")
-            .arg(self.data.path())
-            .args([
-                "--skipApiVersionCheck",
-                "--loose",
-                "--silent",
-                "--disableTelemetry",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("Azurite starts");
-        self.child = Some(child);
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(started.elapsed() < PATIENCE, "Azurite does not listen");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Stops the service (SIGTERM, so it saves its data) and waits until the port is closed.
-    fn stop(&mut self) {
-        let mut child = self.child.take().expect("running");
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        child.wait().unwrap();
-        assert!(std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err());
-    }
-}
-
-impl Drop for PrivateAzurite {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

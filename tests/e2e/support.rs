@@ -405,12 +405,16 @@ pub(crate) fn app_property(message: &Message<Body<Value>>, name: &str) -> Option
 }
 
 /// An HTTP webhook receiver: records every message it accepts and can be told to
-/// hang (a stalled sink) until released.
+/// hang (a stalled sink) until released, to answer slowly, or to fail.
 #[derive(Clone)]
 pub(crate) struct Hook {
     addr: SocketAddr,
     pub(crate) received: Arc<Mutex<Vec<serde_json::Value>>>,
     pub(crate) stalled: Arc<AtomicBool>,
+    /// Answer every request after 300 ms (slow, but within any sensible timeout).
+    pub(crate) slow: Arc<AtomicBool>,
+    /// Answer 500 (a server error; retried) to every request.
+    pub(crate) failing: Arc<AtomicBool>,
     /// Answer 400 (a permanent failure) to every request.
     pub(crate) rejecting: Arc<AtomicBool>,
     /// Answer 503 (the service is down; retried) to every request.
@@ -428,6 +432,8 @@ impl Hook {
             addr: listener.local_addr().unwrap(),
             received: Arc::default(),
             stalled: Arc::default(),
+            slow: Arc::default(),
+            failing: Arc::default(),
             rejecting: Arc::default(),
             unavailable: Arc::default(),
             head_answers: Arc::default(),
@@ -440,6 +446,12 @@ impl Hook {
                 async move {
                     while state.stalled.load(Ordering::SeqCst) {
                         tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    if state.slow.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    if state.failing.load(Ordering::SeqCst) {
+                        return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
                     }
                     if state.rejecting.load(Ordering::SeqCst) {
                         return axum::http::StatusCode::BAD_REQUEST;
@@ -526,22 +538,31 @@ pub(crate) fn parquet_message_ids(dir: &Path) -> Vec<String> {
             if path.is_dir() {
                 stack.push(path);
             } else if path.extension().is_some_and(|e| e == "parquet") {
-                let file = std::fs::File::open(&path).unwrap();
-                let reader =
-                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-                        .unwrap()
-                        .build()
-                        .unwrap();
-                for batch in reader {
-                    let batch = batch.unwrap();
-                    let column = batch
-                        .column_by_name("message_id")
-                        .unwrap()
-                        .as_string::<i32>();
-                    ids.extend((0..column.len()).map(|i| column.value(i).to_owned()));
-                }
+                ids.extend(parquet_file_message_ids(
+                    std::fs::File::open(&path).unwrap(),
+                ));
             }
         }
+    }
+    ids
+}
+
+/// `message_id` of every row of one Parquet file (a local file or the bytes of an object).
+pub(crate) fn parquet_file_message_ids(
+    file: impl parquet::file::reader::ChunkReader + 'static,
+) -> Vec<String> {
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut ids = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let column = batch
+            .column_by_name("message_id")
+            .unwrap()
+            .as_string::<i32>();
+        ids.extend((0..column.len()).map(|i| column.value(i).to_owned()));
     }
     ids
 }
@@ -562,4 +583,97 @@ pub(crate) async fn metrics_of(addr: impl std::fmt::Display) -> String {
         .text()
         .await
         .unwrap()
+}
+
+/// How long Azurite may take to listen.
+const AZURITE_PATIENCE: Duration = Duration::from_secs(90);
+
+/// A private Azurite blob service per test, so that deadlines do not depend on what else uses the
+/// shared one, and so that a test may stop it (`stop`, then `resume` on the same port with the same
+/// data directory) or hurt it: Azurite can stop completing uploads for good once clients died
+/// mid-upload (Azure/Azurite#2436), which the chaos suite does on purpose.
+pub(crate) struct PrivateAzurite {
+    port: u16,
+    data: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateAzurite {
+    /// Starts it on a free port with an empty data directory.
+    pub(crate) fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut azurite = Self {
+            port,
+            data: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        azurite.resume();
+        azurite
+    }
+
+    /// Its blob endpoint, `http://127.0.0.1:<port>/devstoreaccount1`.
+    pub(crate) fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/devstoreaccount1", self.port)
+    }
+
+    /// Starts the service again after `stop` (or for the first time); waits until it listens.
+    pub(crate) fn resume(&mut self) {
+        let bin = workspace_root().join(".ci/node_modules/.bin/azurite-blob");
+        assert!(
+            bin.exists(),
+            "{} is missing: run .ci/test (it installs Azurite)",
+            bin.display()
+        );
+        let child = Command::new(bin)
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &self.port.to_string(),
+            ])
+            .arg("--location")
+            .arg(self.data.path())
+            .args([
+                "--skipApiVersionCheck",
+                "--loose",
+                "--silent",
+                "--disableTelemetry",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Azurite starts");
+        self.child = Some(child);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                started.elapsed() < AZURITE_PATIENCE,
+                "Azurite does not listen"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the service (SIGTERM, so it saves its data) and waits until the port is closed.
+    pub(crate) fn stop(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().unwrap();
+        assert!(std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err());
+    }
+}
+
+impl Drop for PrivateAzurite {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
