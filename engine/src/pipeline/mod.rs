@@ -102,6 +102,14 @@ const DEAD_LETTER_MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub(crate) type SinkFactory =
     Arc<dyn Fn(SinkConfig, AckSender) -> hubroute_sinks::Result<Box<dyn Sink>> + Send + Sync>;
 
+/// Asks whether a parked endpoint is up again: [`hubroute_sinks::probe`] in production; the
+/// pipeline's tests ask the destinations they control.
+pub(crate) type SinkProbe = Arc<
+    dyn Fn(SinkConfig) -> std::pin::Pin<Box<dyn Future<Output = hubroute_sinks::Result<()>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// One endpoint as the running engine sees it.
 #[derive(Debug)]
 struct EndpointState {
@@ -148,6 +156,8 @@ pub(crate) struct Shared {
     dead_letters: DeadLetterStore,
     /// Builds a fresh sink for each replay of parked rows.
     build_sink: SinkFactory,
+    /// Probes a parked endpoint before its rows are replayed.
+    probe_sink: SinkProbe,
     /// Which partitions this instance reads; checkpoints are written only for owned ones.
     ownership: PartitionOwnership,
     /// Device twins attached to every batch before routing (a no-op without `[twins]`).
@@ -207,6 +217,7 @@ impl RunningEngine {
         Self::start_with(
             loaded,
             Arc::new(build_sink),
+            Arc::new(|config| Box::pin(async move { hubroute_sinks::probe(&config).await })),
             |config, checkpoints| async move {
                 let source = EventHubSource::connect(config, checkpoints).await?;
                 Ok(Arc::new(source) as Arc<dyn BatchSource>)
@@ -215,12 +226,14 @@ impl RunningEngine {
         .await
     }
 
-    /// [`Self::start`] with the sinks built by `sinks` and the source opened by `connect` (given
+    /// [`Self::start`] with the sinks built by `sinks`, parked endpoints probed by `probe`, and the
+    /// source opened by `connect` (given
     /// the source settings and the checkpoint store the source resumes from), after the sinks are
     /// built and before the first partition starts.
     pub(crate) async fn start_with<F, C>(
         loaded: LoadedConfig,
         sinks: SinkFactory,
+        probe: SinkProbe,
         connect: C,
     ) -> Result<Self>
     where
@@ -314,6 +327,7 @@ impl RunningEngine {
             metrics,
             dead_letters,
             build_sink: sinks,
+            probe_sink: probe,
             ownership,
             twins,
             stall_after: config.service.stall_after,

@@ -8,9 +8,11 @@
 //! other endpoints. A replay task per endpoint then probes the endpoint ([`hubroute_sinks::probe`]:
 //! one cheap request that stores nothing, such as a `HEAD` to a webhook or a table lookup in
 //! PostgreSQL), again and again with a capped backoff while it is down. Once a probe passes, the
-//! task replays every parked object in order through a fresh instance of the endpoint's own sink
-//! (moving each aside once acked), and the endpoint goes back to live delivery when none is left.
-//! A probe is a hint, not a promise: when the sink fails, or an object is not committed within
+//! task replays every parked object in order, in groups of up to 8 192 rows, each through a fresh
+//! instance of the endpoint's own sink whose input closes after the group (so a file sink uploads
+//! at once instead of after its file age), moving a group's objects aside once acked; the endpoint
+//! goes back to live delivery when none is left.
+//! A probe is a hint, not a promise: when the sink fails, or a group is not committed within
 //! `stall_after` plus the sink's own buffering time ([`SinkConfig::max_hold`]), the replay sink is
 //! dropped and the task probes again (the object stays parked, so it may reach the endpoint twice:
 //! at least once, as everywhere). The endpoint's gate is held while rows are parked and while the
@@ -39,6 +41,8 @@ use crate::{Error, Result};
 
 /// Why a dead endpoint's rows were parked.
 pub(super) const DEAD: &str = "dead (failing for longer than `dead_after`)";
+/// Rows replayed through one sink instance: a group is closed once it holds this many.
+const REPLAY_GROUP_ROWS: usize = 8192;
 /// How often a replay task looks whether its endpoint is parked.
 const REPLAY_POLL: Duration = Duration::from_secs(1);
 /// The wait after the first failed probe (or failed replay) of a parked endpoint; it doubles with
@@ -225,7 +229,7 @@ impl Shared {
     /// is recorded in the endpoint's health, so the status page shows why it is still parked.
     async fn probe(&self, endpoint: usize, config: &SinkConfig) -> bool {
         let state = &self.endpoints[endpoint];
-        let outcome = hubroute_sinks::probe(config).await;
+        let outcome = (self.probe_sink)(config.clone()).await;
         let mut labels = endpoint_labels(&state.name);
         labels.push((
             "outcome",
@@ -245,10 +249,13 @@ impl Shared {
         }
     }
 
-    /// Replays the parked objects of `endpoint` through a fresh instance of its sink, in order,
-    /// until none is left; then the endpoint is live again. An object not committed within
-    /// `stall_after` plus the sink's [`SinkConfig::max_hold`] ends the replay with an error (the
-    /// endpoint is still failing), as does a sink that stops.
+    /// Replays the parked objects of `endpoint` in order, in groups of up to [`REPLAY_GROUP_ROWS`]
+    /// rows, until none is left; then the endpoint is live again. Each group goes through a fresh
+    /// instance of the endpoint's sink whose input is closed after the group, so the sink delivers
+    /// it at once (a file sink uploads its file) rather than after its linger or file age: parked
+    /// objects hold the rows of one routed batch each, often a handful, and waiting a file age
+    /// (300 s by default) per object would never catch up. A group's objects are moved aside once
+    /// its ack arrives, so a crash replays at most that group again.
     async fn replay(
         &self,
         endpoint: usize,
@@ -260,13 +267,7 @@ impl Shared {
             endpoint: state.name.clone(),
             source: Box::new(source),
         };
-        let (acks, mut ack_receiver) = mpsc::channel(ACK_QUEUE);
-        let sink = (self.build_sink)(config.clone(), acks).map_err(sink_error)?;
-        let (queue, batches) = mpsc::channel(1);
-        let mut driver = tokio::spawn(drive_sink(sink, batches));
         let labels = endpoint_labels(&state.name);
-        let commit_within = self.stall_after + config.max_hold();
-        let mut ticket = 0;
         loop {
             let objects = self
                 .dead_letters
@@ -289,35 +290,23 @@ impl Shared {
                     state.parking.set(false);
                     lock(&state.health).record_success(Instant::now());
                     tracing::info!(endpoint = %state.name, "every parked row is replayed: the endpoint is live again");
-                    break;
+                    return Ok(());
                 }
                 continue;
             }
-            for path in objects {
-                let records = self.dead_letters.read(&path).await.map_err(sink_error)?;
+            let mut objects = objects.into_iter().peekable();
+            while objects.peek().is_some() {
+                let mut group = Vec::new();
+                let mut records = Vec::new();
+                while records.len() < REPLAY_GROUP_ROWS
+                    && let Some(path) = objects.next()
+                {
+                    records.extend(self.dead_letters.read(&path).await.map_err(sink_error)?);
+                    group.push(path);
+                }
                 let batch = DeadLetter::to_batch(&records).map_err(sink_error)?;
-                ticket += 1;
-                let item = SinkBatch {
-                    ticket,
-                    batch: batch.clone(),
-                };
-                let ack: Ack = tokio::select! {
-                    () = stop.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(commit_within) => {
-                        driver.abort();
-                        return Err(Error::EndpointStopped {
-                            endpoint: state.name.clone(),
-                            problem: format!("a parked object was not committed within {commit_within:?} (stall_after plus the sink's linger or file age) while replaying; it stays parked"),
-                        });
-                    }
-                    ended = &mut driver => return Err(match ended {
-                        Ok(Err(error)) => sink_error(error),
-                        _ => Error::EndpointStopped { endpoint: state.name.clone(), problem: "its replay sink ended".to_owned() },
-                    }),
-                    ack = async {
-                        queue.send(item).await.ok()?;
-                        ack_receiver.recv().await
-                    } => ack.ok_or_else(|| Error::EndpointStopped { endpoint: state.name.clone(), problem: "its replay sink ended".to_owned() })?,
+                let Some(ack) = self.replay_group(endpoint, config, &batch, stop).await? else {
+                    return Ok(());
                 };
                 if !ack.failed.is_empty() {
                     let (rows, failed) = match ack.failed_rows {
@@ -334,15 +323,64 @@ impl Shared {
                     .endpoint_replayed_rows
                     .get_or_create(&labels)
                     .inc_by(delivered as u64);
-                self.dead_letters
-                    .move_aside(&path)
-                    .await
-                    .map_err(sink_error)?;
+                for path in &group {
+                    self.dead_letters
+                        .move_aside(path)
+                        .await
+                        .map_err(sink_error)?;
+                }
             }
         }
+    }
+
+    /// Delivers `batch` through a fresh sink of `endpoint` whose input closes right after it, and
+    /// returns its ack once the sink has finished (`None` if the engine is stopping first). An ack
+    /// that does not come within `stall_after` plus the sink's linger or file age is an error.
+    async fn replay_group(
+        &self,
+        endpoint: usize,
+        config: &SinkConfig,
+        batch: &RecordBatch,
+        stop: &CancellationToken,
+    ) -> Result<Option<Ack>> {
+        let state = &self.endpoints[endpoint];
+        let sink_error = |source| Error::Sink {
+            endpoint: state.name.clone(),
+            source: Box::new(source),
+        };
+        let ended = || Error::EndpointStopped {
+            endpoint: state.name.clone(),
+            problem: "its replay sink ended without acknowledging the replayed rows".to_owned(),
+        };
+        let (acks, mut ack_receiver) = mpsc::channel(ACK_QUEUE);
+        let sink = (self.build_sink)(config.clone(), acks).map_err(sink_error)?;
+        let (queue, batches) = mpsc::channel(1);
+        let driver = tokio::spawn(drive_sink(sink, batches));
+        queue
+            .send(SinkBatch {
+                ticket: 1,
+                batch: batch.clone(),
+            })
+            .await
+            .map_err(|_| ended())?;
         drop(queue);
+        let commit_within = self.stall_after + config.max_hold();
+        let ack = tokio::select! {
+            () = stop.cancelled() => {
+                driver.abort();
+                return Ok(None);
+            }
+            () = tokio::time::sleep(commit_within) => {
+                driver.abort();
+                return Err(Error::EndpointStopped {
+                    endpoint: state.name.clone(),
+                    problem: format!("replayed rows were not committed within {commit_within:?} (stall_after plus the sink's linger or file age); they stay parked"),
+                });
+            }
+            ack = ack_receiver.recv() => ack.ok_or_else(ended)?,
+        };
         match driver.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => Ok(Some(ack)),
             Ok(Err(error)) => Err(sink_error(error)),
             Err(join) => Err(Error::EndpointStopped {
                 endpoint: state.name.clone(),
