@@ -1001,7 +1001,11 @@ async fn chaos_every_endpoint_sees_every_routed_message_under_faults() {
             Instant::now() < deadline,
             "not caught up within {settle:?} (seed {seed}): {} of {} messages; {} parked objects left; the engine's log ends:\n{}",
             seen.iter()
-                .map(|s| format!("{} {}", s.name, s.covered().len()))
+                .map(|s| {
+                    let covered = s.covered();
+                    let missing: Vec<&String> = everything.difference(&covered).take(20).collect();
+                    format!("{} {} (missing include {missing:?})", s.name, covered.len())
+                })
                 .collect::<Vec<_>>()
                 .join(", "),
             everything.len(),
