@@ -42,7 +42,8 @@ pub async fn list(loaded: &LoadedConfig) -> Result<Vec<DeadLetterGroup>> {
     let store = open(loaded)?;
     let mut groups: BTreeMap<(String, &'static str, String, String), u64> = BTreeMap::new();
     for object in store.objects(None).await.map_err(store_error)? {
-        for record in store.read(&object.path).await.map_err(store_error)? {
+        let records = store.read_if_present(&object.path).await;
+        for record in records.map_err(store_error)?.unwrap_or_default() {
             let kind = if object.parked { "parked" } else { "failed" };
             let hour = record.failed_at.format("%Y-%m-%dT%H:00Z").to_string();
             *groups
@@ -135,7 +136,13 @@ pub async fn replay(
     let mut objects = Vec::new();
     let mut total = 0;
     for object in selected_objects {
-        let records = store.read(&object.path).await.map_err(store_error)?;
+        let Some(records) = store
+            .read_if_present(&object.path)
+            .await
+            .map_err(store_error)?
+        else {
+            continue;
+        };
         let (selected, rest): (Vec<DeadLetter>, Vec<DeadLetter>) =
             records.into_iter().partition(in_window);
         if selected.is_empty() {

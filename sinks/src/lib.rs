@@ -36,7 +36,8 @@ pub use parquet::{
 pub use postgres::{PostgresSink, PostgresSinkConfig, SslMode};
 pub(crate) use sink::AckLedger;
 pub use sink::{
-    Ack, AckSender, FailedRow, FlushReason, RetryPolicy, Sink, SinkBatch, Ticket, drive_sink,
+    Ack, AckSender, FailedRow, FlushReason, RetryPolicy, Sink, SinkBatch, Surrender, Ticket,
+    drive_sink,
 };
 pub use sqlite::{SqliteSink, SqliteSinkConfig};
 pub use storage::{

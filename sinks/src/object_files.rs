@@ -5,7 +5,9 @@
 //! A file is always uploaded from a finished in-memory buffer: one `put` up to [`PART_BYTES`],
 //! above that a multipart upload whose parts become visible only at `complete` (Azure block list
 //! commit, S3 `CompleteMultipartUpload`, local filesystem: a staged file renamed into place). A
-//! failed upload is aborted and retried from the same buffer, forever while the error is retryable.
+//! failed upload is aborted and retried from the same buffer, forever while the error is retryable
+//! and the sink is not surrendered ([`Surrender`]); a file that is not committed hands its rows
+//! back in its tickets' acks.
 //!
 //! Their health probe ([`probe_store`]) is one `head` request under the fixed part of the
 //! endpoint's path template: it writes nothing, and answers within [`PROBE_TIMEOUT`].
@@ -24,7 +26,9 @@ use object_store::path::Path;
 use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt};
 
 use crate::error::object_store_error_is_retryable;
-use crate::{AckLedger, Error, FailedRow, ObjectStoreConfig, Result, RetryPolicy, Ticket};
+use crate::{
+    AckLedger, Error, FailedRow, ObjectStoreConfig, Result, RetryPolicy, Surrender, Ticket,
+};
 
 /// How long the one request of a probe may take.
 pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -118,28 +122,54 @@ pub(crate) fn split_by_partition(
         .collect()
 }
 
-/// Uploads `bytes` to `path`, retrying retryable errors with `retry`'s backoff. Returns `None` once
-/// the object is committed, or the message of the permanent error that prevents it.
+/// How the upload of one file ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum UploadOutcome {
+    /// The object is committed.
+    Committed,
+    /// A permanent error prevents it: the message, for the dead-letter store.
+    Failed(String),
+    /// The sink's [`Surrender`] flag was raised first: the rows go back to the engine.
+    Surrendered,
+}
+
+/// The error recorded beside rows handed back to the engine by a surrendered sink.
+pub(crate) const HANDED_BACK: &str = "handed back to the engine: the endpoint is parked";
+
+/// Uploads `bytes` to `path`, retrying retryable errors with `retry`'s backoff, until it is
+/// committed, fails permanently, or `surrender` is raised (which also abandons an attempt in
+/// flight: an upload that completed at the store just before counts as not done, so its rows may
+/// arrive twice, never zero times).
 pub(crate) async fn upload_with_retries(
     sink: &str,
     store: &dyn ObjectStore,
     path: &Path,
     bytes: &Bytes,
     retry: RetryPolicy,
-) -> Option<String> {
+    surrender: &Surrender,
+) -> UploadOutcome {
     let mut attempt = 0;
     loop {
-        match put(store, path, bytes).await {
-            Ok(()) => return None,
+        let result = tokio::select! {
+            biased;
+            () = surrender.raised() => return UploadOutcome::Surrendered,
+            result = put(store, path, bytes) => result,
+        };
+        match result {
+            Ok(()) => return UploadOutcome::Committed,
             Err(error) if object_store_error_is_retryable(&error) => {
                 let delay = retry.delay(attempt, None);
                 tracing::warn!(sink, %path, %error, ?delay, "upload failed; retrying");
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    biased;
+                    () = surrender.raised() => return UploadOutcome::Surrendered,
+                    () = tokio::time::sleep(delay) => {}
+                }
                 attempt = attempt.saturating_add(1);
             }
             Err(error) => {
                 tracing::error!(sink, %path, %error, "upload failed permanently");
-                return Some(format!("upload of {path} failed: {error}"));
+                return UploadOutcome::Failed(format!("upload of {path} failed: {error}"));
             }
         }
     }
@@ -149,6 +179,43 @@ pub(crate) async fn upload_with_retries(
 pub(crate) async fn commit_all(ledger: &AckLedger, tickets: Vec<(Ticket, RowSet)>) -> Result<()> {
     for (ticket, _) in tickets {
         ledger.settle(ticket, Vec::new()).await?;
+    }
+    Ok(())
+}
+
+/// Settles every ticket part of a file whose upload ended without a commit: its rows (`rows`, every
+/// row of the file in file order) are handed back, as permanently failed or as surrendered.
+pub(crate) async fn settle_uncommitted(
+    ledger: &AckLedger,
+    tickets: Vec<(Ticket, RowSet)>,
+    outcome: &UploadOutcome,
+    rows: &RecordBatch,
+) -> Result<()> {
+    let (error, surrendered) = match outcome {
+        UploadOutcome::Committed => return commit_all(ledger, tickets).await,
+        UploadOutcome::Failed(error) => (error.as_str(), false),
+        UploadOutcome::Surrendered => (HANDED_BACK, true),
+    };
+    let mut offset = 0;
+    for (ticket, set) in tickets {
+        let failed = set
+            .rows()
+            .into_iter()
+            .map(|row| FailedRow {
+                row,
+                error: error.to_owned(),
+            })
+            .collect();
+        let data = rows.slice(
+            offset.min(rows.num_rows()),
+            set.len().min(rows.num_rows().saturating_sub(offset)),
+        );
+        offset += set.len();
+        if surrendered {
+            ledger.settle_surrendered(ticket, failed, data).await?;
+        } else {
+            ledger.settle_with_rows(ticket, failed, Some(data)).await?;
+        }
     }
     Ok(())
 }
@@ -179,34 +246,6 @@ async fn put_parts(upload: &mut dyn MultipartUpload, bytes: &Bytes) -> object_st
         .collect();
     futures::future::try_join_all(parts).await?;
     upload.complete().await?;
-    Ok(())
-}
-
-/// Fails every row of a file with `error`, handing each ticket its rows back from `rows` (every
-/// row of the file, in file order): for sinks that [report failed rows](crate::Sink::reports_failed_rows).
-pub(crate) async fn fail_all_with_rows(
-    ledger: &AckLedger,
-    tickets: Vec<(Ticket, RowSet)>,
-    error: &str,
-    rows: &RecordBatch,
-) -> Result<()> {
-    let mut offset = 0;
-    for (ticket, set) in tickets {
-        let failed = set
-            .rows()
-            .into_iter()
-            .map(|row| FailedRow {
-                row,
-                error: error.to_owned(),
-            })
-            .collect();
-        let data = rows.slice(
-            offset.min(rows.num_rows()),
-            set.len().min(rows.num_rows().saturating_sub(offset)),
-        );
-        offset += set.len();
-        ledger.settle_with_rows(ticket, failed, Some(data)).await?;
-    }
     Ok(())
 }
 

@@ -35,6 +35,12 @@
 //!   endpoint can take writes: one request that stores nothing, bounded in time, not retried. It is
 //!   a hint, not a promise: a write after a passing probe can still fail, and is handled as any
 //!   write is. The engine probes a parked endpoint before it replays the endpoint's parked rows.
+//! * **Surrender.** A sink that holds rows for long (open files, uploads retried forever) offers a
+//!   [`Surrender`] flag through [`Sink::surrender`]. The engine raises it when it parks the
+//!   endpoint: the sink then closes its open files at once and, instead of retrying, acks every row
+//!   it holds as failed with the rows' data and [`Ack::surrendered`] set, so the engine can store
+//!   them as parked rows and let the checkpoint move. The engine lowers it when the endpoint is live
+//!   again.
 //! * **Fatal errors in the background.** A sink that delivers from background tasks reports their
 //!   fatal error through [`Sink::stopped`] as soon as it happens.
 //!
@@ -55,10 +61,12 @@ pub(crate) mod background;
 mod backoff;
 mod driver;
 mod ledger;
+mod surrender;
 
 pub use backoff::RetryPolicy;
 pub use driver::drive_sink;
 pub(crate) use ledger::AckLedger;
+pub use surrender::Surrender;
 
 /// Identifies one `write` call; echoed back in its [`Ack`].
 pub type Ticket = u64;
@@ -91,6 +99,11 @@ pub struct Ack {
     /// The failed rows themselves (message schema), row `i` for `failed[i]`, from a sink that
     /// [reports them](Sink::reports_failed_rows). `None` from other sinks, and when nothing failed.
     pub failed_rows: Option<RecordBatch>,
+    /// The sink handed (some of) the `failed` rows back because the engine raised its
+    /// [`Surrender`] flag, not because they can never be delivered: the engine parks them for
+    /// replay rather than dead-lettering them. A permanently failed row of the same ticket is
+    /// parked with them and fails again, and is dead-lettered, when it is replayed.
+    pub surrendered: bool,
 }
 
 impl Ack {
@@ -100,6 +113,7 @@ impl Ack {
             ticket,
             failed: Vec::new(),
             failed_rows: None,
+            surrendered: false,
         }
     }
 }
@@ -130,6 +144,13 @@ pub trait Sink: Send + fmt::Debug {
     /// minutes (files rolled by age): their rows would otherwise stay in memory until the ack.
     fn reports_failed_rows(&self) -> bool {
         false
+    }
+
+    /// The flag through which the engine asks this sink to hand back every row it holds, for a
+    /// sink that holds rows for long (see the contract's *Surrender*); `None` (the default) for
+    /// sinks whose rows the engine can rebuild from its own copy.
+    fn surrender(&self) -> Option<Surrender> {
+        None
     }
 
     /// Buffers `batch`; resolves only when the sink has room (backpressure). An error here is fatal

@@ -3,7 +3,8 @@
 //! the ticket in the [`Ledger`](super::ledger::Ledger), which is what lets a checkpoint move.
 //!
 //! Failed rows are stored before the ticket is released, retrying until the store takes them: the
-//! checkpoint never passes a row that is neither committed nor dead-lettered.
+//! checkpoint never passes a row that is neither committed nor dead-lettered. Rows a surrendered
+//! sink hands back ([`Ack::surrendered`]) are parked instead (see `parking`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,7 +51,14 @@ impl Shared {
         let labels = endpoint_labels(&endpoint.name);
         let total = in_flight.indices.len();
         let failed = ack.failed.len();
-        if failed > 0 {
+        if failed > 0 && ack.surrendered {
+            match ack.failed_rows {
+                Some(rows) => self.park_handed_back(&in_flight, &rows).await,
+                None => {
+                    tracing::error!(endpoint = %endpoint.name, "the sink handed rows back without their data (a sink bug)");
+                }
+            }
+        } else if failed > 0 {
             let rows = match (ack.failed_rows, &in_flight.source) {
                 (Some(rows), _) => Ok((rows, renumbered(&ack.failed))),
                 (None, Some(source)) => in_flight
@@ -85,7 +93,7 @@ impl Shared {
         if delivered > 0 {
             self.observe_commit_latency(&labels, &in_flight, &ack.failed);
         }
-        {
+        if !ack.surrendered {
             let mut health = lock(&endpoint.health);
             let now = now();
             match ack.failed.first() {

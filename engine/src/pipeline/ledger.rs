@@ -145,6 +145,14 @@ impl Ledger {
         lock(&self.in_flight).len()
     }
 
+    /// Tickets of `endpoint` not settled yet.
+    pub(super) fn unsettled_tickets_of(&self, endpoint: usize) -> usize {
+        lock(&self.in_flight)
+            .values()
+            .filter(|entry| entry.endpoint == endpoint)
+            .count()
+    }
+
     /// The sequence number of `partition`'s committed position.
     pub(super) fn committed(&self, partition: usize) -> Option<i64> {
         lock(&self.partitions[partition])

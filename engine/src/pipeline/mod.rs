@@ -64,7 +64,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hubroute_sinks::{
-    Ack, AckSender, DeadLetterStore, Sink, SinkBatch, SinkConfig, build_sink, drive_sink,
+    Ack, AckSender, DeadLetterStore, Sink, SinkBatch, SinkConfig, Surrender, build_sink, drive_sink,
 };
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
@@ -123,6 +123,9 @@ struct EndpointState {
     health: Mutex<EndpointHealth>,
     /// Live or parked (see `parking`).
     parking: Parking,
+    /// The live sink's flag for handing back the rows it holds, raised while the endpoint is
+    /// parked; `None` for sinks whose rows the engine keeps a copy of.
+    surrender: Option<Surrender>,
 }
 
 /// One partition as the running engine sees it (its progress is in the [`Ledger`]).
@@ -280,6 +283,7 @@ impl RunningEngine {
                 queue: queue.downgrade(),
                 health: Mutex::new(EndpointHealth::new(health_policy)),
                 parking: Parking::default(),
+                surrender: sink.surrender(),
             });
             queues.push(queue);
             sink_parts.push((sink, batches, ack_receiver));

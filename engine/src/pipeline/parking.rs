@@ -22,7 +22,13 @@
 //! new rows queue up behind the old ones.
 //!
 //! Tickets of sinks that hand failed rows back ([`hubroute_sinks::Sink::reports_failed_rows`], the
-//! file sinks) keep no copy of their rows, so they cannot be parked: they settle when their file does.
+//! file sinks) keep no copy of their rows, so the engine cannot park them itself. Parking raises
+//! such a sink's [`Surrender`](hubroute_sinks::Surrender) flag instead: the sink closes its open
+//! files and, rather than retrying their uploads, hands every row back in acks marked
+//! `surrendered`, which are parked like any other rows (and re-park the endpoint if it went live
+//! meanwhile). Replay waits (up to `stall_after`) until the live sink holds no ticket, so the
+//! handed-back rows are parked before it lists what to replay. The flag is lowered when the
+//! endpoint is live again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,6 +47,12 @@ use crate::{Error, Result};
 
 /// Why a dead endpoint's rows were parked.
 pub(super) const DEAD: &str = "dead (failing for longer than `dead_after`)";
+/// Why an endpoint is parked at start.
+const EARLIER_RUN: &str = "rows parked by an earlier run are still to replay";
+/// Why an endpoint that had gone live again is parked once more.
+const HANDED_BACK: &str = "its sink handed back rows it held while the endpoint was parked";
+/// How often replay looks whether the live sink still holds tickets of the endpoint.
+const HAND_BACK_POLL: Duration = Duration::from_millis(50);
 /// Rows replayed through one sink instance: a group is closed once it holds this many.
 const REPLAY_GROUP_ROWS: usize = 8192;
 /// How often a replay task looks whether its endpoint is parked.
@@ -99,18 +111,37 @@ impl Shared {
     /// from now on its rows go to the dead-letter store, and its unsettled tickets that can be
     /// rebuilt are parked and settled now.
     pub(super) async fn park(&self, endpoint: usize, why: &'static str) {
+        let _gate = self.endpoints[endpoint].parking.gate.lock().await;
+        self.park_locked(endpoint, why).await;
+    }
+
+    /// [`Self::park`], with the endpoint's gate held by the caller.
+    async fn park_locked(&self, endpoint: usize, why: &'static str) {
         let state = &self.endpoints[endpoint];
-        let _gate = state.parking.gate.lock().await;
         if state.parking.is_parked() {
             return;
         }
         *lock(&state.parking.why) = why;
         state.parking.set(true);
+        if let Some(surrender) = &state.surrender {
+            surrender.surrender();
+        }
         let reason = self.park_reason(endpoint);
         tracing::warn!(endpoint = %state.name, %reason, "parking the endpoint's rows in the dead-letter store until it catches up");
         for (_, entry) in self.ledger.take_parkable(endpoint) {
             self.park_entry(&entry, &reason).await;
         }
+    }
+
+    /// Parks `rows`, handed back by the surrendered sink of `entry`'s endpoint (the caller releases
+    /// the entry). An endpoint that went live meanwhile is parked again, so that replay finds them.
+    pub(super) async fn park_handed_back(&self, entry: &InFlight, rows: &RecordBatch) {
+        let endpoint = entry.endpoint;
+        let _gate = self.endpoints[endpoint].parking.gate.lock().await;
+        self.park_locked(endpoint, HANDED_BACK).await;
+        let reason = self.park_reason(endpoint);
+        let partition = &self.partitions[entry.partition].id;
+        self.store_parked(endpoint, partition, rows, &reason).await;
     }
 
     /// Parks the rows of an unsettled ticket's `entry` (taken from the ledger) and settles it.
@@ -268,6 +299,7 @@ impl Shared {
             source: Box::new(source),
         };
         let labels = endpoint_labels(&state.name);
+        self.wait_for_hand_back(endpoint, stop).await;
         loop {
             let objects = self
                 .dead_letters
@@ -287,6 +319,9 @@ impl Shared {
                     .map_err(sink_error)?
                     .is_empty()
                 {
+                    if let Some(surrender) = &state.surrender {
+                        surrender.resume();
+                    }
                     state.parking.set(false);
                     lock(&state.health).record_success(Instant::now());
                     tracing::info!(endpoint = %state.name, "every parked row is replayed: the endpoint is live again");
@@ -330,6 +365,19 @@ impl Shared {
                         .map_err(sink_error)?;
                 }
             }
+        }
+    }
+
+    /// Waits, up to `stall_after`, until the live sink of `endpoint` holds none of its tickets: a
+    /// surrendered sink hands its rows back within moments, and they are parked before replay
+    /// lists the parked objects, so that they are replayed in order with the rest.
+    async fn wait_for_hand_back(&self, endpoint: usize, stop: &CancellationToken) {
+        let started = tokio::time::Instant::now();
+        while self.ledger.unsettled_tickets_of(endpoint) > 0
+            && started.elapsed() < self.stall_after
+            && !stop.is_cancelled()
+        {
+            tokio::time::sleep(HAND_BACK_POLL).await;
         }
     }
 
@@ -402,7 +450,7 @@ impl Shared {
             .map_err(|e| Error::DeadLetters(Box::new(e)))?;
         if !parked.is_empty() {
             tracing::info!(endpoint = %state.name, objects = parked.len(), "parked rows from a previous run: replaying them before live delivery");
-            state.parking.set(true);
+            self.park(endpoint, EARLIER_RUN).await;
         }
         Ok(())
     }

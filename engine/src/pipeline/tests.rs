@@ -13,7 +13,9 @@ use std::time::Duration;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use hubroute_message::{AppPropertyValue, Message, MessageBatchBuilder, MessageColumns};
-use hubroute_sinks::{Ack, AckSender, FlushReason, Sink, SinkBatch, build_sink};
+use hubroute_sinks::{
+    Ack, AckSender, FailedRow, FlushReason, Sink, SinkBatch, Surrender, build_sink,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -218,6 +220,10 @@ struct Destination {
     /// The sink acks only when flushed, as a file sink does when its file closes: on shutdown, or
     /// [`FILE_AGE`] after the first row it holds.
     holds_until_flush: Arc<AtomicBool>,
+    /// The sink behaves as a file sink does towards the engine (read at start): while the
+    /// destination is down it keeps rows without blocking (open files, uploads retrying), the
+    /// engine keeps no copy of them, and a raised [`Surrender`] flag makes it hand them back.
+    file_like: Arc<AtomicBool>,
     instances: Arc<Mutex<usize>>,
     delivered: Arc<Mutex<Vec<Delivery>>>,
 }
@@ -254,7 +260,13 @@ struct TestSink {
     /// Tickets committed but not acked yet (only while the destination holds until flush).
     held: Vec<u64>,
     flush_at: Option<tokio::time::Instant>,
+    /// Batches kept while the destination is down (only when file-like).
+    pending: Vec<SinkBatch>,
+    surrender: Surrender,
 }
+
+/// How often a file-like test sink holding rows looks whether its destination is back.
+const PENDING_POLL: Duration = Duration::from_secs(1);
 
 /// How long a holding test sink keeps its rows before it acks them, like a file's age.
 const FILE_AGE: Duration = Duration::from_secs(300);
@@ -269,12 +281,27 @@ impl Sink for TestSink {
         false
     }
 
+    fn reports_failed_rows(&self) -> bool {
+        self.destination.file_like.load(Ordering::SeqCst)
+    }
+
+    fn surrender(&self) -> Option<Surrender> {
+        self.reports_failed_rows().then(|| self.surrender.clone())
+    }
+
     async fn write(&mut self, batch: SinkBatch) -> hubroute_sinks::Result<()> {
         if self.destination.broken.load(Ordering::SeqCst) {
             return Err(hubroute_sinks::Error::Config {
                 sink: "hook".to_owned(),
                 problem: "the test broke this sink".to_owned(),
             });
+        }
+        let holds = !*self.destination.up.borrow()
+            || !self.pending.is_empty()
+            || self.surrender.is_raised();
+        if self.reports_failed_rows() && holds {
+            self.pending.push(batch);
+            return Ok(());
         }
         let mut up = self.destination.up.subscribe();
         let _ = up.wait_for(|up| *up).await;
@@ -293,10 +320,43 @@ impl Sink for TestSink {
     }
 
     fn flush_deadline(&self) -> Option<tokio::time::Instant> {
-        self.flush_at
+        if self.pending.is_empty() {
+            return self.flush_at;
+        }
+        let now = tokio::time::Instant::now();
+        Some(if self.surrender.is_raised() {
+            now
+        } else {
+            now + PENDING_POLL
+        })
     }
 
     async fn flush(&mut self, _: FlushReason) -> hubroute_sinks::Result<()> {
+        if self.surrender.is_raised() {
+            for SinkBatch { ticket, batch } in std::mem::take(&mut self.pending) {
+                let failed = (0..batch.num_rows())
+                    .map(|row| FailedRow {
+                        row,
+                        error: "handed back".to_owned(),
+                    })
+                    .collect();
+                let ack = Ack {
+                    ticket,
+                    failed,
+                    failed_rows: Some(batch),
+                    surrendered: true,
+                };
+                let _ = self.acks.send(ack).await;
+            }
+        } else if *self.destination.up.borrow() {
+            for SinkBatch { ticket, batch } in std::mem::take(&mut self.pending) {
+                lock(&self.destination.delivered).push(Delivery {
+                    instance: self.instance,
+                    rows: sequence_numbers(&batch),
+                });
+                let _ = self.acks.send(Ack::committed(ticket)).await;
+            }
+        }
         self.flush_at = None;
         for ticket in std::mem::take(&mut self.held) {
             let _ = self.acks.send(Ack::committed(ticket)).await;
@@ -343,6 +403,8 @@ impl Harness {
                 acks,
                 held: Vec::new(),
                 flush_at: None,
+                pending: Vec::new(),
+                surrender: Surrender::default(),
             }))
         });
         let log = Arc::clone(&self.log);
@@ -607,6 +669,60 @@ async fn parked_rows_of_a_sink_that_acks_when_its_file_closes_replay_without_wai
         hot(0..63),
         "every parked row is replayed, in partition order"
     );
+    engine.shutdown().await.expect("a clean stop");
+}
+
+/// A file sink keeps the rows it holds (open files, uploads retrying) and the engine keeps no copy
+/// of them: parking raises the sink's surrender flag, the sink hands them back, and they are parked
+/// like the rest, so the checkpoint moves past them while the endpoint is down; once it recovers
+/// they are replayed in order with the rows parked after them.
+#[tokio::test(start_paused = true)]
+async fn a_parked_file_sink_hands_back_the_rows_it_holds_so_the_checkpoint_moves_past_them() {
+    let harness = Harness::new();
+    harness.hook.file_like.store(true, Ordering::SeqCst);
+    let engine = harness.start().await;
+    let parked = || engine.shared.endpoints[HOOK].parking.is_parked();
+    harness.log.append(0..30);
+    eventually("the lake's position is stored", || async {
+        harness.position("lake").await == Some(29)
+    })
+    .await;
+    assert_eq!(
+        harness.checkpoint().await,
+        None,
+        "the sink holds the hook's rows"
+    );
+    tokio::time::sleep(Duration::from_secs(11 * 60)).await;
+    assert!(parked(), "failing (stalled) for longer than dead_after");
+    eventually(
+        "the checkpoint moves past the rows the sink held",
+        || async { harness.checkpoint().await == Some(29) },
+    )
+    .await;
+    harness.log.append(30..60);
+    eventually("the checkpoint moves on while parked", || async {
+        harness.checkpoint().await == Some(59)
+    })
+    .await;
+    assert!(harness.hook.rows(|_| true).is_empty());
+
+    harness.hook.set_up(true);
+    eventually("the hook is live again", || async { !parked() }).await;
+    assert_eq!(
+        harness.hook.rows(|instance| instance > 0),
+        hot(0..60),
+        "the handed-back rows are replayed first, then the rows parked after them"
+    );
+    assert!(
+        harness.hook.rows(|instance| instance == 0).is_empty(),
+        "the live sink delivered none of the rows it handed back"
+    );
+    harness.log.append(60..90);
+    eventually("live delivery resumes", || async {
+        harness.checkpoint().await == Some(89)
+    })
+    .await;
+    assert_eq!(harness.hook.rows(|instance| instance == 0), hot(60..90));
     engine.shutdown().await.expect("a clean stop");
 }
 

@@ -686,6 +686,7 @@ impl Publisher {
                 ticket,
                 failed,
                 failed_rows: None,
+                surrendered: false,
             })
             .await
             .map_err(|_| Error::AcksClosed {

@@ -390,6 +390,19 @@ impl DeadLetterStore {
             .collect()
     }
 
+    /// The records of one object, or `None` when it is gone: an object listed a moment ago can be
+    /// moved aside by a running engine's replay, or purged, before it is read.
+    pub async fn read_if_present(&self, path: &Path) -> Result<Option<Vec<DeadLetter>>> {
+        match self.read(path).await {
+            Err(Error::ObjectStore { source, .. })
+                if matches!(*source, object_store::Error::NotFound { .. }) =>
+            {
+                Ok(None)
+            }
+            read => read.map(Some),
+        }
+    }
+
     /// Moves a replayed object aside (`<prefix>/<sink>/…` to `<prefix>/<sink>/replayed/…`),
     /// keeping it.
     pub async fn move_aside(&self, path: &Path) -> Result<Path> {
@@ -522,7 +535,7 @@ impl DeadLetterStore {
     }
 
     /// Every dead letter under the prefix (parked or failed, not yet replayed), oldest object
-    /// first within each endpoint.
+    /// first within each endpoint. Objects moved aside while this reads are left out.
     pub async fn read_all(&self) -> Result<Vec<DeadLetter>> {
         let mut objects: Vec<_> = self
             .store
@@ -535,7 +548,7 @@ impl DeadLetterStore {
         objects.sort();
         let mut records = Vec::new();
         for object in objects {
-            records.extend(self.read(&object).await?);
+            records.extend(self.read_if_present(&object).await?.unwrap_or_default());
         }
         Ok(records)
     }
@@ -598,6 +611,40 @@ mod tests {
         let view = MessageColumns::try_new(&replay).unwrap();
         assert_eq!(view.message(0), messages[0]);
         assert_eq!(view.message(1), messages[2]);
+    }
+
+    #[tokio::test]
+    async fn an_object_moved_aside_after_it_was_listed_reads_as_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeadLetterStore::new(&DeadLetterConfig {
+            store: ObjectStoreConfig::Local {
+                root: dir.path().to_owned(),
+            },
+            prefix: "dl".into(),
+        })
+        .unwrap();
+        let batch = MessageBatchBuilder::batch_of(&[Message::telemetry("x")]).unwrap();
+        let failed = [FailedRow {
+            row: 0,
+            error: "HTTP 400: bad".into(),
+        }];
+        let records = DeadLetter::from_failed_rows("hook", None, &batch, &failed).unwrap();
+        let listed = store.write(&records).await.unwrap().unwrap();
+        assert_eq!(
+            store
+                .read_if_present(&listed)
+                .await
+                .unwrap()
+                .map(|r| r.len()),
+            Some(1)
+        );
+        store.move_aside(&listed).await.unwrap();
+        assert_eq!(store.read_if_present(&listed).await.unwrap(), None);
+        assert!(
+            store.read(&listed).await.is_err(),
+            "`read` still reports it"
+        );
+        assert!(store.read_all().await.unwrap().is_empty());
     }
 
     #[test]

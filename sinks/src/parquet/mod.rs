@@ -15,7 +15,9 @@
 //! upload is aborted and retried from the same buffer with capped exponential backoff, forever if
 //! the error is retryable. A permanent error (missing container, denied access) fails the file's rows
 //! so that the engine dead-letters them; the rows are read back from the file itself, so the engine
-//! keeps no copy of them while a file is open ([`Sink::reports_failed_rows`]).
+//! keeps no copy of them while a file is open ([`Sink::reports_failed_rows`]). While the engine has
+//! the endpoint parked ([`Sink::surrender`]), open files close at once and every file hands its rows
+//! back the same way instead of retrying, so the engine can park them.
 //!
 //! # Memory and backpressure
 //!
@@ -67,12 +69,13 @@ pub use reader::read_parquet_file;
 use self::columns::FileSchema;
 use self::path::{FileName, PathTemplate};
 use crate::object_files::{
-    RowSet, UploadMemory, commit_all, fail_all_with_rows, fixed_prefix, probe_store,
+    RowSet, UploadMemory, UploadOutcome, commit_all, fixed_prefix, probe_store, settle_uncommitted,
     split_by_partition, upload_with_retries,
 };
 use crate::sink::background;
 use crate::{
-    AckLedger, AckSender, Error, FlushReason, Result, RetryPolicy, Sink, SinkBatch, Ticket,
+    AckLedger, AckSender, Error, FlushReason, Result, RetryPolicy, Sink, SinkBatch, Surrender,
+    Ticket,
 };
 
 /// Rows per row group: small enough to keep the in-progress row group a fraction of the file.
@@ -219,6 +222,8 @@ struct Upload {
     tickets: Vec<(Ticket, RowSet)>,
     ledger: AckLedger,
     retry: RetryPolicy,
+    /// Raised: stop retrying and hand the rows back.
+    surrender: Surrender,
     /// Held until the upload settles: bounds uploads in flight.
     _slot: OwnedSemaphorePermit,
     /// The file's memory, counted against `max_buffered_bytes` until the upload settles.
@@ -244,6 +249,9 @@ pub struct ParquetSink {
     upload_slots: Arc<Semaphore>,
     /// Memory of the files being uploaded, counted against `max_buffered_bytes`.
     uploading: Arc<AtomicU64>,
+    /// Raised by the engine while the endpoint is parked: files close at once and hand their rows
+    /// back instead of uploading.
+    surrender: Surrender,
 }
 
 impl ParquetSink {
@@ -340,6 +348,7 @@ impl ParquetSink {
             idle: BTreeMap::new(),
             uploads: JoinSet::new(),
             uploading: Arc::default(),
+            surrender: Surrender::default(),
         })
     }
 
@@ -468,6 +477,7 @@ impl ParquetSink {
                 tickets,
                 ledger: self.ledger.clone(),
                 retry: self.config.retry,
+                surrender: self.surrender.clone(),
                 _slot: slot,
                 _memory: UploadMemory::hold(&self.uploading, buffered),
             }
@@ -512,20 +522,19 @@ impl Upload {
             &self.path,
             &bytes,
             self.retry,
+            &self.surrender,
         )
         .await;
-        match outcome {
-            None => commit_all(&self.ledger, self.tickets).await,
-            Some(error) => {
-                let rows = read_back(&bytes).map_err(parquet_error)?;
-                fail_all_with_rows(&self.ledger, self.tickets, &error, &rows).await
-            }
+        if outcome == UploadOutcome::Committed {
+            return commit_all(&self.ledger, self.tickets).await;
         }
+        let rows = read_back(&bytes).map_err(parquet_error)?;
+        settle_uncommitted(&self.ledger, self.tickets, &outcome, &rows).await
     }
 }
 
 /// The message columns of every row of an encoded file, in file order: how a file whose upload
-/// failed gives its rows back for the dead-letter store.
+/// failed (or was surrendered) gives its rows back for the dead-letter store.
 fn read_back(bytes: &Bytes) -> std::result::Result<RecordBatch, parquet::errors::ParquetError> {
     let reader =
         parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes.clone())?
@@ -555,6 +564,10 @@ impl Sink for ParquetSink {
         true
     }
 
+    fn surrender(&self) -> Option<Surrender> {
+        Some(self.surrender.clone())
+    }
+
     async fn write(&mut self, batch: SinkBatch) -> Result<()> {
         let SinkBatch { ticket, batch } = batch;
         self.ledger.open(ticket);
@@ -568,6 +581,9 @@ impl Sink for ParquetSink {
     }
 
     fn flush_deadline(&self) -> Option<Instant> {
+        if self.surrender.is_raised() && !self.open.is_empty() {
+            return Some(Instant::now());
+        }
         let age = self.config.max_file_age;
         let open = self.open.values().map(|f| f.opened_at + age);
         let idle = self
@@ -581,10 +597,11 @@ impl Sink for ParquetSink {
     async fn flush(&mut self, reason: FlushReason) -> Result<()> {
         let now = Instant::now();
         let age = self.config.max_file_age;
+        let close_all = reason == FlushReason::Shutdown || self.surrender.is_raised();
         let due: Vec<String> = self
             .open
             .iter()
-            .filter(|(_, f)| reason == FlushReason::Shutdown || f.opened_at + age <= now)
+            .filter(|(_, f)| close_all || f.opened_at + age <= now)
             .map(|(p, _)| p.clone())
             .collect();
         for partition in due {

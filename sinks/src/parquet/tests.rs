@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use super::*;
 use crate::object_files::PART_BYTES;
-use crate::{Ack, ObjectStoreConfig, Secret};
+use crate::{Ack, ObjectStoreConfig, Secret, drive_sink};
 
 fn messages(
     partition: &str,
@@ -620,6 +620,66 @@ async fn a_permanent_upload_error_fails_every_row_of_the_file_and_hands_the_rows
                 .starts_with(&format!("{{\"temperature\":{}.5", expected[0]))
         );
     }
+}
+
+#[tokio::test]
+async fn a_surrendered_sink_hands_back_its_open_file_and_its_stuck_upload_then_resumes() {
+    let gate = Arc::new(Semaphore::new(0));
+    let store = Arc::new(FaultyStore::Gated(InMemory::new(), Arc::clone(&gate)));
+    let mut config = ParquetSinkConfig::new("lake", ObjectStoreConfig::default());
+    // Every batch fills a file, so the next batch of the partition rolls it; files never roll by age.
+    config.max_file_bytes = 1;
+    config.max_file_age = Duration::from_secs(3600);
+    let (tx, mut rx) = mpsc::channel(16);
+    let sink = ParquetSink::with_store(config, store.clone(), tx).unwrap();
+    let surrender = sink.surrender().expect("a file sink can be surrendered");
+    let (queue, batches) = mpsc::channel(4);
+    let driver = tokio::spawn(drive_sink(Box::new(sink), batches));
+    // Ticket 1's file rolls when ticket 2 arrives; its upload hangs at the store. Ticket 2's file
+    // stays open.
+    queue
+        .send(sink_batch(1, &messages("0", 0..3, 1)))
+        .await
+        .unwrap();
+    queue
+        .send(sink_batch(2, &messages("0", 3..5, 1)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(rx.try_recv().is_err(), "nothing is committed yet");
+
+    surrender.surrender();
+    let acks = acks_for(&mut rx, 2).await;
+    for (ack, expected) in acks.iter().zip([vec![0, 1, 2], vec![3, 4]]) {
+        assert!(ack.surrendered, "{ack:?}");
+        assert!(
+            ack.failed
+                .iter()
+                .all(|f| f.error == crate::object_files::HANDED_BACK)
+        );
+        let rows = ack.failed_rows.as_ref().expect("the rows come back");
+        assert_eq!(sequence_numbers(std::slice::from_ref(rows)), expected);
+    }
+    assert!(files(store.inner()).await.is_empty());
+
+    surrender.resume();
+    gate.add_permits(1);
+    queue
+        .send(sink_batch(3, &messages("1", 5..6, 1)))
+        .await
+        .unwrap();
+    drop(queue);
+    tokio::time::timeout(Duration::from_secs(20), driver)
+        .await
+        .expect("the sink shuts down")
+        .unwrap()
+        .unwrap();
+    let ack = acks_for(&mut rx, 1).await.remove(0);
+    assert_eq!(
+        (ack.ticket, ack.failed.len(), ack.surrendered),
+        (3, 0, false)
+    );
+    assert_eq!(files(store.inner()).await.len(), 1);
 }
 
 /// Creates a container in the Azurite instance `.ci/run` starts, through the Azure SDK in the venv.

@@ -13,17 +13,26 @@ use crate::{FlushReason, Result, Sink, SinkBatch};
 
 /// Runs `sink` until `batches` is closed and drained, then flushes it with
 /// [`FlushReason::Shutdown`]. Returns the first error of `write`, `flush` or the sink's background
-/// work ([`Sink::stopped`]), all fatal for the sink.
+/// work ([`Sink::stopped`]), all fatal for the sink. A change of the sink's
+/// [`Surrender`](crate::Surrender) flag wakes the loop, so that the sink's new
+/// [`Sink::flush_deadline`] (a surrendered file sink closes its files at once) is seen even while no
+/// batch arrives.
 pub async fn drive_sink(
     mut sink: Box<dyn Sink>,
     mut batches: mpsc::Receiver<SinkBatch>,
 ) -> Result<()> {
+    let mut surrender = sink.surrender().map(|flag| flag.watch());
     loop {
         let deadline = sink.flush_deadline();
         tokio::select! {
             biased;
             () = async { sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
                 sink.flush(FlushReason::Deadline).await?;
+            }
+            changed = async { surrender.as_mut().expect("guarded").changed().await }, if surrender.is_some() => {
+                if changed.is_err() {
+                    surrender = None;
+                }
             }
             batch = batches.recv() => match batch {
                 Some(batch) => sink.write(batch).await?,

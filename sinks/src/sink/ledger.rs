@@ -23,6 +23,8 @@ struct PendingTicket {
     rows: Vec<RecordBatch>,
     /// Whether a part failed rows without their data.
     rows_missing: bool,
+    /// Whether a part handed its rows back because the sink was surrendered.
+    surrendered: bool,
 }
 
 /// The failed rows in `failed` order: sorted by row, with their data reordered to match.
@@ -78,11 +80,33 @@ impl AckLedger {
         failed: Vec<FailedRow>,
         rows: Option<RecordBatch>,
     ) -> Result<()> {
+        self.settle_part(ticket, failed, rows, false).await
+    }
+
+    /// [`AckLedger::settle_with_rows`] for rows handed back because the sink was surrendered:
+    /// the ticket's ack is marked [`Ack::surrendered`].
+    pub(crate) async fn settle_surrendered(
+        &self,
+        ticket: Ticket,
+        failed: Vec<FailedRow>,
+        rows: RecordBatch,
+    ) -> Result<()> {
+        self.settle_part(ticket, failed, Some(rows), true).await
+    }
+
+    async fn settle_part(
+        &self,
+        ticket: Ticket,
+        failed: Vec<FailedRow>,
+        rows: Option<RecordBatch>,
+        surrendered: bool,
+    ) -> Result<()> {
         let ack = {
             let mut pending = self.lock();
             let Some(entry) = pending.get_mut(&ticket) else {
                 return Ok(());
             };
+            entry.surrendered |= surrendered;
             if !failed.is_empty() {
                 match rows {
                     Some(rows) => entry.rows.push(rows),
@@ -104,6 +128,7 @@ impl AckLedger {
                 ticket,
                 failed,
                 failed_rows,
+                surrendered: done.surrendered,
             }
         };
         self.acks.send(ack).await.map_err(|_| Error::AcksClosed {
@@ -151,6 +176,7 @@ mod tests {
                 ticket: 7,
                 failed: vec![failed],
                 failed_rows: None,
+                surrendered: false,
             }
         );
         assert_eq!(ledger.open_tickets(), 0);

@@ -9,7 +9,9 @@
 //! runtime stays free for I/O), uploaded whole when it rolls, and committed, which is when its
 //! tickets are acked, only once the upload completed under its final name. A failed upload is
 //! retried from the same buffer while the error is retryable; a permanent error (missing container,
-//! denied access) fails the file's rows so that the engine dead-letters them. A file keeps the rows
+//! denied access) fails the file's rows so that the engine dead-letters them; while the engine has
+//! the endpoint parked ([`Sink::surrender`]), open files close at once and every file hands its rows
+//! back instead of retrying, so the engine can park them. A file keeps the rows
 //! it holds (the batches as written, not a copy) until it is committed and hands them back with the
 //! failure ([`Sink::reports_failed_rows`]): IoT Hub's record drops what a dead letter needs
 //! (sequence numbers, property types), so the file cannot give them back itself.
@@ -58,12 +60,13 @@ use self::name::{FileName, FileNameFormat};
 use self::record::FileEncoder;
 use crate::error::object_store_error_is_retryable;
 use crate::object_files::{
-    RowSet, UploadMemory, commit_all, fail_all_with_rows, fixed_prefix, probe_store,
+    RowSet, UploadMemory, UploadOutcome, commit_all, fixed_prefix, probe_store, settle_uncommitted,
     split_by_partition, upload_with_retries,
 };
 use crate::sink::background;
 use crate::{
-    AckLedger, AckSender, Error, FlushReason, Result, RetryPolicy, Sink, SinkBatch, Ticket,
+    AckLedger, AckSender, Error, FlushReason, Result, RetryPolicy, Sink, SinkBatch, Surrender,
+    Ticket,
 };
 
 type Encoder = Box<FileEncoder>;
@@ -161,6 +164,8 @@ struct Upload {
     rows: Vec<RecordBatch>,
     ledger: AckLedger,
     retry: RetryPolicy,
+    /// Raised: stop retrying and hand the rows back.
+    surrender: Surrender,
     /// Held until the upload settles: bounds uploads in flight.
     _slot: OwnedSemaphorePermit,
     /// The file's memory, counted against `max_buffered_bytes` until the upload settles.
@@ -186,6 +191,9 @@ pub struct StorageSink {
     upload_slots: Arc<Semaphore>,
     /// Memory of the files being uploaded, counted against `max_buffered_bytes`.
     uploading: Arc<AtomicU64>,
+    /// Raised by the engine while the endpoint is parked: files close at once and hand their rows
+    /// back instead of uploading.
+    surrender: Surrender,
 }
 
 impl StorageSink {
@@ -246,6 +254,7 @@ impl StorageSink {
             claimed: ClaimedNames::default(),
             uploads: JoinSet::new(),
             uploading: Arc::default(),
+            surrender: Surrender::default(),
         })
     }
 
@@ -403,6 +412,7 @@ impl StorageSink {
                 rows,
                 ledger: self.ledger.clone(),
                 retry: self.config.retry,
+                surrender: self.surrender.clone(),
                 _slot: slot,
                 _memory: UploadMemory::hold(&self.uploading, buffered),
             }
@@ -431,7 +441,8 @@ impl Upload {
                     "encoding a file of partition {} failed: {error}",
                     self.partition
                 );
-                return fail(&self.sink, &self.ledger, self.tickets, &error, &self.rows).await;
+                let outcome = UploadOutcome::Failed(error);
+                return settle(&self.sink, &self.ledger, self.tickets, &outcome, &self.rows).await;
             }
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
@@ -440,40 +451,47 @@ impl Upload {
             partition: &self.partition,
             window: self.window,
         };
-        let outcome = match claim_name(
+        let claimed = claim_name(
             &self.sink,
             self.store.as_ref(),
             &self.format,
             &name,
             &self.claimed,
             self.retry,
+            &self.surrender,
         )
-        .await
-        {
+        .await;
+        let outcome = match claimed {
             Ok(path) => {
-                let outcome =
-                    upload_with_retries(&self.sink, self.store.as_ref(), &path, &bytes, self.retry)
-                        .await;
+                let outcome = upload_with_retries(
+                    &self.sink,
+                    self.store.as_ref(),
+                    &path,
+                    &bytes,
+                    self.retry,
+                    &self.surrender,
+                )
+                .await;
                 lock(&self.claimed).remove(path.as_ref());
                 outcome
             }
-            Err(error) => Some(error),
+            Err(outcome) => outcome,
         };
-        match outcome {
-            None => commit_all(&self.ledger, self.tickets).await,
-            Some(error) => fail(&self.sink, &self.ledger, self.tickets, &error, &self.rows).await,
-        }
+        settle(&self.sink, &self.ledger, self.tickets, &outcome, &self.rows).await
     }
 }
 
-/// Fails every row of a file with `error`, handing the rows back.
-async fn fail(
+/// Settles every ticket of a file by `outcome`, handing the rows back unless it is committed.
+async fn settle(
     sink: &str,
     ledger: &AckLedger,
     tickets: Vec<(Ticket, RowSet)>,
-    error: &str,
+    outcome: &UploadOutcome,
     rows: &[RecordBatch],
 ) -> Result<()> {
+    if *outcome == UploadOutcome::Committed {
+        return commit_all(ledger, tickets).await;
+    }
     // An empty file settles no ticket.
     let Some(first) = rows.first() else {
         return Ok(());
@@ -483,7 +501,7 @@ async fn fail(
             sink: sink.to_owned(),
             source,
         })?;
-    fail_all_with_rows(ledger, tickets, error, &rows).await
+    settle_uncommitted(ledger, tickets, outcome, &rows).await
 }
 
 fn lock(claimed: &ClaimedNames) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -493,7 +511,8 @@ fn lock(claimed: &ClaimedNames) -> std::sync::MutexGuard<'_, HashSet<String>> {
 }
 
 /// The first name for `name` that no object and no other upload of this sink has, claimed until
-/// the caller releases it. `head` errors are retried like uploads; a permanent one is returned.
+/// the caller releases it. `head` errors are retried like uploads, until `surrender` is raised;
+/// a permanent one fails the file.
 async fn claim_name(
     sink: &str,
     store: &dyn ObjectStore,
@@ -501,18 +520,30 @@ async fn claim_name(
     name: &FileName<'_>,
     claimed: &ClaimedNames,
     retry: RetryPolicy,
-) -> std::result::Result<Path, String> {
+    surrender: &Surrender,
+) -> std::result::Result<Path, UploadOutcome> {
     let mut collision = 0;
     let mut attempt = 0;
     loop {
         let rendered = format.render(name, collision);
-        let path = Path::parse(&rendered)
-            .map_err(|e| format!("the file name `{rendered}` is not a valid blob name: {e}"))?;
+        let path = Path::parse(&rendered).map_err(|e| {
+            UploadOutcome::Failed(format!(
+                "the file name `{rendered}` is not a valid blob name: {e}"
+            ))
+        })?;
         if !lock(claimed).insert(path.to_string()) {
             collision += 1;
             continue;
         }
-        match store.head(&path).await {
+        let exists = tokio::select! {
+            biased;
+            () = surrender.raised() => {
+                lock(claimed).remove(path.as_ref());
+                return Err(UploadOutcome::Surrendered);
+            }
+            exists = store.head(&path) => exists,
+        };
+        match exists {
             Err(object_store::Error::NotFound { .. }) => return Ok(path),
             Ok(_) => {
                 lock(claimed).remove(path.as_ref());
@@ -521,11 +552,17 @@ async fn claim_name(
             Err(error) => {
                 lock(claimed).remove(path.as_ref());
                 if !object_store_error_is_retryable(&error) {
-                    return Err(format!("checking whether {path} exists failed: {error}"));
+                    return Err(UploadOutcome::Failed(format!(
+                        "checking whether {path} exists failed: {error}"
+                    )));
                 }
                 let delay = retry.delay(attempt, None);
                 tracing::warn!(sink, %path, %error, ?delay, "checking the file name failed; retrying");
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    biased;
+                    () = surrender.raised() => return Err(UploadOutcome::Surrendered),
+                    () = tokio::time::sleep(delay) => {}
+                }
                 attempt = attempt.saturating_add(1);
             }
         }
@@ -546,6 +583,10 @@ impl Sink for StorageSink {
         true
     }
 
+    fn surrender(&self) -> Option<Surrender> {
+        Some(self.surrender.clone())
+    }
+
     async fn write(&mut self, batch: SinkBatch) -> Result<()> {
         let SinkBatch { ticket, batch } = batch;
         self.ledger.open(ticket);
@@ -559,6 +600,9 @@ impl Sink for StorageSink {
     }
 
     fn flush_deadline(&self) -> Option<Instant> {
+        if self.surrender.is_raised() && !self.open.is_empty() {
+            return Some(Instant::now());
+        }
         let frequency = self.config.batch_frequency;
         let open = self.open.values().map(|f| f.opened_at + frequency);
         let idle = self
@@ -572,10 +616,11 @@ impl Sink for StorageSink {
     async fn flush(&mut self, reason: FlushReason) -> Result<()> {
         let now = Instant::now();
         let frequency = self.config.batch_frequency;
+        let close_all = reason == FlushReason::Shutdown || self.surrender.is_raised();
         let due: Vec<String> = self
             .open
             .iter()
-            .filter(|(_, f)| reason == FlushReason::Shutdown || f.opened_at + frequency <= now)
+            .filter(|(_, f)| close_all || f.opened_at + frequency <= now)
             .map(|(p, _)| p.clone())
             .collect();
         for partition in due {

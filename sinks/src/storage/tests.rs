@@ -596,9 +596,29 @@ async fn an_empty_avro_file_is_a_valid_avro_file_without_records() {
     assert_eq!(read[0]["codec"], "deflate");
 }
 
-/// Refuses every write as permission denied (a permanent error).
+/// Refuses every write as permission denied (a permanent error), or, when `busy`, answers every
+/// request with a server error (retryable).
 #[derive(Debug)]
-struct DeniedStore(InMemory);
+struct DeniedStore {
+    store: InMemory,
+    busy: bool,
+}
+
+impl DeniedStore {
+    fn refusal(&self, path: &Path) -> object_store::Error {
+        if self.busy {
+            object_store::Error::Generic {
+                store: "DeniedStore",
+                source: "503 Server Busy".into(),
+            }
+        } else {
+            object_store::Error::PermissionDenied {
+                path: path.to_string(),
+                source: "the container forbids writes".into(),
+            }
+        }
+    }
+}
 
 impl std::fmt::Display for DeniedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -614,45 +634,42 @@ impl ObjectStore for DeniedStore {
         _payload: PutPayload,
         _opts: object_store::PutOptions,
     ) -> object_store::Result<object_store::PutResult> {
-        Err(object_store::Error::PermissionDenied {
-            path: path.to_string(),
-            source: "the container forbids writes".into(),
-        })
+        Err(self.refusal(path))
     }
     async fn put_multipart_opts(
         &self,
         path: &Path,
         _opts: object_store::PutMultipartOptions,
     ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
-        Err(object_store::Error::PermissionDenied {
-            path: path.to_string(),
-            source: "the container forbids writes".into(),
-        })
+        Err(self.refusal(path))
     }
     async fn get_opts(
         &self,
         path: &Path,
         options: object_store::GetOptions,
     ) -> object_store::Result<object_store::GetResult> {
-        self.0.get_opts(path, options).await
+        if self.busy {
+            return Err(self.refusal(path));
+        }
+        self.store.get_opts(path, options).await
     }
     fn delete_stream(
         &self,
         locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
     ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
-        self.0.delete_stream(locations)
+        self.store.delete_stream(locations)
     }
     fn list(
         &self,
         prefix: Option<&Path>,
     ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
-        self.0.list(prefix)
+        self.store.list(prefix)
     }
     async fn list_with_delimiter(
         &self,
         prefix: Option<&Path>,
     ) -> object_store::Result<object_store::ListResult> {
-        self.0.list_with_delimiter(prefix).await
+        self.store.list_with_delimiter(prefix).await
     }
     async fn copy_opts(
         &self,
@@ -660,7 +677,7 @@ impl ObjectStore for DeniedStore {
         to: &Path,
         options: object_store::CopyOptions,
     ) -> object_store::Result<()> {
-        self.0.copy_opts(from, to, options).await
+        self.store.copy_opts(from, to, options).await
     }
 }
 
@@ -669,7 +686,10 @@ async fn a_permanent_upload_error_fails_every_row_of_the_file_and_hands_the_rows
     let (tx, mut rx) = mpsc::channel(16);
     let mut sink = StorageSink::with_store(
         StorageSinkConfig::new("archive", ObjectStoreConfig::default()),
-        Arc::new(DeniedStore(InMemory::new())),
+        Arc::new(DeniedStore {
+            store: InMemory::new(),
+            busy: false,
+        }),
         tx,
     )
     .unwrap();
@@ -702,6 +722,53 @@ async fn a_permanent_upload_error_fails_every_row_of_the_file_and_hands_the_rows
             ack.ticket
         );
     }
+}
+
+#[tokio::test]
+async fn a_surrendered_sink_stops_retrying_and_hands_back_every_row_it_holds() {
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut config = StorageSinkConfig::new("archive", ObjectStoreConfig::default());
+    config.batch_frequency = Duration::from_secs(3600);
+    // The surrender comes while the uploads wait before their first retry.
+    config.retry.initial_backoff = Duration::from_secs(600);
+    config.retry.max_backoff = Duration::from_secs(600);
+    let sink = StorageSink::with_store(
+        config,
+        Arc::new(DeniedStore {
+            store: InMemory::new(),
+            busy: true,
+        }),
+        tx,
+    )
+    .unwrap();
+    let surrender = sink.surrender().expect("a file sink can be surrendered");
+    let (queue, batches) = mpsc::channel(4);
+    let driver = tokio::spawn(crate::drive_sink(Box::new(sink), batches));
+    let first = sink_batch(1, &varied_messages("0", 0)[..3]);
+    let second = sink_batch(2, &varied_messages("1", 10)[..2]);
+    let expected = [first.batch.clone(), second.batch.clone()];
+    queue.send(first).await.unwrap();
+    queue.send(second).await.unwrap();
+    // Shutting down rolls both files; their uploads keep retrying the busy store.
+    drop(queue);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(rx.try_recv().is_err(), "nothing is settled while retrying");
+    surrender.surrender();
+    let acks = acks_for(&mut rx, 2).await;
+    for (ack, expected) in acks.iter().zip(expected) {
+        assert!(ack.surrendered, "{ack:?}");
+        assert_eq!(ack.failed_rows.as_ref(), Some(&expected));
+        assert!(
+            ack.failed
+                .iter()
+                .all(|f| f.error == crate::object_files::HANDED_BACK)
+        );
+    }
+    tokio::time::timeout(Duration::from_secs(20), driver)
+        .await
+        .expect("the sink finishes once its uploads gave up")
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]

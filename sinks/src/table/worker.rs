@@ -292,6 +292,7 @@ async fn run(
                 ticket,
                 failed,
                 failed_rows: None,
+                surrendered: false,
             })
             .await
             .map_err(|_| Error::AcksClosed { sink: name.clone() })?;
