@@ -2,7 +2,8 @@
 //! flow is parked, the Parquet and PostgreSQL endpoints and the partition checkpoints go on, its
 //! health probe fails (and gates the replay) while it is down, a replay that fails after a passing
 //! probe goes back to probing, and when the webhook returns every parked message reaches it in
-//! partition order, with no command;
+//! partition order, with no command; a Parquet endpoint whose store is down as long hands back the
+//! rows its files held, so they are parked too and the checkpoints move on;
 //! and after a restart only the endpoint that had not committed rows sees them again.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -20,7 +21,14 @@ use hubroute_engine::config::LoadedConfig;
 use hubroute_engine::pipeline::RunningEngine;
 use hubroute_protocol::ConnectionString;
 
-use crate::support::{Hook, metric_sum, metrics_of, parquet_message_ids, wait_until};
+use futures::TryStreamExt as _;
+use hubroute_engine::health::HealthStatus;
+use object_store::{ObjectStore as _, ObjectStoreExt as _};
+
+use crate::fault_proxy::{Fault, FaultProxy};
+use crate::support::{
+    Hook, metric_sum, metrics_of, parquet_file_message_ids, parquet_message_ids, wait_until,
+};
 
 /// Sends `events` simulated messages (unique message ids) at `rate`.
 async fn send(connection_string: &str, events: u64, rate: Rate) {
@@ -465,5 +473,177 @@ endpoint = "hook"
         EVENTS as usize,
         "the lake saw no row twice: its own position was ahead of the checkpoint"
     );
+    emulator.shutdown().await.unwrap();
+}
+
+/// Azurite's well-known development account key.
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// `message_id` of every row of every Parquet object of `container` in the shared Azurite.
+async fn azure_parquet_ids(endpoint: &str, container: &str) -> Vec<String> {
+    let store = object_store::azure::MicrosoftAzureBuilder::new()
+        .with_account("devstoreaccount1")
+        .with_access_key(AZURITE_KEY)
+        .with_container_name(container)
+        .with_endpoint(endpoint.to_owned())
+        .with_allow_http(true)
+        .build()
+        .expect("Azurite client");
+    let objects: Vec<_> = store.list(None).try_collect().await.unwrap();
+    let mut ids = Vec::new();
+    for object in objects {
+        if object.location.extension() == Some("parquet") {
+            let bytes = store
+                .get(&object.location)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            ids.extend(parquet_file_message_ids(bytes));
+        }
+    }
+    ids
+}
+
+/// A file sink holds rows the engine keeps no copy of (open files, uploads retried forever). When
+/// its store is down for longer than `dead_after`, parking the endpoint makes the sink hand those
+/// rows back: they are parked with the rest, every partition's checkpoint moves on while the store
+/// is still down, and when it returns every row lands in a file. The store's outage is a proxy
+/// answering `503 Server Busy` in front of Azurite (which therefore never sees a cut request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parquet_store_down_longer_than_dead_after_hands_its_rows_back_to_be_parked_and_replayed()
+{
+    const EVENTS: u64 = 1000;
+    let endpoint = std::env::var("HUBROUTE_AZURITE_BLOB_ENDPOINT")
+        .unwrap_or_else(|_| "http://127.0.0.1:10000/devstoreaccount1".to_owned());
+    let upstream: SocketAddr = endpoint
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|authority| authority.parse().ok())
+        .expect("Azurite's endpoint is http://127.0.0.1:<port>/<account>");
+    let container = format!("parked-{}", uuid::Uuid::new_v4().simple());
+    crate::support::run_python(
+        "checkpoint_store.py",
+        &[
+            "create",
+            &format!(
+                "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};BlobEndpoint={endpoint}"
+            ),
+            &container,
+        ],
+    );
+    let proxy = FaultProxy::start(upstream).await;
+    proxy.set(Fault::ServerBusy);
+    let emulator = Emulator::start(EmulatorConfig {
+        amqp_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..EmulatorConfig::default()
+    })
+    .await
+    .expect("the emulator starts");
+    let dir = tempfile::tempdir().unwrap();
+    let display = dir.path().display();
+    // The files would roll by age only after an hour: the open files are handed back as well.
+    let text = format!(
+        r#"
+[source]
+connection_string = "{}"
+batch_max_rows = 64
+batch_linger = "10ms"
+
+[checkpoint]
+dir = "{display}/checkpoints"
+interval = "200ms"
+
+[dead_letters]
+store = {{ kind = "local", root = "{display}" }}
+
+[service]
+listen = "127.0.0.1:0"
+stall_after = "300ms"
+dead_after = "2s"
+
+[[endpoints]]
+sink = {{ type = "parquet", name = "lake", store = {{ kind = "local", root = "{display}/lake" }}, max_file_age = "300ms" }}
+
+[[endpoints]]
+sink = {{ type = "parquet", name = "blob", max_file_age = "1h", max_file_bytes = 65536, retry = {{ max_backoff = "200ms" }}, store = {{ kind = "azure", container = "{container}", account = "devstoreaccount1", access_key = "{AZURITE_KEY}", endpoint = "http://{}/devstoreaccount1" }} }}
+
+[[routes]]
+name = "to-lake"
+condition = "true"
+endpoint = "lake"
+
+[[routes]]
+name = "to-blob"
+condition = "true"
+endpoint = "blob"
+"#,
+        emulator.connection_string("hub"),
+        proxy.addr(),
+    );
+    let path = dir.path().join("hubroute.toml");
+    std::fs::write(&path, &text).unwrap();
+    let engine = RunningEngine::start(LoadedConfig::load(&path).unwrap())
+        .await
+        .unwrap();
+    let addr = engine.http_addr();
+    send(
+        &emulator.connection_string("hub"),
+        EVENTS,
+        Rate::PerSecond(NonZeroU32::new(500).unwrap()),
+    )
+    .await;
+    wait_until(
+        "every event is checkpointed with the blob store still down",
+        Duration::from_secs(60),
+        || committed(&engine) == EVENTS,
+    )
+    .await;
+    let text = metrics_of(addr).await;
+    assert_eq!(
+        metric_sum(
+            &text,
+            "hubroute_endpoint_parked_rows_total{endpoint=\"blob\"}"
+        ),
+        EVENTS as f64,
+        "every row is parked once, those the sink had held included:\n{text}"
+    );
+    assert!(azure_parquet_ids(&endpoint, &container).await.is_empty());
+    assert_eq!(
+        parquet_message_ids(&dir.path().join("lake")).len(),
+        EVENTS as usize,
+        "the local lake has every row"
+    );
+
+    proxy.set(Fault::None);
+    wait_until_metric(addr, "every parked row replayed", |text| {
+        metric_sum(
+            text,
+            "hubroute_endpoint_replayed_rows_total{endpoint=\"blob\"}",
+        ) >= EVENTS as f64
+    })
+    .await;
+    let landed: HashSet<String> = azure_parquet_ids(&endpoint, &container)
+        .await
+        .into_iter()
+        .collect();
+    let sent: HashSet<String> = parquet_message_ids(&dir.path().join("lake"))
+        .into_iter()
+        .collect();
+    assert_eq!(landed, sent, "every row is in a file on the store");
+    wait_until(
+        "the blob endpoint is live again",
+        Duration::from_secs(30),
+        || {
+            !engine
+                .endpoint_health()
+                .iter()
+                .any(|(name, status)| name == "blob" && *status == HealthStatus::Dead)
+        },
+    )
+    .await;
+    engine.shutdown().await.unwrap();
     emulator.shutdown().await.unwrap();
 }
