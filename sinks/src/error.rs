@@ -154,6 +154,11 @@ impl Error {
             Self::HttpStatus { status, .. } => http_status_is_retryable(*status),
         }
     }
+
+    /// Whether the object an object store operation named does not exist (moved or deleted).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::ObjectStore { source, .. } if matches!(**source, object_store::Error::NotFound { .. }))
+    }
 }
 
 /// Object store errors that a later attempt can fix: network and server faults, not missing

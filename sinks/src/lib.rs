@@ -26,7 +26,8 @@ pub use amqp::{
 };
 pub use config::{SinkConfig, build_sink, probe};
 pub use dead_letter::{
-    DeadLetter, DeadLetterConfig, DeadLetterProperty, DeadLetterStore, MALFORMED_SINK, StoredObject,
+    DeadLetter, DeadLetterConfig, DeadLetterProperty, DeadLetterStore, MALFORMED_SINK,
+    ParkedObject, StoredObject,
 };
 pub use error::{Error, Result};
 pub use object_store_config::{ObjectStoreConfig, Secret};

@@ -297,9 +297,10 @@ async fn a_webhook_down_longer_than_dead_after_is_parked_and_replayed_in_order_w
 
     // The webhook returns: every parked row is replayed, in partition order, with no command.
     hook.unavailable.store(false, Ordering::SeqCst);
+    // The failed replays above backed the probes off towards 30 s: the next probe can be that far.
     wait_until(
         "the webhook has every parked row",
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         || hook.message_ids().iter().collect::<HashSet<_>>().len() == sent.len(),
     )
     .await;

@@ -337,11 +337,6 @@ impl RunningEngine {
             stall_after: config.service.stall_after,
             fatal: Mutex::new(None),
         });
-        for endpoint in 0..shared.endpoints.len() {
-            shared
-                .resume_parking(&shared.dead_letters, endpoint)
-                .await?;
-        }
         let shutdown = CancellationToken::new();
         let housekeeping = Arc::new(Housekeeping {
             shared: Arc::clone(&shared),

@@ -18,8 +18,10 @@
 //! at least once, as everywhere). The endpoint's gate is held while rows are parked and while the
 //! replay task decides it has caught up, so no row is parked after the replay task's last look.
 //!
-//! Parked objects survive a restart: an endpoint with parked objects at start begins parked, so its
-//! new rows queue up behind the old ones.
+//! Parked objects are stored per partition, and an instance replays only those of the partitions it
+//! owns: with several instances sharing a hub, each replays its own partitions' rows. They survive a
+//! restart and a change of owner: before a partition starts, an endpoint with parked objects of it
+//! is parked, so the partition's new rows queue up behind the old ones.
 //!
 //! Tickets of sinks that hand failed rows back ([`hubroute_sinks::Sink::reports_failed_rows`], the
 //! file sinks) keep no copy of their rows, so the engine cannot park them itself. Parking raises
@@ -36,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
 use hubroute_message::MessageColumns;
-use hubroute_sinks::{Ack, DeadLetter, DeadLetterStore, SinkBatch, SinkConfig, Ticket, drive_sink};
+use hubroute_sinks::{Ack, DeadLetter, ParkedObject, SinkBatch, SinkConfig, Ticket, drive_sink};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -47,8 +49,8 @@ use crate::{Error, Result};
 
 /// Why a dead endpoint's rows were parked.
 pub(super) const DEAD: &str = "dead (failing for longer than `dead_after`)";
-/// Why an endpoint is parked at start.
-const EARLIER_RUN: &str = "rows parked by an earlier run are still to replay";
+/// Why an endpoint is parked when a partition starts.
+const EARLIER_RUN: &str = "rows parked by an earlier run or owner are still to replay";
 /// Why an endpoint that had gone live again is parked once more.
 const HANDED_BACK: &str = "its sink handed back rows it held while the endpoint was parked";
 /// How often replay looks whether the live sink still holds tickets of the endpoint.
@@ -301,11 +303,7 @@ impl Shared {
         let labels = endpoint_labels(&state.name);
         self.wait_for_hand_back(endpoint, stop).await;
         loop {
-            let objects = self
-                .dead_letters
-                .parked(&state.name)
-                .await
-                .map_err(sink_error)?;
+            let objects = self.owned_parked(endpoint).await.map_err(sink_error)?;
             self.metrics
                 .endpoint_parked_objects
                 .get_or_create(&labels)
@@ -313,8 +311,7 @@ impl Shared {
             if objects.is_empty() {
                 let _gate = state.parking.gate.lock().await;
                 if self
-                    .dead_letters
-                    .parked(&state.name)
+                    .owned_parked(endpoint)
                     .await
                     .map_err(sink_error)?
                     .is_empty()
@@ -334,9 +331,11 @@ impl Shared {
                 let mut group = Vec::new();
                 let mut records = Vec::new();
                 while records.len() < REPLAY_GROUP_ROWS
-                    && let Some(path) = objects.next()
+                    && let Some(ParkedObject { path, .. }) = objects.next()
                 {
-                    records.extend(self.dead_letters.read(&path).await.map_err(sink_error)?);
+                    // Gone: replayed by the instance that owned its partition a moment ago.
+                    let read = self.dead_letters.read_if_present(&path).await;
+                    records.extend(read.map_err(sink_error)?.unwrap_or_default());
                     group.push(path);
                 }
                 let batch = DeadLetter::to_batch(&records).map_err(sink_error)?;
@@ -359,10 +358,12 @@ impl Shared {
                     .get_or_create(&labels)
                     .inc_by(delivered as u64);
                 for path in &group {
-                    self.dead_letters
-                        .move_aside(path)
-                        .await
-                        .map_err(sink_error)?;
+                    match self.dead_letters.move_aside(path).await {
+                        Err(error) if error.is_not_found() => {}
+                        moved => {
+                            moved.map_err(sink_error)?;
+                        }
+                    }
                 }
             }
         }
@@ -437,22 +438,38 @@ impl Shared {
         }
     }
 
-    /// Starts `endpoint` parked when the dead-letter store holds parked rows of it from before.
-    pub(super) async fn resume_parking(
-        &self,
-        store: &DeadLetterStore,
-        endpoint: usize,
-    ) -> Result<()> {
-        let state = &self.endpoints[endpoint];
-        let parked = store
-            .parked(&state.name)
-            .await
-            .map_err(|e| Error::DeadLetters(Box::new(e)))?;
-        if !parked.is_empty() {
-            tracing::info!(endpoint = %state.name, objects = parked.len(), "parked rows from a previous run: replaying them before live delivery");
-            self.park(endpoint, EARLIER_RUN).await;
+    /// Parks every live endpoint that has parked rows of `partition` (left by an earlier run, or by
+    /// the instance that owned the partition before this one), before the partition's router
+    /// starts: its new rows then queue up behind the old ones, which this instance replays. An
+    /// error (the store cannot be listed) means the partition must not start yet.
+    pub(super) async fn park_for_partition(&self, partition: &str) -> Result<()> {
+        for (endpoint, state) in self.endpoints.iter().enumerate() {
+            if state.parking.is_parked() {
+                continue;
+            }
+            let parked = self
+                .dead_letters
+                .parked_in(&state.name, partition)
+                .await
+                .map_err(|e| Error::DeadLetters(Box::new(e)))?;
+            if !parked.is_empty() {
+                tracing::info!(endpoint = %state.name, %partition, objects = parked.len(), "parked rows from an earlier run or owner: replaying them before live delivery");
+                self.park(endpoint, EARLIER_RUN).await;
+            }
         }
         Ok(())
+    }
+
+    /// The parked objects of `endpoint` in the partitions this instance owns, in partition order:
+    /// those of other partitions are their owners' to replay.
+    async fn owned_parked(&self, endpoint: usize) -> hubroute_sinks::Result<Vec<ParkedObject>> {
+        let mut objects = self
+            .dead_letters
+            .parked(&self.endpoints[endpoint].name)
+            .await?;
+        let owned = self.ownership.watch().borrow().clone();
+        objects.retain(|object| owned.contains(&object.partition));
+        Ok(objects)
     }
 }
 

@@ -4,7 +4,9 @@
 //! set: a partition that appears gets a receiver and a router, one that disappears has its
 //! receiver stopped (its router routes what was already received, and those rows still commit).
 //! A partition is *active* from its start until it is lost; only active partitions have their
-//! checkpoints written. A partition won back starts again only once the rows of its previous
+//! checkpoints written. Before a partition starts, every endpoint with parked rows of it (from an
+//! earlier run, or from the instance that owned it before) is parked, so its new rows queue up
+//! behind the old ones, which this instance replays. A partition won back starts again only once the rows of its previous
 //! period are settled, with fresh progress and the store's checkpoint, so nothing from the old
 //! period can move the new owner's checkpoint back.
 
@@ -77,6 +79,10 @@ pub(super) async fn supervise(
                 continue;
             }
             if !shared.ledger.is_settled(index) {
+                continue;
+            }
+            if let Err(error) = shared.park_for_partition(&partition.id).await {
+                tracing::warn!(partition = %partition.id, %error, "cannot tell whether the partition has parked rows; starting it later");
                 continue;
             }
             let floors = endpoint_floors(&shared, checkpoints.as_ref(), &partition.id).await;

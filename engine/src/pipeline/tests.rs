@@ -14,7 +14,8 @@ use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use hubroute_message::{AppPropertyValue, Message, MessageBatchBuilder, MessageColumns};
 use hubroute_sinks::{
-    Ack, AckSender, FailedRow, FlushReason, Sink, SinkBatch, Surrender, build_sink,
+    Ack, AckSender, DeadLetter, DeadLetterStore, FailedRow, FlushReason, Sink, SinkBatch,
+    Surrender, build_sink,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -436,6 +437,13 @@ impl Harness {
         .expect("the engine starts")
     }
 
+    /// The dead-letter store of the test's configuration.
+    fn dead_letters(&self) -> DeadLetterStore {
+        let path = self.dir.path().join("hubroute.toml");
+        let loaded = LoadedConfig::parse(&path, &config(self.dir.path())).expect("valid config");
+        DeadLetterStore::new(&loaded.config.dead_letters).expect("a local dead-letter store")
+    }
+
     fn store(&self) -> Arc<dyn CheckpointStore> {
         lock(&self.checkpoints)
             .clone()
@@ -723,6 +731,59 @@ async fn a_parked_file_sink_hands_back_the_rows_it_holds_so_the_checkpoint_moves
     })
     .await;
     assert_eq!(harness.hook.rows(|instance| instance == 0), hot(60..90));
+    engine.shutdown().await.expect("a clean stop");
+}
+
+/// Parked rows outlive the engine that parked them and the ownership of their partition: before a
+/// partition starts, an endpoint with parked rows of it is parked, and they are replayed before live
+/// delivery; parked rows of a partition this instance does not own are left to its owner.
+#[tokio::test(start_paused = true)]
+async fn parked_rows_of_an_owned_partition_are_replayed_at_start_and_others_are_left_to_their_owner()
+ {
+    let harness = Harness::new();
+    let store = harness.dead_letters();
+    for partition in [PARTITION, "1"] {
+        let rows = 0..3;
+        let messages: Vec<Message> = rows
+            .map(|sequence_number| {
+                let mut message = Message::telemetry("{}");
+                message.partition = partition.to_owned();
+                message.sequence_number = sequence_number;
+                message
+            })
+            .collect();
+        let batch = MessageBatchBuilder::batch_of(&messages).expect("a batch");
+        let records = DeadLetter::parked_rows("hook", &batch, "parked: an earlier run").unwrap();
+        store.write_parked(&records).await.expect("stored");
+    }
+    harness.hook.set_up(true);
+    let engine = harness.start().await;
+    eventually("the owned partition's parked rows are replayed", || async {
+        harness.hook.rows(|instance| instance > 0) == [0, 1, 2]
+    })
+    .await;
+    eventually("the hook is live again", || async {
+        !engine.shared.endpoints[HOOK].parking.is_parked()
+    })
+    .await;
+    harness.log.append(3..13);
+    eventually("the checkpoint covers the live rows", || async {
+        harness.checkpoint().await == Some(12)
+    })
+    .await;
+    assert_eq!(harness.hook.rows(|instance| instance == 0), hot(3..13));
+    let left: Vec<String> = store
+        .parked("hook")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|object| object.partition)
+        .collect();
+    assert_eq!(
+        left,
+        ["1"],
+        "another partition's parked rows stay for its owner"
+    );
     engine.shutdown().await.expect("a clean stop");
 }
 

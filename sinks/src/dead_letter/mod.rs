@@ -281,6 +281,15 @@ pub struct StoredObject {
     pub parked: bool,
 }
 
+/// One object of parked rows: `<prefix>/<sink>/parked/<partition>/<first sequence number>-….jsonl`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedObject {
+    /// The partition its rows are of.
+    pub partition: String,
+    /// Where it is.
+    pub path: Path,
+}
+
 /// Writes and reads dead letters. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct DeadLetterStore {
@@ -356,9 +365,20 @@ impl DeadLetterStore {
         self.prefix.clone().join(sink).join("parked")
     }
 
-    /// The parked objects of endpoint `sink` still to replay, in partition order.
-    pub async fn parked(&self, sink: &str) -> Result<Vec<Path>> {
-        let folder = self.parked_folder(sink);
+    /// The parked objects of endpoint `sink` still to replay, of every partition, in partition
+    /// order (each partition's in sequence order).
+    pub async fn parked(&self, sink: &str) -> Result<Vec<ParkedObject>> {
+        self.list_parked(self.parked_folder(sink)).await
+    }
+
+    /// The parked objects of endpoint `sink` and partition `partition` still to replay, in
+    /// sequence order.
+    pub async fn parked_in(&self, sink: &str, partition: &str) -> Result<Vec<ParkedObject>> {
+        self.list_parked(self.parked_folder(sink).join(partition))
+            .await
+    }
+
+    async fn list_parked(&self, folder: Path) -> Result<Vec<ParkedObject>> {
         let mut objects: Vec<Path> = self
             .store
             .list(Some(&folder))
@@ -367,7 +387,14 @@ impl DeadLetterStore {
             .await
             .map_err(|e| self.object_error("list", &folder, e))?;
         objects.sort();
-        Ok(objects)
+        let parked = self.prefix.parts().count() + 2;
+        Ok(objects
+            .into_iter()
+            .filter_map(|path| {
+                let partition = path.parts().nth(parked)?.as_ref().to_owned();
+                Some(ParkedObject { partition, path })
+            })
+            .collect())
     }
 
     /// The records of one object.
@@ -394,11 +421,7 @@ impl DeadLetterStore {
     /// moved aside by a running engine's replay, or purged, before it is read.
     pub async fn read_if_present(&self, path: &Path) -> Result<Option<Vec<DeadLetter>>> {
         match self.read(path).await {
-            Err(Error::ObjectStore { source, .. })
-                if matches!(*source, object_store::Error::NotFound { .. }) =>
-            {
-                Ok(None)
-            }
+            Err(error) if error.is_not_found() => Ok(None),
             read => read.map(Some),
         }
     }
