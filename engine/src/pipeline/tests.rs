@@ -218,6 +218,9 @@ struct Destination {
     /// The sink acks only when flushed, as a file sink does when its file closes: on shutdown, or
     /// [`FILE_AGE`] after the first row it holds.
     holds_until_flush: Arc<AtomicBool>,
+    /// The sink hands failed rows back, as the file sinks do, so the engine keeps no copy of the
+    /// rows of its tickets. Read when the engine starts.
+    reports_failed_rows: Arc<AtomicBool>,
     instances: Arc<Mutex<usize>>,
     delivered: Arc<Mutex<Vec<Delivery>>>,
 }
@@ -267,6 +270,10 @@ impl Sink for TestSink {
 
     fn idempotent(&self) -> bool {
         false
+    }
+
+    fn reports_failed_rows(&self) -> bool {
+        self.destination.reports_failed_rows.load(Ordering::SeqCst)
     }
 
     async fn write(&mut self, batch: SinkBatch) -> hubroute_sinks::Result<()> {
@@ -606,6 +613,42 @@ async fn parked_rows_of_a_sink_that_acks_when_its_file_closes_replay_without_wai
         harness.hook.rows(|instance| instance > 0),
         hot(0..63),
         "every parked row is replayed, in partition order"
+    );
+    engine.shutdown().await.expect("a clean stop");
+}
+
+/// A router waiting for room in the full queue of an endpoint whose tickets keep no copy of their
+/// rows (a file sink's) when the endpoint is parked must park the rows it holds: it used to settle
+/// the ticket without them, and the chaos soak's blob endpoint lost a batch per partition.
+#[tokio::test(start_paused = true)]
+async fn rows_waiting_for_the_full_queue_of_a_file_sink_are_parked_when_it_is_parked() {
+    let harness = Harness::new();
+    harness
+        .hook
+        .reports_failed_rows
+        .store(true, Ordering::SeqCst);
+    let engine = harness.start().await;
+    let parked = || engine.shared.endpoints[HOOK].parking.is_parked();
+    // Ten batches with a hot row each: the hook's sink waits in `write` with the first, its queue
+    // (capacity 2) holds the next two, and the router waits to queue the fourth.
+    for first in (0..30).step_by(3) {
+        harness.log.append(first..first + 3);
+    }
+    tokio::time::sleep(Duration::from_secs(11 * 60)).await;
+    assert!(parked(), "failing (stalled) for longer than dead_after");
+
+    // The tickets the sink holds settle when it delivers them; the others were parked.
+    harness.hook.set_up(true);
+    eventually("the hook is live again", || async { !parked() }).await;
+    eventually("the checkpoint covers every batch", || async {
+        harness.checkpoint().await == Some(29)
+    })
+    .await;
+    let delivered: BTreeSet<i64> = harness.hook.rows(|_| true).into_iter().collect();
+    assert_eq!(
+        delivered,
+        hot(0..30).into_iter().collect(),
+        "every hot row reaches the hook: from the live sink or replayed"
     );
     engine.shutdown().await.expect("a clean stop");
 }
