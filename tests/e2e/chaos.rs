@@ -27,9 +27,18 @@
 //!
 //! `HUBROUTE_CHAOS_ROUNDS` sets the rounds (default 3: every fault once, about 20 s in CI);
 //! `HUBROUTE_CHAOS_SEED` replays a schedule and its timings (the seed is printed first), and
-//! `HUBROUTE_CHAOS_KEEP=1` keeps the working directory (engine logs, checkpoints, dead letters), e.g.
+//! `HUBROUTE_CHAOS_KEEP=1` keeps the working directory (engine logs, checkpoints, dead letters) and
+//! the private Azurite's data directory (blobs, its metadata, its access log), printing both, e.g.
 //! `HUBROUTE_CHAOS_ROUNDS=30 cargo nextest run --profile soak --test e2e chaos --no-capture` (the
 //! soak profile lets it run for up to an hour).
+//!
+//! Azurite, unlike a storage account, can wedge under these faults and is then restarted (SIGTERM,
+//! which saves its metadata, then started on the same data). So that a loss of Azurite's is never
+//! mistaken for the engine's, the suite lists the container before and after every such restart
+//! and prints what disappeared, and at the end prints every upload Azurite acknowledged (201 in its
+//! access log) that it no longer lists. Neither changes the oracle. When the 100-round soak lost
+//! blob rows, both were empty: the engine had dropped them (a router waiting for room in the full
+//! queue of a file sink settled its ticket without its rows when the endpoint was parked).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -450,11 +459,54 @@ impl BlobLake {
         ) {
             return false;
         }
+        let before = self.object_names().await;
         tokio::task::block_in_place(|| {
             self.azurite.stop();
             self.azurite.resume();
         });
+        let after = self.object_names().await;
+        let lost: Vec<&String> = before.difference(&after).collect();
+        println!(
+            "chaos: Azurite restart: {} objects before, {} after, lost {lost:?}",
+            before.len(),
+            after.len()
+        );
         true
+    }
+
+    /// The names of the container's objects, read from Azurite directly.
+    async fn object_names(&self) -> BTreeSet<String> {
+        let listing = self.direct().list(None).try_collect::<Vec<_>>();
+        match tokio::time::timeout(Duration::from_secs(30), listing).await {
+            Ok(Ok(objects)) => objects
+                .into_iter()
+                .map(|object| object.location.to_string())
+                .collect(),
+            outcome => {
+                println!("chaos: listing Azurite failed: {outcome:?}");
+                BTreeSet::new()
+            }
+        }
+    }
+
+    /// Objects whose upload Azurite acknowledged (a `PUT` answered 201 in its access log) that it
+    /// no longer lists: what Azurite lost, which a real storage account never does.
+    async fn acknowledged_but_missing(&self) -> Vec<String> {
+        let log = std::fs::read_to_string(self.azurite.access_log()).unwrap_or_default();
+        let prefix = format!("\"PUT /devstoreaccount1/{}/", self.container);
+        let acknowledged: BTreeSet<String> = log
+            .lines()
+            .filter_map(|line| {
+                let rest = &line[line.find(&prefix)? + prefix.len()..];
+                let (path, status) = rest.split_once(" HTTP/1.1\" ")?;
+                (status.starts_with("201") && !path.contains('?')).then(|| path.to_owned())
+            })
+            .collect();
+        let listed = self.object_names().await;
+        acknowledged
+            .into_iter()
+            .filter(|path| path != "probe/upload" && !listed.contains(path))
+            .collect()
     }
 
     /// `message_id` of every row of every Parquet object, read from Azurite directly.
@@ -552,7 +604,7 @@ fn dead_lettered(dir: &Path, sink: &str) -> Vec<String> {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-            } else {
+            } else if !is_staging(&path) {
                 // A parked object being replayed moves aside under the walk: it is read there next time.
                 let Ok(text) = std::fs::read_to_string(&path) else {
                     continue;
@@ -591,6 +643,13 @@ async fn db_ids(postgres: &PrivatePostgres) -> Vec<String> {
     ids
 }
 
+/// Whether `path` is an object the local store is still writing: object_store's local file system
+/// writes `<name>#<n>` and renames it to `<name>` once complete, so such a file may end mid-line.
+fn is_staging(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|name| name.to_string_lossy().contains('#'))
+}
+
 /// Parked objects of `sink` still to replay.
 fn parked_objects(dir: &Path, sink: &str) -> usize {
     let mut count = 0;
@@ -599,7 +658,7 @@ fn parked_objects(dir: &Path, sink: &str) -> usize {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             if entry.path().is_dir() {
                 stack.push(entry.path());
-            } else {
+            } else if !is_staging(&entry.path()) {
                 count += 1;
             }
         }
@@ -814,6 +873,12 @@ async fn chaos_every_endpoint_sees_every_routed_message_under_faults() {
     let mut emulator = EmulatorChild::start(free_port(), &dir.path().join("partitions"));
     let postgres = Arc::new(PrivatePostgres::start());
     let mut blob = BlobLake::create().await;
+    if std::env::var_os("HUBROUTE_CHAOS_KEEP").is_some() {
+        println!(
+            "chaos: private Azurite's data directory (blobs, metadata, access.log) {}",
+            blob.azurite.keep_data().display()
+        );
+    }
     let hook = Hook::start().await;
     let path = dir.path().join("hubroute.toml");
     std::fs::write(
@@ -997,6 +1062,12 @@ async fn chaos_every_endpoint_sees_every_routed_message_under_faults() {
         if seen.iter().all(|s| s.covered().is_superset(&everything)) {
             break seen;
         }
+        if Instant::now() >= deadline {
+            println!(
+                "chaos: uploads Azurite acknowledged but no longer lists: {:?}",
+                blob.acknowledged_but_missing().await
+            );
+        }
         assert!(
             Instant::now() < deadline,
             "not caught up within {settle:?} (seed {seed}): {} of {} messages; {} parked objects left; the engine's log ends:\n{}",
@@ -1018,6 +1089,10 @@ async fn chaos_every_endpoint_sees_every_routed_message_under_faults() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     engine.kill();
+    println!(
+        "chaos: uploads Azurite acknowledged but no longer lists: {:?}",
+        blob.acknowledged_but_missing().await
+    );
 
     print_table(
         rounds,

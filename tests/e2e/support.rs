@@ -592,6 +592,10 @@ const AZURITE_PATIENCE: Duration = Duration::from_secs(90);
 /// shared one, and so that a test may stop it (`stop`, then `resume` on the same port with the same
 /// data directory) or hurt it: Azurite can stop completing uploads for good once clients died
 /// mid-upload (Azure/Azurite#2436), which the chaos suite does on purpose.
+///
+/// Its data directory also holds its access log (`access.log`, one line per request with its
+/// status, appended across restarts, with a line per start and stop), the evidence of which
+/// uploads Azurite acknowledged.
 pub(crate) struct PrivateAzurite {
     port: u16,
     data: tempfile::TempDir,
@@ -608,7 +612,10 @@ impl PrivateAzurite {
             .port();
         let mut azurite = Self {
             port,
-            data: tempfile::tempdir().unwrap(),
+            data: tempfile::Builder::new()
+                .prefix("hubroute-azurite-")
+                .tempdir()
+                .unwrap(),
             child: None,
         };
         azurite.resume();
@@ -620,6 +627,29 @@ impl PrivateAzurite {
         format!("http://127.0.0.1:{}/devstoreaccount1", self.port)
     }
 
+    /// Keeps its data directory (blobs, metadata, access log) after the test, for a post-mortem;
+    /// returns where it is.
+    pub(crate) fn keep_data(&mut self) -> &Path {
+        self.data.disable_cleanup(true);
+        self.data.path()
+    }
+
+    /// The access log: what Azurite printed, one line per request, across restarts.
+    pub(crate) fn access_log(&self) -> PathBuf {
+        self.data.path().join("access.log")
+    }
+
+    /// Appends a line of the suite's own to the access log (starts and stops).
+    fn note(&self, what: &str) {
+        use std::io::Write as _;
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.access_log())
+            .expect("opening Azurite's access log");
+        let _ = writeln!(log, "--- {} {what}", chrono::Utc::now().to_rfc3339());
+    }
+
     /// Starts the service again after `stop` (or for the first time); waits until it listens.
     pub(crate) fn resume(&mut self) {
         let bin = workspace_root().join(".ci/node_modules/.bin/azurite-blob");
@@ -628,6 +658,11 @@ impl PrivateAzurite {
             "{} is missing: run .ci/test (it installs Azurite)",
             bin.display()
         );
+        self.note("starting");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.access_log())
+            .expect("opening Azurite's access log");
         let child = Command::new(bin)
             .args([
                 "--blobHost",
@@ -637,14 +672,9 @@ impl PrivateAzurite {
             ])
             .arg("--location")
             .arg(self.data.path())
-            .args([
-                "--skipApiVersionCheck",
-                "--loose",
-                "--silent",
-                "--disableTelemetry",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .args(["--skipApiVersionCheck", "--loose", "--disableTelemetry"])
+            .stdout(log.try_clone().expect("a second handle of the access log"))
+            .stderr(log)
             .spawn()
             .expect("Azurite starts");
         self.child = Some(child);
@@ -661,10 +691,13 @@ impl PrivateAzurite {
     /// Stops the service (SIGTERM, so it saves its data) and waits until the port is closed.
     pub(crate) fn stop(&mut self) {
         let mut child = self.child.take().expect("running");
+        self.note("stopping (SIGTERM)");
+        let stopping = Instant::now();
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
-        child.wait().unwrap();
+        let status = child.wait().unwrap();
+        self.note(&format!("stopped after {:?}: {status}", stopping.elapsed()));
         assert!(std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err());
     }
 }

@@ -30,7 +30,8 @@
 //! `surrendered`, which are parked like any other rows (and re-park the endpoint if it went live
 //! meanwhile). Replay waits (up to `stall_after`) until the live sink holds no ticket, so the
 //! handed-back rows are parked before it lists what to replay. The flag is lowered when the
-//! endpoint is live again.
+//! endpoint is live again. A ticket still waiting for room in the endpoint's full queue is parked
+//! by its router, from the rows it holds.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -165,18 +166,9 @@ impl Shared {
         self.update_uncommitted(entry.partition);
     }
 
-    /// Parks `ticket`'s rows if the ledger still holds it: a router whose queue was full when
-    /// its endpoint was parked hands its ticket over here.
-    pub(super) async fn park_ticket(&self, endpoint: usize, ticket: Ticket) {
-        let _gate = self.endpoints[endpoint].parking.gate.lock().await;
-        if let Some(entry) = self.ledger.take(ticket) {
-            let reason = self.park_reason(endpoint);
-            self.park_entry(&entry, &reason).await;
-        }
-    }
-
-    /// Parks `rows`, the rows of `ticket` that did not fit the endpoint's queue, if the ledger
-    /// still holds the ticket (parking the endpoint may have parked it already).
+    /// Parks `rows`, the rows of `ticket` that did not fit the endpoint's queue (full, or the
+    /// router was waiting for room when the endpoint was parked), if the ledger still holds the
+    /// ticket (parking the endpoint may have parked it already).
     pub(super) async fn park_rows_of(&self, endpoint: usize, ticket: Ticket, rows: &RecordBatch) {
         let _gate = self.endpoints[endpoint].parking.gate.lock().await;
         if let Some(entry) = self.ledger.take(ticket) {

@@ -227,10 +227,11 @@ impl Router {
             };
             match state.policy {
                 // A full queue of an endpoint that gets parked meanwhile stops blocking: the
-                // ticket's rows are parked instead.
+                // ticket's rows are parked instead, from the batch in hand (a file sink's ticket
+                // keeps no copy of its rows to rebuild them from).
                 FullPolicy::Block => tokio::select! {
-                    sent = self.queues[endpoint].send(item) => sent.map_err(|_| stopped("its sink task ended"))?,
-                    () = state.parking.parked() => shared.park_ticket(endpoint, ticket).await,
+                    room = self.queues[endpoint].reserve() => room.map_err(|_| stopped("its sink task ended"))?.send(item),
+                    () = state.parking.parked() => shared.park_rows_of(endpoint, ticket, &item.batch).await,
                 },
                 FullPolicy::DeadLetter => match self.queues[endpoint].try_send(item) {
                     Ok(()) => {}

@@ -225,6 +225,9 @@ struct Destination {
     /// destination is down it keeps rows without blocking (open files, uploads retrying), the
     /// engine keeps no copy of them, and a raised [`Surrender`] flag makes it hand them back.
     file_like: Arc<AtomicBool>,
+    /// The sink hands failed rows back, as the file sinks do, so the engine keeps no copy of the
+    /// rows of its tickets. Read when the engine starts.
+    reports_failed_rows: Arc<AtomicBool>,
     instances: Arc<Mutex<usize>>,
     delivered: Arc<Mutex<Vec<Delivery>>>,
 }
@@ -284,10 +287,12 @@ impl Sink for TestSink {
 
     fn reports_failed_rows(&self) -> bool {
         self.destination.file_like.load(Ordering::SeqCst)
+            || self.destination.reports_failed_rows.load(Ordering::SeqCst)
     }
 
     fn surrender(&self) -> Option<Surrender> {
-        self.reports_failed_rows().then(|| self.surrender.clone())
+        let file_like = self.destination.file_like.load(Ordering::SeqCst);
+        file_like.then(|| self.surrender.clone())
     }
 
     async fn write(&mut self, batch: SinkBatch) -> hubroute_sinks::Result<()> {
@@ -300,7 +305,7 @@ impl Sink for TestSink {
         let holds = !*self.destination.up.borrow()
             || !self.pending.is_empty()
             || self.surrender.is_raised();
-        if self.reports_failed_rows() && holds {
+        if self.destination.file_like.load(Ordering::SeqCst) && holds {
             self.pending.push(batch);
             return Ok(());
         }
@@ -783,6 +788,42 @@ async fn parked_rows_of_an_owned_partition_are_replayed_at_start_and_others_are_
         left,
         ["1"],
         "another partition's parked rows stay for its owner"
+    );
+    engine.shutdown().await.expect("a clean stop");
+}
+
+/// A router waiting for room in the full queue of an endpoint whose tickets keep no copy of their
+/// rows (a file sink's) when the endpoint is parked must park the rows it holds: it used to settle
+/// the ticket without them, and the chaos soak's blob endpoint lost a batch per partition.
+#[tokio::test(start_paused = true)]
+async fn rows_waiting_for_the_full_queue_of_a_file_sink_are_parked_when_it_is_parked() {
+    let harness = Harness::new();
+    harness
+        .hook
+        .reports_failed_rows
+        .store(true, Ordering::SeqCst);
+    let engine = harness.start().await;
+    let parked = || engine.shared.endpoints[HOOK].parking.is_parked();
+    // Ten batches with a hot row each: the hook's sink waits in `write` with the first, its queue
+    // (capacity 2) holds the next two, and the router waits to queue the fourth.
+    for first in (0..30).step_by(3) {
+        harness.log.append(first..first + 3);
+    }
+    tokio::time::sleep(Duration::from_secs(11 * 60)).await;
+    assert!(parked(), "failing (stalled) for longer than dead_after");
+
+    // The tickets the sink holds settle when it delivers them; the others were parked.
+    harness.hook.set_up(true);
+    eventually("the hook is live again", || async { !parked() }).await;
+    eventually("the checkpoint covers every batch", || async {
+        harness.checkpoint().await == Some(29)
+    })
+    .await;
+    let delivered: BTreeSet<i64> = harness.hook.rows(|_| true).into_iter().collect();
+    assert_eq!(
+        delivered,
+        hot(0..30).into_iter().collect(),
+        "every hot row reaches the hook: from the live sink or replayed"
     );
     engine.shutdown().await.expect("a clean stop");
 }
