@@ -8,14 +8,15 @@
 //! other endpoints. A replay task per endpoint then probes the endpoint ([`hubroute_sinks::probe`]:
 //! one cheap request that stores nothing, such as a `HEAD` to a webhook or a table lookup in
 //! PostgreSQL), again and again with a capped backoff while it is down. Once a probe passes, the
-//! task replays every parked object in order, in groups of up to 8 192 rows, each through a fresh
-//! instance of the endpoint's own sink whose input closes after the group (so a file sink uploads
-//! at once instead of after its file age), moving a group's objects aside once acked; the endpoint
-//! goes back to live delivery when none is left.
-//! A probe is a hint, not a promise: when the sink fails, or a group is not committed within
-//! `stall_after` plus the sink's own buffering time ([`SinkConfig::max_hold`]), the replay sink is
-//! dropped and the task probes again (the object stays parked, so it may reach the endpoint twice:
-//! at least once, as everywhere). The endpoint's gate is held while rows are parked and while the
+//! task replays every parked object in order, in groups of up to 8 192 rows, each group through a
+//! fresh instance of the endpoint's own sink whose input closes after the group (so a file sink
+//! uploads at once instead of after its file age). Each object is one ticket of its group, moved
+//! aside as soon as its ack arrives; the endpoint goes back to live delivery when none is left.
+//! A probe is a hint, not a promise: when the sink fails, or no ack arrives for `stall_after` plus
+//! the sink's own buffering time ([`SinkConfig::max_hold`]), the replay sink is dropped and the
+//! task probes again (objects not acked stay parked, so they may reach the endpoint twice: at least
+//! once, as everywhere). A slow endpoint that acks steadily is never given up on, and whatever was
+//! acked before a give-up is not replayed again. The endpoint's gate is held while rows are parked and while the
 //! replay task decides it has caught up, so no row is parked after the replay task's last look.
 //!
 //! Parked objects are stored per partition, and an instance replays only those of the partitions it
@@ -40,6 +41,7 @@ use std::time::{Duration, Instant};
 use arrow::record_batch::RecordBatch;
 use hubroute_message::MessageColumns;
 use hubroute_sinks::{Ack, DeadLetter, ParkedObject, SinkBatch, SinkConfig, Ticket, drive_sink};
+use object_store::path::Path;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -279,8 +281,7 @@ impl Shared {
     /// instance of the endpoint's sink whose input is closed after the group, so the sink delivers
     /// it at once (a file sink uploads its file) rather than after its linger or file age: parked
     /// objects hold the rows of one routed batch each, often a handful, and waiting a file age
-    /// (300 s by default) per object would never catch up. A group's objects are moved aside once
-    /// its ack arrives, so a crash replays at most that group again.
+    /// (300 s by default) per object would never catch up.
     async fn replay(
         &self,
         endpoint: usize,
@@ -321,43 +322,148 @@ impl Shared {
             let mut objects = objects.into_iter().peekable();
             while objects.peek().is_some() {
                 let mut group = Vec::new();
-                let mut records = Vec::new();
-                while records.len() < REPLAY_GROUP_ROWS
+                let mut rows = 0;
+                while rows < REPLAY_GROUP_ROWS
                     && let Some(ParkedObject { path, .. }) = objects.next()
                 {
                     // Gone: replayed by the instance that owned its partition a moment ago.
                     let read = self.dead_letters.read_if_present(&path).await;
-                    records.extend(read.map_err(sink_error)?.unwrap_or_default());
-                    group.push(path);
-                }
-                let batch = DeadLetter::to_batch(&records).map_err(sink_error)?;
-                let Some(ack) = self.replay_group(endpoint, config, &batch, stop).await? else {
-                    return Ok(());
-                };
-                if !ack.failed.is_empty() {
-                    let (rows, failed) = match ack.failed_rows {
-                        Some(rows) => (rows, renumbered(&ack.failed)),
-                        None => (batch.clone(), ack.failed.clone()),
+                    let Some(records) = read.map_err(sink_error)? else {
+                        continue;
                     };
-                    self.dead_letter(&state.name, &rows, &failed).await;
+                    let batch = DeadLetter::to_batch(&records).map_err(sink_error)?;
+                    rows += batch.num_rows();
+                    group.push((path, batch));
                 }
-                let delivered = batch.num_rows().saturating_sub(ack.failed.len());
-                if delivered > 0 {
-                    lock(&state.health).record_success(Instant::now());
-                }
-                self.metrics
-                    .endpoint_replayed_rows
-                    .get_or_create(&labels)
-                    .inc_by(delivered as u64);
-                for path in &group {
-                    match self.dead_letters.move_aside(path).await {
-                        Err(error) if error.is_not_found() => {}
-                        moved => {
-                            moved.map_err(sink_error)?;
-                        }
-                    }
+                if !self.replay_group(endpoint, config, &group, stop).await? {
+                    return Ok(());
                 }
             }
+        }
+    }
+
+    /// Delivers `group` (parked objects and their rows) through a fresh sink of `endpoint` whose
+    /// input closes right after it, one ticket per object, moving each object aside once its ack
+    /// arrives. Returns once every object is acked (`true`), or the engine is stopping (`false`).
+    /// No ack for `stall_after` plus the sink's linger or file age is an error.
+    async fn replay_group(
+        &self,
+        endpoint: usize,
+        config: &SinkConfig,
+        group: &[(Path, RecordBatch)],
+        stop: &CancellationToken,
+    ) -> Result<bool> {
+        let state = &self.endpoints[endpoint];
+        let sink_error = |source| Error::Sink {
+            endpoint: state.name.clone(),
+            source: Box::new(source),
+        };
+        let (acks, mut ack_receiver) = mpsc::channel(ACK_QUEUE);
+        let sink = (self.build_sink)(config.clone(), acks).map_err(sink_error)?;
+        let (queue, batches) = mpsc::channel(1);
+        let driver = tokio::spawn(drive_sink(sink, batches));
+        let tickets: Vec<SinkBatch> = group
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, batch))| batch.num_rows() > 0)
+            .map(|(ticket, (_, batch))| SinkBatch {
+                ticket: ticket as Ticket,
+                batch: batch.clone(),
+            })
+            .collect();
+        let mut unacked: Vec<bool> = group.iter().map(|(_, b)| b.num_rows() > 0).collect();
+        let feeder = tokio::spawn(async move {
+            for batch in tickets {
+                if queue.send(batch).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let commit_within = self.stall_after + config.max_hold();
+        let give_up = |problem: String| {
+            driver.abort();
+            feeder.abort();
+            Error::EndpointStopped {
+                endpoint: state.name.clone(),
+                problem,
+            }
+        };
+        for (index, (path, _)) in group.iter().enumerate() {
+            if !unacked[index] {
+                self.move_aside_replayed(path).await.map_err(sink_error)?;
+            }
+        }
+        while unacked.iter().any(|waiting| *waiting) {
+            let ack = tokio::select! {
+                () = stop.cancelled() => {
+                    driver.abort();
+                    feeder.abort();
+                    return Ok(false);
+                }
+                () = tokio::time::sleep(commit_within) => {
+                    return Err(give_up(format!("no replayed rows were committed for {commit_within:?} (stall_after plus the sink's linger or file age); the rest stay parked")));
+                }
+                ack = ack_receiver.recv() => ack,
+            };
+            let Some(ack) = ack else {
+                break;
+            };
+            let Some((path, batch)) = usize::try_from(ack.ticket)
+                .ok()
+                .filter(|index| unacked.get(*index) == Some(&true))
+                .and_then(|index| {
+                    unacked[index] = false;
+                    group.get(index)
+                })
+            else {
+                continue;
+            };
+            self.settle_replayed(endpoint, batch, ack).await;
+            self.move_aside_replayed(path).await.map_err(sink_error)?;
+        }
+        let outcome = driver.await;
+        feeder.abort();
+        match outcome {
+            Ok(Ok(())) if !unacked.iter().any(|waiting| *waiting) => Ok(true),
+            Ok(Ok(())) => Err(Error::EndpointStopped {
+                endpoint: state.name.clone(),
+                problem: "its replay sink ended without acknowledging every replayed row"
+                    .to_owned(),
+            }),
+            Ok(Err(error)) => Err(sink_error(error)),
+            Err(join) => Err(Error::EndpointStopped {
+                endpoint: state.name.clone(),
+                problem: format!("its replay sink panicked: {join}"),
+            }),
+        }
+    }
+
+    /// Applies the ack of one replayed object: dead-letters its permanently failed rows, counts
+    /// what was delivered.
+    async fn settle_replayed(&self, endpoint: usize, batch: &RecordBatch, ack: Ack) {
+        let state = &self.endpoints[endpoint];
+        if !ack.failed.is_empty() {
+            let (rows, failed) = match ack.failed_rows {
+                Some(rows) => (rows, renumbered(&ack.failed)),
+                None => (batch.clone(), ack.failed.clone()),
+            };
+            self.dead_letter(&state.name, &rows, &failed).await;
+        }
+        let delivered = batch.num_rows().saturating_sub(ack.failed.len());
+        if delivered > 0 {
+            lock(&state.health).record_success(Instant::now());
+        }
+        self.metrics
+            .endpoint_replayed_rows
+            .get_or_create(&endpoint_labels(&state.name))
+            .inc_by(delivered as u64);
+    }
+
+    /// Moves a replayed object aside; one already gone was replayed by another instance.
+    async fn move_aside_replayed(&self, path: &Path) -> hubroute_sinks::Result<()> {
+        match self.dead_letters.move_aside(path).await {
+            Err(error) if error.is_not_found() => Ok(()),
+            moved => moved.map(drop),
         }
     }
 
@@ -371,62 +477,6 @@ impl Shared {
             && !stop.is_cancelled()
         {
             tokio::time::sleep(HAND_BACK_POLL).await;
-        }
-    }
-
-    /// Delivers `batch` through a fresh sink of `endpoint` whose input closes right after it, and
-    /// returns its ack once the sink has finished (`None` if the engine is stopping first). An ack
-    /// that does not come within `stall_after` plus the sink's linger or file age is an error.
-    async fn replay_group(
-        &self,
-        endpoint: usize,
-        config: &SinkConfig,
-        batch: &RecordBatch,
-        stop: &CancellationToken,
-    ) -> Result<Option<Ack>> {
-        let state = &self.endpoints[endpoint];
-        let sink_error = |source| Error::Sink {
-            endpoint: state.name.clone(),
-            source: Box::new(source),
-        };
-        let ended = || Error::EndpointStopped {
-            endpoint: state.name.clone(),
-            problem: "its replay sink ended without acknowledging the replayed rows".to_owned(),
-        };
-        let (acks, mut ack_receiver) = mpsc::channel(ACK_QUEUE);
-        let sink = (self.build_sink)(config.clone(), acks).map_err(sink_error)?;
-        let (queue, batches) = mpsc::channel(1);
-        let driver = tokio::spawn(drive_sink(sink, batches));
-        queue
-            .send(SinkBatch {
-                ticket: 1,
-                batch: batch.clone(),
-            })
-            .await
-            .map_err(|_| ended())?;
-        drop(queue);
-        let commit_within = self.stall_after + config.max_hold();
-        let ack = tokio::select! {
-            () = stop.cancelled() => {
-                driver.abort();
-                return Ok(None);
-            }
-            () = tokio::time::sleep(commit_within) => {
-                driver.abort();
-                return Err(Error::EndpointStopped {
-                    endpoint: state.name.clone(),
-                    problem: format!("replayed rows were not committed within {commit_within:?} (stall_after plus the sink's linger or file age); they stay parked"),
-                });
-            }
-            ack = ack_receiver.recv() => ack.ok_or_else(ended)?,
-        };
-        match driver.await {
-            Ok(Ok(())) => Ok(Some(ack)),
-            Ok(Err(error)) => Err(sink_error(error)),
-            Err(join) => Err(Error::EndpointStopped {
-                endpoint: state.name.clone(),
-                problem: format!("its replay sink panicked: {join}"),
-            }),
         }
     }
 

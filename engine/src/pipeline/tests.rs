@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -228,6 +228,8 @@ struct Destination {
     /// The sink hands failed rows back, as the file sinks do, so the engine keeps no copy of the
     /// rows of its tickets. Read when the engine starts.
     reports_failed_rows: Arc<AtomicBool>,
+    /// How long the destination takes per row written (milliseconds), as a webhook does.
+    millis_per_row: Arc<AtomicU64>,
     instances: Arc<Mutex<usize>>,
     delivered: Arc<Mutex<Vec<Delivery>>>,
 }
@@ -311,6 +313,9 @@ impl Sink for TestSink {
         }
         let mut up = self.destination.up.subscribe();
         let _ = up.wait_for(|up| *up).await;
+        let per_row = self.destination.millis_per_row.load(Ordering::SeqCst);
+        let rows = batch.batch.num_rows() as u64;
+        tokio::time::sleep(Duration::from_millis(per_row * rows)).await;
         lock(&self.destination.delivered).push(Delivery {
             instance: self.instance,
             rows: sequence_numbers(&batch.batch),
@@ -824,6 +829,44 @@ async fn rows_waiting_for_the_full_queue_of_a_file_sink_are_parked_when_it_is_pa
         delivered,
         hot(0..30).into_iter().collect(),
         "every hot row reaches the hook: from the live sink or replayed"
+    );
+    engine.shutdown().await.expect("a clean stop");
+}
+
+/// A replay is given up only when no ack arrives for `stall_after` plus the sink's linger, not when
+/// a whole group takes longer than that: a slow endpoint that commits steadily catches up (the
+/// chaos soak's webhook never did: every group of many objects timed out and was replayed again).
+#[tokio::test(start_paused = true)]
+async fn a_slow_endpoint_that_commits_steadily_catches_up_on_its_parked_rows() {
+    let harness = Harness::new();
+    let engine = harness.start().await;
+    let parked = || engine.shared.endpoints[HOOK].parking.is_parked();
+    harness.log.append(0..3);
+    tokio::time::sleep(Duration::from_secs(11 * 60)).await;
+    assert!(parked(), "failing (stalled) for longer than dead_after");
+    for first in (3..63).step_by(3) {
+        harness.log.append(first..first + 3);
+    }
+    eventually("the checkpoint moves past the parked rows", || async {
+        harness.checkpoint().await == Some(62)
+    })
+    .await;
+    // 21 parked rows at 5 s each: 105 s in all, over three times stall_after (30 s); one object
+    // (a hot row) takes 5 s.
+    harness.hook.millis_per_row.store(5_000, Ordering::SeqCst);
+    harness.hook.set_up(true);
+    let started = tokio::time::Instant::now();
+    while parked() {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "still parked after 10 minutes: the replay never catches up"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        harness.hook.rows(|instance| instance > 0),
+        hot(0..63),
+        "every parked row is replayed once, in partition order"
     );
     engine.shutdown().await.expect("a clean stop");
 }
