@@ -63,8 +63,8 @@ use rand::{RngExt as _, SeedableRng as _};
 use crate::fault_proxy::{Fault as ProxyFault, FaultProxy};
 use crate::private_postgres::{PrivatePostgres, StopMode};
 use crate::support::{
-    EventHubConnection, Hook, PrivateAzurite, hubroute, lines_of, parquet_file_message_ids,
-    parquet_message_ids, run_python,
+    AZURITE_KEY, EventHubConnection, Hook, PrivateAzurite, hubroute, lines_of,
+    parquet_file_message_ids, parquet_message_ids, run_python,
 };
 
 const PARTITIONS: usize = 4;
@@ -78,9 +78,6 @@ const HUB_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 const ENVELOPE_ALLOWANCE: usize = 1024;
 /// How long PostgreSQL may take after a round to hold every event sent so far.
 const STALL_BOUND: Duration = Duration::from_secs(30);
-/// Azurite's well-known development account key.
-const AZURITE_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -27,7 +27,8 @@ use object_store::{ObjectStore as _, ObjectStoreExt as _};
 
 use crate::fault_proxy::{Fault, FaultProxy};
 use crate::support::{
-    Hook, metric_sum, metrics_of, parquet_file_message_ids, parquet_message_ids, wait_until,
+    AZURITE_KEY, Hook, metric_sum, metrics_of, parquet_file_message_ids, parquet_message_ids,
+    wait_until,
 };
 
 /// Sends `events` simulated messages (unique message ids) at `rate`.
@@ -476,10 +477,6 @@ endpoint = "hook"
     );
     emulator.shutdown().await.unwrap();
 }
-
-/// Azurite's well-known development account key.
-const AZURITE_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 /// `message_id` of every row of every Parquet object of `container` in the shared Azurite.
 async fn azure_parquet_ids(endpoint: &str, container: &str) -> Vec<String> {

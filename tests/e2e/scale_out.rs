@@ -26,11 +26,7 @@ use hubroute_engine::checkpoint::{
 };
 use hubroute_protocol::ConnectionString;
 
-use crate::support::{PrivateAzurite, hubroute, lines_of, metrics_of};
-
-/// Azurite's well-known development account key.
-const AZURITE_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+use crate::support::{AZURITE_KEY, PrivateAzurite, hubroute, lines_of, metrics_of};
 
 /// Deadline of waits that depend on no balancing timing (start, catching up).
 const PATIENCE: Duration = Duration::from_secs(90);

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::EventHubConnection;
+use crate::support::{AZURITE_KEY, EventHubConnection};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -565,10 +565,6 @@ async fn stalled_partitions_share_one_memory_budget_and_lose_nothing() {
     emulator.shutdown().await.expect("emulator stops");
 }
 
-/// Azurite's well-known development account.
-const AZURITE_ACCOUNT_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
-
 fn azurite_endpoint() -> String {
     std::env::var("HUBROUTE_AZURITE_BLOB_ENDPOINT")
         .unwrap_or_else(|_| "http://127.0.0.1:10000/devstoreaccount1".to_owned())
@@ -576,7 +572,7 @@ fn azurite_endpoint() -> String {
 
 fn checkpoint_script(args: &[&str]) -> serde_json::Value {
     let connection_string = format!(
-        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_ACCOUNT_KEY};BlobEndpoint={}",
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};BlobEndpoint={}",
         azurite_endpoint()
     );
     let mut full = vec![args[0], connection_string.as_str()];
@@ -606,7 +602,7 @@ async fn blob_checkpoints_use_the_sdk_layout_and_interoperate_with_the_python_sd
     let store: Arc<dyn ObjectStore> = Arc::new(
         MicrosoftAzureBuilder::new()
             .with_account("devstoreaccount1")
-            .with_access_key(AZURITE_ACCOUNT_KEY)
+            .with_access_key(AZURITE_KEY)
             .with_container_name(&container)
             .with_endpoint(endpoint.clone())
             .with_allow_http(true)

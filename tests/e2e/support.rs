@@ -710,3 +710,7 @@ impl Drop for PrivateAzurite {
         }
     }
 }
+
+/// The account key of Azurite's well-known development account (`devstoreaccount1`).
+pub(crate) const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
