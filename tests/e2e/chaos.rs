@@ -43,7 +43,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Read as _;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::Ordering;
@@ -63,8 +63,8 @@ use rand::{RngExt as _, SeedableRng as _};
 use crate::fault_proxy::{Fault as ProxyFault, FaultProxy};
 use crate::private_postgres::{PrivatePostgres, StopMode};
 use crate::support::{
-    AZURITE_KEY, EventHubConnection, Hook, PrivateAzurite, hubroute, lines_of,
-    parquet_file_message_ids, parquet_message_ids, run_python,
+    AZURITE_KEY, EventHubConnection, Hook, PrivateAzurite, azurite_address, azurite_container,
+    create_azurite_container, hubroute, lines_of, parquet_message_ids, parquet_object_message_ids,
 };
 
 const PARTITIONS: usize = 4;
@@ -396,24 +396,9 @@ impl BlobLake {
     /// A private Azurite with a fresh container, and a proxy in front.
     async fn create() -> Self {
         let azurite = PrivateAzurite::start();
-        let upstream: SocketAddr = azurite
-            .endpoint()
-            .strip_prefix("http://")
-            .and_then(|rest| rest.split('/').next())
-            .and_then(|authority| authority.parse().ok())
-            .expect("Azurite's endpoint is http://127.0.0.1:<port>/<account>");
         let container = format!("chaos-{}", uuid::Uuid::new_v4().simple());
-        run_python(
-            "checkpoint_store.py",
-            &[
-                "create",
-                &format!(
-                    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};BlobEndpoint={}",
-                    azurite.endpoint()
-                ),
-                &container,
-            ],
-        );
+        create_azurite_container(&azurite.endpoint(), &container);
+        let upstream = azurite_address(&azurite.endpoint());
         Self {
             container,
             azurite,
@@ -432,14 +417,7 @@ impl BlobLake {
 
     /// A client of the container in Azurite itself, bypassing the proxy.
     fn direct(&self) -> object_store::azure::MicrosoftAzure {
-        object_store::azure::MicrosoftAzureBuilder::new()
-            .with_account("devstoreaccount1")
-            .with_access_key(AZURITE_KEY)
-            .with_container_name(&self.container)
-            .with_endpoint(self.azurite.endpoint())
-            .with_allow_http(true)
-            .build()
-            .expect("Azurite client")
+        azurite_container(&self.azurite.endpoint(), &self.container)
     }
 
     /// Restarts Azurite when it no longer completes uploads. After clients die or are cut off
@@ -508,22 +486,7 @@ impl BlobLake {
 
     /// `message_id` of every row of every Parquet object, read from Azurite directly.
     async fn message_ids(&self) -> Vec<String> {
-        let store = self.direct();
-        let objects: Vec<_> = store.list(None).try_collect().await.unwrap();
-        let mut ids = Vec::new();
-        for object in objects {
-            if object.location.extension() == Some("parquet") {
-                let bytes = store
-                    .get(&object.location)
-                    .await
-                    .unwrap()
-                    .bytes()
-                    .await
-                    .unwrap();
-                ids.extend(parquet_file_message_ids(bytes));
-            }
-        }
-        ids
+        parquet_object_message_ids(&self.direct()).await
     }
 }
 

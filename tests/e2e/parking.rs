@@ -21,13 +21,12 @@ use hubroute_engine::config::LoadedConfig;
 use hubroute_engine::pipeline::RunningEngine;
 use hubroute_protocol::ConnectionString;
 
-use futures::TryStreamExt as _;
 use hubroute_engine::health::HealthStatus;
-use object_store::{ObjectStore as _, ObjectStoreExt as _};
 
 use crate::fault_proxy::{Fault, FaultProxy};
 use crate::support::{
-    AZURITE_KEY, Hook, metric_sum, metrics_of, parquet_file_message_ids, parquet_message_ids,
+    AZURITE_KEY, Hook, azurite_address, azurite_container, create_azurite_container, metric_sum,
+    metrics_of, parquet_message_ids, parquet_object_message_ids, shared_azurite_endpoint,
     wait_until,
 };
 
@@ -478,33 +477,6 @@ endpoint = "hook"
     emulator.shutdown().await.unwrap();
 }
 
-/// `message_id` of every row of every Parquet object of `container` in the shared Azurite.
-async fn azure_parquet_ids(endpoint: &str, container: &str) -> Vec<String> {
-    let store = object_store::azure::MicrosoftAzureBuilder::new()
-        .with_account("devstoreaccount1")
-        .with_access_key(AZURITE_KEY)
-        .with_container_name(container)
-        .with_endpoint(endpoint.to_owned())
-        .with_allow_http(true)
-        .build()
-        .expect("Azurite client");
-    let objects: Vec<_> = store.list(None).try_collect().await.unwrap();
-    let mut ids = Vec::new();
-    for object in objects {
-        if object.location.extension() == Some("parquet") {
-            let bytes = store
-                .get(&object.location)
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
-            ids.extend(parquet_file_message_ids(bytes));
-        }
-    }
-    ids
-}
-
 /// A file sink holds rows the engine keeps no copy of (open files, uploads retried forever). When
 /// its store is down for longer than `dead_after`, parking the endpoint makes the sink hand those
 /// rows back: they are parked with the rest, every partition's checkpoint moves on while the store
@@ -514,25 +486,11 @@ async fn azure_parquet_ids(endpoint: &str, container: &str) -> Vec<String> {
 async fn a_parquet_store_down_longer_than_dead_after_hands_its_rows_back_to_be_parked_and_replayed()
 {
     const EVENTS: u64 = 1000;
-    let endpoint = std::env::var("HUBROUTE_AZURITE_BLOB_ENDPOINT")
-        .unwrap_or_else(|_| "http://127.0.0.1:10000/devstoreaccount1".to_owned());
-    let upstream: SocketAddr = endpoint
-        .strip_prefix("http://")
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|authority| authority.parse().ok())
-        .expect("Azurite's endpoint is http://127.0.0.1:<port>/<account>");
+    let endpoint = shared_azurite_endpoint();
     let container = format!("parked-{}", uuid::Uuid::new_v4().simple());
-    crate::support::run_python(
-        "checkpoint_store.py",
-        &[
-            "create",
-            &format!(
-                "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};BlobEndpoint={endpoint}"
-            ),
-            &container,
-        ],
-    );
-    let proxy = FaultProxy::start(upstream).await;
+    create_azurite_container(&endpoint, &container);
+    let azurite = azurite_container(&endpoint, &container);
+    let proxy = FaultProxy::start(azurite_address(&endpoint)).await;
     proxy.set(Fault::ServerBusy);
     let emulator = Emulator::start(EmulatorConfig {
         amqp_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -608,7 +566,7 @@ endpoint = "blob"
         EVENTS as f64,
         "every row is parked once, those the sink had held included:\n{text}"
     );
-    assert!(azure_parquet_ids(&endpoint, &container).await.is_empty());
+    assert!(parquet_object_message_ids(&azurite).await.is_empty());
     assert_eq!(
         parquet_message_ids(&dir.path().join("lake")).len(),
         EVENTS as usize,
@@ -623,7 +581,7 @@ endpoint = "blob"
         ) >= EVENTS as f64
     })
     .await;
-    let landed: HashSet<String> = azure_parquet_ids(&endpoint, &container)
+    let landed: HashSet<String> = parquet_object_message_ids(&azurite)
         .await
         .into_iter()
         .collect();

@@ -26,7 +26,9 @@ use hubroute_engine::checkpoint::{
 };
 use hubroute_protocol::ConnectionString;
 
-use crate::support::{AZURITE_KEY, PrivateAzurite, hubroute, lines_of, metrics_of};
+use crate::support::{
+    AZURITE_KEY, PrivateAzurite, azurite_container, hubroute, lines_of, metrics_of,
+};
 
 /// Deadline of waits that depend on no balancing timing (start, catching up).
 const PATIENCE: Duration = Duration::from_secs(90);
@@ -92,14 +94,7 @@ impl Blobs {
     /// A fresh container; `namespace` is the event hub endpoint's authority (`host:port`).
     fn create(endpoint: &str, namespace: &str) -> Self {
         let container = format!("scale-{}", uuid::Uuid::new_v4().simple());
-        let client = object_store::azure::MicrosoftAzureBuilder::new()
-            .with_account("devstoreaccount1")
-            .with_access_key(AZURITE_KEY)
-            .with_container_name(&container)
-            .with_endpoint(endpoint.to_owned())
-            .with_allow_http(true)
-            .build()
-            .expect("Azurite client");
+        let client = azurite_container(endpoint, &container);
         let blobs = Self {
             endpoint: endpoint.to_owned(),
             container,

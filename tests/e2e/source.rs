@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{AZURITE_KEY, EventHubConnection};
+use crate::support::{AZURITE_KEY, EventHubConnection, azurite_container, shared_azurite_endpoint};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -565,15 +565,10 @@ async fn stalled_partitions_share_one_memory_budget_and_lose_nothing() {
     emulator.shutdown().await.expect("emulator stops");
 }
 
-fn azurite_endpoint() -> String {
-    std::env::var("HUBROUTE_AZURITE_BLOB_ENDPOINT")
-        .unwrap_or_else(|_| "http://127.0.0.1:10000/devstoreaccount1".to_owned())
-}
-
 fn checkpoint_script(args: &[&str]) -> serde_json::Value {
     let connection_string = format!(
         "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};BlobEndpoint={}",
-        azurite_endpoint()
+        shared_azurite_endpoint()
     );
     let mut full = vec![args[0], connection_string.as_str()];
     full.extend_from_slice(&args[1..]);
@@ -583,10 +578,9 @@ fn checkpoint_script(args: &[&str]) -> serde_json::Value {
 
 #[tokio::test]
 async fn blob_checkpoints_use_the_sdk_layout_and_interoperate_with_the_python_sdk() {
-    use object_store::azure::MicrosoftAzureBuilder;
     use object_store::{Attribute, ObjectStore, ObjectStoreExt as _};
 
-    let endpoint = azurite_endpoint();
+    let endpoint = shared_azurite_endpoint();
     let authority = endpoint
         .trim_start_matches("http://")
         .split('/')
@@ -599,16 +593,7 @@ async fn blob_checkpoints_use_the_sdk_layout_and_interoperate_with_the_python_sd
     );
     let container = format!("checkpoints-{}", uuid::Uuid::new_v4().simple());
     checkpoint_script(&["create", &container]);
-    let store: Arc<dyn ObjectStore> = Arc::new(
-        MicrosoftAzureBuilder::new()
-            .with_account("devstoreaccount1")
-            .with_access_key(AZURITE_KEY)
-            .with_container_name(&container)
-            .with_endpoint(endpoint.clone())
-            .with_allow_http(true)
-            .build()
-            .expect("Azurite client"),
-    );
+    let store: Arc<dyn ObjectStore> = Arc::new(azurite_container(&endpoint, &container));
     let checkpoints = ObjectStoreCheckpointStore::new(Arc::clone(&store));
     let key = |partition: &str| CheckpointKey {
         fully_qualified_namespace: "MyNs.servicebus.windows.net".to_owned(),

@@ -23,31 +23,10 @@ use hubroute_sinks::ObjectStoreConfig;
 use object_store::ObjectStoreExt as _;
 use serde_json::Value;
 
-use crate::support::run_python;
+use crate::support::{create_azurite_container, run_python};
 
 const EVENTS: u64 = 600;
 const DEVICES: u32 = 20;
-
-/// Creates a container in the Azurite instance `.ci/test` starts, through the Azure SDK in the venv.
-fn create_azurite_container(name: &str) {
-    let script = format!(
-        "from azure.eventhub.extensions.checkpointstoreblob._vendor.storage.blob import BlobServiceClient\n\
-         c = BlobServiceClient.from_connection_string('DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;\
-AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;\
-BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;')\n\
-         c.create_container('{name}')\n"
-    );
-    let output = std::process::Command::new(crate::support::python())
-        .arg("-c")
-        .arg(script)
-        .output()
-        .expect("run Python");
-    assert!(
-        output.status.success(),
-        "cannot create container `{name}` in Azurite at 127.0.0.1:10000 (start it with .ci/test): {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 /// Copies every object of `store` into `dir`; returns `(blob name, local path)`.
 async fn download(store: &ObjectStoreConfig, dir: &Path) -> Vec<(String, String)> {
@@ -126,7 +105,8 @@ async fn routed_messages_land_in_iot_hub_storage_files_that_independent_readers_
     .expect("the emulator starts");
     let dir = tempfile::tempdir().unwrap();
     let container = format!("e2e-storage-{}", uuid::Uuid::new_v4().simple());
-    create_azurite_container(&container);
+    // `use_emulator = true` below: Azurite's well-known address.
+    create_azurite_container("http://127.0.0.1:10000/devstoreaccount1", &container);
     let root = dir.path().display();
     let text = format!(
         r#"

@@ -714,3 +714,73 @@ impl Drop for PrivateAzurite {
 /// The account key of Azurite's well-known development account (`devstoreaccount1`).
 pub(crate) const AZURITE_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// The blob endpoint of the Azurite `.ci/test` starts (`HUBROUTE_AZURITE_BLOB_ENDPOINT`, by default
+/// Azurite's well-known address).
+pub(crate) fn shared_azurite_endpoint() -> String {
+    std::env::var("HUBROUTE_AZURITE_BLOB_ENDPOINT")
+        .unwrap_or_else(|_| "http://127.0.0.1:10000/devstoreaccount1".to_owned())
+}
+
+/// A client of `container` in the Azurite whose blob endpoint is `endpoint`
+/// (`http://127.0.0.1:<port>/devstoreaccount1`).
+pub(crate) fn azurite_container(
+    endpoint: &str,
+    container: &str,
+) -> object_store::azure::MicrosoftAzure {
+    object_store::azure::MicrosoftAzureBuilder::new()
+        .with_account("devstoreaccount1")
+        .with_access_key(AZURITE_KEY)
+        .with_container_name(container)
+        .with_endpoint(endpoint.to_owned())
+        .with_allow_http(true)
+        .build()
+        .expect("Azurite client")
+}
+
+/// The address an Azurite blob endpoint (`http://127.0.0.1:<port>/<account>`) listens on.
+pub(crate) fn azurite_address(endpoint: &str) -> SocketAddr {
+    endpoint
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|authority| authority.parse().ok())
+        .expect("Azurite's endpoint is http://127.0.0.1:<port>/<account>")
+}
+
+/// Creates `container` in the Azurite whose blob endpoint is `endpoint`, with the Azure SDK's own
+/// storage client.
+pub(crate) fn create_azurite_container(endpoint: &str, container: &str) {
+    run_python(
+        "checkpoint_store.py",
+        &[
+            "create",
+            &format!(
+                "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};BlobEndpoint={endpoint}"
+            ),
+            container,
+        ],
+    );
+}
+
+/// `message_id` of every row of every Parquet object in `store`.
+pub(crate) async fn parquet_object_message_ids(
+    store: &dyn object_store::ObjectStore,
+) -> Vec<String> {
+    use futures::TryStreamExt as _;
+    use object_store::ObjectStoreExt as _;
+    let objects: Vec<_> = store.list(None).try_collect().await.unwrap();
+    let mut ids = Vec::new();
+    for object in objects {
+        if object.location.extension() == Some("parquet") {
+            let bytes = store
+                .get(&object.location)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            ids.extend(parquet_file_message_ids(bytes));
+        }
+    }
+    ids
+}

@@ -34,6 +34,7 @@
 //! endpoint is live again. A ticket still waiting for room in the endpoint's full queue is parked
 //! by its router, from the rows it holds.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -332,10 +333,14 @@ impl Shared {
                         continue;
                     };
                     let batch = DeadLetter::to_batch(&records).map_err(sink_error)?;
+                    if batch.num_rows() == 0 {
+                        self.move_aside_replayed(&path).await.map_err(sink_error)?;
+                        continue;
+                    }
                     rows += batch.num_rows();
                     group.push((path, batch));
                 }
-                if !self.replay_group(endpoint, config, &group, stop).await? {
+                if !group.is_empty() && !self.replay_group(endpoint, config, &group, stop).await? {
                     return Ok(());
                 }
             }
@@ -360,71 +365,51 @@ impl Shared {
         };
         let (acks, mut ack_receiver) = mpsc::channel(ACK_QUEUE);
         let sink = (self.build_sink)(config.clone(), acks).map_err(sink_error)?;
-        let (queue, batches) = mpsc::channel(1);
-        let driver = tokio::spawn(drive_sink(sink, batches));
-        let tickets: Vec<SinkBatch> = group
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, batch))| batch.num_rows() > 0)
-            .map(|(ticket, (_, batch))| SinkBatch {
+        // Room for the whole group, so it is queued at once and the input closes behind it.
+        let (queue, batches) = mpsc::channel(group.len().max(1));
+        for (ticket, (_, batch)) in group.iter().enumerate() {
+            let ticket = SinkBatch {
                 ticket: ticket as Ticket,
                 batch: batch.clone(),
-            })
-            .collect();
-        let mut unacked: Vec<bool> = group.iter().map(|(_, b)| b.num_rows() > 0).collect();
-        let feeder = tokio::spawn(async move {
-            for batch in tickets {
-                if queue.send(batch).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let commit_within = self.stall_after + config.max_hold();
-        let give_up = |problem: String| {
-            driver.abort();
-            feeder.abort();
-            Error::EndpointStopped {
-                endpoint: state.name.clone(),
-                problem,
-            }
-        };
-        for (index, (path, _)) in group.iter().enumerate() {
-            if !unacked[index] {
-                self.move_aside_replayed(path).await.map_err(sink_error)?;
-            }
+            };
+            queue
+                .try_send(ticket)
+                .expect("the queue has room for the group");
         }
-        while unacked.iter().any(|waiting| *waiting) {
+        drop(queue);
+        let driver = tokio::spawn(drive_sink(sink, batches));
+        let mut waiting: BTreeSet<usize> = (0..group.len()).collect();
+        let commit_within = self.stall_after + config.max_hold();
+        while !waiting.is_empty() {
             let ack = tokio::select! {
                 () = stop.cancelled() => {
                     driver.abort();
-                    feeder.abort();
                     return Ok(false);
                 }
                 () = tokio::time::sleep(commit_within) => {
-                    return Err(give_up(format!("no replayed rows were committed for {commit_within:?} (stall_after plus the sink's linger or file age); the rest stay parked")));
+                    driver.abort();
+                    return Err(Error::EndpointStopped {
+                        endpoint: state.name.clone(),
+                        problem: format!("no replayed rows were committed for {commit_within:?} (stall_after plus the sink's linger or file age); the rest stay parked"),
+                    });
                 }
                 ack = ack_receiver.recv() => ack,
             };
             let Some(ack) = ack else {
                 break;
             };
-            let Some((path, batch)) = usize::try_from(ack.ticket)
+            let Some(index) = usize::try_from(ack.ticket)
                 .ok()
-                .filter(|index| unacked.get(*index) == Some(&true))
-                .and_then(|index| {
-                    unacked[index] = false;
-                    group.get(index)
-                })
+                .filter(|index| waiting.remove(index))
             else {
                 continue;
             };
+            let (path, batch) = &group[index];
             self.settle_replayed(endpoint, batch, ack).await;
             self.move_aside_replayed(path).await.map_err(sink_error)?;
         }
-        let outcome = driver.await;
-        feeder.abort();
-        match outcome {
-            Ok(Ok(())) if !unacked.iter().any(|waiting| *waiting) => Ok(true),
+        match driver.await {
+            Ok(Ok(())) if waiting.is_empty() => Ok(true),
             Ok(Ok(())) => Err(Error::EndpointStopped {
                 endpoint: state.name.clone(),
                 problem: "its replay sink ended without acknowledging every replayed row"

@@ -521,6 +521,25 @@ where
     panic!("still not true after a minute: {what}");
 }
 
+/// Parks the hook, whose destination is down, after `dead_after`, then routes twenty batches while
+/// it is parked: twenty parked objects of a hot row or so each (`hot(0..63)` in all), and the
+/// checkpoint past them.
+async fn park_the_hook_with_twenty_objects(harness: &Harness, engine: &RunningEngine) {
+    harness.log.append(0..3);
+    tokio::time::sleep(Duration::from_secs(11 * 60)).await;
+    assert!(
+        engine.shared.endpoints[HOOK].parking.is_parked(),
+        "failing (stalled) for longer than dead_after"
+    );
+    for first in (3..63).step_by(3) {
+        harness.log.append(first..first + 3);
+    }
+    eventually("the checkpoint moves past the parked rows", || async {
+        harness.checkpoint().await == Some(62)
+    })
+    .await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn rows_reach_their_endpoints_and_the_checkpoint_waits_for_every_endpoint() {
     let harness = Harness::new();
@@ -661,17 +680,7 @@ async fn parked_rows_of_a_sink_that_acks_when_its_file_closes_replay_without_wai
     let harness = Harness::new();
     let engine = harness.start().await;
     let parked = || engine.shared.endpoints[HOOK].parking.is_parked();
-    harness.log.append(0..3);
-    tokio::time::sleep(Duration::from_secs(11 * 60)).await;
-    assert!(parked(), "failing (stalled) for longer than dead_after");
-    // Twenty batches routed while parked: twenty parked objects, a hot row or so each.
-    for first in (3..63).step_by(3) {
-        harness.log.append(first..first + 3);
-    }
-    eventually("the checkpoint moves past the parked rows", || async {
-        harness.checkpoint().await == Some(62)
-    })
-    .await;
+    park_the_hook_with_twenty_objects(&harness, &engine).await;
 
     harness.hook.holds_until_flush.store(true, Ordering::SeqCst);
     harness.hook.set_up(true);
@@ -841,16 +850,7 @@ async fn a_slow_endpoint_that_commits_steadily_catches_up_on_its_parked_rows() {
     let harness = Harness::new();
     let engine = harness.start().await;
     let parked = || engine.shared.endpoints[HOOK].parking.is_parked();
-    harness.log.append(0..3);
-    tokio::time::sleep(Duration::from_secs(11 * 60)).await;
-    assert!(parked(), "failing (stalled) for longer than dead_after");
-    for first in (3..63).step_by(3) {
-        harness.log.append(first..first + 3);
-    }
-    eventually("the checkpoint moves past the parked rows", || async {
-        harness.checkpoint().await == Some(62)
-    })
-    .await;
+    park_the_hook_with_twenty_objects(&harness, &engine).await;
     // 21 parked rows at 5 s each: 105 s in all, over three times stall_after (30 s); one object
     // (a hot row) takes 5 s.
     harness.hook.millis_per_row.store(5_000, Ordering::SeqCst);

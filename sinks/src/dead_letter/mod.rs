@@ -583,16 +583,21 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn failed_rows_round_trip_through_the_store_and_replay_as_a_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = DeadLetterStore::new(&DeadLetterConfig {
+    /// A store under `root` with the prefix `dl`.
+    fn local_store(root: &std::path::Path) -> DeadLetterStore {
+        DeadLetterStore::new(&DeadLetterConfig {
             store: ObjectStoreConfig::Local {
-                root: dir.path().to_owned(),
+                root: root.to_owned(),
             },
             prefix: "dl".into(),
         })
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn failed_rows_round_trip_through_the_store_and_replay_as_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = local_store(dir.path());
         let mut messages: Vec<Message> = (0..3)
             .map(|i| {
                 let mut m = Message::telemetry(vec![0xff, i]);
@@ -639,13 +644,7 @@ mod tests {
     #[tokio::test]
     async fn an_object_moved_aside_after_it_was_listed_reads_as_gone() {
         let dir = tempfile::tempdir().unwrap();
-        let store = DeadLetterStore::new(&DeadLetterConfig {
-            store: ObjectStoreConfig::Local {
-                root: dir.path().to_owned(),
-            },
-            prefix: "dl".into(),
-        })
-        .unwrap();
+        let store = local_store(dir.path());
         let batch = MessageBatchBuilder::batch_of(&[Message::telemetry("x")]).unwrap();
         let failed = [FailedRow {
             row: 0,
