@@ -137,6 +137,15 @@ async fn quickstart(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     );
 
     let mut live = LiveView::new(&format!("http://{}", engine.http_addr()), "quickstart")?;
+    // `sent` (device messages plus the hub's own twin change and lifecycle events) is read after
+    // the engine's counters, so it is never behind what was routed.
+    let facts = || {
+        let sent = sent.submitted() + iot_hub.events_published();
+        vec![
+            ("sent".to_owned(), sent.to_string()),
+            ("webhook got".to_owned(), receiver.received().to_string()),
+        ]
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let stop = super::shutdown_signal();
     tokio::pin!(stop);
@@ -145,16 +154,7 @@ async fn quickstart(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
             () = &mut stop => break,
             _ = tick.tick() => {}
         }
-        // `sent` (device messages plus the hub's own twin change and lifecycle events) is read after
-        // the engine's counters, so it is never behind what was routed.
-        live.refresh(|| {
-            let sent = sent.submitted() + iot_hub.events_published();
-            vec![
-                ("sent".to_owned(), sent.to_string()),
-                ("webhook got".to_owned(), receiver.received().to_string()),
-            ]
-        })
-        .await?;
+        live.refresh(&facts).await?;
         if engine.is_finished() {
             break;
         }
@@ -167,7 +167,7 @@ async fn quickstart(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
             break;
         }
     }
-    live.finish();
+    live.finish(&facts).await?;
     fleet.abort();
     let engine_device_messages = engine.metrics().route_matched(ARCHIVE_ROUTE);
     let summary = engine.shutdown().await?;

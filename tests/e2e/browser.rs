@@ -154,19 +154,26 @@ impl Browser {
         .await
     }
 
-    /// Evaluates `script` until it returns `true`; panics with `what` after `timeout`.
-    pub(crate) async fn wait_for(&self, what: &str, timeout: Duration, script: &str) {
+    /// Evaluates `script` until it returns `true` (then `true`) or `timeout` passes (`false`).
+    pub(crate) async fn poll_until(&self, timeout: Duration, script: &str) -> bool {
         let started = Instant::now();
         loop {
             if self.eval(script).await == Value::Bool(true) {
-                return;
+                return true;
             }
-            assert!(
-                started.elapsed() < timeout,
-                "timed out after {timeout:?} waiting until {what}"
-            );
+            if started.elapsed() >= timeout {
+                return false;
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Evaluates `script` until it returns `true`; panics with `what` after `timeout`.
+    pub(crate) async fn wait_for(&self, what: &str, timeout: Duration, script: &str) {
+        assert!(
+            self.poll_until(timeout, script).await,
+            "timed out after {timeout:?} waiting until {what}"
+        );
     }
 
     /// A PNG of the viewport.

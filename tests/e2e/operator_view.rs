@@ -1,6 +1,8 @@
 //! End-to-end tests of what an operator sees: the status page in a real headless Chromium, the
 //! Grafana dashboard's queries against a live engine's `/metrics`, `hubroute top` on a pipe
-//! (including when the engine goes away), and the quick start's progress lines.
+//! (including when the engine goes away), and the quick start's live view: its progress lines on
+//! a pipe, and its block redrawn in place on a terminal (a pseudo-terminal rendered by pyte, a
+//! VT100 emulator, in `python/terminal_block.py`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead as _, BufReader};
@@ -26,6 +28,8 @@ const EVENTS: u64 = 2000;
 /// through three routes (one of them always undefined), and is idle.
 struct LiveEngine {
     engine: RunningEngine,
+    /// The source's connection string in the engine's configuration, key and all.
+    connection_string: String,
     _emulator: RunningEmulator,
     _dir: tempfile::TempDir,
 }
@@ -40,11 +44,8 @@ impl LiveEngine {
         .expect("the emulator starts");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hubroute.toml");
-        std::fs::write(
-            &path,
-            config(dir.path(), &emulator.connection_string("hub")),
-        )
-        .unwrap();
+        let connection_string = emulator.connection_string("hub");
+        std::fs::write(&path, config(dir.path(), &connection_string)).unwrap();
         let engine = RunningEngine::start(LoadedConfig::load(&path).unwrap())
             .await
             .expect("the engine starts");
@@ -67,6 +68,7 @@ impl LiveEngine {
         assert_eq!(report.sent, EVENTS);
         let live = Self {
             engine,
+            connection_string,
             _emulator: emulator,
             _dir: dir,
         };
@@ -215,15 +217,14 @@ async fn page_values(browser: &Browser) -> BTreeMap<(String, String, String), St
         .collect()
 }
 
-/// What the page must show, computed from `/metrics`.
+/// What the page must show, computed from `/metrics`; a series missing there is expected as
+/// `<series> is not in /metrics`, which the page never shows.
 fn expected_values(metrics: &str) -> BTreeMap<(String, String, String), String> {
     let mut expected = BTreeMap::new();
     let mut put = |table: &str, row: &str, field: &str, series: String| {
-        let value = value(metrics, &series).unwrap_or_else(|| panic!("{series} not in /metrics"));
-        expected.insert(
-            (table.to_owned(), row.to_owned(), field.to_owned()),
-            format_number(value),
-        );
+        let value = value(metrics, &series)
+            .map_or_else(|| format!("{series} is not in /metrics"), format_number);
+        expected.insert((table.to_owned(), row.to_owned(), field.to_owned()), value);
     };
     for route in ["archive", "hot-temperature", "never-defined"] {
         put(
@@ -258,6 +259,12 @@ fn expected_values(metrics: &str) -> BTreeMap<(String, String, String), String> 
             endpoint,
             "dead_lettered",
             format!("hubroute_endpoint_dead_lettered_total{labels}"),
+        );
+        put(
+            "endpoints",
+            endpoint,
+            "parked",
+            format!("hubroute_endpoint_parked_rows_total{labels}"),
         );
         put(
             "endpoints",
@@ -314,7 +321,8 @@ fn expected_values(metrics: &str) -> BTreeMap<(String, String, String), String> 
                 endpoint.to_owned(),
                 "health".to_owned(),
             ),
-            health(metrics, endpoint).unwrap_or_else(|| panic!("no health of {endpoint}")),
+            health(metrics, endpoint)
+                .unwrap_or_else(|| format!("the health of {endpoint} is not in /metrics")),
         );
     }
     with_health
@@ -327,6 +335,23 @@ fn format_number(value: f64) -> String {
     } else {
         value.to_string()
     }
+}
+
+/// What must never be served: the source connection string's key, and the key's name in any
+/// connection string (`SharedAccessKey=`, `SharedAccessKeyName=`, any case).
+fn secrets_in(text: &str, connection_string: &str) -> Vec<String> {
+    let key = connection_string
+        .split(';')
+        .find_map(|part| part.strip_prefix("SharedAccessKey="))
+        .expect("the test's connection string has a key");
+    let mut found = Vec::new();
+    if text.contains(key) {
+        found.push("the connection string's key".to_owned());
+    }
+    if text.to_lowercase().contains("sharedaccesskey") {
+        found.push("`SharedAccessKey`".to_owned());
+    }
+    found
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,12 +375,32 @@ async fn the_status_page_draws_its_charts_and_shows_the_numbers_of_metrics_in_ch
         let post = client.post(format!("{url}{path}")).send().await.unwrap();
         assert_eq!(post.status(), 405, "POST {path} must be refused");
     }
+    // No secret in what the page is made of, the data it fetches, or the pages it links to.
+    for path in [
+        "/",
+        "/assets/status.js",
+        "/assets/status.css",
+        "/status",
+        "/routes",
+        "/healthz",
+        "/metrics",
+    ] {
+        let body = client
+            .get(format!("{url}{path}"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let secrets = secrets_in(&body, &live.connection_string);
+        assert!(secrets.is_empty(), "GET {path} shows {secrets:?}:\n{body}");
+    }
 
     let browser = Browser::start(1400, 1500).await;
     browser.goto(&format!("{url}/")).await;
-    browser
-        .wait_for(
-            "the three charts have drawn lines for every route, endpoint and partition",
+    let drawn = browser
+        .poll_until(
             Duration::from_secs(30),
             "const n = (id) => { const s = document.querySelector('#' + id + ' svg');
                                   return [Number(s.dataset.series || 0), Number(s.dataset.points || 0),
@@ -381,6 +426,25 @@ async fn the_status_page_draws_its_charts_and_shows_the_numbers_of_metrics_in_ch
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    // The page as drawn: its text and its whole document, data attributes included.
+    let rendered = browser
+        .eval("return document.body.innerText + '\\n' + document.documentElement.outerHTML;")
+        .await;
+    let rendered = rendered.as_str().expect("the page's text").to_owned();
+
+    // The screenshot before any check, so that a failing run leaves it too.
+    let png = browser.screenshot().await;
+    let artefact = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    std::fs::write(&artefact, &png).unwrap();
+    eprintln!("status page screenshot: {}", artefact.display());
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "the screenshot is a PNG");
+
+    assert!(
+        drawn,
+        "the three charts did not draw lines for every route, endpoint and partition within \
+         30 s (see {})",
+        artefact.display()
+    );
     let wrong: Vec<String> = expected
         .iter()
         .filter(|(key, value)| shown.get(*key) != Some(*value))
@@ -388,7 +452,8 @@ async fn the_status_page_draws_its_charts_and_shows_the_numbers_of_metrics_in_ch
         .collect();
     assert!(
         wrong.is_empty(),
-        "the page disagrees with /metrics:\n{}",
+        "the page disagrees with /metrics (see {}):\n{}",
+        artefact.display(),
         wrong.join("\n")
     );
     assert_eq!(
@@ -399,17 +464,16 @@ async fn the_status_page_draws_its_charts_and_shows_the_numbers_of_metrics_in_ch
         )],
         EVENTS.to_string()
     );
+    let secrets = secrets_in(&rendered, &live.connection_string);
+    assert!(
+        secrets.is_empty(),
+        "the page shows {secrets:?}:\n{rendered}"
+    );
     // Latency quantiles are drawn from the histogram for endpoints that committed.
     let p99 = browser
         .eval("return document.querySelector('#endpoints tr[data-name=\"lake\"] td[data-field=\"p99_seconds\"]').textContent;")
         .await;
     assert_ne!(p99, Value::String("–".to_owned()), "no p99 for lake");
-
-    let png = browser.screenshot().await;
-    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "the screenshot is a PNG");
-    let artefact = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
-    std::fs::write(&artefact, &png).unwrap();
-    eprintln!("status page screenshot: {}", artefact.display());
 
     // The page says so when the service goes away, and keeps the last numbers.
     let LiveEngine { engine, .. } = live;
@@ -752,5 +816,143 @@ fn the_quickstart_never_shows_more_events_routed_than_sent() {
         number_after(last, "routed "),
         number_after(last, "sent "),
         "{last}"
+    );
+}
+
+/// Device messages of the quick start under a terminal: about three seconds of sending, so the
+/// block is redrawn several times before the lake's last file closes.
+const TERMINAL_EVENTS: u64 = 3000;
+
+#[test]
+fn the_quickstart_redraws_one_status_block_in_place_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let transcript = dir.path().join("terminal.raw");
+    let quickstart = dir.path().join("quickstart");
+    let events = TERMINAL_EVENTS.to_string();
+    let output = crate::support::run_python(
+        "terminal_block.py",
+        &[
+            "120",
+            "40",
+            "60",
+            transcript.to_str().unwrap(),
+            "--",
+            // As a user runs it: the quick start's own log filter, a common terminal.
+            "env",
+            "-u",
+            "RUST_LOG",
+            "TERM=xterm-256color",
+            env!("CARGO_BIN_EXE_hubroute"),
+            "quickstart",
+            "--events",
+            &events,
+            "--rate",
+            "1000",
+            "--dir",
+            quickstart.to_str().unwrap(),
+        ],
+    );
+    let terminal: Value = serde_json::from_str(&output).unwrap();
+    let strings = |key: &str| -> Vec<String> {
+        terminal[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let history = strings("history");
+    // Scrollback, then the screen: everything the user can see or scroll back to, top to bottom.
+    let lines: Vec<String> = history.iter().cloned().chain(strings("screen")).collect();
+    let text = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| format!("{i:3} {l}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let context = format!("terminal (raw bytes in {}):\n{text}", transcript.display());
+    assert_eq!(terminal["status"], 0, "the quick start failed; {context}");
+    let only = |what: &str, matches: &dyn Fn(&str) -> bool| -> usize {
+        let found: Vec<usize> = (0..lines.len()).filter(|&i| matches(&lines[i])).collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "{what} on lines {found:?}, not once: the block must be redrawn in place; {context}"
+        );
+        found[0]
+    };
+
+    // One block, drawn once: its title, totals, table titles and column headers each appear on
+    // one line of the screen and its scrollback.
+    let started = only("the start-up line", &|l| {
+        l.starts_with("hubroute quickstart: emulator at ")
+    });
+    let title = only("the block's title", &|l| {
+        l.starts_with("hubroute · quickstart · hub quickstart-hub") && l.ends_with("● connected")
+    });
+    let totals = only("the totals", &|l| l.starts_with("sent "));
+    let routes = only("the routes' title", &|l| l == "ROUTES 6");
+    only("the routes' header", &|l| l.starts_with("route  "));
+    let endpoints = only("the endpoints' title", &|l| l == "ENDPOINTS 4");
+    only("the endpoints' header", &|l| l.starts_with("endpoint  "));
+    let partitions = only("the partitions' title", &|l| l == "PARTITIONS 4");
+    only("the partitions' header", &|l| l.starts_with("partition  "));
+    assert!(started < title, "{context}");
+    assert_eq!(
+        [totals, routes, endpoints, partitions],
+        [title + 1, title + 2, title + 10, title + 16],
+        "{context}"
+    );
+    // The last partition row ends the block.
+    let end = partitions + 5;
+    assert!(
+        lines[end - 3..=end].iter().all(|l| l
+            .split_whitespace()
+            .next()
+            .is_some_and(|p| p.parse::<u8>().is_ok())),
+        "{context}"
+    );
+
+    // The block left on screen shows the final counts.
+    let number_after = |line: &str, word: &str| -> u64 {
+        line.split(word)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no `{word}` number in `{line}`; {context}"))
+    };
+    let archive: Vec<&str> = lines[routes + 2..endpoints]
+        .iter()
+        .find(|l| l.starts_with("archive "))
+        .unwrap_or_else(|| panic!("no archive row; {context}"))
+        .split_whitespace()
+        .collect();
+    // route, endpoint, matched/s, undefined/s, matched, undefined
+    assert_eq!(
+        (archive[1], archive[4]),
+        ("lake", events.as_str()),
+        "{context}"
+    );
+    let (sent, routed) = (
+        number_after(&lines[totals], "sent "),
+        number_after(&lines[totals], "routed "),
+    );
+    assert!(
+        sent >= routed && routed >= TERMINAL_EVENTS,
+        "sent {sent}, routed {routed}; {context}"
+    );
+
+    // The cursor ends below the block: the summary follows it, and the cursor follows that.
+    let summary = only("the summary", &|l| {
+        l.starts_with(&format!("routed {TERMINAL_EVENTS} device messages and "))
+    });
+    let last = only("the summary's last line", &|l| {
+        l.starts_with("run the same routes against your own hub")
+    });
+    assert_eq!(summary, end + 1, "{context}");
+    let cursor = history.len() + terminal["cursor"][1].as_u64().unwrap() as usize;
+    assert!(
+        cursor > last && lines[cursor..].iter().all(String::is_empty),
+        "the cursor is on line {cursor}; {context}"
     );
 }

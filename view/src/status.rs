@@ -4,8 +4,8 @@
 //!
 //! Metrics the view does not know are never dropped. A series named `hubroute_<route|endpoint|
 //! partition>_<what>` whose only label is that entity's becomes an extra column of the entity's row
-//! (`hubroute_endpoint_parked_total{endpoint="x"}` shows as `parked` on endpoint `x`); anything else
-//! is listed as it is among the other series. So a metric added to the engine shows up in `top` and
+//! (`hubroute_endpoint_replayed_rows_total{endpoint="x"}` shows as `replayed_rows` on endpoint
+//! `x`); anything else is listed as it is among the other series. So a metric added to the engine shows up in `top` and
 //! on the status page without a change here.
 //!
 //! Rates compare the newest scrape with the one before it; latency quantiles use the histogram's
@@ -39,6 +39,8 @@ pub mod names {
     pub const ENDPOINT_FAILED: &str = "hubroute_endpoint_failed_total";
     /// Messages dead-lettered for an endpoint, by `endpoint`.
     pub const ENDPOINT_DEAD_LETTERED: &str = "hubroute_endpoint_dead_lettered_total";
+    /// Messages of a dead endpoint parked in the dead-letter store for replay, by `endpoint`.
+    pub const ENDPOINT_PARKED: &str = "hubroute_endpoint_parked_rows_total";
     /// Batches waiting in an endpoint's queue, by `endpoint`.
     pub const ENDPOINT_QUEUE_DEPTH: &str = "hubroute_endpoint_queue_depth";
     /// 1 for an endpoint's current health, by `endpoint` and `status`.
@@ -69,6 +71,7 @@ pub mod names {
         (ENDPOINT_DELIVERED, &["endpoint"]),
         (ENDPOINT_FAILED, &["endpoint"]),
         (ENDPOINT_DEAD_LETTERED, &["endpoint"]),
+        (ENDPOINT_PARKED, &["endpoint"]),
         (ENDPOINT_QUEUE_DEPTH, &["endpoint"]),
         (ENDPOINT_HEALTH, &["endpoint", "status"]),
         (ENDPOINT_COMMIT_LATENCY_BUCKET, &["endpoint", "le"]),
@@ -94,7 +97,7 @@ pub struct Counter {
 /// A series the view does not know, shown as a column of its entity's row.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Extra {
-    /// The metric name without `hubroute_<entity>_` and `_total`, e.g. `parked`.
+    /// The metric name without `hubroute_<entity>_` and `_total`, e.g. `replayed_rows`.
     pub name: String,
     /// Its value.
     pub value: f64,
@@ -135,6 +138,8 @@ pub struct EndpointRow {
     pub failed: Counter,
     /// Messages dead-lettered.
     pub dead_lettered: Counter,
+    /// Messages parked while the endpoint was dead (replayed once it is back).
+    pub parked: Counter,
     /// Batches waiting in its queue.
     pub queue_depth: Option<f64>,
     /// Median commit latency over the window, seconds.
@@ -421,6 +426,7 @@ impl Status {
                     ENDPOINT_DELIVERED,
                     ENDPOINT_FAILED,
                     ENDPOINT_DEAD_LETTERED,
+                    ENDPOINT_PARKED,
                     ENDPOINT_QUEUE_DEPTH,
                     ENDPOINT_HEALTH,
                     ENDPOINT_COMMIT_LATENCY_BUCKET,
@@ -445,6 +451,7 @@ impl Status {
                     delivered: reader.counter(ENDPOINT_DELIVERED, &labels),
                     failed: reader.counter(ENDPOINT_FAILED, &labels),
                     dead_lettered: reader.counter(ENDPOINT_DEAD_LETTERED, &labels),
+                    parked: reader.counter(ENDPOINT_PARKED, &labels),
                     queue_depth: reader.gauge(ENDPOINT_QUEUE_DEPTH, &labels),
                     p50_seconds: histogram_quantile(0.5, &latency),
                     p99_seconds: histogram_quantile(0.99, &latency),
@@ -531,6 +538,7 @@ impl Status {
                         delivered: Counter::default(),
                         failed: Counter::default(),
                         dead_lettered: Counter::default(),
+                        parked: Counter::default(),
                         queue_depth: None,
                         p50_seconds: None,
                         p99_seconds: None,
@@ -725,6 +733,8 @@ hubroute_endpoint_delivered_total{endpoint="lake"} 800
 hubroute_endpoint_failed_total{endpoint="lake"} 2
 # TYPE hubroute_endpoint_dead_lettered counter
 hubroute_endpoint_dead_lettered_total{endpoint="lake"} 2
+# TYPE hubroute_endpoint_parked_rows counter
+hubroute_endpoint_parked_rows_total{endpoint="lake"} 5
 # TYPE hubroute_endpoint_queue_depth gauge
 hubroute_endpoint_queue_depth{endpoint="lake"} 3
 # TYPE hubroute_endpoint_health gauge
@@ -777,10 +787,13 @@ hubroute_config_reloads_total{outcome="applied"} 2
             (
                 lake.delivered.total,
                 lake.failed.total,
-                lake.dead_lettered.total
+                lake.dead_lettered.total,
+                lake.parked.total
             ),
-            (800.0, 2.0, 2.0)
+            (800.0, 2.0, 2.0, 5.0)
         );
+        // Parked rows are a column of their own, not an unknown series.
+        assert!(lake.extra.is_empty(), "{:?}", lake.extra);
         assert_eq!(lake.queue_depth, Some(3.0));
         assert_eq!(lake.p50_seconds, Some(0.1));
         let p99 = lake.p99_seconds.unwrap();
@@ -870,9 +883,9 @@ hubroute_config_reloads_total{outcome="applied"} 2
     fn unknown_series_become_extra_columns_or_other_series() {
         let text = format!(
             "{ENGINE_TEXT}\
-             # TYPE hubroute_endpoint_parked counter\n\
-             hubroute_endpoint_parked_total{{endpoint=\"lake\"}} 4\n\
-             hubroute_endpoint_parked_total{{endpoint=\"ghost\"}} 1\n\
+             # TYPE hubroute_endpoint_replayed_rows counter\n\
+             hubroute_endpoint_replayed_rows_total{{endpoint=\"lake\"}} 4\n\
+             hubroute_endpoint_replayed_rows_total{{endpoint=\"ghost\"}} 1\n\
              # TYPE hubroute_partition_owned gauge\n\
              hubroute_partition_owned{{partition=\"2\"}} 1\n\
              hubroute_partition_owner{{partition=\"2\",instance=\"a\"}} 1\n\
@@ -882,15 +895,15 @@ hubroute_config_reloads_total{outcome="applied"} 2
              process_open_fds 12\n"
         );
         let before = text.replace(
-            "_parked_total{endpoint=\"lake\"} 4",
-            "_parked_total{endpoint=\"lake\"} 2",
+            "_replayed_rows_total{endpoint=\"lake\"} 4",
+            "_replayed_rows_total{endpoint=\"lake\"} 2",
         );
         let status = Status::compute(&scrape(&text), Some((1.0, &scrape(&before))), None, None);
         let lake = status.endpoints.iter().find(|e| e.name == "lake").unwrap();
         assert_eq!(
             lake.extra,
             [Extra {
-                name: "parked".to_owned(),
+                name: "replayed_rows".to_owned(),
                 value: 4.0,
                 per_second: Some(2.0)
             }]

@@ -241,9 +241,10 @@ impl Metrics {
         self.events_routed.get()
     }
 
-    /// Creates every per-route, per-endpoint and per-partition counter at zero, so that a
-    /// dashboard sees `0` rather than no series before the first match, failure or event (a
-    /// series that appears only with its first failure hides that failure from `rate()`).
+    /// Creates the per-route, per-endpoint and per-partition counters that dashboards and alerts
+    /// read (matches, deliveries, failures, dead letters, parked rows, events) at zero, so that
+    /// they see `0` rather than no series before the first match, failure or event (a series
+    /// that appears only with its first failure hides that failure from `rate()`).
     pub(crate) fn initialise_series<'a>(
         &self,
         routes: impl IntoIterator<Item = &'a str>,
@@ -260,6 +261,9 @@ impl Metrics {
             let _ = self.endpoint_delivered.get_or_create(&labels);
             let _ = self.endpoint_failed.get_or_create(&labels);
             let _ = self.endpoint_dead_lettered.get_or_create(&labels);
+            // Any endpoint is parked once it is dead. (Its bytes, replays and probes appear with
+            // the first park: `top` and the status page show them as extra columns only then.)
+            let _ = self.endpoint_parked_rows.get_or_create(&labels);
         }
         for partition in partitions {
             let labels = partition_labels(partition);

@@ -197,35 +197,14 @@ impl LiveView {
     /// scrape, so that a counter of what was sent is never behind what the engine routed), and
     /// shows both.
     pub async fn refresh(&mut self, facts: impl FnOnce() -> Vec<(String, String)>) -> Result<()> {
-        self.poller.poll().await;
-        self.screen.facts = facts();
-        self.screen.status = self.poller.status().cloned();
-        self.screen.connection = self.poller.connection().clone();
+        self.scrape(facts).await;
         match &mut self.output {
             Output::Inline(terminal) => {
                 if terminal.is_none() && self.screen.status.is_some() {
-                    let rows =
-                        ratatui::crossterm::terminal::size().map_or(INLINE_HEIGHT, |(_, r)| r);
-                    let height = self
-                        .screen
-                        .natural_height()
-                        .min(INLINE_HEIGHT)
-                        .min(rows.saturating_sub(1));
-                    *terminal = Some(
-                        Terminal::with_options(
-                            CrosstermBackend::new(std::io::stdout()),
-                            TerminalOptions {
-                                viewport: Viewport::Inline(height),
-                            },
-                        )
-                        .map_err(|e| terminal_error(&e))?,
-                    );
+                    *terminal = Some(inline_terminal(&self.screen)?);
                 }
                 if let Some(terminal) = terminal {
-                    let screen = &self.screen;
-                    terminal
-                        .draw(|frame| frame.render_widget(screen, frame.area()))
-                        .map_err(|e| terminal_error(&e))?;
+                    draw(terminal, &self.screen)?;
                 }
             }
             Output::Lines { every, last } => {
@@ -238,13 +217,18 @@ impl LiveView {
         Ok(())
     }
 
-    /// Leaves the last block on screen with the cursor below it, or prints a last plain line.
-    pub fn finish(self) {
+    /// Scrapes once more and leaves the last block, with the final counts, on screen with the
+    /// cursor below it; or prints a last plain line.
+    pub async fn finish(mut self, facts: impl FnOnce() -> Vec<(String, String)>) -> Result<()> {
+        self.scrape(facts).await;
         match self.output {
             Output::Inline(Some(mut terminal)) => {
+                draw(&mut terminal, &self.screen)?;
                 let bottom = terminal.get_frame().area().bottom();
-                let _ = terminal.set_cursor_position((0, bottom.saturating_sub(1)));
-                let _ = terminal.show_cursor();
+                terminal
+                    .set_cursor_position((0, bottom.saturating_sub(1)))
+                    .and_then(|()| terminal.show_cursor())
+                    .map_err(|e| terminal_error(&e))?;
                 println!();
             }
             Output::Inline(None) => {}
@@ -252,7 +236,39 @@ impl LiveView {
                 eprintln!("{}", plain_line(&self.poller, &self.screen.facts));
             }
         }
+        Ok(())
     }
+
+    async fn scrape(&mut self, facts: impl FnOnce() -> Vec<(String, String)>) {
+        self.poller.poll().await;
+        self.screen.facts = facts();
+        self.screen.status = self.poller.status().cloned();
+        self.screen.connection = self.poller.connection().clone();
+    }
+}
+
+/// An inline viewport below the cursor, as high as `screen` needs (at most [`INLINE_HEIGHT`] and
+/// one line less than the terminal).
+fn inline_terminal(screen: &Screen) -> Result<Terminal<CrosstermBackend<Stdout>>> {
+    let rows = ratatui::crossterm::terminal::size().map_or(INLINE_HEIGHT, |(_, r)| r);
+    let height = screen
+        .natural_height()
+        .min(INLINE_HEIGHT)
+        .min(rows.saturating_sub(1));
+    Terminal::with_options(
+        CrosstermBackend::new(std::io::stdout()),
+        TerminalOptions {
+            viewport: Viewport::Inline(height),
+        },
+    )
+    .map_err(|e| terminal_error(&e))
+}
+
+fn draw(terminal: &mut Terminal<CrosstermBackend<Stdout>>, screen: &Screen) -> Result<()> {
+    terminal
+        .draw(|frame| frame.render_widget(screen, frame.area()))
+        .map(|_| ())
+        .map_err(|e| terminal_error(&e))
 }
 
 #[cfg(test)]

@@ -111,6 +111,7 @@ const HEADER: Style = Style::new()
     .add_modifier(Modifier::UNDERLINED);
 const MUTED: Style = Style::new().fg(Color::DarkGray);
 const ALERT: Style = Style::new().fg(Color::Red).add_modifier(Modifier::BOLD);
+const WARNING: Style = Style::new().fg(Color::Yellow);
 
 /// The colour of a health status.
 pub fn health_style(health: Option<&str>) -> Style {
@@ -123,7 +124,7 @@ pub fn health_style(health: Option<&str>) -> Style {
             .bg(Color::Red)
             .add_modifier(Modifier::BOLD),
         Some("unknown") | None => MUTED,
-        // A state this version does not know (e.g. parked): visible, not alarming.
+        // A state this version does not know (a newer engine's): visible, not alarming.
         Some(_) => Style::new().fg(Color::Magenta),
     }
 }
@@ -398,14 +399,15 @@ fn endpoint_table(status: &Status, sort: SortOrder) -> Table {
         SortOrder::Name => rows.sort_by(|a, b| a.name.cmp(&b.name)),
     }
     let mut name = Column::new("endpoint", 0, Align::Left);
-    let mut kind = Column::new("type", 9, Align::Left);
+    let mut kind = Column::new("type", 10, Align::Left);
     let mut health = Column::new("health", 1, Align::Left);
     let mut delivered_rate = Column::new("delivered/s", 2, Align::Right);
-    let mut delivered = Column::new("delivered", 8, Align::Right);
+    let mut delivered = Column::new("delivered", 9, Align::Right);
     let mut failed = Column::new("failed", 5, Align::Right);
     let mut dead = Column::new("dead-lettered", 6, Align::Right);
+    let mut parked = Column::new("parked", 7, Align::Right);
     let mut queue = Column::new("queue", 4, Align::Right);
-    let mut p50 = Column::new("p50", 7, Align::Right);
+    let mut p50 = Column::new("p50", 8, Align::Right);
     let mut p99 = Column::new("p99", 3, Align::Right);
     for row in &rows {
         name.cells.push((row.name.clone(), Style::new()));
@@ -429,6 +431,15 @@ fn endpoint_table(status: &Status, sort: SortOrder) -> Table {
             count(row.dead_lettered.total),
             alarming(row.dead_lettered.total),
         ));
+        // Parked rows are kept for replay, not lost: a warning, not an alarm.
+        parked.cells.push((
+            count(row.parked.total),
+            if row.parked.total > 0.0 {
+                WARNING
+            } else {
+                Style::new()
+            },
+        ));
         queue.cells.push((gauge(row.queue_depth), Style::new()));
         p50.cells.push((seconds(row.p50_seconds), Style::new()));
         p99.cells.push((seconds(row.p99_seconds), Style::new()));
@@ -441,6 +452,7 @@ fn endpoint_table(status: &Status, sort: SortOrder) -> Table {
         delivered,
         failed,
         dead,
+        parked,
         queue,
         p50,
         p99,

@@ -36,7 +36,8 @@ fn metrics(scale: u64) -> String {
          hubroute_endpoint_health{{endpoint=\"alerts-hook\",status=\"dead\"}} 1\n\
          hubroute_endpoint_commit_latency_seconds_bucket{{endpoint=\"lake\",le=\"0.5\"}} {}\n\
          hubroute_endpoint_commit_latency_seconds_bucket{{endpoint=\"lake\",le=\"+Inf\"}} {}\n\
-         hubroute_endpoint_parked_total{{endpoint=\"alerts-hook\"}} 7\n\
+         hubroute_endpoint_parked_rows_total{{endpoint=\"alerts-hook\"}} 7\n\
+         hubroute_endpoint_replayed_rows_total{{endpoint=\"alerts-hook\"}} 4\n\
          hubroute_partition_events_total{{partition=\"0\"}} {}\n\
          hubroute_partition_events_total{{partition=\"1\"}} {}\n\
          hubroute_partition_events_total{{partition=\"2\"}} {}\n\
@@ -120,10 +121,12 @@ const ENDPOINT_HEADERS: &[&str] = &[
     "delivered",
     "failed",
     "dead-lettered",
+    "parked",
     "queue",
     "p50",
     "p99",
-    "parked",
+    // An engine series the view does not read by name: a column of lowest priority.
+    "replayed_rows",
 ];
 const PARTITION_HEADERS: &[&str] = &[
     "partition",
@@ -241,7 +244,8 @@ fn the_numbers_shown_are_the_metrics() {
         row("archive"),
         ["archive", "lake", "9000", "0", "18000", "0"]
     );
-    // endpoint, type, health, delivered/s, delivered, failed, dead-lettered, queue, p50, p99, parked
+    // endpoint, type, health, delivered/s, delivered, failed, dead-lettered, parked, queue, p50,
+    // p99, replayed_rows
     assert_eq!(
         row("alerts-hook"),
         [
@@ -252,13 +256,22 @@ fn the_numbers_shown_are_the_metrics() {
             "254",
             "3",
             "3",
+            "7",
             "–",
             "–",
             "–",
-            "7"
+            "4"
         ]
     );
-    assert_eq!(row("lake")[8..10], ["250ms".to_owned(), "495ms".to_owned()]);
+    assert_eq!(
+        row("lake")[7..11],
+        [
+            "0".to_owned(),
+            "2".to_owned(),
+            "250ms".to_owned(),
+            "495ms".to_owned()
+        ]
+    );
     // partition, events/s, events, lag, lag time, checkpoint, in flight
     assert_eq!(row("0 "), ["0", "2250", "4500", "120", "1.5s", "2000", "1"]);
     assert!(text.contains("routed 18000 (9000/s)"), "{text}");
@@ -291,6 +304,21 @@ fn health_has_colour_and_a_disconnected_service_is_shown_dimmed_with_the_reason(
         cell_of(&buffer, &lines_now, "alerts-hook", "dead").bg,
         Color::Red
     );
+    // Parked rows are a warning (they are replayed, not lost); none is no colour.
+    let parked = |row: &str| {
+        let header = lines_now
+            .iter()
+            .position(|l| l.starts_with("endpoint "))
+            .unwrap();
+        // Numbers are right-aligned: the last character sits under the header's.
+        let x = lines_now[header].find("parked").unwrap() + "parked".len() - 1;
+        let y = lines_now.iter().position(|l| l.starts_with(row)).unwrap();
+        buffer[(u16::try_from(x).unwrap(), u16::try_from(y).unwrap())].clone()
+    };
+    let hook = parked("alerts-hook");
+    assert_eq!((hook.symbol(), hook.fg), ("7", Color::Yellow));
+    let lake = parked("lake");
+    assert_eq!((lake.symbol(), lake.fg), ("0", Color::Reset));
     assert!(lines_now[0].ends_with("● connected"), "{}", lines_now[0]);
 
     screen.connection = Connection::Disconnected {

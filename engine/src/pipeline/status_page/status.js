@@ -122,6 +122,7 @@ function render(status) {
     col("delivered", "delivered", (e) => e.delivered.total, count),
     col("failed", "failed", (e) => e.failed.total, count),
     col("dead-lettered", "dead_lettered", (e) => e.dead_lettered.total, count),
+    col("parked", "parked", (e) => e.parked.total, count),
     col("queue", "queue_depth", (e) => e.queue_depth, count),
     col("p50", "p50_seconds", (e) => e.p50_seconds, seconds),
     col("p99", "p99_seconds", (e) => e.p99_seconds, seconds),
@@ -134,6 +135,8 @@ function render(status) {
           (HEALTH_KNOWN.includes(health) ? health : "other"), health));
       }
       if ((c.field === "failed" || c.field === "dead_lettered") && v > 0) cell.classList.add("alert");
+      // Parked rows are replayed once the endpoint is back: a warning, not an alarm.
+      if (c.field === "parked" && v > 0) cell.classList.add("warn");
     });
 
   const partitionColumns = [
