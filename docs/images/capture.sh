@@ -86,6 +86,6 @@ chrome=(chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first
     --disable-background-networking --disable-component-update --disable-sync --hide-scrollbars
     --user-data-dir="$work/profile")
 "${chrome[@]}" --window-size=1010,640 --screenshot="$PWD/docs/images/top.png" "file://$work/top.html" 2>/dev/null
-"${chrome[@]}" --window-size=1400,1000 --virtual-time-budget=4000 \
+"${chrome[@]}" --window-size=1400,1150 --virtual-time-budget=4000 \
     --screenshot="$PWD/docs/images/status-page.png" "$url" 2>/dev/null
 echo "wrote docs/images/top.png and docs/images/status-page.png"
