@@ -513,6 +513,55 @@ impl Hook {
     }
 }
 
+/// Warnings and errors logged in this process, where tests run the engine in-process.
+static WARNINGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+
+/// Appends what the log formatter writes to [`WARNINGS`], and to stderr for a failing test's output.
+struct WarningsWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for WarningsWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        std::io::Write::write_all(&mut std::io::stderr(), bytes)?;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::Write::flush(&mut std::io::stderr())
+    }
+}
+
+/// Records the warnings and errors logged from now on in this test process (nextest runs each
+/// test in a process of its own; under `cargo test`, a test recognises its own lines by something
+/// only it has, such as its temporary directory). Call it before starting what logs.
+pub(crate) fn capture_warnings() {
+    WARNINGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = Arc::clone(&buffer);
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || WarningsWriter(Arc::clone(&writer)))
+            .try_init()
+            .expect("the first global log subscriber of this test process");
+        buffer
+    });
+}
+
+/// The lines [`capture_warnings`] recorded that contain every one of `needles`.
+pub(crate) fn warnings_containing(needles: &[&str]) -> Vec<String> {
+    let buffer = WARNINGS
+        .get()
+        .expect("capture_warnings() was called")
+        .lock()
+        .unwrap();
+    String::from_utf8_lossy(&buffer)
+        .lines()
+        .filter(|line| needles.iter().all(|needle| line.contains(needle)))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Polls `done` every 50 ms; panics naming `what` once `timeout` has passed.
 pub(crate) async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let started = Instant::now();

@@ -1,7 +1,9 @@
 //! End-to-end tests of `$twin` routing against the emulator playing an IoT hub: devices registered
 //! with twin tags through IoT Hub's service API, IoT Hub-stamped telemetry from the device endpoint,
 //! the engine's twin store loading by the twin query and following the twin change and lifecycle
-//! events in the stream, its snapshot across restarts, and its behaviour when the service API fails.
+//! events in the stream, the periodic full query on a hub that routes no such events, its snapshot
+//! across restarts (fresh, corrupt, stale: the warnings are captured), and its behaviour when the
+//! service API fails.
 //! The official `azure-iot-hub` Python SDK judges the emulator's service API over HTTPS.
 //!
 //! Expected routing is computed independently from the simulated fleet's twins
@@ -27,7 +29,7 @@ use hubroute_engine::pipeline::RunningEngine;
 use hubroute_protocol::IotHubConnectionString;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{EmulatorProcess, run_python, token};
+use crate::support::{EmulatorProcess, capture_warnings, run_python, token, warnings_containing};
 
 /// The emulator, its IoT hub served on `127.0.0.1:0`, and webhook endpoints recording what the
 /// engine delivers to each.
@@ -294,6 +296,16 @@ endpoints = ["all"]
 key = "floor"
 value = "$twin.tags.floor"
 endpoints = ["all"]
+
+[[enrichments]]
+key = "mode"
+value = "$twin.properties.desired.telemetryConfig.mode"
+endpoints = ["all"]
+
+[[enrichments]]
+key = "channel"
+value = "$twin.properties.reported.firmware.channel"
+endpoints = ["all"]
 "#,
             source = self.emulator.connection_string("hub"),
             all = hook("all"),
@@ -384,12 +396,23 @@ async fn twin_routes_pick_exactly_the_right_messages_and_follow_changes_mid_stre
     const EVENTS: u64 = 500;
     let harness = Harness::start().await;
     harness.simulate(DEVICES, EVENTS).await;
-    let engine = RunningEngine::start(harness.config(""))
+    // Pages of 7 twins: the engine follows x-ms-continuation through eight pages of devices.
+    let engine = RunningEngine::start(harness.config("page_size = 7"))
         .await
         .expect("the engine starts");
     wait_routed(&engine, EVENTS, Duration::from_secs(60)).await;
 
     // Phase 1: every device's twin came from the twin query.
+    assert_eq!(
+        harness.hub.query_requests(),
+        8 + 1,
+        "50 device twins in pages of 7, then one page of (no) module twins"
+    );
+    let text = metrics_text(&engine).await;
+    assert_eq!(
+        metric(&text, "hubroute_twins_held"),
+        Some(f64::from(DEVICES))
+    );
     let sent = simulated(DEVICES, EVENTS);
     let hooks = &harness.hooks;
     assert_eq!(hooks.ids("all").len(), EVENTS as usize);
@@ -423,10 +446,16 @@ async fn twin_routes_pick_exactly_the_right_messages_and_follow_changes_mid_stre
             format!("1.{}.{}", device % 5, device % 11).as_str(),
             "the reported property"
         );
-        assert_eq!(
-            properties["floor"], "$twin.tags.floor",
-            "an absent path stamps its literal"
-        );
+        for (key, literal) in [
+            ("floor", "$twin.tags.floor"),
+            ("mode", "$twin.properties.desired.telemetryConfig.mode"),
+            ("channel", "$twin.properties.reported.firmware.channel"),
+        ] {
+            assert_eq!(
+                properties[key], literal,
+                "an absent path stamps its literal: {message}"
+            );
+        }
     }
 
     // Phase 2: changes mid-stream. Each device's messages and twin events share a partition, in
@@ -572,8 +601,11 @@ async fn twin_routes_pick_exactly_the_right_messages_and_follow_changes_mid_stre
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_resumes_from_the_snapshot_without_querying_and_a_corrupt_one_is_queried_again() {
+async fn a_restart_resumes_from_the_snapshot_without_querying_and_a_corrupt_or_stale_one_is_queried_again()
+ {
     const DEVICES: u32 = 20;
+    capture_warnings();
+    let started_ms = chrono::Utc::now().timestamp_millis();
     let harness = Harness::start().await;
     harness.simulate(DEVICES, 100).await;
     let engine = RunningEngine::start(harness.config(""))
@@ -624,6 +656,24 @@ async fn a_restart_resumes_from_the_snapshot_without_querying_and_a_corrupt_one_
         plant3, expected,
         "the snapshot's twins plus the change event after it"
     );
+    let text = metrics_text(&engine).await;
+    assert_eq!(
+        metric(&text, "hubroute_twins_resyncs_total{outcome=\"ok\"}"),
+        Some(0.0),
+        "restoring is not querying\n{text}"
+    );
+    let resynced = metric(&text, "hubroute_twins_last_resync_timestamp_seconds")
+        .expect("the snapshot's query time");
+    let started = Duration::from_millis(u64::try_from(started_ms).unwrap()).as_secs_f64();
+    assert!(
+        resynced >= started,
+        "the first run's query: {resynced} {started}"
+    );
+    let age = metric(&text, "hubroute_twins_resync_age_seconds").expect("the snapshot's age");
+    assert!(
+        (0.0..started_ms_elapsed(started_ms)).contains(&age),
+        "{age}"
+    );
     engine.shutdown().await.expect("a clean shutdown");
 
     let snapshots: Vec<_> = std::fs::read_dir(harness.dir.path().join("checkpoints/twins"))
@@ -652,6 +702,13 @@ async fn a_restart_resumes_from_the_snapshot_without_querying_and_a_corrupt_one_
         queries + 2,
         "a corrupt snapshot is queried again"
     );
+    let snapshot = snapshots[0].display().to_string();
+    let corrupt = warnings_containing(&[
+        "the twin snapshot is corrupt or unusable",
+        "checksum does not match",
+        &snapshot,
+    ]);
+    assert_eq!(corrupt.len(), 1, "{corrupt:?}");
     let plant3: BTreeSet<String> = harness
         .hooks
         .ids("plant3")
@@ -660,6 +717,91 @@ async fn a_restart_resumes_from_the_snapshot_without_querying_and_a_corrupt_one_
         .collect();
     assert_eq!(plant3.len(), expected.len(), "{plant3:?}");
     engine.shutdown().await.expect("a clean shutdown");
+
+    // A snapshot whose last full query is older than `refresh` (5 min) is stale. While the engine
+    // is down, device-00004 moves to plant 3: the query brings that twin, so its change event,
+    // read from the stream after the query, is stale.
+    harness
+        .service(
+            reqwest::Method::PATCH,
+            "/twins/device-00004",
+            Some(serde_json::json!({"tags": {"site": "plant-3"}})),
+        )
+        .await;
+    let hour_ago = chrono::Utc::now().timestamp_millis() - 3_600_000;
+    set_snapshot_query_time(&snapshots[0], hour_ago);
+    for device in 0..DEVICES {
+        harness
+            .send(
+                &format!("device-{device:05}"),
+                None,
+                &format!("r3-{device}"),
+            )
+            .await;
+    }
+    let engine = RunningEngine::start(harness.config(""))
+        .await
+        .expect("the engine restarts");
+    wait_routed(&engine, 20, Duration::from_secs(60)).await;
+    assert_eq!(
+        harness.hub.query_requests(),
+        queries + 4,
+        "a stale snapshot is queried again"
+    );
+    let stale = warnings_containing(&["the twin snapshot is stale", &snapshot]);
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    let plant3: BTreeSet<String> = harness
+        .hooks
+        .ids("plant3")
+        .into_iter()
+        .filter(|id| id.starts_with("r3-"))
+        .collect();
+    let mut expected_now: BTreeSet<String> =
+        expected.iter().map(|id| id.replace("r1-", "r3-")).collect();
+    expected_now.insert("r3-4".to_owned());
+    assert_eq!(plant3, expected_now, "the queried twins");
+    let text = metrics_text(&engine).await;
+    assert!(
+        metric(&text, "hubroute_twin_patches_stale_total").unwrap() >= 1.0,
+        "device-00004's change event is no newer than its queried twin\n{text}"
+    );
+    assert!(
+        metric(&text, "hubroute_twins_last_resync_timestamp_seconds").unwrap() > resynced,
+        "the new query's time, not the stale snapshot's\n{text}"
+    );
+    engine.shutdown().await.expect("a clean shutdown");
+}
+
+/// Seconds since `started_ms` (Unix ms).
+fn started_ms_elapsed(started_ms: i64) -> f64 {
+    Duration::from_millis(
+        u64::try_from(chrono::Utc::now().timestamp_millis() - started_ms).unwrap(),
+    )
+    .as_secs_f64()
+}
+
+/// Rewrites the snapshot at `path` as though its last full query had started at `unix_ms`, with
+/// its checksum brought up to date (so that only its age makes it unusable).
+fn set_snapshot_query_time(path: &Path, unix_ms: i64) {
+    use sha2::Digest as _;
+    let text = std::fs::read_to_string(path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let (header, rest) = lines.split_first().unwrap();
+    let (trailer, twins) = rest.split_last().unwrap();
+    let mut header: serde_json::Value = serde_json::from_str(header).unwrap();
+    header["queried_at_ms"] = unix_ms.into();
+    let mut content = format!("{header}\n");
+    for twin in twins {
+        content.push_str(twin);
+        content.push('\n');
+    }
+    let digest: String = sha2::Sha256::digest(content.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut trailer: serde_json::Value = serde_json::from_str(trailer).unwrap();
+    trailer["sha256"] = digest.into();
+    std::fs::write(path, format!("{content}{trailer}\n")).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -683,6 +825,16 @@ async fn a_service_api_down_for_ten_seconds_delays_routing_but_loses_nothing() {
         "routing waits for the twins"
     );
     assert_eq!(metric(&text, "hubroute_twins_loaded"), Some(0.0), "{text}");
+    for series in [
+        "hubroute_twins_resync_age_seconds",
+        "hubroute_twins_last_resync_timestamp_seconds",
+    ] {
+        assert_eq!(
+            metric(&text, series),
+            None,
+            "no query completed yet\n{text}"
+        );
+    }
     wait_routed(&engine, EVENTS, Duration::from_secs(90)).await;
     assert!(
         started.elapsed() >= Duration::from_secs(10),
@@ -713,11 +865,14 @@ async fn a_service_api_down_for_ten_seconds_delays_routing_but_loses_nothing() {
             >= 2.0,
         "{text}"
     );
+    let age = metric(&text, "hubroute_twins_resync_age_seconds").expect("loaded");
+    assert!(age < 60.0, "{age}\n{text}");
     engine.shutdown().await.expect("a clean shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_is_honoured_by_retry_after_and_start_without_twins_routes_at_once() {
+    capture_warnings();
     let harness = Harness::start().await;
     harness.simulate(4, 20).await;
     harness.hub.inject_fault(ServiceFault::Throttle {
@@ -773,6 +928,120 @@ async fn throttling_is_honoured_by_retry_after_and_start_without_twins_routes_at
         metric(&text, "hubroute_route_undefined_total{route=\"plant-3\"}"),
         Some(20.0)
     );
+    assert_eq!(
+        metric(&text, "hubroute_twins_resync_age_seconds"),
+        None,
+        "never loaded\n{text}"
+    );
+    let warned = warnings_containing(&["start_without_twins is set", "routing WITHOUT twins"]);
+    assert_eq!(
+        warned.len(),
+        1,
+        "warned once, not at every retry: {warned:?}"
+    );
+    engine.shutdown().await.expect("a clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_periodic_resync_brings_what_no_event_announced_and_its_age_grows_while_it_fails() {
+    const DEVICES: u32 = 4;
+    // A hub that routes no twin change or lifecycle events: only the periodic query brings changes.
+    let harness = Harness::with(IotHubConfig {
+        twin_change_events: false,
+        lifecycle_events: false,
+        ..IotHubConfig::new("hub")
+    })
+    .await;
+    harness.simulate(DEVICES, 20).await;
+    let engine = RunningEngine::start(harness.config("refresh = \"1s\"\nsnapshot = false"))
+        .await
+        .expect("the engine starts");
+    wait_routed(&engine, 20, Duration::from_secs(60)).await;
+    let ok = |text: &str| metric(text, "hubroute_twins_resyncs_total{outcome=\"ok\"}").unwrap();
+    let first = metrics_text(&engine).await;
+    let first_resync = metric(&first, "hubroute_twins_last_resync_timestamp_seconds").unwrap();
+
+    // device-00001 (plant 2) moves to plant 3, device-00002 (plant 3) leaves it, device-00003 is
+    // deleted; no event says so.
+    for (device, site) in [(1, "plant-3"), (2, "plant-9")] {
+        harness
+            .service(
+                reqwest::Method::PATCH,
+                &format!("/twins/device-{device:05}"),
+                Some(serde_json::json!({"tags": {"site": site}})),
+            )
+            .await;
+    }
+    harness
+        .service(reqwest::Method::DELETE, "/devices/device-00003", None)
+        .await;
+    // Two more completed queries: the second started after the changes.
+    let changed = ok(&metrics_text(&engine).await);
+    let started = Instant::now();
+    let text = loop {
+        let text = metrics_text(&engine).await;
+        if ok(&text) >= changed + 2.0 {
+            break text;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(ok(&text) >= 3.0, "the initial load and two resyncs\n{text}");
+    assert_eq!(
+        metric(&text, "hubroute_twins_held"),
+        Some(f64::from(DEVICES - 1)),
+        "the deleted device's twin is dropped\n{text}"
+    );
+    let resynced = metric(&text, "hubroute_twins_last_resync_timestamp_seconds").unwrap();
+    assert!(resynced > first_resync, "{resynced} {first_resync}");
+    assert!(
+        metric(&text, "hubroute_twins_resync_age_seconds").unwrap() < 5.0,
+        "{text}"
+    );
+    for device in 0..3 {
+        harness
+            .send(
+                &format!("device-{device:05}"),
+                None,
+                &format!("after-{device}"),
+            )
+            .await;
+    }
+    wait_routed(&engine, 23, Duration::from_secs(30)).await;
+    let plant3: BTreeSet<String> = harness
+        .hooks
+        .ids("plant3")
+        .into_iter()
+        .filter(|id| id.starts_with("after-"))
+        .collect();
+    assert_eq!(plant3, ids(std::iter::once("after-1".to_owned())));
+
+    // While the service fails, the resync keeps trying, and the age of the twins keeps growing.
+    harness
+        .hub
+        .inject_fault(ServiceFault::UnavailableFor(Duration::from_secs(4)));
+    let started = Instant::now();
+    loop {
+        let text = metrics_text(&engine).await;
+        let failed = metric(&text, "hubroute_twins_resyncs_total{outcome=\"failed\"}").unwrap();
+        let age = metric(&text, "hubroute_twins_resync_age_seconds").unwrap();
+        if failed >= 1.0 && age >= 3.0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let failing = ok(&metrics_text(&engine).await);
+    let started = Instant::now();
+    loop {
+        let text = metrics_text(&engine).await;
+        if ok(&text) > failing && metric(&text, "hubroute_twins_resync_age_seconds").unwrap() < 3.0
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     engine.shutdown().await.expect("a clean shutdown");
 }
 

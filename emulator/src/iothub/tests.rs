@@ -316,6 +316,83 @@ async fn registry_changes_emit_lifecycle_and_twin_events_shaped_as_iot_hub_does(
 }
 
 #[tokio::test]
+async fn deleting_a_module_drops_only_its_twin_and_emits_its_lifecycle_event() {
+    let hub = TestHub::start(IotHubConfig::new("hub")).await;
+    hub.register("dev-1", None).await;
+    hub.register("dev-1", Some("filter")).await;
+    hub.register("dev-1", Some("other")).await;
+    hub.take_events();
+    let owner = hub.policy_token("iothubowner");
+    let (status, reply) = hub
+        .send(
+            reqwest::Method::DELETE,
+            "/devices/dev-1/modules/filter",
+            &owner,
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{reply}");
+
+    let events = hub.take_events();
+    assert_eq!(events.len(), 1);
+    let (_, target, event) = &events[0];
+    assert!(matches!(target, PublishTarget::PartitionKey(key) if key == "dev-1"));
+    assert_eq!(
+        annotation(event, annotations::MESSAGE_SOURCE),
+        Some(Value::String("deviceLifecycleEvents".to_owned()))
+    );
+    assert_eq!(
+        annotation(event, annotations::CONNECTION_MODULE_ID),
+        Some(Value::String("filter".to_owned()))
+    );
+    assert_eq!(
+        app(event, "opType").as_deref(),
+        Some("deleteDeviceIdentity")
+    );
+    assert_eq!(app(event, "moduleId").as_deref(), Some("filter"));
+    assert_eq!(
+        body(event)["moduleId"],
+        "filter",
+        "the deleted module's twin"
+    );
+
+    for (path, expected) in [
+        ("/twins/dev-1/modules/filter", 404),
+        ("/devices/dev-1/modules/filter", 404),
+        ("/twins/dev-1/modules/other", 200),
+        ("/twins/dev-1", 200),
+    ] {
+        let (status, reply) = hub.send(reqwest::Method::GET, path, &owner, None).await;
+        assert_eq!(status, expected, "{path}: {reply}");
+    }
+    let (status, modules) = hub
+        .send(
+            reqwest::Method::POST,
+            "/devices/query",
+            &owner,
+            Some(json!({"query": "SELECT * FROM devices.modules"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = modules
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["moduleId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["other"]);
+    let (status, _) = hub
+        .send(
+            reqwest::Method::DELETE,
+            "/devices/dev-1/modules/filter",
+            &owner,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "deleted once");
+}
+
+#[tokio::test]
 async fn each_kind_of_event_can_be_turned_off_as_a_hub_without_that_route() {
     for (twin_change_events, lifecycle_events, expected) in [
         (false, true, vec!["deviceLifecycleEvents"]),

@@ -10,7 +10,8 @@
 //!       paged by x-ms-continuation; retried with            │ twinChangeEvents / deviceLifecycleEvents
 //!       backoff (429: Retry-After) while routers wait      │ rows patch the store in stream order
 //!                                                          ▼
-//!  every `refresh`: full query again, merged by version; every `snapshot_interval`: snapshot
+//!  every `refresh`: full query again, merged by version (a twin an event created, changed or
+//!  deleted while it ran keeps the event's state); every `snapshot_interval`: snapshot
 //! ```
 //!
 //! `Twins` is the pipeline's handle. Its contract: `Twins::wait_ready` resolves once twins are
@@ -327,10 +328,6 @@ impl Inner {
                     next_resync = tokio::time::Instant::now() + self.config.refresh;
                 }
                 _ = tick.tick() => {
-                    let queried = self.queried_at_ms.load(Ordering::Relaxed);
-                    #[expect(clippy::cast_precision_loss, reason = "an age in seconds")]
-                    let age = (chrono::Utc::now().timestamp_millis() - queried).max(0) as f64 / 1000.0;
-                    self.metrics.set_resync_age(age);
                     self.fetch_missing().await;
                     if last_snapshot.elapsed() >= self.config.snapshot_interval {
                         self.write_snapshot(true).await;
@@ -388,9 +385,7 @@ impl Inner {
         *lock(&self.restored_positions) = snapshot.positions;
         self.queried_at_ms
             .store(snapshot.queried_at_ms, Ordering::Relaxed);
-        #[expect(clippy::cast_precision_loss, reason = "a timestamp in seconds")]
-        self.metrics
-            .resync_done(snapshot.queried_at_ms as f64 / 1000.0);
+        self.metrics.restored(snapshot.queried_at_ms);
         tracing::info!(path = %path.display(), twins = count, "twins restored from the snapshot; no full query needed");
         self.set_readiness(Readiness::Loaded);
         Some(snapshot.queried_at_ms)
@@ -485,8 +480,7 @@ impl Inner {
         let started_ms =
             now.timestamp_millis() - i64::try_from(started.elapsed().as_millis()).unwrap_or(0);
         self.queried_at_ms.store(started_ms, Ordering::Relaxed);
-        #[expect(clippy::cast_precision_loss, reason = "a timestamp in seconds")]
-        self.metrics.resync_done(started_ms as f64 / 1000.0);
+        self.metrics.resync_done(started_ms);
         lock(&self.missing).clear();
     }
 

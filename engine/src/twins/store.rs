@@ -113,7 +113,24 @@ pub struct TwinStore {
     /// Bumped by every change; the snapshot writer compares it.
     changes: u64,
     /// Twins changed by events while a full query runs, so that it does not undo them.
-    touched_during_resync: Option<HashSet<TwinId>>,
+    touched_during_resync: Option<Touched>,
+}
+
+/// The twins whose state stream events decided while a full query ran, so that the query's
+/// result, possibly read before those events, does not undo them.
+#[derive(Debug, Default)]
+struct Touched {
+    /// Twins created, changed or deleted.
+    twins: HashSet<TwinId>,
+    /// Devices deleted: their module twins went with them, whatever the query read.
+    deleted_devices: HashSet<String>,
+}
+
+impl Touched {
+    fn contains(&self, id: &TwinId) -> bool {
+        self.twins.contains(id)
+            || (id.module.is_some() && self.deleted_devices.contains(&id.device))
+    }
 }
 
 impl TwinStore {
@@ -263,26 +280,45 @@ impl TwinStore {
             }
         };
         if removed {
-            self.touch(id);
+            self.changes += 1;
+            self.note_deleted(id);
         }
         removed
     }
 
     fn touch(&mut self, id: &TwinId) {
         self.changes += 1;
+        self.note_touched(id);
+    }
+
+    /// Records, while a full query runs, that the stream decided `id`'s state.
+    fn note_touched(&mut self, id: &TwinId) {
         if let Some(touched) = &mut self.touched_during_resync {
-            touched.insert(id.clone());
+            touched.twins.insert(id.clone());
+        }
+    }
+
+    /// Records, while a full query runs, that the stream deleted `id` (a device with its modules).
+    fn note_deleted(&mut self, id: &TwinId) {
+        if let Some(touched) = &mut self.touched_during_resync {
+            touched.twins.insert(id.clone());
+            if id.module.is_none() {
+                touched.deleted_devices.insert(id.device.clone());
+            }
         }
     }
 
     /// Starts recording which twins events change, for [`TwinStore::finish_resync`].
     pub(crate) fn begin_resync(&mut self) {
-        self.touched_during_resync = Some(HashSet::new());
+        self.touched_during_resync = Some(Touched::default());
     }
 
-    /// Merges a full query's result: a queried twin replaces the stored one unless the stored one
-    /// is newer; a stored twin the query did not return is dropped unless an event touched it while
-    /// the query ran (a device created after the query read its page).
+    /// Merges a full query's result. A twin a stream event created, changed or deleted while the
+    /// query ran keeps the stream's state, present or absent: the query may have read it before
+    /// the event (a deleted device would come back; a device deleted and created again, whose
+    /// version starts over at 1, would lose to its old twin's higher version). Any other queried
+    /// twin replaces the stored one unless the stored one is newer, and a stored twin the query
+    /// did not return is dropped.
     pub(crate) fn finish_resync(&mut self, queried: Vec<(TwinId, Twin)>) {
         let touched = self.touched_during_resync.take().unwrap_or_default();
         let mut seen = HashSet::with_capacity(queried.len());
@@ -290,7 +326,7 @@ impl TwinStore {
             let newer_held = self
                 .get(&id.device, id.module.as_deref())
                 .is_some_and(|held| held.version > twin.version);
-            if !newer_held {
+            if !newer_held && !touched.contains(&id) {
                 self.insert(&id, twin);
             }
             seen.insert(id);
@@ -384,7 +420,14 @@ impl TwinStore {
             (
                 message_source::DEVICE_LIFECYCLE_EVENTS | message_source::MODULE_LIFECYCLE_EVENTS,
                 Some(op_type::DELETE_DEVICE_IDENTITY | op_type::DELETE_MODULE_IDENTITY),
-            ) if self.remove(id) => applied.applied += 1,
+            ) => {
+                if self.remove(id) {
+                    applied.applied += 1;
+                } else {
+                    // Not held, perhaps not yet: a full query running now must not bring it back.
+                    self.note_deleted(id);
+                }
+            }
             _ => {}
         }
         applied

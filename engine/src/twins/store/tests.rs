@@ -284,6 +284,25 @@ fn events_apply_in_stream_order_and_honour_version() {
             0,
         ),
         (
+            "a deleted module loses its twin, its device keeps its own",
+            vec![
+                event(
+                    10,
+                    "deviceLifecycleEvents",
+                    "deleteDeviceIdentity",
+                    "dev-1",
+                    Some("filter"),
+                    &json!({"deviceId": "dev-1", "moduleId": "filter", "version": 2}),
+                ),
+                telemetry(11, Some("dev-1"), Some("filter")),
+                telemetry(12, Some("dev-1"), None),
+            ],
+            vec![None, None, Some(json!({"site": "a"}))],
+            1,
+            0,
+            0,
+        ),
+        (
             "module lifecycle events of the older documentation revision are understood",
             vec![
                 event(
@@ -437,6 +456,91 @@ fn a_full_query_merges_by_version_and_keeps_twins_created_while_it_ran() {
     );
     assert_eq!(tags("dev-1", Some("filter")), None, "gone from the hub");
     assert_eq!(state.len(), 3);
+}
+
+#[test]
+fn a_full_query_does_not_undo_deletions_and_recreations_that_raced_it() {
+    let mut state = store();
+    state.begin_resync();
+    // While the query runs, the stream deletes dev-2; deletes dev-1 (and so its module) and
+    // creates it again, its version starting over at 1; and deletes dev-7, which the store does
+    // not hold yet (it was created after the last query).
+    let delete = |sequence_number: i64, device: &str| {
+        event(
+            sequence_number,
+            "deviceLifecycleEvents",
+            "deleteDeviceIdentity",
+            device,
+            None,
+            &json!({"deviceId": device}),
+        )
+    };
+    let (_, applied, _) = attach(
+        &mut state,
+        &[
+            delete(1, "dev-2"),
+            delete(2, "dev-1"),
+            event(
+                3,
+                "deviceLifecycleEvents",
+                "createDeviceIdentity",
+                "dev-1",
+                None,
+                &json!({"deviceId": "dev-1", "version": 1, "tags": {"fresh": true}}),
+            ),
+            delete(4, "dev-7"),
+        ],
+    );
+    assert_eq!((applied.applied, applied.stale), (3, 0));
+    // The query read every twin before those events.
+    state.finish_resync(vec![
+        (
+            id("dev-1", None),
+            twin(&json!({"deviceId": "dev-1", "version": 3, "tags": {"site": "a"}})),
+        ),
+        (
+            id("dev-1", Some("filter")),
+            twin(&json!({"deviceId": "dev-1", "moduleId": "filter", "version": 2})),
+        ),
+        (
+            id("dev-2", None),
+            twin(&json!({"deviceId": "dev-2", "version": 1, "tags": {"site": "b"}})),
+        ),
+        (
+            id("dev-7", None),
+            twin(&json!({"deviceId": "dev-7", "version": 4})),
+        ),
+        (
+            id("dev-7", Some("m")),
+            twin(&json!({"deviceId": "dev-7", "moduleId": "m", "version": 1})),
+        ),
+    ]);
+    let dev_1: Value = serde_json::from_str(&state.get("dev-1", None).unwrap().json).unwrap();
+    assert_eq!(
+        (&dev_1["tags"], dev_1["version"].as_i64()),
+        (&json!({"fresh": true}), Some(1)),
+        "the re-created device keeps its new twin, not the old one's higher version"
+    );
+    assert_eq!(
+        state.get("dev-1", Some("filter")),
+        None,
+        "gone with its device"
+    );
+    assert_eq!(
+        state.get("dev-2", None),
+        None,
+        "deleted while the query ran"
+    );
+    assert_eq!(state.get("dev-7", None), None, "deleted before it was held");
+    assert_eq!(state.get("dev-7", Some("m")), None, "gone with its device");
+    assert_eq!(state.len(), 1);
+    // Once the query is merged, the next one is again the authority.
+    state.begin_resync();
+    state.finish_resync(vec![(
+        id("dev-2", None),
+        twin(&json!({"deviceId": "dev-2", "version": 1})),
+    )]);
+    assert!(state.get("dev-2", None).is_some() && state.get("dev-1", None).is_none());
 }
 
 #[test]
