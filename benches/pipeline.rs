@@ -4,30 +4,33 @@
 //! enriched (`rows_for`) and written to three real Parquet sinks on local disk, every ticket's ack
 //! is awaited and the partition's checkpoint position is advanced through `PartitionProgress`.
 //!
-//! Routing runs on tokio's blocking pool as in the engine, Parquet encodes on it too, and each
+//! The tasks are the engine's: a router per partition (here one) routes on tokio's blocking pool
+//! and queues each endpoint's rows on a bounded queue, each endpoint's `drive_sink` task writes
+//! them (Parquet encodes on the blocking pool), and an ack collector advances the checkpoint, so
+//! routing one batch overlaps encoding the previous ones as it does in `hubroute run`. Each
 //! iteration ends with the sinks' shutdown flush (every file uploaded, every ack received), so the
 //! figure includes committing, not only buffering.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::record_batch::RecordBatch;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hubroute_emulator::simulate::TelemetryGenerator;
 use hubroute_engine::config::LoadedConfig;
-use hubroute_engine::progress::{PartitionProgress, Position};
+use hubroute_engine::progress::{BatchId, PartitionProgress, Position};
 use hubroute_engine::routing::RoutingTable;
 use hubroute_message::{AppPropertyValue, Message, MessageBatchBuilder, SystemProperties};
-use hubroute_sinks::{
-    FlushReason, ObjectStoreConfig, ParquetSink, ParquetSinkConfig, Sink, SinkBatch,
-};
+use hubroute_sinks::{ObjectStoreConfig, ParquetSink, ParquetSinkConfig, SinkBatch, drive_sink};
 use tokio::sync::mpsc;
 
 const BATCH_ROWS: usize = 8192;
 const BATCHES: usize = 8;
 const ENDPOINTS: [&str; 3] = ["lake", "hot", "alerts"];
+/// The endpoints' default `queue_capacity` (batches queued ahead of each sink).
+const QUEUE_CAPACITY: usize = 16;
 
 fn batches() -> Vec<RecordBatch> {
     let mut generator = TelemetryGenerator::new(0, NonZeroU32::new(100).expect("non-zero"));
@@ -96,22 +99,38 @@ fn pipeline(c: &mut Criterion) {
     group.finish();
 }
 
-/// One pass of every batch: route, hand each endpoint its rows, commit, ack, checkpoint.
+/// One pass of every batch, shaped as the engine runs one partition: a router routes each batch on
+/// the blocking pool and hands each endpoint its rows through a bounded queue (the endpoints'
+/// default `queue_capacity`) drained by that endpoint's `drive_sink` task, while an ack collector
+/// settles tickets and advances the partition's checkpoint position. The pass ends when every
+/// sink has flushed at shutdown and every ticket is acked.
 async fn run_once(table: &Arc<RoutingTable>, input: Vec<RecordBatch>, root: &Path) {
     let (acks, mut acked) = mpsc::channel(1024);
-    let mut sinks: Vec<ParquetSink> = ENDPOINTS
-        .iter()
-        .map(|name| {
-            let store = ObjectStoreConfig::Local {
-                root: root.join(name),
-            };
-            ParquetSink::new(ParquetSinkConfig::new(*name, store), acks.clone())
-                .expect("the sink builds")
-        })
-        .collect();
+    let mut queues = Vec::new();
+    let mut drivers = Vec::new();
+    for name in ENDPOINTS {
+        let store = ObjectStoreConfig::Local {
+            root: root.join(name),
+        };
+        let sink = ParquetSink::new(ParquetSinkConfig::new(name, store), acks.clone())
+            .expect("the sink builds");
+        let (queue, batches) = mpsc::channel(QUEUE_CAPACITY);
+        queues.push(queue);
+        drivers.push(tokio::spawn(drive_sink(Box::new(sink), batches)));
+    }
     drop(acks);
-    let mut progress = PartitionProgress::default();
-    let mut tickets = HashMap::new();
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let collector = {
+        let ledger = Arc::clone(&ledger);
+        tokio::spawn(async move {
+            while let Some(ack) = acked.recv().await {
+                assert!(ack.failed.is_empty(), "no row fails");
+                let mut ledger = ledger.lock().expect("not poisoned");
+                let (id, endpoint) = ledger.tickets.remove(&ack.ticket).expect("a known ticket");
+                assert!(ledger.progress.ack(id, endpoint));
+            }
+        })
+    };
     let mut next_ticket = 0;
     let mut last = 0;
     for batch in input {
@@ -140,39 +159,55 @@ async fn run_once(table: &Arc<RoutingTable>, input: Vec<RecordBatch>, root: &Pat
             sequence_number: i64::try_from(last - 1).expect("small"),
             offset: last.to_string(),
         };
-        let id = progress.push(
-            position,
-            parts.iter().map(|(endpoint, _)| *endpoint).collect(),
-        );
-        for (endpoint, rows) in parts {
-            tickets.insert(next_ticket, (id, endpoint));
-            sinks[endpoint]
-                .write(SinkBatch {
-                    ticket: next_ticket,
-                    batch: rows,
-                })
+        let mut sends = Vec::with_capacity(parts.len());
+        {
+            let mut ledger = ledger.lock().expect("not poisoned");
+            let id = ledger.progress.push(
+                position,
+                parts.iter().map(|(endpoint, _)| *endpoint).collect(),
+            );
+            for (endpoint, rows) in parts {
+                ledger.tickets.insert(next_ticket, (id, endpoint));
+                sends.push((
+                    endpoint,
+                    SinkBatch {
+                        ticket: next_ticket,
+                        batch: rows,
+                    },
+                ));
+                next_ticket += 1;
+            }
+        }
+        for (endpoint, batch) in sends {
+            queues[endpoint]
+                .send(batch)
                 .await
-                .expect("the sink accepts the batch");
-            next_ticket += 1;
+                .expect("the endpoint's driver runs");
         }
     }
-    for sink in &mut sinks {
-        sink.flush(FlushReason::Shutdown)
+    drop(queues);
+    for driver in drivers {
+        driver
             .await
+            .expect("the driver does not panic")
             .expect("every file is committed");
     }
-    drop(sinks);
-    while let Some(ack) = acked.recv().await {
-        assert!(ack.failed.is_empty(), "no row fails");
-        let (id, endpoint) = tickets.remove(&ack.ticket).expect("a known ticket");
-        assert!(progress.ack(id, endpoint));
-    }
-    assert!(tickets.is_empty(), "every ticket was acked");
+    collector.await.expect("the ack collector does not panic");
+    let ledger = ledger.lock().expect("not poisoned");
+    assert!(ledger.tickets.is_empty(), "every ticket was acked");
     assert_eq!(
-        progress.committed().map(|p| p.sequence_number),
+        ledger.progress.committed().map(|p| p.sequence_number),
         Some(i64::try_from(last - 1).expect("small")),
         "the checkpoint reached the last event"
     );
+}
+
+/// Tickets in flight (ticket → batch and endpoint) and the partition's progress, shared by the
+/// router and the ack collector as the engine's ledger is.
+#[derive(Default)]
+struct Ledger {
+    tickets: HashMap<u64, (BatchId, usize)>,
+    progress: PartitionProgress,
 }
 
 criterion_group!(benches, pipeline);

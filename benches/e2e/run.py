@@ -102,6 +102,22 @@ def start_emulator(binary, partitions, work):
     return emulator, line
 
 
+def engine_process(pid, binary):
+    """The engine's own process: `pid`, or under a profiler that forks (`perf record`) its
+    descendant running `binary`, which must get the SIGTERM: the profiler would stop on it."""
+    queue = [pid]
+    while queue:
+        candidate = queue.pop(0)
+        try:
+            if os.path.realpath(f"/proc/{candidate}/exe") == os.path.realpath(binary):
+                return candidate
+            with open(f"/proc/{candidate}/task/{candidate}/children") as children:
+                queue += [int(child) for child in children.read().split()]
+        except OSError:
+            continue
+    return pid
+
+
 def run_engine(binary, connection_string, events, work, prefix=()):
     listen = f"127.0.0.1:{free_port()}"
     config = os.path.join(work, "hubroute.toml")
@@ -121,13 +137,13 @@ def run_engine(binary, connection_string, events, work, prefix=()):
             routed = metric_sum(metrics, "hubroute_events_routed_total")
         except OSError:
             continue
-    engine.send_signal(signal.SIGTERM)
+    os.kill(engine_process(engine.pid, binary), signal.SIGTERM)
     _, status, usage = os.wait4(engine.pid, 0)
     wall = time.monotonic() - start
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"the engine exited with {status}; see {log.name}")
     rows = {e: parquet_rows(os.path.join(work, "hubroute", e)) for e in ENDPOINTS}
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, rows
+    return wall, usage, rows
 
 
 def main():
@@ -158,8 +174,9 @@ def main():
         print(f"filled {args.events} events in {fill_wall:.1f} s", file=sys.stderr)
 
         before = cpu_seconds(emulator.pid)
-        wall, cpu, rss, rows = run_engine(args.hubroute, connection_string, args.events, work,
-                                          args.engine_prefix.split())
+        wall, usage, rows = run_engine(args.hubroute, connection_string, args.events, work,
+                                       args.engine_prefix.split())
+        cpu = usage.ru_utime + usage.ru_stime
         served = cpu_seconds(emulator.pid) - before
         if rows["lake"] != args.events:
             sys.exit(f"the lake endpoint has {rows['lake']} rows, expected {args.events}")
@@ -171,8 +188,10 @@ def main():
                 "wall_s": round(wall, 2),
                 "events_per_s": round(args.events / wall),
                 "engine_cpu_us_per_event": round(cpu / args.events * 1e6, 2),
+                "engine_kernel_share": round(usage.ru_stime / cpu, 2),
+                "engine_page_faults_per_event": round(usage.ru_minflt / args.events, 3),
                 "emulator_cpu_us_per_event": round(served / args.events * 1e6, 2),
-                "engine_peak_rss_mb": round(rss),
+                "engine_peak_rss_mb": round(usage.ru_maxrss / 1024),
                 "emulator_peak_rss_mb": round(peak_rss_mb(emulator.pid)),
                 "rows": rows,
             },
@@ -202,7 +221,8 @@ def main():
         emulator.wait(timeout=30)
     print(json.dumps(result))
     h = result["hubroute"]
-    print(f"\nhubroute: {h['events_per_s']:,} events/s, engine {h['engine_cpu_us_per_event']} µs/event, "
+    print(f"\nhubroute: {h['events_per_s']:,} events/s, engine {h['engine_cpu_us_per_event']} µs/event "
+          f"({h['engine_kernel_share']:.0%} in the kernel, {h['engine_page_faults_per_event']} page faults), "
           f"emulator {h['emulator_cpu_us_per_event']} µs/event, RSS engine {h['engine_peak_rss_mb']} MB, "
           f"emulator {h['emulator_peak_rss_mb']} MB", file=sys.stderr)
     if "sdk" in result:
