@@ -221,6 +221,14 @@ pub struct TwinsConfig {
     /// written at shutdown.
     #[serde(default = "defaults::twin_snapshot_interval", with = "humantime_serde")]
     pub(crate) snapshot_interval: Duration,
+    /// How `updateTwin` change events are read (default `patch`). Microsoft's documentation says
+    /// such an event carries the changed parts of the twin, applied as a JSON merge patch; an
+    /// observation of the live service says a tag or desired-property change carries the whole
+    /// `tags` and `properties.desired` sections. With `sections`, a `tags` or `properties.desired`
+    /// object in an event replaces the stored one, so a removed tag is gone at once; with `patch`,
+    /// a key the event leaves out is kept until the next full query (`refresh`).
+    #[serde(default)]
+    pub(crate) update_events: TwinUpdateEvents,
     /// Twins asked for per query page (`x-ms-max-item-count`, default 1000).
     #[serde(default = "defaults::twin_page_size")]
     pub(crate) page_size: u32,
@@ -234,6 +242,19 @@ pub struct TwinsConfig {
     /// or the certificate given to `hubroute emulator --tls-cert`.
     #[serde(default)]
     pub(crate) tls_ca_file: Option<PathBuf>,
+}
+
+/// How the body of an `updateTwin` change event is applied to the stored twin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum TwinUpdateEvents {
+    /// Every section the event carries is merged into the stored one (RFC 7396: `null` removes a
+    /// key, a key left out is kept).
+    #[default]
+    Patch,
+    /// `tags` and `properties.desired` replace the stored sections; `properties.reported` is
+    /// merged.
+    Sections,
 }
 
 /// How the running service is observed and stopped.

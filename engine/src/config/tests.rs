@@ -252,6 +252,15 @@ fn a_twins_section_takes_a_service_connection_string_with_defaults() {
     assert_eq!(twins.refresh, Duration::from_secs(300));
     assert!(twins.modules && twins.snapshot && !twins.start_without_twins);
     assert_eq!(twins.page_size, 1000);
+    assert_eq!(twins.update_events, TwinUpdateEvents::Patch);
+    let sections = parse(&format!(
+        "[twins]\nservice_connection_string = \"HostName=h;SharedAccessKeyName=service;SharedAccessKey={KEY}\"\nupdate_events = \"sections\"\n"
+    ))
+    .expect("valid");
+    assert_eq!(
+        sections.config.twins.expect("[twins]").update_events,
+        TwinUpdateEvents::Sections
+    );
     assert_eq!(
         twins.service_connection_string.base_url(),
         "https://h.azure-devices.net"
@@ -270,6 +279,10 @@ fn a_twins_section_takes_a_service_connection_string_with_defaults() {
         (
             format!("service_connection_string = \"HostName=h;SharedAccessKeyName=s;SharedAccessKey={KEY}\"\nrefresh = \"100ms\""),
             "twins.refresh must be at least 1s",
+        ),
+        (
+            format!("service_connection_string = \"HostName=h;SharedAccessKeyName=s;SharedAccessKey={KEY}\"\nupdate_events = \"whole\""),
+            "unknown variant `whole`, expected `patch` or `sections`",
         ),
         (
             format!("service_connection_string = \"HostName=h;SharedAccessKeyName=s;SharedAccessKey={KEY}\"\nbogus = 1"),

@@ -146,7 +146,7 @@ impl Twins {
         let inner = Arc::new(Inner {
             config: config.clone(),
             client,
-            state: Mutex::default(),
+            state: Mutex::new(TwinStore::reading_updates_as(config.update_events)),
             metrics,
             readiness,
             snapshot_path,

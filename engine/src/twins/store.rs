@@ -32,6 +32,7 @@ use hubroute_protocol::iothub::{event_properties, message_source, op_type};
 use serde_json::{Map, Value};
 
 use crate::Result;
+use crate::config::TwinUpdateEvents;
 
 /// One twin: its version and its JSON text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +115,8 @@ pub struct TwinStore {
     changes: u64,
     /// Twins changed by events while a full query runs, so that it does not undo them.
     touched_during_resync: Option<Touched>,
+    /// How `updateTwin` bodies are applied.
+    update_events: TwinUpdateEvents,
 }
 
 /// The twins whose state stream events decided while a full query ran, so that the query's
@@ -134,6 +137,14 @@ impl Touched {
 }
 
 impl TwinStore {
+    /// An empty store that applies `updateTwin` bodies as `update_events` says.
+    pub(crate) fn reading_updates_as(update_events: TwinUpdateEvents) -> Self {
+        Self {
+            update_events,
+            ..Self::default()
+        }
+    }
+
     /// Twins held.
     pub(crate) fn len(&self) -> usize {
         self.count
@@ -387,7 +398,7 @@ impl TwinStore {
                 let Ok(mut twin) = serde_json::from_str::<Value>(&held.json) else {
                     return applied;
                 };
-                patch_twin(&mut twin, &body);
+                patch_twin(&mut twin, &body, self.update_events);
                 if let (Some(version), Some(object)) = (version, twin.as_object_mut()) {
                     object.insert("version".to_owned(), Value::from(version));
                 }
@@ -538,26 +549,38 @@ pub(crate) fn is_twin_event(source: &str) -> bool {
 }
 
 /// Applies an `updateTwin` body (the changed `tags` and `properties.desired|reported`, each with its
-/// `$metadata` and `$version`) to a twin: JSON merge semantics, `null` removes a key.
-fn patch_twin(twin: &mut Value, patch: &Value) {
+/// `$metadata` and `$version`) to a twin: JSON merge semantics, `null` removes a key; with
+/// [`TwinUpdateEvents::Sections`], `tags` and `desired` replace the stored sections instead.
+fn patch_twin(twin: &mut Value, patch: &Value, update_events: TwinUpdateEvents) {
     let Some(twin) = twin.as_object_mut() else {
         return;
     };
+    let replaces = update_events == TwinUpdateEvents::Sections;
     if let Some(tags) = patch.get("tags") {
-        merge_into(twin, "tags", tags);
+        apply_section(twin, "tags", tags, replaces);
     }
     if let Some(properties) = patch.get("properties").and_then(Value::as_object) {
         let target = twin
             .entry("properties")
             .or_insert_with(|| Value::Object(Map::new()));
         if let Some(target) = target.as_object_mut() {
-            for section in ["desired", "reported"] {
-                if let Some(changes) = properties.get(section) {
-                    merge_into(target, section, changes);
-                }
+            if let Some(desired) = properties.get("desired") {
+                apply_section(target, "desired", desired, replaces);
+            }
+            if let Some(reported) = properties.get("reported") {
+                apply_section(target, "reported", reported, false);
             }
         }
     }
+}
+
+/// Merges `patch` into `parent[key]`, or with `replaces` puts it there in place of what was held
+/// (keys set to `null` left out either way).
+fn apply_section(parent: &mut Map<String, Value>, key: &str, patch: &Value, replaces: bool) {
+    if replaces {
+        parent.remove(key);
+    }
+    merge_into(parent, key, patch);
 }
 
 fn merge_into(parent: &mut Map<String, Value>, key: &str, patch: &Value) {

@@ -358,6 +358,49 @@ fn desired_and_reported_patches_merge_with_their_metadata() {
 }
 
 #[test]
+fn update_events_merge_as_patches_or_replace_tags_and_desired_as_whole_sections() {
+    // dev-1 holds tags {site: a, line: 1}, desired {rate: 1, mode: eco} and reported {fw: 1.0}; the
+    // event names the new tags and desired properties and the changed reported one.
+    let event = json!({
+        "version": 4,
+        "tags": {"site": "b"},
+        "properties": {"desired": {"rate": 5, "$version": 3}, "reported": {"fw": "2.0"}}
+    });
+    let cases = [
+        (
+            TwinUpdateEvents::Patch,
+            json!({"site": "b", "line": 1}),
+            json!({"rate": 5, "mode": "eco", "$version": 3}),
+        ),
+        (
+            TwinUpdateEvents::Sections,
+            json!({"site": "b"}),
+            json!({"rate": 5, "$version": 3}),
+        ),
+    ];
+    for (reading, tags, desired) in cases {
+        let mut state = TwinStore::reading_updates_as(reading);
+        state.insert(
+            &id("dev-1", None),
+            twin(
+                &json!({"deviceId": "dev-1", "version": 3, "tags": {"site": "a", "line": 1},
+                "properties": {"desired": {"rate": 1, "mode": "eco", "$version": 2},
+                               "reported": {"fw": "1.0", "battery": 80, "$version": 7}}}),
+            ),
+        );
+        attach(&mut state, &[update(1, "dev-1", None, &event)]);
+        let stored: Value = serde_json::from_str(&state.get("dev-1", None).unwrap().json).unwrap();
+        assert_eq!(stored["tags"], tags, "{reading:?}");
+        assert_eq!(stored["properties"]["desired"], desired, "{reading:?}");
+        assert_eq!(
+            stored["properties"]["reported"],
+            json!({"fw": "2.0", "battery": 80, "$version": 7}),
+            "{reading:?}: reported changes are patches under either reading"
+        );
+    }
+}
+
+#[test]
 fn events_at_or_before_the_applied_position_are_not_applied_again() {
     let mut state = store();
     state.restore(
