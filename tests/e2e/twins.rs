@@ -194,6 +194,28 @@ impl Harness {
     }
 
     /// Sends one telemetry message as `device` (or its `module`) with its own key.
+    /// One message from each of the first `devices` devices, ids `{round}-{device}`.
+    async fn send_round(&self, devices: u32, round: &str) {
+        for device in 0..devices {
+            self.send(
+                &format!("device-{device:05}"),
+                None,
+                &format!("{round}-{device}"),
+            )
+            .await;
+        }
+    }
+
+    /// The ids of round `round` the plant-3 webhook received.
+    fn plant3_of_round(&self, round: &str) -> BTreeSet<String> {
+        let prefix = format!("{round}-");
+        self.hooks
+            .ids("plant3")
+            .into_iter()
+            .filter(|id| id.starts_with(&prefix))
+            .collect()
+    }
+
     async fn send(&self, device: &str, module: Option<&str>, message_id: &str) {
         let credentials = IotHubConnectionString::parse(
             &self.hub.device_connection_string(device, module).unwrap(),
@@ -624,15 +646,7 @@ async fn a_restart_resumes_from_the_snapshot_without_querying_and_a_corrupt_or_s
             Some(serde_json::json!({"tags": {"site": "plant-3"}})),
         )
         .await;
-    for device in 0..DEVICES {
-        harness
-            .send(
-                &format!("device-{device:05}"),
-                None,
-                &format!("r1-{device}"),
-            )
-            .await;
-    }
+    harness.send_round(DEVICES, "r1").await;
     let engine = RunningEngine::start(harness.config(""))
         .await
         .expect("the engine restarts");
@@ -642,12 +656,7 @@ async fn a_restart_resumes_from_the_snapshot_without_querying_and_a_corrupt_or_s
         queries,
         "the snapshot was loaded, not the query"
     );
-    let plant3: BTreeSet<String> = harness
-        .hooks
-        .ids("plant3")
-        .into_iter()
-        .filter(|id| id.starts_with("r1-"))
-        .collect();
+    let plant3 = harness.plant3_of_round("r1");
     let expected: BTreeSet<String> = (0..DEVICES)
         .filter(|d| *d == 3 || site_of(*d) == "plant-3")
         .map(|d| format!("r1-{d}"))
@@ -684,15 +693,7 @@ async fn a_restart_resumes_from_the_snapshot_without_querying_and_a_corrupt_or_s
     assert_eq!(snapshots.len(), 1, "{snapshots:?}");
     let text = std::fs::read_to_string(&snapshots[0]).unwrap();
     std::fs::write(&snapshots[0], text.replacen("plant-", "PLANT-", 1)).unwrap();
-    for device in 0..DEVICES {
-        harness
-            .send(
-                &format!("device-{device:05}"),
-                None,
-                &format!("r2-{device}"),
-            )
-            .await;
-    }
+    harness.send_round(DEVICES, "r2").await;
     let engine = RunningEngine::start(harness.config(""))
         .await
         .expect("the engine restarts");
@@ -709,12 +710,7 @@ async fn a_restart_resumes_from_the_snapshot_without_querying_and_a_corrupt_or_s
         &snapshot,
     ]);
     assert_eq!(corrupt.len(), 1, "{corrupt:?}");
-    let plant3: BTreeSet<String> = harness
-        .hooks
-        .ids("plant3")
-        .into_iter()
-        .filter(|id| id.starts_with("r2-"))
-        .collect();
+    let plant3 = harness.plant3_of_round("r2");
     assert_eq!(plant3.len(), expected.len(), "{plant3:?}");
     engine.shutdown().await.expect("a clean shutdown");
 
@@ -730,15 +726,7 @@ async fn a_restart_resumes_from_the_snapshot_without_querying_and_a_corrupt_or_s
         .await;
     let hour_ago = chrono::Utc::now().timestamp_millis() - 3_600_000;
     set_snapshot_query_time(&snapshots[0], hour_ago);
-    for device in 0..DEVICES {
-        harness
-            .send(
-                &format!("device-{device:05}"),
-                None,
-                &format!("r3-{device}"),
-            )
-            .await;
-    }
+    harness.send_round(DEVICES, "r3").await;
     let engine = RunningEngine::start(harness.config(""))
         .await
         .expect("the engine restarts");
@@ -750,12 +738,7 @@ async fn a_restart_resumes_from_the_snapshot_without_querying_and_a_corrupt_or_s
     );
     let stale = warnings_containing(&["the twin snapshot is stale", &snapshot]);
     assert_eq!(stale.len(), 1, "{stale:?}");
-    let plant3: BTreeSet<String> = harness
-        .hooks
-        .ids("plant3")
-        .into_iter()
-        .filter(|id| id.starts_with("r3-"))
-        .collect();
+    let plant3 = harness.plant3_of_round("r3");
     let mut expected_now: BTreeSet<String> =
         expected.iter().map(|id| id.replace("r1-", "r3-")).collect();
     expected_now.insert("r3-4".to_owned());

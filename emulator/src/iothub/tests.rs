@@ -323,14 +323,16 @@ async fn deleting_a_module_drops_only_its_twin_and_emits_its_lifecycle_event() {
     hub.register("dev-1", Some("other")).await;
     hub.take_events();
     let owner = hub.policy_token("iothubowner");
-    let (status, reply) = hub
-        .send(
+    let delete_filter = async || {
+        hub.send(
             reqwest::Method::DELETE,
             "/devices/dev-1/modules/filter",
             &owner,
             None,
         )
-        .await;
+        .await
+    };
+    let (status, reply) = delete_filter().await;
     assert_eq!(status, 204, "{reply}");
 
     let events = hub.take_events();
@@ -381,14 +383,7 @@ async fn deleting_a_module_drops_only_its_twin_and_emits_its_lifecycle_event() {
         .map(|m| m["moduleId"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["other"]);
-    let (status, _) = hub
-        .send(
-            reqwest::Method::DELETE,
-            "/devices/dev-1/modules/filter",
-            &owner,
-            None,
-        )
-        .await;
+    let (status, _) = delete_filter().await;
     assert_eq!(status, 404, "deleted once");
 }
 
