@@ -16,6 +16,7 @@ are read back from the Parquet files and must match between hubroute and the SDK
 """
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -126,17 +127,24 @@ def run_engine(binary, connection_string, events, work, prefix=()):
     log = open(os.path.join(work, "engine.log"), "w")
     start = time.monotonic()
     command = [*prefix, binary, "run", "--config", config]
-    engine = subprocess.Popen(command, stdout=log, stderr=log)
+    # Its own process group, so that a benchmark that fails or is interrupted takes the engine
+    # (and a profiler's child) down with it instead of leaving it running.
+    engine = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
     metrics = f"http://{listen}/metrics"
     routed = 0
-    while routed < events:
-        time.sleep(0.05)
-        if engine.poll() is not None:
-            sys.exit(f"the engine exited early; see {log.name}")
-        try:
-            routed = metric_sum(metrics, "hubroute_events_routed_total")
-        except OSError:
-            continue
+    try:
+        while routed < events:
+            time.sleep(0.05)
+            if engine.poll() is not None:
+                sys.exit(f"the engine exited early; see {log.name}")
+            try:
+                routed = metric_sum(metrics, "hubroute_events_routed_total")
+            except OSError:
+                continue
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(engine.pid, signal.SIGKILL)
+        raise
     os.kill(engine_process(engine.pid, binary), signal.SIGTERM)
     _, status, usage = os.wait4(engine.pid, 0)
     wall = time.monotonic() - start
