@@ -20,7 +20,6 @@ use hubroute_engine::config::LoadedConfig;
 use hubroute_engine::pipeline::RunningEngine;
 use hubroute_protocol::ConnectionString;
 use hubroute_sinks::ObjectStoreConfig;
-use object_store::ObjectStoreExt as _;
 use serde_json::Value;
 
 use crate::support::{create_azurite_container, run_python};
@@ -34,13 +33,7 @@ async fn download(store: &ObjectStoreConfig, dir: &Path) -> Vec<(String, String)
     let objects: Vec<_> = store.list(None).try_collect().await.unwrap();
     let mut files = Vec::new();
     for (i, object) in objects.iter().enumerate() {
-        let bytes = store
-            .get(&object.location)
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let bytes = crate::support::object_bytes(store.as_ref(), &object.location).await;
         let local = dir.join(i.to_string());
         std::fs::write(&local, bytes).unwrap();
         files.push((object.location.to_string(), local.display().to_string()));

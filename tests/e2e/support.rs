@@ -816,20 +816,23 @@ pub(crate) async fn parquet_object_message_ids(
     store: &dyn object_store::ObjectStore,
 ) -> Vec<String> {
     use futures::TryStreamExt as _;
-    use object_store::ObjectStoreExt as _;
     let objects: Vec<_> = store.list(None).try_collect().await.unwrap();
     let mut ids = Vec::new();
     for object in objects {
         if object.location.extension() == Some("parquet") {
-            let bytes = store
-                .get(&object.location)
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
-            ids.extend(parquet_file_message_ids(bytes));
+            ids.extend(parquet_file_message_ids(
+                object_bytes(store, &object.location).await,
+            ));
         }
     }
     ids
+}
+
+/// The whole content of the object at `location`.
+pub(crate) async fn object_bytes(
+    store: &dyn object_store::ObjectStore,
+    location: &object_store::path::Path,
+) -> bytes::Bytes {
+    use object_store::ObjectStoreExt as _;
+    store.get(location).await.unwrap().bytes().await.unwrap()
 }
