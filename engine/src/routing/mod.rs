@@ -371,8 +371,19 @@ impl RoutingTable {
         batch: &RecordBatch,
         rows: &[u32],
     ) -> Result<RecordBatch> {
-        let indices = UInt32Array::from(rows.to_vec());
-        let taken = take_record_batch(batch, &indices).map_err(hubroute_message::Error::from)?;
+        // An endpoint that takes every row (a `true` route, a catch-all lake) shares the batch's
+        // buffers instead of copying them.
+        let every_row = rows.len() == batch.num_rows()
+            && rows
+                .iter()
+                .enumerate()
+                .all(|(index, &row)| index == row as usize);
+        let taken = if every_row {
+            batch.clone()
+        } else {
+            let indices = UInt32Array::from(rows.to_vec());
+            take_record_batch(batch, &indices).map_err(hubroute_message::Error::from)?
+        };
         let enrichments: Vec<&Enrichment> = self.enrichments_of(endpoint).collect();
         if enrichments.is_empty() {
             return Ok(taken);

@@ -392,3 +392,40 @@ fn digital_twin_change_events_are_never_enriched() {
         "level, hub, location"
     );
 }
+
+#[test]
+fn an_endpoint_taking_every_row_shares_the_batch_and_a_subset_is_copied_in_order() {
+    let table = table();
+    let messages: Vec<Message> = (0..3)
+        .map(|level| message(Some(&format!("level-{level}")), "Telemetry", None))
+        .collect();
+    let batch = MessageBatchBuilder::batch_of(&messages).expect("batch");
+    let levels = |rows: &RecordBatch| -> Vec<AppPropertyValue> {
+        let columns = MessageColumns::try_new(rows).expect("schema");
+        (0..rows.num_rows())
+            .map(|row| columns.message(row).application_properties[0].1.clone())
+            .collect()
+    };
+    // Endpoint 1 ("b") has no enrichments, so what `rows_for` returns is the selection itself.
+    let every = table.rows_for(1, &batch, &[0, 1, 2]).expect("every row");
+    for (shared, original) in every.columns().iter().zip(batch.columns()) {
+        assert!(
+            shared.to_data().ptr_eq(&original.to_data()),
+            "every row of the batch: its columns are shared, not copied"
+        );
+    }
+    let cases: &[(&[u32], &[&str])] = &[
+        (&[0, 1, 2], &["level-0", "level-1", "level-2"]),
+        (&[0, 2], &["level-0", "level-2"]),
+        (&[2, 1, 0], &["level-2", "level-1", "level-0"]),
+        (&[1], &["level-1"]),
+    ];
+    for (rows, expected) in cases {
+        let selected = table.rows_for(1, &batch, rows).expect("rows");
+        let expected: Vec<AppPropertyValue> = expected
+            .iter()
+            .map(|level| AppPropertyValue::from(*level))
+            .collect();
+        assert_eq!(levels(&selected), expected, "rows {rows:?}");
+    }
+}

@@ -34,6 +34,7 @@ use hubroute_amqp::codec::{Compound, Value};
 use hubroute_amqp::message::{Body, MessageView, Properties};
 use hubroute_message::{MessageBatchBuilder, MessageRef};
 use hubroute_protocol::annotations as keys;
+use smallvec::SmallVec;
 
 use crate::{Error, Result};
 
@@ -55,6 +56,20 @@ pub struct MessageDecoder {
     partition: String,
     builder: MessageBatchBuilder,
     scratch: Scratch,
+}
+
+/// Application properties a message can carry before reading them spills onto the heap.
+const INLINE_PROPERTIES: usize = 16;
+
+/// An application property value read and checked, not yet in the builder.
+enum PendingValue<'a> {
+    /// A string or symbol, borrowed from the message.
+    Text(&'a str),
+    /// Any other type: its rendering's range in `Scratch::value` (`None` for a null), and its type.
+    Rendered {
+        text: Option<std::ops::Range<usize>>,
+        type_name: Option<&'static str>,
+    },
 }
 
 /// Buffers reused from message to message.
@@ -157,14 +172,28 @@ fn write_uuid(buffer: &mut String, bytes: &[u8; 16]) {
     }
 }
 
-/// Renders an application property into `buffer`; returns `(has value, type name)`. `encoded` is
-/// the value's encoding, for the rare types rendered through `serde_amqp`.
+/// An application property's value as the row will hold it: a string stays borrowed, any other
+/// type is rendered by appending it to `buffer`. `encoded` is the value's encoding, for the rare
+/// types rendered through `serde_amqp`.
+fn read_property<'a>(value: Value<'a>, encoded: &[u8], buffer: &mut String) -> PendingValue<'a> {
+    let start = buffer.len();
+    let (present, type_name) = render_property(value, encoded, buffer);
+    match value {
+        Value::String(text) | Value::Symbol(text) => PendingValue::Text(text),
+        _ => PendingValue::Rendered {
+            text: present.then_some(start..buffer.len()),
+            type_name,
+        },
+    }
+}
+
+/// Renders an application property that is not a string by appending it to `buffer`; returns `(has
+/// value, type name)`.
 fn render_property(
     value: Value<'_>,
     encoded: &[u8],
     buffer: &mut String,
 ) -> (bool, Option<&'static str>) {
-    buffer.clear();
     let mut put = |args: std::fmt::Arguments<'_>| {
         buffer
             .write_fmt(args)
@@ -172,10 +201,7 @@ fn render_property(
     };
     let type_name = match value {
         Value::Null => return (false, Some("null")),
-        Value::String(s) | Value::Symbol(s) => {
-            put(format_args!("{s}"));
-            return (true, None);
-        }
+        Value::String(_) | Value::Symbol(_) => return (true, None),
         Value::Bool(b) => {
             put(format_args!("{b}"));
             "boolean"
@@ -468,23 +494,32 @@ impl Scratch {
             },
             Body::Empty => &[],
         };
-        // Application properties go into the builder before `append` closes the row, so check them
-        // all first: a failure must leave the builder untouched.
+        // Application properties go into the builder before `append` closes the row, but a failure
+        // must leave the builder untouched: read and check them all first, in one pass, keeping
+        // strings borrowed from the message and other values rendered one after another into
+        // `self.value`.
         if let Some(properties) = view.application_properties {
-            for_each_property(properties, |_, value, encoded| {
-                check_property(value, encoded)
-            })
-            .map_err(problem)?;
+            self.value.clear();
+            let mut pending = SmallVec::<[(&str, PendingValue<'_>); INLINE_PROPERTIES]>::new();
             for_each_property(properties, |name, value, encoded| {
-                let (present, type_name) = render_property(value, encoded, &mut self.value);
-                builder.append_application_property(
-                    name,
-                    present.then_some(self.value.as_str()),
-                    type_name,
-                );
+                check_property(value, encoded)?;
+                pending.push((name, read_property(value, encoded, &mut self.value)));
                 Ok(())
             })
             .map_err(problem)?;
+            for (name, value) in pending {
+                match value {
+                    PendingValue::Text(text) => {
+                        builder.append_application_property(name, Some(text), None);
+                    }
+                    PendingValue::Rendered { text, type_name } => builder
+                        .append_application_property(
+                            name,
+                            text.map(|range| &self.value[range]),
+                            type_name,
+                        ),
+                }
+            }
         }
 
         builder.append(&row);
@@ -719,6 +754,40 @@ mod tests {
             assert_eq!(name, &format!("p{i}"));
             assert_eq!(actual, expected, "{value:?}");
         }
+    }
+
+    #[test]
+    fn a_property_failing_after_good_ones_leaves_the_batch_untouched() {
+        let with_properties = |third: &str| {
+            let mut properties = OrderedMap::new();
+            properties.insert("a".to_owned(), SimpleValue::String("x".into()));
+            properties.insert("b".to_owned(), SimpleValue::Int(5));
+            properties.insert("c".to_owned(), SimpleValue::String(third.into()));
+            let mut message = message(5, Body::Empty);
+            message.application_properties = Some(ApplicationProperties(properties));
+            encoded(&message).to_vec()
+        };
+        // The third value's bytes made invalid UTF-8: the first two were read and rendered already.
+        let mut bad = with_properties("zzzz");
+        let at = bad
+            .windows(4)
+            .position(|window| window == b"zzzz")
+            .expect("the third value in the encoding");
+        bad[at..at + 2].copy_from_slice(&[0xff, 0xfe]);
+        let mut decoder = MessageDecoder::new("hub", "0");
+        let malformed = decoder.append(&Bytes::from(bad)).unwrap_err();
+        assert_eq!(malformed.sequence_number, Some(5));
+        assert!(decoder.is_empty());
+        decoder.append(&Bytes::from(with_properties("ok"))).unwrap();
+        let row = only_row(&mut decoder);
+        assert_eq!(
+            row.application_properties,
+            vec![
+                ("a".to_owned(), AppPropertyValue::String("x".into())),
+                ("b".to_owned(), AppPropertyValue::Long(5)),
+                ("c".to_owned(), AppPropertyValue::String("ok".into())),
+            ]
+        );
     }
 
     #[test]
