@@ -930,27 +930,36 @@ async fn routes_of(addr: impl std::fmt::Display) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_reloads_routes_on_file_change_and_sighup_and_keeps_them_on_a_bad_file() {
-    use std::io::BufRead as _;
-
     let scenario = HookScenario::start(0).await;
     let config = |condition: &str| scenario.config(condition);
     let dir = &scenario.dir;
     let path = dir.path().join("hubroute.toml");
     std::fs::write(&path, config("severity = 'high'")).unwrap();
-    let mut child = crate::support::hubroute()
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut child = crate::support::KillOnDrop(
+        crate::support::hubroute()
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info,fe2o3_amqp=off")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // The log is read on its own thread, with a bounded wait for the address, and drained to the
+    // test's output afterwards: a pipe nobody reads fills up and blocks the service's logging.
+    let lines = crate::support::lines_of(child.stderr.take().unwrap());
     let addr = loop {
-        let line = lines.next().expect("the service logs its address").unwrap();
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the service logs its address within a minute");
         if let Some(rest) = line.split("serving http://").nth(1) {
             break rest.split('/').next().unwrap().to_owned();
         }
     };
+    std::thread::spawn(move || {
+        for line in lines {
+            eprintln!("[hubroute] {line}");
+        }
+    });
     let condition = |routes: &serde_json::Value| routes["routes"][0]["condition"].clone();
     assert_eq!(condition(&routes_of(&addr).await), "severity = 'high'");
 
@@ -1010,6 +1019,19 @@ async fn the_service_reloads_routes_on_file_change_and_sighup_and_keeps_them_on_
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    assert!(child.wait().unwrap().success());
+    // Waited for without blocking a worker of this runtime, which also runs the emulator the
+    // service is closing its links with.
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the service did not stop within a minute of SIGTERM (its log is above)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success());
     scenario.emulator.shutdown().await.unwrap();
 }

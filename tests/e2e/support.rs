@@ -135,6 +135,30 @@ pub(crate) fn lines_of(output: impl std::io::Read + Send + 'static) -> mpsc::Rec
     lines
 }
 
+/// A child process killed (and reaped) when the guard drops, so a failing test leaves no service
+/// running; derefs to the [`Child`].
+pub(crate) struct KillOnDrop(pub(crate) Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `hubroute emulator` with its AMQP listener and HTTP ingress on free loopback ports.
 pub(crate) fn emulator_command() -> Command {
     let mut command = hubroute();
