@@ -193,9 +193,10 @@ impl Harness {
         serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
     }
 
-    /// Sends one telemetry message as `device` (or its `module`) with its own key.
-    /// One message from each of the first `devices` devices, ids `{round}-{device}`.
-    async fn send_round(&self, devices: u32, round: &str) {
+    /// Sends one message from each of the first `devices` devices (ids `{round}-{device}`) while
+    /// the engine is down, then starts it (default twins settings) and waits until it has routed
+    /// them.
+    async fn restart_after_round(&self, devices: u32, round: &str) -> RunningEngine {
         for device in 0..devices {
             self.send(
                 &format!("device-{device:05}"),
@@ -204,6 +205,11 @@ impl Harness {
             )
             .await;
         }
+        let engine = RunningEngine::start(self.config(""))
+            .await
+            .expect("the engine restarts");
+        wait_routed(&engine, u64::from(devices), Duration::from_secs(60)).await;
+        engine
     }
 
     /// The ids of round `round` the plant-3 webhook received.
@@ -216,6 +222,7 @@ impl Harness {
             .collect()
     }
 
+    /// Sends one telemetry message as `device` (or its `module`) with its own key.
     async fn send(&self, device: &str, module: Option<&str>, message_id: &str) {
         let credentials = IotHubConnectionString::parse(
             &self.hub.device_connection_string(device, module).unwrap(),
@@ -646,11 +653,7 @@ async fn a_restart_resumes_from_the_snapshot_without_querying_and_a_corrupt_or_s
             Some(serde_json::json!({"tags": {"site": "plant-3"}})),
         )
         .await;
-    harness.send_round(DEVICES, "r1").await;
-    let engine = RunningEngine::start(harness.config(""))
-        .await
-        .expect("the engine restarts");
-    wait_routed(&engine, 20, Duration::from_secs(60)).await;
+    let engine = harness.restart_after_round(DEVICES, "r1").await;
     assert_eq!(
         harness.hub.query_requests(),
         queries,
@@ -693,11 +696,7 @@ async fn a_restart_resumes_from_the_snapshot_without_querying_and_a_corrupt_or_s
     assert_eq!(snapshots.len(), 1, "{snapshots:?}");
     let text = std::fs::read_to_string(&snapshots[0]).unwrap();
     std::fs::write(&snapshots[0], text.replacen("plant-", "PLANT-", 1)).unwrap();
-    harness.send_round(DEVICES, "r2").await;
-    let engine = RunningEngine::start(harness.config(""))
-        .await
-        .expect("the engine restarts");
-    wait_routed(&engine, 20, Duration::from_secs(60)).await;
+    let engine = harness.restart_after_round(DEVICES, "r2").await;
     assert_eq!(
         harness.hub.query_requests(),
         queries + 2,
@@ -726,11 +725,7 @@ async fn a_restart_resumes_from_the_snapshot_without_querying_and_a_corrupt_or_s
         .await;
     let hour_ago = chrono::Utc::now().timestamp_millis() - 3_600_000;
     set_snapshot_query_time(&snapshots[0], hour_ago);
-    harness.send_round(DEVICES, "r3").await;
-    let engine = RunningEngine::start(harness.config(""))
-        .await
-        .expect("the engine restarts");
-    wait_routed(&engine, 20, Duration::from_secs(60)).await;
+    let engine = harness.restart_after_round(DEVICES, "r3").await;
     assert_eq!(
         harness.hub.query_requests(),
         queries + 4,
