@@ -1,5 +1,6 @@
-//! Configuration of the Parquet sink, with IoT Hub's storage-endpoint defaults (300 s / 300 MB,
-//! `{iothub}/{partition}/{YYYY}/{MM}/{DD}/{HH}/{mm}`).
+//! Configuration of the Parquet sink, with IoT Hub's storage-endpoint defaults (300 s / 300 MB)
+//! and its blob naming without the partition (`{iothub}/{YYYY}/{MM}/{DD}/{HH}/{mm}`): one file
+//! holds the rows of every partition.
 
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use crate::{ObjectStoreConfig, RetryPolicy};
 /// type = "parquet"
 /// name = "lake"
 /// store = { kind = "local", root = "/var/lib/hubroute/lake" }
-/// path_template = "{iothub}/{partition}/{YYYY}/{MM}/{DD}/{HH}/{mm}"
+/// path_template = "{iothub}/{YYYY}/{MM}/{DD}/{HH}/{mm}"
 /// max_file_age = "300s"
 /// max_file_bytes = 314572800
 /// compression = "zstd"
@@ -28,8 +29,11 @@ pub struct ParquetSinkConfig {
     #[serde(default)]
     pub store: ObjectStoreConfig,
     /// Object path of a file, without extension. Tokens: `{iothub}` `{partition}` `{YYYY}` `{MM}`
-    /// `{DD}` `{HH}` `{mm}` (UTC time the file was opened) and `{endpoint}`. The sink appends
-    /// `-{first sequence number}-{random}.parquet`, so two files never collide.
+    /// `{DD}` `{HH}` `{mm}` (UTC time the file was opened) and `{endpoint}`. Without
+    /// `{partition}` (the default) a file holds the rows of every partition and the sink appends
+    /// `-{random}.parquet`; with it every partition has its own files (IoT Hub's storage layout,
+    /// one open file per partition: more memory and more, smaller files) and the sink appends
+    /// `-{first sequence number}-{random}.parquet`. Two files never collide.
     #[serde(default = "default_path_template")]
     pub path_template: String,
     /// Value of `{iothub}`; default: the event hub name of the file's messages.
@@ -49,8 +53,8 @@ pub struct ParquetSinkConfig {
     /// the partition count.
     #[serde(default = "default_max_buffered_bytes")]
     pub max_buffered_bytes: u64,
-    /// Write a schema-only file for a partition that received nothing during `max_file_age`, as IoT
-    /// Hub does (default false).
+    /// Write a schema-only file when nothing arrived during `max_file_age` (for each partition when
+    /// the template names `{partition}`), as IoT Hub does (default false).
     #[serde(default)]
     pub write_empty_files: bool,
     /// Column compression (default zstd).
@@ -111,7 +115,7 @@ pub enum TypedColumnType {
 }
 
 fn default_path_template() -> String {
-    "{iothub}/{partition}/{YYYY}/{MM}/{DD}/{HH}/{mm}".to_owned()
+    "{iothub}/{YYYY}/{MM}/{DD}/{HH}/{mm}".to_owned()
 }
 
 fn default_max_file_age() -> Duration {

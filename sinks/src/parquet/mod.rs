@@ -1,9 +1,10 @@
-//! The Parquet sink: one open file per partition, encoded in memory as rows arrive, uploaded when it
+//! The Parquet sink: one open file for the rows of every partition (or, when the path template
+//! names `{partition}`, one per partition), encoded in memory as rows arrive, uploaded when it
 //! reaches `max_file_bytes` or `max_file_age`, and committed when the upload completes.
 //!
 //! Encoding (typed-column extraction, Parquet encoding, compression, the footer) runs on tokio's
-//! blocking pool, one batch at a time per partition, so partitions encode in parallel and the async
-//! runtime stays free for network I/O and acks.
+//! blocking pool, one batch at a time per file, so the async runtime stays free for network I/O
+//! and acks.
 //!
 //! # Why encode in memory and upload at the end
 //!
@@ -32,10 +33,15 @@
 //! Columns are the message schema of `hubroute-message` (see its `columns` module: event hub,
 //! partition, sequence number, offset, enqueued time, system properties, `application_properties` as
 //! a `map<string,string>` of canonical values, `application_property_types`, `body` as binary, twin),
-//! followed by the configured typed columns. Rows of a file belong to one partition, in write order.
-//! Files of one partition may finish uploading out of order (`max_concurrent_uploads > 1`); their
-//! names carry the first sequence number. The sink is not idempotent: a replay after a crash writes
-//! the replayed rows into a new file.
+//! followed by the configured typed columns, rows in write order.
+//!
+//! By default a file holds the rows of every partition: query engines read fewer, larger files
+//! faster, and every open file costs memory of its own (its column writers' page buffers and a
+//! Zstandard context, ~1.5 MB), which with one file per partition grew with the partition count
+//! (32 partitions × 3 endpoints: 96 open files). A template naming `{partition}` gives each
+//! partition its own files, like IoT Hub's storage endpoints; their names then carry the file's
+//! first sequence number. Files may finish uploading out of order (`max_concurrent_uploads > 1`).
+//! The sink is not idempotent: a replay after a crash writes the replayed rows into a new file.
 
 mod columns;
 mod config;
@@ -111,6 +117,9 @@ const UNIQUE_PER_ROW: &[&str] = &[
 ];
 
 type Writer = Box<ArrowWriter<Vec<u8>>>;
+
+/// The key of the one open file of a template without `{partition}`, in place of a partition id.
+const SHARED_FILE: &str = "";
 
 /// A partition's file being filled. Its batches encode on the blocking pool, one at a time per file:
 /// batches of different partitions encode in parallel, off the async runtime.
@@ -240,8 +249,10 @@ pub struct ParquetSink {
     schema: Arc<FileSchema>,
     properties: WriterProperties,
     ledger: AckLedger,
+    /// Open files by partition, or the one shared file under [`SHARED_FILE`] when the template
+    /// has no `{partition}`.
     open: BTreeMap<String, OpenFile>,
-    /// Partitions seen without an open file: (event hub, when the last file was rolled), for
+    /// Keys of `open` seen without an open file: (event hub, when the last file was rolled), for
     /// `write_empty_files`.
     idle: BTreeMap<String, (String, Instant)>,
     uploads: JoinSet<Result<()>>,
@@ -352,7 +363,7 @@ impl ParquetSink {
         })
     }
 
-    /// Appends one partition's rows of a ticket to that partition's file. A file that reached
+    /// Appends rows of a ticket to the file of `partition` (or [`SHARED_FILE`]). A file that reached
     /// `max_file_bytes` with its previous batch is rolled first, so files overshoot the limit by at
     /// most one batch.
     async fn append(
@@ -368,6 +379,7 @@ impl ParquetSink {
             .unwrap_or_default();
         let first_sequence_number = batch
             .column_by_name(message_columns::SEQUENCE_NUMBER)
+            .filter(|_| self.template.per_partition())
             .map(|c| c.as_primitive::<arrow::datatypes::Int64Type>().value(0));
         if let Some(file) = self.open.get_mut(partition) {
             file.settle().await?;
@@ -428,7 +440,8 @@ impl ParquetSink {
         }
     }
 
-    /// Closes the partition's file (or writes an empty one) and starts its upload. Cancel-safe:
+    /// Closes the file of `partition` (or [`SHARED_FILE`]), or writes an empty one, and starts its
+    /// upload. Cancel-safe:
     /// every await comes before the file leaves `open`.
     async fn roll(&mut self, partition: &str) -> Result<()> {
         let slot = Arc::clone(&self.upload_slots)
@@ -463,7 +476,8 @@ impl ParquetSink {
             partition,
             opened: opened_wall,
             endpoint: &self.name,
-            first_sequence_number: (!empty).then_some(first_sequence_number).flatten(),
+            first_sequence_number,
+            empty,
             unique: &unique[..12],
         })?;
         self.idle
@@ -571,10 +585,13 @@ impl Sink for ParquetSink {
     async fn write(&mut self, batch: SinkBatch) -> Result<()> {
         let SinkBatch { ticket, batch } = batch;
         self.ledger.open(ticket);
-        if batch.num_rows() > 0 {
+        if batch.num_rows() > 0 && self.template.per_partition() {
             for (partition, part, rows) in split_by_partition(&batch, &self.name)? {
                 self.append(ticket, &partition, part, rows).await?;
             }
+        } else if batch.num_rows() > 0 {
+            let rows = RowSet::All(batch.num_rows());
+            self.append(ticket, SHARED_FILE, batch, rows).await?;
         }
         self.ledger.settle(ticket, Vec::new()).await?;
         self.reap()

@@ -34,7 +34,10 @@ pub(crate) struct FileName<'a> {
     pub(crate) partition: &'a str,
     pub(crate) opened: DateTime<Utc>,
     pub(crate) endpoint: &'a str,
+    /// The first sequence number of a partition's file; `None` for a file shared by partitions.
     pub(crate) first_sequence_number: Option<i64>,
+    /// A file written for a quiet partition (`write_empty_files`): named `-empty-`.
+    pub(crate) empty: bool,
     pub(crate) unique: &'a str,
 }
 
@@ -81,6 +84,7 @@ impl PathTemplate {
             opened: DateTime::UNIX_EPOCH,
             endpoint: "endpoint",
             first_sequence_number: Some(0),
+            empty: false,
             unique: "0",
         };
         Path::parse(parsed.render_string(&sample)).map_err(|e| {
@@ -108,12 +112,21 @@ impl PathTemplate {
                 Piece::Endpoint => out.push_str(name.endpoint),
             }
         }
-        match name.first_sequence_number {
-            Some(sequence_number) => write!(out, "-{sequence_number}-{}.parquet", name.unique),
-            None => write!(out, "-empty-{}.parquet", name.unique),
+        match (name.empty, name.first_sequence_number) {
+            (true, _) => write!(out, "-empty-{}.parquet", name.unique),
+            (false, Some(sequence_number)) => {
+                write!(out, "-{sequence_number}-{}.parquet", name.unique)
+            }
+            (false, None) => write!(out, "-{}.parquet", name.unique),
         }
         .expect("writing to a String");
         out
+    }
+
+    /// Whether the template names the partition: then every partition has its own files;
+    /// otherwise one file holds the rows of every partition.
+    pub(crate) fn per_partition(&self) -> bool {
+        self.pieces.contains(&Piece::Partition)
     }
 
     /// The object path of one file. Event hub and partition names are Event Hubs entity names, so
@@ -140,17 +153,31 @@ mod tests {
             (
                 "{iothub}/{partition}/{YYYY}/{MM}/{DD}/{HH}/{mm}",
                 Some(42),
+                false,
                 "myhub/3/2026/03/07/09/05-42-u.parquet",
             ),
             (
                 "{endpoint}/{YYYY}{MM}{DD}/p{partition}",
                 Some(1),
+                false,
                 "lake/20260307/p3-1-u.parquet",
             ),
-            ("x/{partition}", None, "x/3-empty-u.parquet"),
+            ("x/{partition}", None, true, "x/3-empty-u.parquet"),
+            (
+                "{iothub}/{YYYY}/{MM}/{DD}/{HH}/{mm}",
+                None,
+                false,
+                "myhub/2026/03/07/09/05-u.parquet",
+            ),
+            ("{iothub}/{YYYY}", None, true, "myhub/2026-empty-u.parquet"),
         ];
-        for (template, first, expected) in cases {
+        for (template, first, empty, expected) in cases {
             let parsed = PathTemplate::parse("lake", template).unwrap();
+            assert_eq!(
+                parsed.per_partition(),
+                template.contains("{partition}"),
+                "{template}"
+            );
             let path = parsed
                 .render(&FileName {
                     iothub: "myhub",
@@ -158,6 +185,7 @@ mod tests {
                     opened,
                     endpoint: "lake",
                     first_sequence_number: first,
+                    empty,
                     unique: "u",
                 })
                 .unwrap();

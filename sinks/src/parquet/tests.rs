@@ -250,7 +250,12 @@ async fn files_roll_by_size_and_are_readable_by_parquet_and_pyarrow() {
     );
     for (path, _) in &stored {
         let name = path.as_ref();
-        assert!(name.starts_with("myhub/1/"), "{name}");
+        let segments: Vec<&str> = name.split('/').collect();
+        assert_eq!(
+            (segments[0], segments.len()),
+            ("myhub", 6),
+            "{name}: the default is {{iothub}}/{{YYYY}}/{{MM}}/{{DD}}/{{HH}}/{{mm}}-{{random}}"
+        );
         assert!(name.ends_with(".parquet") && !name.contains('#'), "{name}");
     }
     let batches: Vec<RecordBatch> = stored.iter().flat_map(|(_, b)| read(b)).collect();
@@ -300,6 +305,7 @@ async fn the_largest_open_file_rolls_early_when_all_open_files_pass_the_memory_b
     let store = Arc::new(InMemory::new());
     let mut config = ParquetSinkConfig::new("lake", ObjectStoreConfig::default());
     config.max_buffered_bytes = 20_000;
+    config.path_template = "{iothub}/{partition}".to_owned();
     let (tx, mut rx) = mpsc::channel(64);
     let mut sink = ParquetSink::with_store(config, store.clone(), tx).unwrap();
     // Eight partitions, each far below max_file_bytes (300 MiB), together above the budget.
@@ -418,37 +424,56 @@ async fn files_roll_by_age_and_only_then_are_acked() {
 }
 
 #[tokio::test]
-async fn a_batch_spanning_partitions_is_split_into_one_file_per_partition() {
-    let store = Arc::new(InMemory::new());
-    let (tx, mut rx) = mpsc::channel(16);
-    let mut sink = ParquetSink::with_store(
-        ParquetSinkConfig::new("lake", ObjectStoreConfig::default()),
-        store.clone(),
-        tx,
-    )
-    .unwrap();
-    let mut rows = messages("0", 0..2, 1);
-    rows.extend(messages("1", 2..3, 1));
-    rows.extend(messages("0", 3..4, 1));
-    sink.write(sink_batch(9, &rows)).await.unwrap();
-    sink.write(sink_batch(10, &[])).await.unwrap();
-    sink.flush(FlushReason::Shutdown).await.unwrap();
-    let acks = acks_for(&mut rx, 2).await;
-    assert_eq!(acks.iter().map(|a| a.ticket).collect::<Vec<_>>(), [9, 10]);
-    let stored = files(store.as_ref()).await;
-    let by_partition: Vec<(String, Vec<i64>)> = stored
-        .iter()
-        .map(|(p, b)| {
-            (
-                p.as_ref().split('/').nth(1).unwrap().to_owned(),
-                sequence_numbers(&read(b)),
-            )
-        })
-        .collect();
-    assert_eq!(
-        by_partition,
-        [("0".to_owned(), vec![0, 1, 3]), ("1".to_owned(), vec![2])]
-    );
+async fn partitions_share_a_file_unless_the_template_names_the_partition() {
+    /// A stored file: its path without the random suffix, and its sequence numbers in order.
+    type File = (&'static str, &'static [i64]);
+    let cases: [(&str, &[File]); 2] = [
+        (
+            "{iothub}/{partition}",
+            &[("hub/0-0", &[0, 1, 3, 5]), ("hub/1-2", &[2, 4])],
+        ),
+        ("{iothub}/files", &[("hub/files", &[0, 1, 2, 3, 4, 5])]),
+    ];
+    for (template, expected) in cases {
+        let store = Arc::new(InMemory::new());
+        let mut config = ParquetSinkConfig::new("lake", ObjectStoreConfig::default());
+        config.path_template = template.to_owned();
+        config.iothub = Some("hub".to_owned());
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut sink = ParquetSink::with_store(config, store.clone(), tx).unwrap();
+        let mut rows = messages("0", 0..2, 1);
+        rows.extend(messages("1", 2..3, 1));
+        rows.extend(messages("0", 3..4, 1));
+        sink.write(sink_batch(9, &rows)).await.unwrap();
+        sink.write(sink_batch(10, &[])).await.unwrap();
+        sink.write(sink_batch(11, &messages("1", 4..5, 1)))
+            .await
+            .unwrap();
+        sink.write(sink_batch(12, &messages("0", 5..6, 1)))
+            .await
+            .unwrap();
+        assert_eq!(sink.open.len(), expected.len(), "{template}: open files");
+        sink.flush(FlushReason::Shutdown).await.unwrap();
+        let acks = acks_for(&mut rx, 4).await;
+        let mut acked: Vec<Ticket> = acks.iter().map(|a| a.ticket).collect();
+        acked.sort_unstable();
+        assert_eq!(acked, [9, 10, 11, 12], "{template}");
+        assert!(acks.iter().all(|a| a.failed.is_empty()), "{template}");
+        let stored: Vec<(String, Vec<i64>)> = files(store.as_ref())
+            .await
+            .iter()
+            .map(|(path, bytes)| {
+                let path = path.as_ref();
+                let random = path.rfind('-').expect("a random suffix");
+                (path[..random].to_owned(), sequence_numbers(&read(bytes)))
+            })
+            .collect();
+        let expected: Vec<(String, Vec<i64>)> = expected
+            .iter()
+            .map(|(path, rows)| ((*path).to_owned(), rows.to_vec()))
+            .collect();
+        assert_eq!(stored, expected, "{template}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
