@@ -345,6 +345,19 @@ impl ParquetSink {
             ColumnPath::from(message_columns::BODY),
             EnabledStatistics::None,
         );
+        // Nor do those of the property maps' keys and values: one minimum over every property's
+        // value says nothing about any one property (a filter on `severity` cannot use it).
+        for map in [
+            message_columns::APPLICATION_PROPERTIES,
+            message_columns::APPLICATION_PROPERTY_TYPES,
+        ] {
+            for leaf in ["key", "value"] {
+                properties = properties.set_column_statistics_enabled(
+                    ColumnPath::new(vec![map.to_owned(), "entries".to_owned(), leaf.to_owned()]),
+                    EnabledStatistics::None,
+                );
+            }
+        }
         let properties = properties.build();
         Ok(Self {
             name: config.name.as_str().into(),

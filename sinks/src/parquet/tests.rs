@@ -173,9 +173,10 @@ async fn body_pages_close_near_their_bound() {
 
 /// A dictionary-encoded column's page closes by rows (its few bits per row never reach the byte
 /// bound), so an open file holds at most `PAGE_ROWS` of its indices; the body column carries no
-/// min/max statistics (they prune nothing and cost two comparisons per body).
+/// min/max statistics (they prune nothing and cost two comparisons per body), nor do the property
+/// maps' keys and values (one range over every property's values prunes nothing either).
 #[tokio::test]
-async fn dictionary_pages_close_by_rows_and_bodies_carry_no_statistics() {
+async fn dictionary_pages_close_by_rows_and_bodies_and_property_maps_carry_no_statistics() {
     use parquet::file::reader::{FileReader as _, SerializedFileReader};
 
     let store = Arc::new(InMemory::new());
@@ -185,6 +186,16 @@ async fn dictionary_pages_close_by_rows_and_bodies_carry_no_statistics() {
     let mut batch = messages("0", 0..10_000, 8);
     for (index, message) in batch.iter_mut().enumerate() {
         message.system.connection_device_id = Some(format!("device-{}", index % 7));
+        message.application_properties = vec![
+            (
+                "severity".to_owned(),
+                hubroute_message::AppPropertyValue::String(format!("level-{}", index % 3)),
+            ),
+            (
+                "count".to_owned(),
+                hubroute_message::AppPropertyValue::Long(index as i64),
+            ),
+        ];
     }
     sink.write(sink_batch(0, &batch)).await.unwrap();
     sink.flush(FlushReason::Shutdown).await.unwrap();
@@ -209,13 +220,24 @@ async fn dictionary_pages_close_by_rows_and_bodies_carry_no_statistics() {
     }
     assert_eq!(rows.iter().sum::<usize>(), 10_000, "{rows:?}");
     assert!(rows.iter().all(|&n| n <= PAGE_ROWS), "{rows:?}");
-    let body = row_group.metadata().column(column("body"));
-    assert!(body.statistics().is_none(), "{:?}", body.statistics());
-    let sequence_number = row_group.metadata().column(column("sequence_number"));
-    assert!(
-        sequence_number.statistics().is_some(),
-        "other columns keep theirs"
-    );
+    for unpruned in [
+        "body",
+        "application_properties.entries.key",
+        "application_properties.entries.value",
+        "application_property_types.entries.key",
+        "application_property_types.entries.value",
+    ] {
+        let chunk = row_group.metadata().column(column(unpruned));
+        assert!(
+            chunk.statistics().is_none(),
+            "{unpruned}: {:?}",
+            chunk.statistics()
+        );
+    }
+    for kept in ["sequence_number", "connection_device_id"] {
+        let chunk = row_group.metadata().column(column(kept));
+        assert!(chunk.statistics().is_some(), "{kept} keeps its statistics");
+    }
 }
 
 #[tokio::test]
