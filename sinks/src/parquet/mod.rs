@@ -121,8 +121,9 @@ type Writer = Box<ArrowWriter<Vec<u8>>>;
 /// The key of the one open file of a template without `{partition}`, in place of a partition id.
 const SHARED_FILE: &str = "";
 
-/// A partition's file being filled. Its batches encode on the blocking pool, one at a time per file:
-/// batches of different partitions encode in parallel, off the async runtime.
+/// A file being filled (a partition's, or the one shared by every partition). Its batches encode on
+/// the blocking pool, one at a time per file: batches of different files encode in parallel, off
+/// the async runtime.
 #[derive(Debug)]
 struct OpenFile {
     /// Shared with the task encoding a batch into it, and later with the upload task. Never
@@ -392,7 +393,6 @@ impl ParquetSink {
             .unwrap_or_default();
         let first_sequence_number = batch
             .column_by_name(message_columns::SEQUENCE_NUMBER)
-            .filter(|_| self.template.per_partition())
             .map(|c| c.as_primitive::<arrow::datatypes::Int64Type>().value(0));
         if let Some(file) = self.open.get_mut(partition) {
             file.settle().await?;
@@ -489,8 +489,7 @@ impl ParquetSink {
             partition,
             opened: opened_wall,
             endpoint: &self.name,
-            first_sequence_number,
-            empty,
+            first_sequence_number: (!empty).then_some(first_sequence_number).flatten(),
             unique: &unique[..12],
         })?;
         self.idle
@@ -598,13 +597,15 @@ impl Sink for ParquetSink {
     async fn write(&mut self, batch: SinkBatch) -> Result<()> {
         let SinkBatch { ticket, batch } = batch;
         self.ledger.open(ticket);
-        if batch.num_rows() > 0 && self.template.per_partition() {
-            for (partition, part, rows) in split_by_partition(&batch, &self.name)? {
-                self.append(ticket, &partition, part, rows).await?;
+        if batch.num_rows() > 0 {
+            if self.template.per_partition() {
+                for (partition, part, rows) in split_by_partition(&batch, &self.name)? {
+                    self.append(ticket, &partition, part, rows).await?;
+                }
+            } else {
+                let rows = RowSet::All(batch.num_rows());
+                self.append(ticket, SHARED_FILE, batch, rows).await?;
             }
-        } else if batch.num_rows() > 0 {
-            let rows = RowSet::All(batch.num_rows());
-            self.append(ticket, SHARED_FILE, batch, rows).await?;
         }
         self.ledger.settle(ticket, Vec::new()).await?;
         self.reap()

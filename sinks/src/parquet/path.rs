@@ -34,10 +34,9 @@ pub(crate) struct FileName<'a> {
     pub(crate) partition: &'a str,
     pub(crate) opened: DateTime<Utc>,
     pub(crate) endpoint: &'a str,
-    /// The first sequence number of a partition's file; `None` for a file shared by partitions.
+    /// The file's first sequence number; `None` for an empty file (`write_empty_files`). Only a
+    /// template naming `{partition}` puts it in the name: in a shared file it is one partition's.
     pub(crate) first_sequence_number: Option<i64>,
-    /// A file written for a quiet partition (`write_empty_files`): named `-empty-`.
-    pub(crate) empty: bool,
     pub(crate) unique: &'a str,
 }
 
@@ -84,7 +83,6 @@ impl PathTemplate {
             opened: DateTime::UNIX_EPOCH,
             endpoint: "endpoint",
             first_sequence_number: Some(0),
-            empty: false,
             unique: "0",
         };
         Path::parse(parsed.render_string(&sample)).map_err(|e| {
@@ -112,12 +110,12 @@ impl PathTemplate {
                 Piece::Endpoint => out.push_str(name.endpoint),
             }
         }
-        match (name.empty, name.first_sequence_number) {
-            (true, _) => write!(out, "-empty-{}.parquet", name.unique),
-            (false, Some(sequence_number)) => {
+        match name.first_sequence_number {
+            None => write!(out, "-empty-{}.parquet", name.unique),
+            Some(sequence_number) if self.per_partition() => {
                 write!(out, "-{sequence_number}-{}.parquet", name.unique)
             }
-            (false, None) => write!(out, "-{}.parquet", name.unique),
+            Some(_) => write!(out, "-{}.parquet", name.unique),
         }
         .expect("writing to a String");
         out
@@ -153,25 +151,22 @@ mod tests {
             (
                 "{iothub}/{partition}/{YYYY}/{MM}/{DD}/{HH}/{mm}",
                 Some(42),
-                false,
                 "myhub/3/2026/03/07/09/05-42-u.parquet",
             ),
             (
                 "{endpoint}/{YYYY}{MM}{DD}/p{partition}",
                 Some(1),
-                false,
                 "lake/20260307/p3-1-u.parquet",
             ),
-            ("x/{partition}", None, true, "x/3-empty-u.parquet"),
+            ("x/{partition}", None, "x/3-empty-u.parquet"),
             (
                 "{iothub}/{YYYY}/{MM}/{DD}/{HH}/{mm}",
-                None,
-                false,
+                Some(42),
                 "myhub/2026/03/07/09/05-u.parquet",
             ),
-            ("{iothub}/{YYYY}", None, true, "myhub/2026-empty-u.parquet"),
+            ("{iothub}/{YYYY}", None, "myhub/2026-empty-u.parquet"),
         ];
-        for (template, first, empty, expected) in cases {
+        for (template, first, expected) in cases {
             let parsed = PathTemplate::parse("lake", template).unwrap();
             assert_eq!(
                 parsed.per_partition(),
@@ -185,7 +180,6 @@ mod tests {
                     opened,
                     endpoint: "lake",
                     first_sequence_number: first,
-                    empty,
                     unique: "u",
                 })
                 .unwrap();

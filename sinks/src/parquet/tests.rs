@@ -465,17 +465,18 @@ async fn partitions_share_a_file_unless_the_template_names_the_partition() {
         config.iothub = Some("hub".to_owned());
         let (tx, mut rx) = mpsc::channel(16);
         let mut sink = ParquetSink::with_store(config, store.clone(), tx).unwrap();
-        let mut rows = messages("0", 0..2, 1);
-        rows.extend(messages("1", 2..3, 1));
-        rows.extend(messages("0", 3..4, 1));
-        sink.write(sink_batch(9, &rows)).await.unwrap();
-        sink.write(sink_batch(10, &[])).await.unwrap();
-        sink.write(sink_batch(11, &messages("1", 4..5, 1)))
-            .await
-            .unwrap();
-        sink.write(sink_batch(12, &messages("0", 5..6, 1)))
-            .await
-            .unwrap();
+        let mut spanning = messages("0", 0..2, 1);
+        spanning.extend(messages("1", 2..3, 1));
+        spanning.extend(messages("0", 3..4, 1));
+        let batches = [
+            (9, spanning),
+            (10, Vec::new()),
+            (11, messages("1", 4..5, 1)),
+            (12, messages("0", 5..6, 1)),
+        ];
+        for (ticket, rows) in batches {
+            sink.write(sink_batch(ticket, &rows)).await.unwrap();
+        }
         assert_eq!(sink.open.len(), expected.len(), "{template}: open files");
         sink.flush(FlushReason::Shutdown).await.unwrap();
         let acks = acks_for(&mut rx, 4).await;
