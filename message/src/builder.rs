@@ -6,12 +6,14 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BinaryBuilder, Int64Builder, MapBuilder, MapFieldNames, StringBuilder,
+    ArrayRef, BinaryArray, BinaryBuilder, Int64Builder, MapBuilder, MapFieldNames, StringBuilder,
     StringDictionaryBuilder, TimestampMillisecondBuilder,
 };
+use arrow::buffer::{Buffer, OffsetBuffer};
 use arrow::datatypes::Int32Type;
 use arrow::record_batch::RecordBatch;
 
+use crate::body_buffers::{BodyBuffers, lend};
 use crate::{AppPropertyValue, Message, Result, message_schema};
 
 /// One message as borrowed slices; the fast path into [`MessageBatchBuilder::append`].
@@ -123,7 +125,11 @@ pub struct MessageBatchBuilder {
     dt_subject: StringBuilder,
     application_properties: MapBuilder<StringBuilder, StringBuilder>,
     application_property_types: MapBuilder<StringBuilder, StringBuilder>,
-    body: BinaryBuilder,
+    /// The body column's values and offsets, built by hand so the values buffer can come from a
+    /// caller's [`BodyBuffers`].
+    body_values: Vec<u8>,
+    body_offsets: Vec<i32>,
+    body_buffers: Option<Arc<dyn BodyBuffers>>,
     /// Deduplicates twin texts: rows of one device share one dictionary value.
     twin: StringDictionaryBuilder<Int32Type>,
     rows: usize,
@@ -181,10 +187,21 @@ impl MessageBatchBuilder {
             dt_subject: StringBuilder::new(),
             application_properties: string_map_builder(),
             application_property_types: string_map_builder(),
-            body: BinaryBuilder::new(),
+            body_values: Vec::new(),
+            body_offsets: vec![0],
+            body_buffers: None,
             twin: StringDictionaryBuilder::new(),
             rows: 0,
             body_bytes: 0,
+        }
+    }
+
+    /// An empty builder whose body buffers come from `buffers` and go back to them once every
+    /// array referring to them is dropped.
+    pub fn with_body_buffers(buffers: Arc<dyn BodyBuffers>) -> Self {
+        Self {
+            body_buffers: Some(buffers),
+            ..Self::new()
         }
     }
 
@@ -253,7 +270,11 @@ impl MessageBatchBuilder {
         self.application_property_types
             .append(true)
             .expect("map keys and values are appended in pairs");
-        self.body.append_value(message.body);
+        self.body_values.extend_from_slice(message.body);
+        self.body_offsets.push(
+            i32::try_from(self.body_values.len())
+                .expect("a batch's bodies stay below 2 GiB (batch_max_bytes)"),
+        );
         self.twin.append_option(message.twin);
         self.rows += 1;
         self.body_bytes += message.body.len();
@@ -292,17 +313,33 @@ impl MessageBatchBuilder {
             Arc::new(self.dt_subject.finish()),
             Arc::new(self.application_properties.finish()),
             Arc::new(self.application_property_types.finish()),
-            Arc::new(self.body.finish()),
+            Arc::new(self.finish_body()),
             Arc::new(self.twin.finish()),
         ];
-        // The next batch is probably like this one: reserve its body buffer once instead of
-        // growing it by doubling (each growth copies everything appended so far).
-        self.body = BinaryBuilder::with_capacity(self.rows, self.body_bytes);
         self.rows = 0;
         self.body_bytes = 0;
         // The builders produce non-nullable map fields while the schema declares the map column
         // itself non-nullable; `try_new` checks both agree.
         Ok(RecordBatch::try_new(message_schema(), columns)?)
+    }
+
+    /// The body column; readies the next batch's body buffer, sized like this one's (the next batch
+    /// is probably alike) so it is reserved once instead of grown by doubling, each growth copying
+    /// everything appended so far.
+    fn finish_body(&mut self) -> BinaryArray {
+        let mut next_offsets = Vec::with_capacity(self.rows + 1);
+        next_offsets.push(0);
+        let offsets = std::mem::replace(&mut self.body_offsets, next_offsets);
+        let values = std::mem::take(&mut self.body_values);
+        let (values, next_values) = match &self.body_buffers {
+            Some(buffers) => (lend(buffers, values), buffers.take(self.body_bytes)),
+            None => (
+                Buffer::from_vec(values),
+                Vec::with_capacity(self.body_bytes),
+            ),
+        };
+        self.body_values = next_values;
+        BinaryArray::new(OffsetBuffer::new(offsets.into()), values, None)
     }
 
     /// Convenience: a batch from owned messages.

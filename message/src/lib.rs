@@ -12,10 +12,12 @@
 //! name → AMQP type name, in a second map so that sinks can keep them faithfully; see
 //! [`AppPropertyValue`] for the conversion.
 
+mod body_buffers;
 mod builder;
 mod columns_view;
 mod message;
 
+pub use body_buffers::BodyBuffers;
 pub use builder::{MessageBatchBuilder, MessageRef, string_map_builder};
 pub use columns_view::{MessageColumns, TwinColumn};
 pub use message::{AppPropertyValue, Message, SystemProperties};

@@ -202,7 +202,7 @@ impl Default for Metrics {
         );
         metrics.registry.register(
             "source_buffered_bytes",
-            "Bytes of [source] max_buffered_bytes held by batches being built or routed",
+            "Bytes of [source] max_buffered_bytes held by batches being built or routed and by body buffers kept for reuse",
             metrics.source_buffered_bytes.clone(),
         );
         metrics.registry.register(

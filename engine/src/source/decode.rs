@@ -26,6 +26,7 @@
 //! set it aside (dead-letter it) and keep the partition flowing.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
 use base64::Engine as _;
@@ -33,7 +34,7 @@ use bytes::Bytes;
 use fe2o3_amqp_types::primitives::SimpleValue;
 use hubroute_amqp::codec::{Compound, Value};
 use hubroute_amqp::message::{Body, MessageView, Properties};
-use hubroute_message::{MessageBatchBuilder, MessageRef};
+use hubroute_message::{BodyBuffers, MessageBatchBuilder, MessageRef};
 use hubroute_protocol::annotations as keys;
 use smallvec::SmallVec;
 
@@ -106,6 +107,19 @@ impl MessageDecoder {
             partition: partition.into(),
             builder: MessageBatchBuilder::new(),
             scratch: Scratch::default(),
+        }
+    }
+
+    /// A decoder whose batches take their body buffers from `buffers` and give them back when
+    /// dropped.
+    pub fn with_body_buffers(
+        event_hub: impl Into<String>,
+        partition: impl Into<String>,
+        buffers: Arc<dyn BodyBuffers>,
+    ) -> Self {
+        Self {
+            builder: MessageBatchBuilder::with_body_buffers(buffers),
+            ..Self::new(event_hub, partition)
         }
     }
 
@@ -648,6 +662,51 @@ mod tests {
         assert_eq!(system.message_source.as_deref(), Some("Telemetry"));
         assert_eq!(system.dt_dataschema.as_deref(), Some("dtmi:x;1"));
         assert_eq!(system.dt_subject.as_deref(), Some("thermostat1"));
+    }
+
+    #[test]
+    fn batches_in_reused_body_buffers_keep_their_own_bodies() {
+        use arrow::array::AsArray;
+
+        let budget = crate::source::memory::MemoryBudget::new(64 * 1024 * 1024);
+        let mut decoder = MessageDecoder::with_body_buffers("hub", "0", budget.body_buffers());
+        let body = |n: i64| vec![u8::try_from(n).unwrap(); 300_000];
+        let mut batch_from = |first: i64| {
+            for n in first..first + 4 {
+                let data = Body::Data(vec![Data(Binary::from(body(n)))].into());
+                decoder.append(&encoded(&message(n, data))).unwrap();
+            }
+            decoder.finish().unwrap()
+        };
+        let values_of = |batch: &RecordBatch| {
+            let bodies = batch.column_by_name("body").unwrap().as_binary::<i32>();
+            (
+                bodies.values().as_ptr(),
+                bodies
+                    .iter()
+                    .map(|b| b.unwrap().to_vec())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let expected = |first: i64| (first..first + 4).map(body).collect::<Vec<_>>();
+
+        let first = batch_from(0);
+        let second = batch_from(4);
+        let (first_buffer, first_bodies) = values_of(&first);
+        drop(first);
+        // The third batch was given its buffer when the second finished, before the first was
+        // dropped; the fourth gets the first's.
+        let third = batch_from(8);
+        let fourth = batch_from(12);
+        let (fourth_buffer, fourth_bodies) = values_of(&fourth);
+        assert_eq!(
+            fourth_buffer, first_buffer,
+            "the first batch's buffer is reused"
+        );
+        assert_eq!(first_bodies, expected(0));
+        assert_eq!(values_of(&second).1, expected(4));
+        assert_eq!(values_of(&third).1, expected(8));
+        assert_eq!(fourth_bodies, expected(12));
     }
 
     #[test]

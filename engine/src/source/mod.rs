@@ -188,7 +188,8 @@ impl EventHubSource {
         self.reconnects.load(Ordering::Relaxed)
     }
 
-    /// Bytes of `max_buffered_bytes` held now by batches being built or routed.
+    /// Bytes of `max_buffered_bytes` held now by batches being built or routed and by body buffers
+    /// kept for reuse.
     pub fn buffered_bytes(&self) -> u64 {
         self.memory.in_use_bytes()
     }

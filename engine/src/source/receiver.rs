@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::decode::Malformed;
 use super::fault::{Fault, backoff};
 use super::link::{Incoming, PartitionLink};
-use super::memory::{MemoryBudget, Reservation};
+use super::memory::{MemoryBudget, RESERVATION_STEP, Reservation};
 use super::{MessageDecoder, OutOfRangePolicy, PartitionOutcome, SourceBatch, SourceConfig};
 use crate::{Error, Result};
 
@@ -52,9 +52,6 @@ pub(crate) struct PartitionReceiver {
     pub(crate) memory: MemoryBudget,
 }
 
-/// Memory a batch reserves at a time: the first step before its first row, then steps as it grows,
-/// so the budget's semaphore is touched about once per this many bytes of events.
-const RESERVATION_STEP: u64 = 256 * 1024;
 /// What a row costs besides its body (ids, offsets, properties, Arrow offsets): an estimate that
 /// keeps the budget honest for small bodies.
 const ROW_OVERHEAD_BYTES: u64 = 192;
@@ -91,7 +88,11 @@ impl PartitionReceiver {
     /// Runs until shutdown, lost ownership, a closed downstream or a fatal error.
     pub(crate) async fn run(mut self) -> Result<PartitionOutcome> {
         let mut pending = Pending {
-            decoder: MessageDecoder::new(self.event_hub.clone(), self.partition.clone()),
+            decoder: MessageDecoder::with_body_buffers(
+                self.event_hub.clone(),
+                self.partition.clone(),
+                self.memory.body_buffers(),
+            ),
             malformed: Vec::new(),
             last_sequence_number: None,
             memory: self.memory.empty(),
