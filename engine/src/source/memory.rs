@@ -40,7 +40,7 @@ pub(crate) struct MemoryBudget {
 
 /// Body buffers of dropped batches, each holding budget for its capacity until a decoder takes it.
 #[derive(Debug)]
-pub(crate) struct IdleBodyBuffers {
+struct IdleBodyBuffers {
     semaphore: Arc<Semaphore>,
     /// At most a quarter of the budget, and nothing when that is less than one step.
     max_kib: u32,
@@ -177,16 +177,16 @@ impl IdleBodyBuffers {
 
 impl BodyBuffers for IdleBodyBuffers {
     fn take(&self, capacity: usize) -> Vec<u8> {
-        let mut idle = self.idle();
-        match idle
-            .iter()
-            .position(|(buffer, _)| buffer.capacity() >= capacity)
-        {
-            // Dropping the permit returns the buffer's bytes to the budget: from here on the
-            // batch's own reservation covers what it holds.
-            Some(index) => idle.swap_remove(index).0,
-            None => Vec::with_capacity(capacity),
-        }
+        let reused = {
+            let mut idle = self.idle();
+            let fitting = idle
+                .iter()
+                .position(|(buffer, _)| buffer.capacity() >= capacity);
+            fitting.map(|index| idle.swap_remove(index))
+        };
+        // Dropping the permit returns the buffer's bytes to the budget: from here on the batch's
+        // own reservation covers what it holds.
+        reused.map_or_else(|| Vec::with_capacity(capacity), |(buffer, _permit)| buffer)
     }
 
     fn give_back(&self, buffer: Vec<u8>) {
@@ -195,7 +195,8 @@ impl BodyBuffers for IdleBodyBuffers {
         if kib == 0 || Self::idle_kib(&idle) + kib > self.max_kib {
             return;
         }
-        // Fails when the budget has no room, or when receivers wait for it (the semaphore is fair).
+        // Fails when the budget has no room. Bytes released while receivers wait go to them first
+        // (the semaphore is fair), so an idle buffer never takes what a receiver asked for.
         if let Ok(permit) = Arc::clone(&self.semaphore).try_acquire_many_owned(kib) {
             idle.push((buffer, permit));
         }
