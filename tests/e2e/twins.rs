@@ -261,6 +261,18 @@ impl Harness {
                 self.hooks.url(name)
             )
         };
+        let endpoints: String = ROUTES
+            .iter()
+            .map(|(_, _, endpoint)| hook(endpoint))
+            .collect();
+        let routes: String = ROUTES
+            .iter()
+            .map(|(name, condition, endpoint)| {
+                format!(
+                    "[[routes]]\nname = \"{name}\"\ncondition = \"{condition}\"\nendpoint = \"{endpoint}\"\n\n"
+                )
+            })
+            .collect();
         let text = format!(
             r#"
 hub_name = "twin-hub"
@@ -285,27 +297,8 @@ store = {{ kind = "local", root = "{dir}" }}
 [service]
 listen = "127.0.0.1:0"
 
-{all}{plant3}{fast}{edge}
-[[routes]]
-name = "all"
-condition = "true"
-endpoint = "all"
-
-[[routes]]
-name = "plant-3"
-condition = "$twin.tags.site = 'plant-3'"
-endpoint = "plant3"
-
-[[routes]]
-name = "fast"
-condition = "$twin.properties.desired.telemetryConfig.sendFrequency = '5s'"
-endpoint = "fast"
-
-[[routes]]
-name = "edge-module"
-condition = "$twin.tags.role = 'edge' AND $connectionModuleId = 'filter'"
-endpoint = "edge"
-
+{endpoints}
+{routes}
 [[enrichments]]
 key = "site"
 value = "$twin.tags.site"
@@ -337,10 +330,6 @@ value = "$twin.properties.reported.firmware.channel"
 endpoints = ["all"]
 "#,
             source = self.emulator.connection_string("hub"),
-            all = hook("all"),
-            plant3 = hook("plant3"),
-            fast = hook("fast"),
-            edge = hook("edge"),
         );
         let path = self.dir.path().join("hubroute.toml");
         std::fs::write(&path, &text).unwrap();
@@ -354,12 +343,20 @@ impl Drop for Harness {
     }
 }
 
-/// Each route of [`Harness::config`] and the endpoint it feeds.
-const ROUTE_ENDPOINTS: [(&str, &str); 4] = [
-    ("all", "all"),
-    ("plant-3", "plant3"),
-    ("fast", "fast"),
-    ("edge-module", "edge"),
+/// The routes of [`Harness::config`]: name, condition and the webhook endpoint each feeds.
+const ROUTES: [(&str, &str, &str); 4] = [
+    ("all", "true", "all"),
+    ("plant-3", "$twin.tags.site = 'plant-3'", "plant3"),
+    (
+        "fast",
+        "$twin.properties.desired.telemetryConfig.sendFrequency = '5s'",
+        "fast",
+    ),
+    (
+        "edge-module",
+        "$twin.tags.role = 'edge' AND $connectionModuleId = 'filter'",
+        "edge",
+    ),
 ];
 
 /// Waits until route `all` matched `device_messages`, every endpoint delivered its route's
@@ -376,7 +373,7 @@ async fn wait_routed(engine: &RunningEngine, device_messages: u64, timeout: Dura
         let metrics = engine.metrics();
         // After a restart the committed positions include the earlier runs' events, so they alone
         // do not say that this run's matches reached every endpoint: each endpoint is checked.
-        let every_match_delivered = ROUTE_ENDPOINTS.iter().all(|(route, endpoint)| {
+        let every_match_delivered = ROUTES.iter().all(|(route, _, endpoint)| {
             metrics.endpoint_delivered(endpoint) >= metrics.route_matched(route)
         });
         let done = metrics.route_matched("all") >= device_messages
